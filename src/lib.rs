@@ -1,0 +1,146 @@
+//! Server-side sessions whose values are live Rust objects.
+//!
+//! A session holds values under typed [`Key`]s. A value can be anything
+//! `Send + Sync + 'static` — a database connection, a channel to a websocket task,
+//! a rate limiter — not only what serializes to JSON. Each key carries the hooks
+//! that say what happens to its value when the session ends (`on_delete`), when the
+//! session's last connected client goes away (`on_no_client`), and across a
+//! restart (`save` / `load`).
+//!
+//! ```
+//! use std::net::{IpAddr, Ipv4Addr};
+//! use std::sync::LazyLock;
+//! use std::sync::mpsc;
+//! use std::time::Duration;
+//! use keyed_session::{EndReason, Event, IpBinding, Key, ManualClock, Refused, Sessions, Sweeper};
+//!
+//! static VISITS: LazyLock<Key<u64>> = LazyLock::new(|| Key::new("visits"));
+//! static WORKER: LazyLock<Key<mpsc::Sender<String>>> = LazyLock::new(|| {
+//!     Key::builder("worker")
+//!         // The session ended: tell the worker, whose channel then closes.
+//!         .on_delete(|tx, ctx| { let _ = tx.send(format!("bye ({:?})", ctx.end_reason())); })
+//!         .build()
+//! });
+//!
+//! let clock = ManualClock::new();
+//! let sessions = Sessions::builder()
+//!     .idle_timeout(Duration::from_secs(60))
+//!     .ip_binding(IpBinding::Exact)
+//!     .clock(clock.clone())
+//!     .sweeper(Sweeper::Manual)
+//!     .build();
+//! let events = sessions.subscribe();
+//! let alice: IpAddr = Ipv4Addr::new(192, 0, 2, 1).into();
+//!
+//! let session = sessions.create(alice).unwrap();
+//! let (tx, rx) = mpsc::channel();
+//! session.set(&WORKER, tx).unwrap();
+//! session.update(&VISITS, || 0, |n| *n += 1).unwrap();
+//!
+//! // The next request presents the id (from a cookie, say).
+//! let id = session.id();
+//! let again = sessions.get(&id, alice).unwrap();
+//! assert_eq!(again.get(&VISITS), Some(1));
+//!
+//! // A minute without requests later, the session has expired.
+//! clock.advance(Duration::from_secs(61));
+//! assert_eq!(sessions.get(&id, alice).unwrap_err(), Refused::Expired);
+//! assert_eq!(rx.recv().unwrap(), "bye (Some(IdleExpired))");
+//! assert!(matches!(events.try_recv().unwrap(), Event::Begin { .. }));
+//! assert!(matches!(
+//!     events.try_recv().unwrap(),
+//!     Event::End { reason: EndReason::IdleExpired, .. }
+//! ));
+//! ```
+//!
+//! # The pieces
+//! - [`Key`]: a typed slot with its hooks, made once (a `static` with
+//!   [`LazyLock`](std::sync::LazyLock)). Two keys of one type are different keys.
+//! - [`Session`]: a cheap handle to one live session — `get`, `with`, `with_mut`,
+//!   `set`, `update`, `remove`, `contains`, `keys`, `touch`, `attach`.
+//! - [`Sessions`]: the store — `create`, `get`, `delete`, `renew`, `iter`,
+//!   `sweep`, `stats`, `subscribe`, `shutdown` — built by [`SessionsBuilder`]
+//!   with timeouts, [`IpBinding`], capacity limits and [`WhenFull`], the
+//!   [`Sweeper`] mode, a [`Clock`] and an [`IdGenerator`].
+//! - [`Event`]: `Begin`, `End` (with its [`EndReason`]) and `Renewed`, broadcast
+//!   to every subscriber.
+//!
+//! # How sessions end, and which hooks run
+//!
+//! | [`EndReason`] | when | `on_delete` | `on_no_client` |
+//! | --- | --- | --- | --- |
+//! | `IdleExpired` | no request for the idle timeout and no client attached; seen by a lookup or the sweeper | every value, once | — |
+//! | `AbsoluteExpired` | the absolute timeout since creation passed, clients or not | every value, once | — |
+//! | `Deleted` | [`Sessions::delete`] | every value, once | — |
+//! | `Evicted` | a capacity limit was reached under [`WhenFull::EvictLeastRecentlyUsed`] | every value, once | — |
+//! | `IpMismatch` | a lookup came from an address the [`IpBinding`] refuses | every value, once | — |
+//! | `Shutdown` | [`Sessions::shutdown`], or the last handle of the store dropped | every value, once | — |
+//! | (the session lives on) | the last [`ClientGuard`] dropped | values whose `on_no_client` said `false`, with [`DeleteCause::NoClient`] | every value whose key has the hook, once per such moment |
+//!
+//! Values taken out with [`Session::remove`] or replaced by [`Session::set`] are
+//! handed back to the caller; no hook runs for them. [`Event::End`] is sent after
+//! the `on_delete` hooks of the session ran.
+//!
+//! # Concurrency and locking
+//! - The store is 16 shards, each a `parking_lot::RwLock` around a hash table of
+//!   sessions and a lazy expiry heap. Every session has one `parking_lot::Mutex`
+//!   around its values, so concurrent updates of one session never lose each
+//!   other (there is no load-modify-save).
+//! - **Key hooks never run with a lock held.** The store collects what the hooks
+//!   need under its locks, releases them, then calls the hooks. A hook may call
+//!   back into the store (create, delete, read its own session) without deadlock.
+//!   A hook that panics is caught, counted in [`Stats::hook_panics`], and the
+//!   other hooks still run.
+//! - The closures given to [`Session::with`], [`Session::with_mut`] and
+//!   [`Session::update`] *do* run under that session's lock: do not touch the same
+//!   session from inside them.
+//! - Hooks run on the thread that ended the session: the one that called
+//!   `delete`, `sweep` or `shutdown`, the request whose lookup found the session
+//!   expired or from the wrong address, or the background sweeper.
+//!
+//! # Expiry
+//! Times are kept to the second. A lookup never returns an expired session: it
+//! ends it and refuses. Sessions nobody asks for are reclaimed by the
+//! [`Sweeper`]: each shard keeps a lazy min-heap of deadlines, so a sweep costs
+//! in proportion to the sessions that come due, never a scan of the store. While a
+//! client is attached ([`Session::attach`]) the idle timeout does not run out;
+//! the absolute timeout still does.
+//!
+//! # Memory
+//! A session costs one allocation of 104 bytes (id, times, peer, counters,
+//! its lock and value vector), 8 bytes in its shard's table and 16 bytes in its
+//! shard's expiry heap, plus, per value, one small allocation for the value with
+//! its key handle and 16 bytes of vector.
+//!
+//! # Features
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `serde` | yes | [`KeyBuilder::serde`]: `save` / `load` as JSON for serde types |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
+
+mod clock;
+mod events;
+mod id;
+mod key;
+mod reason;
+mod session;
+mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use crossbeam_channel::Receiver;
+pub use events::Event;
+pub use id::{IdGenerator, ParseIdError, RandomIds, SESSION_ID_LEN, SessionId};
+pub use key::{Key, KeyBuilder};
+pub use reason::{DeleteCause, DeleteContext, EndReason};
+pub use session::{ClientGuard, Session, SessionEnded};
+pub use store::{
+    CreateError, IpBinding, Iter, Refused, Sessions, SessionsBuilder, Stats, Sweeper, WhenFull,
+};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,0 +1,110 @@
+//! Why a session ended, and why a value was handed to its key's `on_delete` hook.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::SessionId;
+
+/// Why a session ended. Every end sends one [`Event::End`](crate::Event::End) with
+/// its reason, after the `on_delete` hook of every value in the session has run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// No request touched the session for its idle timeout (and no client was attached).
+    IdleExpired,
+    /// The session reached its absolute timeout, however busy it was.
+    AbsoluteExpired,
+    /// [`Sessions::delete`](crate::Sessions::delete) (a logout, say).
+    Deleted,
+    /// The store was full and this session made room for a new one.
+    Evicted,
+    /// A request for the session came from an address its IP binding refuses.
+    IpMismatch,
+    /// [`Sessions::shutdown`](crate::Sessions::shutdown), or the store was dropped.
+    Shutdown,
+}
+
+impl EndReason {
+    /// Every reason, in the order of [`EndReason::index`].
+    pub const ALL: [EndReason; 6] = [
+        EndReason::IdleExpired,
+        EndReason::AbsoluteExpired,
+        EndReason::Deleted,
+        EndReason::Evicted,
+        EndReason::IpMismatch,
+        EndReason::Shutdown,
+    ];
+
+    /// A dense index (0..6) of the reason, for counting by reason.
+    pub const fn index(self) -> usize {
+        match self {
+            EndReason::IdleExpired => 0,
+            EndReason::AbsoluteExpired => 1,
+            EndReason::Deleted => 2,
+            EndReason::Evicted => 3,
+            EndReason::IpMismatch => 4,
+            EndReason::Shutdown => 5,
+        }
+    }
+
+    /// The session timed out (idle or absolute).
+    pub const fn was_expired(self) -> bool {
+        matches!(self, EndReason::IdleExpired | EndReason::AbsoluteExpired)
+    }
+
+    /// The session was evicted to make room.
+    pub const fn was_evicted(self) -> bool {
+        matches!(self, EndReason::Evicted)
+    }
+
+    /// A short lower-case name (`"idle-expired"`, `"deleted"`…).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EndReason::IdleExpired => "idle-expired",
+            EndReason::AbsoluteExpired => "absolute-expired",
+            EndReason::Deleted => "deleted",
+            EndReason::Evicted => "evicted",
+            EndReason::IpMismatch => "ip-mismatch",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a value was handed to its key's `on_delete` hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DeleteCause {
+    /// The whole session ended.
+    SessionEnded(EndReason),
+    /// The last client of the session went away and the key's `on_no_client` hook
+    /// answered `false`; the session itself lives on.
+    NoClient,
+}
+
+/// What an `on_delete` hook is told besides the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeleteContext {
+    /// The session the value was in.
+    pub id: SessionId,
+    /// The client address the session was created for, if any.
+    pub peer: Option<IpAddr>,
+    /// Why the value is being deleted.
+    pub cause: DeleteCause,
+}
+
+impl DeleteContext {
+    /// The reason the session ended, or `None` when only this value was dropped
+    /// because the last client left.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        match self.cause {
+            DeleteCause::SessionEnded(r) => Some(r),
+            DeleteCause::NoClient => None,
+        }
+    }
+}

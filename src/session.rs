@@ -1,0 +1,502 @@
+//! One live session: its record in the store, the `Session` handle and client guards.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering, fence};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+
+use crate::clock::{NEVER, from_secs, timeout_secs};
+use crate::key::{ErasedSlot, Key, take_value};
+use crate::store::StoreInner;
+use crate::{EndReason, SessionId};
+
+/// The values of one session: a short vector scanned linearly (sessions hold a
+/// handful of values; a scan beats hashing and costs less memory).
+pub(crate) type Slots = Vec<Box<dyn ErasedSlot>>;
+
+/// What the store keeps for one session. Times are whole seconds since the Unix
+/// epoch (see `clock`). 88 bytes, 104 with its `Arc` header on 64-bit targets.
+pub(crate) struct Record {
+    /// Seqlock guarding `id_hi`/`id_lo`: odd while a renew rewrites the id. 16
+    /// bits keep the record at 88 bytes; a reader would have to sleep through
+    /// 32,768 renews of one session between two loads to be fooled.
+    seq: AtomicU16,
+    id_hi: AtomicU64,
+    id_lo: AtomicU64,
+    created: u32,
+    last_access: AtomicU32,
+    /// Idle timeout in seconds.
+    idle: AtomicU32,
+    /// Absolute deadline (a stamp), `NEVER` for none.
+    absolute: AtomicU32,
+    clients: AtomicU32,
+    /// 0 while alive, `1 + EndReason::index()` once ended.
+    state: AtomicU8,
+    peer: Option<IpAddr>,
+    pub(crate) slots: Mutex<Slots>,
+}
+
+impl Record {
+    pub(crate) fn new(
+        id: SessionId,
+        peer: Option<IpAddr>,
+        created: u32,
+        idle: u32,
+        absolute: u32,
+    ) -> Self {
+        let bits = id.as_u128();
+        Record {
+            seq: AtomicU16::new(0),
+            id_hi: AtomicU64::new((bits >> 64) as u64),
+            id_lo: AtomicU64::new(bits as u64),
+            created,
+            last_access: AtomicU32::new(created),
+            idle: AtomicU32::new(idle),
+            absolute: AtomicU32::new(absolute),
+            clients: AtomicU32::new(0),
+            state: AtomicU8::new(0),
+            peer,
+            slots: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The id, read consistently even while a renew rewrites it.
+    pub(crate) fn id(&self) -> SessionId {
+        loop {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let hi = self.id_hi.load(Ordering::Relaxed);
+            let lo = self.id_lo.load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == s1 {
+                return SessionId::from_u128((u128::from(hi) << 64) | u128::from(lo));
+            }
+        }
+    }
+
+    /// Rewrites the id. Only the store calls it, with the write locks of the old
+    /// and the new shard held, so writers never race each other.
+    pub(crate) fn set_id(&self, id: SessionId) {
+        let bits = id.as_u128();
+        self.seq.fetch_add(1, Ordering::AcqRel);
+        fence(Ordering::Release);
+        self.id_hi.store((bits >> 64) as u64, Ordering::Relaxed);
+        self.id_lo.store(bits as u64, Ordering::Relaxed);
+        self.seq.fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn peer(&self) -> Option<IpAddr> {
+        self.peer
+    }
+
+    pub(crate) fn created(&self) -> u32 {
+        self.created
+    }
+
+    pub(crate) fn last_access(&self) -> u32 {
+        self.last_access.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn idle(&self) -> u32 {
+        self.idle.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn absolute(&self) -> u32 {
+        self.absolute.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_idle(&self, secs: u32) {
+        self.idle.store(secs, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_absolute(&self, deadline: u32) {
+        self.absolute.store(deadline, Ordering::Relaxed);
+    }
+
+    pub(crate) fn clients(&self) -> u32 {
+        self.clients.load(Ordering::Acquire)
+    }
+
+    /// Records an access at `now`; the store writes only when the second changed,
+    /// so a busy session does not bounce its cache line on every request.
+    pub(crate) fn touch(&self, now: u32) {
+        if self.last_access.load(Ordering::Relaxed) < now {
+            self.last_access.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    /// When the session expires and why; `NEVER` while a client is attached and
+    /// no absolute timeout is set.
+    pub(crate) fn due(&self) -> (u32, EndReason) {
+        let absolute = self.absolute();
+        let idle_due = if self.clients() > 0 {
+            NEVER
+        } else {
+            self.last_access().saturating_add(self.idle()).min(NEVER - 1)
+        };
+        if absolute <= idle_due {
+            (absolute, EndReason::AbsoluteExpired)
+        } else {
+            (idle_due, EndReason::IdleExpired)
+        }
+    }
+
+    /// Why the session is expired at `now`, if it is.
+    pub(crate) fn expired(&self, now: u32) -> Option<EndReason> {
+        let (due, reason) = self.due();
+        (due != NEVER && now >= due).then_some(reason)
+    }
+
+    /// Marks the session ended. Only the thread that removed it from its shard
+    /// calls this, so it happens once.
+    pub(crate) fn mark_ended(&self, reason: EndReason) {
+        self.state.store(1 + reason.index() as u8, Ordering::Release);
+    }
+
+    pub(crate) fn ended(&self) -> Option<EndReason> {
+        match self.state.load(Ordering::Acquire) {
+            0 => None,
+            n => EndReason::ALL.get(usize::from(n) - 1).copied(),
+        }
+    }
+}
+
+/// A handle to one live session. Cheap to clone (two `Arc`s); every clone sees the
+/// same values, and follows the session through [`Sessions::renew`](crate::Sessions::renew).
+///
+/// # Locking
+/// Each session has one lock around its values. [`get`](Self::get),
+/// [`set`](Self::set), [`remove`](Self::remove), [`contains`](Self::contains) and
+/// [`keys`](Self::keys) take it briefly. [`with`](Self::with),
+/// [`with_mut`](Self::with_mut) and [`update`](Self::update) run your closure with
+/// it held: inside that closure, do not use this same session (not even through
+/// another handle), or the thread deadlocks. Other sessions and the store are fine.
+/// Key hooks never run with a lock held.
+#[derive(Clone)]
+pub struct Session {
+    pub(crate) store: Arc<StoreInner>,
+    pub(crate) rec: Arc<Record>,
+}
+
+/// A value could not be stored because its session has ended; the value is handed
+/// back in `.0`.
+pub struct SessionEnded<T = ()>(pub T);
+
+impl<T> fmt::Debug for SessionEnded<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionEnded(..)")
+    }
+}
+
+impl<T> fmt::Display for SessionEnded<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the session has ended (expired, deleted or evicted); start a new session to store values")
+    }
+}
+
+impl<T> std::error::Error for SessionEnded<T> {}
+
+fn position(slots: &Slots, key_id: u64) -> Option<usize> {
+    slots.iter().position(|s| s.key_id() == key_id)
+}
+
+impl Session {
+    /// The session's current id.
+    pub fn id(&self) -> SessionId {
+        self.rec.id()
+    }
+
+    /// The client address the session was created for.
+    pub fn peer(&self) -> Option<IpAddr> {
+        self.rec.peer()
+    }
+
+    /// A clone of the value under `key`.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
+        self.with(key, T::clone)
+    }
+
+    /// Runs `f` on the value under `key`, with the session's lock held (see
+    /// *Locking* on [`Session`]). For values that are not `Clone`.
+    pub fn with<T: Send + Sync + 'static, R>(
+        &self,
+        key: &Key<T>,
+        f: impl FnOnce(&T) -> R,
+    ) -> Option<R> {
+        let slots = self.rec.slots.lock();
+        let i = position(&slots, key.id())?;
+        slots[i].value().downcast_ref::<T>().map(f)
+    }
+
+    /// Runs `f` on the value under `key`, mutably, with the session's lock held (see
+    /// *Locking* on [`Session`]).
+    pub fn with_mut<T: Send + Sync + 'static, R>(
+        &self,
+        key: &Key<T>,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Option<R> {
+        let mut slots = self.rec.slots.lock();
+        let i = position(&slots, key.id())?;
+        slots[i].value_mut().downcast_mut::<T>().map(f)
+    }
+
+    /// Stores `value` under `key` and returns the value it replaces (no hook runs
+    /// for that one: it is yours).
+    ///
+    /// # Errors
+    /// [`SessionEnded`] with `value` inside when the session has ended.
+    pub fn set<T: Send + Sync + 'static>(
+        &self,
+        key: &Key<T>,
+        value: T,
+    ) -> Result<Option<T>, SessionEnded<T>> {
+        let mut slots = self.rec.slots.lock();
+        if self.rec.ended().is_some() {
+            return Err(SessionEnded(value));
+        }
+        let new = key.slot(value);
+        match position(&slots, key.id()) {
+            Some(i) => Ok(take_value(std::mem::replace(&mut slots[i], new))),
+            None => {
+                slots.push(new);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Updates the value under `key` in one step under the session's lock,
+    /// inserting `init()` first when there is none, and returns what `f` returns.
+    /// Concurrent updates of one session never lose each other's changes.
+    ///
+    /// ```
+    /// # use keyed_session::{Key, Sessions, Sweeper};
+    /// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+    /// let visits: Key<u64> = Key::new("visits");
+    /// let s = sessions.create(None).unwrap();
+    /// assert_eq!(s.update(&visits, || 0, |n| { *n += 1; *n }).unwrap(), 1);
+    /// assert_eq!(s.update(&visits, || 0, |n| { *n += 1; *n }).unwrap(), 2);
+    /// ```
+    ///
+    /// # Errors
+    /// [`SessionEnded`] when the session has ended (neither closure ran).
+    pub fn update<T: Send + Sync + 'static, R>(
+        &self,
+        key: &Key<T>,
+        init: impl FnOnce() -> T,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, SessionEnded> {
+        let mut slots = self.rec.slots.lock();
+        if self.rec.ended().is_some() {
+            return Err(SessionEnded(()));
+        }
+        let i = match position(&slots, key.id()) {
+            Some(i) => i,
+            None => {
+                slots.push(key.slot(init()));
+                slots.len() - 1
+            }
+        };
+        slots[i]
+            .value_mut()
+            .downcast_mut::<T>()
+            .map(f)
+            .ok_or(SessionEnded(()))
+    }
+
+    /// Takes the value under `key` out of the session and hands it to you (no hook
+    /// runs for it).
+    pub fn remove<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
+        let slot = {
+            let mut slots = self.rec.slots.lock();
+            let i = position(&slots, key.id())?;
+            slots.swap_remove(i)
+        };
+        take_value(slot)
+    }
+
+    /// Whether the session holds a value under `key`.
+    pub fn contains<T>(&self, key: &Key<T>) -> bool
+    where
+        T: Send + Sync + 'static,
+    {
+        position(&self.rec.slots.lock(), key.id()).is_some()
+    }
+
+    /// The names of the keys the session holds values for.
+    pub fn keys(&self) -> Vec<String> {
+        self.rec
+            .slots
+            .lock()
+            .iter()
+            .map(|s| s.key_name().to_owned())
+            .collect()
+    }
+
+    /// How many values the session holds.
+    pub fn len(&self) -> usize {
+        self.rec.slots.lock().len()
+    }
+
+    /// Whether the session holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Marks the session used now, restarting its idle timeout.
+    pub fn touch(&self) {
+        self.rec.touch(self.store.now());
+    }
+
+    /// Whether the session is alive: not ended and not expired by now.
+    pub fn is_valid(&self) -> bool {
+        self.rec.ended().is_none() && self.rec.expired(self.store.now()).is_none()
+    }
+
+    /// Why the session ended, once it has.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        self.rec.ended()
+    }
+
+    /// When the session was created (to the second).
+    pub fn created(&self) -> SystemTime {
+        from_secs(self.rec.created())
+    }
+
+    /// When the session was last used (to the second).
+    pub fn last_access(&self) -> SystemTime {
+        from_secs(self.rec.last_access())
+    }
+
+    /// When the session will expire if nothing touches it, or `None` while a
+    /// client is attached and no absolute timeout is set.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        match self.rec.due().0 {
+            NEVER => None,
+            due => Some(from_secs(due)),
+        }
+    }
+
+    /// This session's idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.rec.idle()))
+    }
+
+    /// Overrides the store's idle timeout for this session (whole seconds, at
+    /// least one).
+    pub fn set_idle_timeout(&self, timeout: Duration) {
+        self.rec.set_idle(timeout_secs(timeout));
+        self.store.reschedule(&self.rec);
+    }
+
+    /// Overrides the store's absolute timeout for this session, counted from its
+    /// creation; `None` removes it.
+    pub fn set_absolute_timeout(&self, timeout: Option<Duration>) {
+        let deadline = timeout.map_or(NEVER, |t| {
+            self.rec
+                .created()
+                .saturating_add(timeout_secs(t))
+                .min(NEVER - 1)
+        });
+        self.rec.set_absolute(deadline);
+        self.store.reschedule(&self.rec);
+    }
+
+    /// How many clients are attached.
+    pub fn clients(&self) -> u32 {
+        self.rec.clients()
+    }
+
+    /// Attaches a client (a websocket, a stream, a long poll) for as long as the
+    /// guard lives. While any client is attached the idle timeout does not run
+    /// out (the absolute one still does). When the last guard drops, each value's
+    /// `on_no_client` hook runs once, on the dropping thread, with no lock held.
+    pub fn attach(&self) -> ClientGuard {
+        self.rec.clients.fetch_add(1, Ordering::AcqRel);
+        ClientGuard {
+            session: self.clone(),
+        }
+    }
+
+    /// Whether two handles are for the same session.
+    pub fn same_as(&self, other: &Session) -> bool {
+        Arc::ptr_eq(&self.rec, &other.rec)
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id())
+            .field("peer", &self.peer())
+            .field("clients", &self.clients())
+            .field("ended", &self.end_reason())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keeps a client attached to a session; see [`Session::attach`].
+#[must_use = "the client is detached as soon as the guard is dropped"]
+pub struct ClientGuard {
+    session: Session,
+}
+
+impl ClientGuard {
+    /// The session this client is attached to.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl fmt::Debug for ClientGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ClientGuard").field(&self.session).finish()
+    }
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        if self.session.rec.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.session.store.last_client_left(&self.session.rec);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the per-session layout the crate docs promise (88 bytes, 104 with the
+    /// `Arc` header), so a field added carelessly shows up here.
+    #[test]
+    fn record_stays_small() {
+        let size = std::mem::size_of::<Record>();
+        assert!(size <= 88, "Record grew to {size} bytes");
+    }
+
+    #[test]
+    fn id_survives_rewrite() {
+        let rec = Record::new(SessionId::from_u128(7), None, 0, 60, NEVER);
+        assert_eq!(rec.id(), SessionId::from_u128(7));
+        rec.set_id(SessionId::from_u128(u128::MAX - 3));
+        assert_eq!(rec.id(), SessionId::from_u128(u128::MAX - 3));
+    }
+
+    #[test]
+    fn due_prefers_the_earlier_deadline() {
+        let rec = Record::new(SessionId::from_u128(1), None, 100, 60, 130);
+        assert_eq!(rec.due(), (130, EndReason::AbsoluteExpired));
+        rec.set_absolute(NEVER);
+        assert_eq!(rec.due(), (160, EndReason::IdleExpired));
+        assert_eq!(rec.expired(159), None);
+        assert_eq!(rec.expired(160), Some(EndReason::IdleExpired));
+        rec.clients.store(1, Ordering::Relaxed);
+        assert_eq!(rec.due().0, NEVER);
+        assert_eq!(rec.expired(u32::MAX - 1), None);
+    }
+}

@@ -1,0 +1,285 @@
+//! The store's builder and its options.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock, timeout_secs};
+use crate::id::{IdGenerator, RandomIds};
+use crate::store::Sessions;
+
+/// Whether a session is tied to the client address that created it.
+///
+/// With binding on, a request for the session from another address is refused
+/// with [`Refused::IpMismatch`](crate::Refused::IpMismatch) and the session is
+/// ended (reason [`EndReason::IpMismatch`](crate::EndReason::IpMismatch)): a
+/// stolen cookie used elsewhere kills the session for the thief and the owner.
+/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) count as their IPv4 address.
+/// A session created without an address is not bound; a bound session refuses a
+/// request that comes without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum IpBinding {
+    /// No check (the default).
+    #[default]
+    Off,
+    /// The request must come from the very same address.
+    Exact,
+    /// The request must come from the same network: the first `v4` bits of an
+    /// IPv4 address or the first `v6` bits of an IPv6 address must match.
+    /// Widths above 32 / 128 count as 32 / 128. [`IpBinding::subnet`] gives /24
+    /// and /64, which survive a mobile client hopping between nearby addresses.
+    Prefix {
+        /// Prefix length for IPv4 (0 to 32).
+        v4: u8,
+        /// Prefix length for IPv6 (0 to 128).
+        v6: u8,
+    },
+}
+
+impl IpBinding {
+    /// Same IPv4 /24 or IPv6 /64.
+    pub const fn subnet() -> Self {
+        IpBinding::Prefix { v4: 24, v6: 64 }
+    }
+
+    /// Whether a request from `request` may use a session bound to `bound`.
+    pub fn allows(&self, bound: Option<IpAddr>, request: Option<IpAddr>) -> bool {
+        let bound = match (self, bound) {
+            (IpBinding::Off, _) | (_, None) => return true,
+            (_, Some(b)) => b.to_canonical(),
+        };
+        let Some(request) = request.map(|r| r.to_canonical()) else {
+            return false;
+        };
+        match *self {
+            IpBinding::Off => true,
+            IpBinding::Exact => bound == request,
+            IpBinding::Prefix { v4, v6 } => same_prefix(bound, request, v4, v6),
+        }
+    }
+}
+
+/// Whether two addresses share their first `v4` (IPv4) or `v6` (IPv6) bits.
+pub(crate) fn same_prefix(a: IpAddr, b: IpAddr, v4: u8, v6: u8) -> bool {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mask = prefix_mask_u32(v4);
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let mask = prefix_mask_u128(v6);
+            u128::from(a) & mask == u128::from(b) & mask
+        }
+        _ => false,
+    }
+}
+
+fn prefix_mask_u32(bits: u8) -> u32 {
+    match bits.min(32) {
+        0 => 0,
+        n => u32::MAX << (32 - n),
+    }
+}
+
+fn prefix_mask_u128(bits: u8) -> u128 {
+    match bits.min(128) {
+        0 => 0,
+        n => u128::MAX << (128 - n),
+    }
+}
+
+/// The address a per-IP limit counts under: the IPv4 address, or the /64 of an
+/// IPv6 address (one client usually holds a whole /64).
+pub(crate) fn per_ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & prefix_mask_u128(64)).into()),
+        v4 => v4,
+    }
+}
+
+/// What `create` does when a capacity limit is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WhenFull {
+    /// Refuse the new session with [`CreateError::Full`](crate::CreateError::Full)
+    /// or [`CreateError::PerIpFull`](crate::CreateError::PerIpFull) (the default).
+    #[default]
+    Refuse,
+    /// End the least recently used session (of the whole store, or of the same
+    /// client address for the per-IP limit) with reason
+    /// [`EndReason::Evicted`](crate::EndReason::Evicted) to make room.
+    ///
+    /// Precisely, the victim is the session whose expiry is nearest, sessions with
+    /// an attached client counting as just used. With one idle timeout for all
+    /// sessions that is the least recently used one; a session about to hit its
+    /// absolute timeout or a shorter per-session timeout goes first, as it has the
+    /// least life left.
+    EvictLeastRecentlyUsed,
+}
+
+/// How expired sessions are reclaimed (their hooks run, their memory is freed).
+///
+/// Whatever the mode, a lookup never returns an expired session: it ends it on
+/// the spot. Each mode only decides who reclaims the sessions nobody asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Sweeper {
+    /// A background thread sweeps every interval (the default: every 30 seconds).
+    /// It holds only a weak reference and stops when the store is dropped or shut
+    /// down. Hooks of swept sessions run on that thread.
+    Background(Duration),
+    /// Each `create` reclaims at most this many due sessions, from one shard
+    /// in turn. No thread; hooks run on the creating thread.
+    Passive(usize),
+    /// Only [`Sessions::sweep`] reclaims.
+    Manual,
+}
+
+impl Default for Sweeper {
+    fn default() -> Self {
+        Sweeper::Background(Duration::from_secs(30))
+    }
+}
+
+pub(crate) struct Config {
+    pub(crate) idle: u32,
+    pub(crate) absolute: Option<u32>,
+    pub(crate) ip_binding: IpBinding,
+    pub(crate) max_sessions: Option<usize>,
+    pub(crate) max_per_ip: Option<usize>,
+    pub(crate) when_full: WhenFull,
+    pub(crate) sweeper: Sweeper,
+}
+
+/// Builds a [`Sessions`] store; every option has a default.
+///
+/// ```
+/// use std::time::Duration;
+/// use keyed_session::{IpBinding, Sessions, Sweeper, WhenFull};
+///
+/// let sessions = Sessions::builder()
+///     .idle_timeout(Duration::from_secs(30 * 60))
+///     .absolute_timeout(Duration::from_secs(12 * 3600))
+///     .ip_binding(IpBinding::subnet())
+///     .max_sessions(100_000)
+///     .max_sessions_per_ip(50)
+///     .when_full(WhenFull::EvictLeastRecentlyUsed)
+///     .sweeper(Sweeper::Passive(16))
+///     .build();
+/// assert_eq!(sessions.len(), 0);
+/// ```
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct SessionsBuilder {
+    pub(crate) config: Config,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) ids: Box<dyn IdGenerator>,
+    pub(crate) event_capacity: usize,
+}
+
+impl std::fmt::Debug for SessionsBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionsBuilder")
+            .field("idle_secs", &self.config.idle)
+            .field("absolute_secs", &self.config.absolute)
+            .field("ip_binding", &self.config.ip_binding)
+            .field("max_sessions", &self.config.max_sessions)
+            .field("max_per_ip", &self.config.max_per_ip)
+            .field("when_full", &self.config.when_full)
+            .field("sweeper", &self.config.sweeper)
+            .field("event_capacity", &self.event_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SessionsBuilder {
+    fn default() -> Self {
+        SessionsBuilder {
+            config: Config {
+                idle: 3600,
+                absolute: None,
+                ip_binding: IpBinding::Off,
+                max_sessions: None,
+                max_per_ip: None,
+                when_full: WhenFull::Refuse,
+                sweeper: Sweeper::default(),
+            },
+            clock: Arc::new(SystemClock::new()),
+            ids: Box::new(RandomIds),
+            event_capacity: 1024,
+        }
+    }
+}
+
+impl SessionsBuilder {
+    /// How long a session lives without a request (default one hour). Kept in
+    /// whole seconds, rounded up, at least one.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle = timeout_secs(timeout);
+        self
+    }
+
+    /// How long a session lives at most from its creation, however busy (default:
+    /// no limit).
+    pub fn absolute_timeout(mut self, timeout: Duration) -> Self {
+        self.config.absolute = Some(timeout_secs(timeout));
+        self
+    }
+
+    /// Where ids come from (default [`RandomIds`]).
+    pub fn id_generator(mut self, ids: impl IdGenerator) -> Self {
+        self.ids = Box::new(ids);
+        self
+    }
+
+    /// Where time comes from (default [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Whether sessions are tied to their client's address (default off).
+    pub fn ip_binding(mut self, binding: IpBinding) -> Self {
+        self.config.ip_binding = binding;
+        self
+    }
+
+    /// At most this many sessions in the store (default: no limit).
+    pub fn max_sessions(mut self, limit: usize) -> Self {
+        self.config.max_sessions = Some(limit);
+        self
+    }
+
+    /// At most this many sessions per client address (per IPv4 address or IPv6
+    /// /64; default: no limit). Sessions created without an address are not
+    /// counted.
+    pub fn max_sessions_per_ip(mut self, limit: usize) -> Self {
+        self.config.max_per_ip = Some(limit);
+        self
+    }
+
+    /// What happens when a limit is reached (default [`WhenFull::Refuse`]).
+    pub fn when_full(mut self, policy: WhenFull) -> Self {
+        self.config.when_full = policy;
+        self
+    }
+
+    /// How many events each subscriber's channel holds before further events are
+    /// dropped for it (default 1024, at least 1).
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.event_capacity = capacity;
+        self
+    }
+
+    /// How expired sessions are reclaimed (default a background thread every 30 s).
+    pub fn sweeper(mut self, sweeper: Sweeper) -> Self {
+        self.config.sweeper = sweeper;
+        self
+    }
+
+    /// Builds the store (and starts the sweeper thread, if chosen; should the
+    /// system refuse a thread, the store falls back to passive sweeping).
+    pub fn build(self) -> Sessions {
+        Sessions::from_builder(self)
+    }
+}

@@ -1,0 +1,122 @@
+//! One shard of the store: a hash table of sessions and the expiry heap.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, Weak};
+
+use hashbrown::HashTable;
+
+use crate::SessionId;
+use crate::session::Record;
+
+/// A scheduled expiry check: `rec` is due for a look at stamp `at`.
+///
+/// The heap is lazy. A touch moves a session's deadline later without touching
+/// the heap; when the entry comes up, the sweeper reads the real deadline and
+/// either ends the session or pushes the entry back at that deadline. So the
+/// invariant is only that every live session has an entry no later than its
+/// deadline, and a sweep costs in proportion to what is due.
+pub(crate) struct Due {
+    pub(crate) at: u32,
+    pub(crate) rec: Weak<Record>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.at.cmp(&self.at)
+    }
+}
+
+/// The sessions whose id falls into this shard.
+#[derive(Default)]
+pub(crate) struct Shard {
+    /// Keyed by the session's id, hashed with [`SessionId::mix`]. The table holds
+    /// only the `Arc` (8 bytes a slot): the id lives in the record.
+    table: HashTable<Arc<Record>>,
+    pub(crate) heap: BinaryHeap<Due>,
+}
+
+fn hash(rec: &Arc<Record>) -> u64 {
+    rec.id().mix()
+}
+
+impl Shard {
+    pub(crate) fn find(&self, id: &SessionId) -> Option<&Arc<Record>> {
+        self.table.find(id.mix(), |r| r.id() == *id)
+    }
+
+    pub(crate) fn contains_id(&self, id: &SessionId) -> bool {
+        self.find(id).is_some()
+    }
+
+    /// Whether this very record is in the table (under its current id).
+    pub(crate) fn holds(&self, rec: &Arc<Record>) -> bool {
+        self.table
+            .find(rec.id().mix(), |r| Arc::ptr_eq(r, rec))
+            .is_some()
+    }
+
+    /// Inserts a record whose id is not in the table yet, and schedules it.
+    pub(crate) fn insert(&mut self, rec: Arc<Record>, due: u32) {
+        self.heap.push(Due {
+            at: due,
+            rec: Arc::downgrade(&rec),
+        });
+        self.table.insert_unique(rec.id().mix(), rec, hash);
+    }
+
+    /// Removes this very record; `false` when it is not here.
+    pub(crate) fn remove(&mut self, rec: &Arc<Record>) -> bool {
+        match self.table.find_entry(rec.id().mix(), |r| Arc::ptr_eq(r, rec)) {
+            Ok(entry) => {
+                entry.remove();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Takes every record out (for shutdown).
+    pub(crate) fn drain(&mut self) -> Vec<Arc<Record>> {
+        self.heap.clear();
+        self.table.drain().collect()
+    }
+
+    /// Clones out every record (for iteration).
+    pub(crate) fn records(&self) -> Vec<Arc<Record>> {
+        self.table.iter().cloned().collect()
+    }
+
+    /// Drops heap entries of sessions that are gone or moved (and duplicates),
+    /// once they clearly outnumber the live sessions. Linear in the shard, so only
+    /// the sweeper calls it, never the request path.
+    pub(crate) fn compact(&mut self) {
+        if self.heap.len() <= 2 * self.table.len() + 64 {
+            return;
+        }
+        let mut entries = std::mem::take(&mut self.heap).into_vec();
+        // Earliest first, so that the entry kept for a record is its earliest.
+        entries.sort_unstable_by_key(|d| d.at);
+        let mut seen = std::collections::HashSet::with_capacity(self.table.len());
+        entries.retain(|d| match d.rec.upgrade() {
+            Some(rec) => self.holds(&rec) && seen.insert(Arc::as_ptr(&rec) as usize),
+            None => false,
+        });
+        self.heap = BinaryHeap::from(entries);
+    }
+}
