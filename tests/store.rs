@@ -1,0 +1,270 @@
+//! The store: create, get, delete, renew, iteration, stats, capacity, shutdown.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{builder, secs, store, tracked, v4, v6};
+use keyed_session::{
+    CreateError, EndReason, Event, Key, ManualClock, Refused, SessionId, Sessions, Sweeper,
+    WhenFull,
+};
+
+#[test]
+fn create_get_delete() {
+    let (sessions, _clock) = store();
+    let s = sessions.create(v4(10, 0, 0, 1)).unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(s.peer(), Some(v4(10, 0, 0, 1)));
+    let found = sessions.get(&s.id(), v4(10, 0, 0, 1)).unwrap();
+    assert!(found.same_as(&s));
+    assert!(sessions.delete(&s.id()));
+    assert!(!sessions.delete(&s.id()), "a second delete finds nothing");
+    assert_eq!(sessions.get(&s.id(), None).unwrap_err(), Refused::NotFound);
+    assert!(sessions.is_empty());
+}
+
+#[test]
+fn unknown_ids_are_refused_and_never_adopted() {
+    let (sessions, _clock) = store();
+    let made_up = SessionId::from_u128(12345);
+    assert_eq!(sessions.get(&made_up, None).unwrap_err(), Refused::NotFound);
+    let s = sessions.create(None).unwrap();
+    assert_ne!(s.id(), made_up);
+    assert_eq!(sessions.get(&made_up, None).unwrap_err(), Refused::NotFound);
+    assert_eq!(sessions.stats().refused_not_found, 2);
+}
+
+#[test]
+fn renew_moves_values_and_kills_the_old_id() {
+    let (sessions, _clock) = store();
+    let events = sessions.subscribe();
+    let (key, log) = tracked("n");
+    let s = sessions.create(None).unwrap();
+    s.set(&key, 5).unwrap();
+    let old = s.id();
+    let new = sessions.renew(&s).unwrap();
+    assert_ne!(old, new);
+    assert_eq!(s.id(), new, "the handle follows the session");
+    assert_eq!(sessions.get(&old, None).unwrap_err(), Refused::NotFound);
+    let again = sessions.get(&new, None).unwrap();
+    assert_eq!(again.get(&key), Some(5));
+    assert_eq!(sessions.len(), 1);
+    assert!(log.lock().is_empty(), "renew ends nothing");
+    let seen: Vec<Event> = events.try_iter().collect();
+    assert!(matches!(seen[..], [Event::Begin { .. }, Event::Renewed { old: o, new: n }] if o == old && n == new));
+    // Renew many times: always exactly one live id.
+    for _ in 0..100 {
+        sessions.renew(&s).unwrap();
+    }
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions.iter().count(), 1);
+    assert_eq!(sessions.get(&s.id(), None).unwrap().get(&key), Some(5));
+}
+
+#[test]
+fn renew_refuses_ended_and_expired_sessions() {
+    let (sessions, clock) = store();
+    let gone = sessions.create(None).unwrap();
+    sessions.delete(&gone.id());
+    assert!(sessions.renew(&gone).is_err());
+    let stale = sessions.create(None).unwrap();
+    clock.advance(secs(61));
+    assert!(sessions.renew(&stale).is_err());
+    assert_eq!(stale.end_reason(), Some(EndReason::IdleExpired));
+}
+
+#[test]
+fn iteration_lists_live_sessions_only() {
+    let (sessions, clock) = store();
+    let mut ids = HashSet::new();
+    for _ in 0..50 {
+        ids.insert(sessions.create(None).unwrap().id());
+    }
+    let old = sessions.create(None).unwrap();
+    clock.advance(secs(30));
+    for id in &ids {
+        sessions.get(id, None).unwrap();
+    }
+    clock.advance(secs(31)); // `old` is expired, the others are not
+    let listed: HashSet<SessionId> = sessions.iter().map(|s| s.id()).collect();
+    assert_eq!(listed, ids);
+    assert!(!listed.contains(&old.id()));
+    assert_eq!((&sessions).into_iter().count(), 50);
+}
+
+#[test]
+fn stats_count_what_happened() {
+    let (sessions, clock) = store();
+    let a = sessions.create(v4(1, 1, 1, 1)).unwrap();
+    let b = sessions.create(None).unwrap();
+    sessions.delete(&b.id());
+    let _ = sessions.get(&SessionId::from_u128(1), None);
+    clock.advance(secs(61));
+    assert_eq!(sessions.get(&a.id(), None).unwrap_err(), Refused::Expired);
+    let st = sessions.stats();
+    assert_eq!(st.created, 2);
+    assert_eq!(st.live, 0);
+    assert_eq!(st.ended_by(EndReason::Deleted), 1);
+    assert_eq!(st.ended_by(EndReason::IdleExpired), 1);
+    assert_eq!(st.ended_total(), 2);
+    assert_eq!(st.refused_not_found, 1);
+    assert_eq!(st.refused_expired, 1);
+    assert_eq!(st.hook_panics, 0);
+}
+
+#[test]
+fn total_capacity_refuses() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock).max_sessions(3).build();
+    for _ in 0..3 {
+        sessions.create(None).unwrap();
+    }
+    let err = sessions.create(None).unwrap_err();
+    assert_eq!(err, CreateError::Full { limit: 3 });
+    assert!(err.to_string().contains("3 sessions"));
+    assert_eq!(sessions.len(), 3);
+    assert_eq!(sessions.stats().create_refused, 1);
+}
+
+#[test]
+fn total_capacity_evicts_the_least_recently_used() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock)
+        .max_sessions(3)
+        .when_full(WhenFull::EvictLeastRecentlyUsed)
+        .build();
+    let (key, log) = tracked("n");
+    let a = sessions.create(None).unwrap();
+    clock.advance(secs(1));
+    let b = sessions.create(None).unwrap();
+    clock.advance(secs(1));
+    let c = sessions.create(None).unwrap();
+    b.set(&key, 2).unwrap();
+    clock.advance(secs(1));
+    sessions.get(&a.id(), None).unwrap(); // a is now the most recently used
+    let d = sessions.create(None).unwrap();
+    assert_eq!(sessions.len(), 3);
+    assert_eq!(b.end_reason(), Some(EndReason::Evicted));
+    assert!(a.is_valid() && c.is_valid() && d.is_valid());
+    assert_eq!(log.lock()[..], [(2, keyed_session::DeleteCause::SessionEnded(EndReason::Evicted))]);
+    clock.advance(secs(1));
+    sessions.create(None).unwrap();
+    assert_eq!(c.end_reason(), Some(EndReason::Evicted));
+    assert_eq!(sessions.stats().ended_by(EndReason::Evicted), 2);
+}
+
+#[test]
+fn per_ip_capacity_refuses_without_touching_other_addresses() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock).max_sessions_per_ip(2).build();
+    let other = sessions.create(v4(10, 0, 0, 2)).unwrap();
+    sessions.create(v4(10, 0, 0, 1)).unwrap();
+    sessions.create(v4(10, 0, 0, 1)).unwrap();
+    assert_eq!(
+        sessions.create(v4(10, 0, 0, 1)).unwrap_err(),
+        CreateError::PerIpFull { limit: 2 }
+    );
+    // IPv4-mapped IPv6 is the same client.
+    assert!(sessions.create(v6([0, 0, 0, 0, 0, 0xffff, 0x0a00, 0x0001])).is_err());
+    assert!(other.is_valid());
+    sessions.create(v4(10, 0, 0, 2)).unwrap();
+    // Sessions without an address are not counted.
+    for _ in 0..5 {
+        sessions.create(None).unwrap();
+    }
+    // An ended session frees its place.
+    let first = sessions.iter().find(|s| s.peer() == Some(v4(10, 0, 0, 1))).unwrap();
+    sessions.delete(&first.id());
+    sessions.create(v4(10, 0, 0, 1)).unwrap();
+}
+
+#[test]
+fn per_ip_capacity_counts_an_ipv6_slash_64() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock).max_sessions_per_ip(1).build();
+    sessions.create(v6([0x2001, 0xdb8, 0, 1, 0, 0, 0, 1])).unwrap();
+    assert!(sessions.create(v6([0x2001, 0xdb8, 0, 1, 9, 9, 9, 9])).is_err());
+    sessions.create(v6([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1])).unwrap();
+}
+
+#[test]
+fn per_ip_capacity_evicts_that_addresses_oldest_session() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock)
+        .max_sessions_per_ip(2)
+        .when_full(WhenFull::EvictLeastRecentlyUsed)
+        .build();
+    let bystander = sessions.create(v4(10, 0, 0, 9)).unwrap();
+    let old = sessions.create(v4(10, 0, 0, 1)).unwrap();
+    clock.advance(secs(1));
+    let newer = sessions.create(v4(10, 0, 0, 1)).unwrap();
+    clock.advance(secs(1));
+    // A flood from one address only ever evicts that address's sessions.
+    for _ in 0..20 {
+        sessions.create(v4(10, 0, 0, 1)).unwrap();
+    }
+    assert_eq!(old.end_reason(), Some(EndReason::Evicted));
+    assert_eq!(newer.end_reason(), Some(EndReason::Evicted));
+    assert!(bystander.is_valid());
+    assert_eq!(sessions.len(), 3);
+}
+
+#[test]
+fn shutdown_ends_everything_once_and_refuses_new_sessions() {
+    let (sessions, _clock) = store();
+    let events = sessions.subscribe();
+    let (key, log) = tracked("n");
+    for i in 0..10 {
+        sessions.create(None).unwrap().set(&key, i).unwrap();
+    }
+    assert_eq!(sessions.shutdown(), 10);
+    assert_eq!(sessions.shutdown(), 0);
+    assert_eq!(sessions.len(), 0);
+    let mut values: Vec<u64> = log.lock().iter().map(|(v, _)| *v).collect();
+    values.sort();
+    assert_eq!(values, (0..10).collect::<Vec<_>>());
+    assert_eq!(sessions.create(None).unwrap_err(), CreateError::ShutDown);
+    let ends = events
+        .try_iter()
+        .filter(|e| matches!(e, Event::End { reason: EndReason::Shutdown, .. }))
+        .count();
+    assert_eq!(ends, 10);
+}
+
+#[test]
+fn dropping_the_store_runs_the_hooks() {
+    let (key, log) = tracked("n");
+    {
+        let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+        sessions.create(None).unwrap().set(&key, 1).unwrap();
+        sessions.create(None).unwrap().set(&key, 2).unwrap();
+    }
+    assert_eq!(log.lock().len(), 2);
+    assert!(log
+        .lock()
+        .iter()
+        .all(|(_, c)| *c == keyed_session::DeleteCause::SessionEnded(EndReason::Shutdown)));
+}
+
+#[test]
+fn a_colliding_id_generator_is_retried_then_refused() {
+    let clock = ManualClock::new();
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    // Hands out 1, 1, 2, 2, 3, 3…: every second id collides.
+    let sessions = builder(&clock)
+        .id_generator(move || {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            SessionId::from_u128(u128::from(n / 2 + 1))
+        })
+        .build();
+    let ids: HashSet<SessionId> = (0..10).map(|_| sessions.create(None).unwrap().id()).collect();
+    assert_eq!(ids.len(), 10);
+    let fixed = builder(&clock)
+        .id_generator(|| SessionId::from_u128(7))
+        .build();
+    fixed.create(None).unwrap();
+    assert_eq!(fixed.create(None).unwrap_err(), CreateError::IdCollision);
+    assert_eq!(fixed.len(), 1);
+    let _: Key<u8> = Key::new("unused");
+}
