@@ -1,0 +1,175 @@
+//! Expiry: idle and absolute timeouts, lookups never returning expired sessions,
+//! and the three sweeper modes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{builder, secs, store, tracked};
+use keyed_session::{DeleteCause, EndReason, ManualClock, Refused, Sweeper};
+
+#[test]
+fn idle_timeout_runs_from_the_last_access() {
+    let (sessions, clock) = store();
+    let s = sessions.create(None).unwrap();
+    for _ in 0..5 {
+        clock.advance(secs(59));
+        sessions.get(&s.id(), None).expect("used within the idle timeout");
+    }
+    clock.advance(secs(60));
+    assert_eq!(sessions.get(&s.id(), None).unwrap_err(), Refused::Expired);
+    assert_eq!(s.end_reason(), Some(EndReason::IdleExpired));
+    // Once ended it is simply gone.
+    assert_eq!(sessions.get(&s.id(), None).unwrap_err(), Refused::NotFound);
+}
+
+#[test]
+fn absolute_timeout_ends_even_a_busy_session() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock).absolute_timeout(secs(120)).build();
+    let s = sessions.create(None).unwrap();
+    let _client = s.attach();
+    for _ in 0..3 {
+        clock.advance(secs(30));
+        sessions.get(&s.id(), None).unwrap();
+    }
+    clock.advance(secs(30));
+    assert_eq!(sessions.get(&s.id(), None).unwrap_err(), Refused::Expired);
+    assert_eq!(s.end_reason(), Some(EndReason::AbsoluteExpired));
+}
+
+#[test]
+fn an_attached_client_holds_the_idle_timeout_off() {
+    let (sessions, clock) = store();
+    let s = sessions.create(None).unwrap();
+    let guard = s.attach();
+    clock.advance(secs(3600));
+    assert_eq!(sessions.sweep(), 0);
+    assert!(s.is_valid());
+    assert_eq!(s.expires_at(), None);
+    drop(guard);
+    // The idle timeout restarts when the last client leaves.
+    clock.advance(secs(59));
+    assert_eq!(sessions.sweep(), 0);
+    clock.advance(secs(1));
+    assert_eq!(sessions.sweep(), 1);
+    assert_eq!(s.end_reason(), Some(EndReason::IdleExpired));
+}
+
+#[test]
+fn a_lookup_never_returns_an_expired_session() {
+    let (sessions, clock) = store();
+    let ids: Vec<_> = (0..200).map(|_| sessions.create(None).unwrap().id()).collect();
+    clock.advance(secs(60));
+    for id in &ids {
+        assert!(sessions.get(id, None).is_err());
+    }
+    assert_eq!(sessions.len(), 0, "each lookup ended what it found expired");
+}
+
+#[test]
+fn sweep_reclaims_what_is_due_and_runs_hooks() {
+    let (sessions, clock) = store();
+    let (key, log) = tracked("n");
+    let early: Vec<_> = (0..10).map(|i| {
+        let s = sessions.create(None).unwrap();
+        s.set(&key, i).unwrap();
+        s
+    }).collect();
+    clock.advance(secs(30));
+    let late: Vec<_> = (0..10).map(|_| sessions.create(None).unwrap()).collect();
+    clock.advance(secs(30));
+    assert_eq!(sessions.sweep(), 10);
+    assert_eq!(sessions.len(), 10);
+    assert!(early.iter().all(|s| s.end_reason() == Some(EndReason::IdleExpired)));
+    assert!(late.iter().all(|s| s.is_valid()));
+    assert_eq!(log.lock().len(), 10);
+    assert!(log.lock().iter().all(|(_, c)| *c == DeleteCause::SessionEnded(EndReason::IdleExpired)));
+    assert_eq!(sessions.sweep(), 0, "nothing left that is due");
+}
+
+#[test]
+fn touched_sessions_are_rescheduled_not_ended() {
+    let (sessions, clock) = store();
+    let s = sessions.create(None).unwrap();
+    for _ in 0..10 {
+        clock.advance(secs(50));
+        s.touch();
+        assert_eq!(sessions.sweep(), 0);
+    }
+    assert!(s.is_valid());
+}
+
+#[test]
+fn passive_sweeping_reclaims_a_bounded_slice_on_create() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock).sweeper(Sweeper::Passive(4)).build();
+    for _ in 0..64 {
+        sessions.create(None).unwrap();
+    }
+    clock.advance(secs(61));
+    let fresh = sessions.create(None).unwrap();
+    let after_one = sessions.len();
+    // One create looks at one shard and ends at most four sessions.
+    assert!((61..65).contains(&after_one), "len {after_one}");
+    for _ in 0..200 {
+        sessions.create(None).unwrap();
+    }
+    // Every shard was visited many times: all 64 expired sessions are gone.
+    assert_eq!(sessions.len(), 201);
+    assert!(fresh.is_valid());
+    assert_eq!(sessions.stats().ended_by(EndReason::IdleExpired), 64);
+}
+
+#[test]
+fn manual_mode_reclaims_only_on_sweep() {
+    let (sessions, clock) = store();
+    for _ in 0..5 {
+        sessions.create(None).unwrap();
+    }
+    clock.advance(secs(61));
+    for _ in 0..5 {
+        sessions.create(None).unwrap();
+    }
+    assert_eq!(sessions.len(), 10);
+    assert_eq!(sessions.sweep(), 5);
+}
+
+#[test]
+fn the_background_sweeper_reclaims_without_being_asked() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock)
+        .sweeper(Sweeper::Background(Duration::from_millis(10)))
+        .build();
+    for _ in 0..20 {
+        sessions.create(None).unwrap();
+    }
+    clock.advance(secs(61));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sessions.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(sessions.len(), 0);
+    assert_eq!(sessions.stats().ended_by(EndReason::IdleExpired), 20);
+}
+
+/// Deleted sessions leave stale entries in the expiry heap; sweeping drops them
+/// rather than keeping them until their deadline.
+#[test]
+fn sweeping_survives_heavy_churn() {
+    let (sessions, clock) = store();
+    for round in 0..20 {
+        let made: Vec<_> = (0..500).map(|_| sessions.create(None).unwrap()).collect();
+        for s in &made[..450] {
+            sessions.delete(&s.id());
+        }
+        for s in &made[450..] {
+            s.set_idle_timeout(secs(30 + round));
+        }
+        sessions.sweep();
+    }
+    assert_eq!(sessions.len(), 1000);
+    clock.advance(secs(100));
+    assert_eq!(sessions.sweep(), 1000);
+    assert_eq!(sessions.len(), 0);
+}
