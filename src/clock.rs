@@ -116,7 +116,10 @@ fn to_nanos(t: SystemTime) -> u64 {
 /// Seconds since the Unix epoch, as the store keeps them: saturating at both ends
 /// (before 1970 reads as 0, after 2106 as `u32::MAX - 1`; `u32::MAX` means never).
 pub(crate) fn to_secs(t: SystemTime) -> u32 {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     u32::try_from(secs).unwrap_or(NEVER - 1).min(NEVER - 1)
 }
 
@@ -131,7 +134,9 @@ pub(crate) fn from_secs(s: u32) -> SystemTime {
 /// A timeout in whole seconds, rounded up, at least one second, saturating.
 pub(crate) fn timeout_secs(d: Duration) -> u32 {
     let secs = d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0));
-    u32::try_from(secs.max(1)).unwrap_or(NEVER - 1).min(NEVER - 1)
+    u32::try_from(secs.max(1))
+        .unwrap_or(NEVER - 1)
+        .min(NEVER - 1)
 }
 
 #[cfg(test)]
@@ -141,7 +146,10 @@ mod tests {
     #[test]
     fn stamps_saturate() {
         assert_eq!(to_secs(UNIX_EPOCH), 0);
-        assert_eq!(to_secs(UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) + 5)), NEVER - 1);
+        assert_eq!(
+            to_secs(UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) + 5)),
+            NEVER - 1
+        );
         assert_eq!(timeout_secs(Duration::from_millis(1)), 1);
         assert_eq!(timeout_secs(Duration::from_millis(1500)), 2);
         assert_eq!(timeout_secs(Duration::ZERO), 1);

@@ -211,14 +211,27 @@ mod tests {
 
     #[test]
     fn round_trips_edge_values() {
-        for bits in [0, 1, 2, 3, 4, u128::MAX, u128::MAX - 1, 1 << 127, 0xdead_beef] {
+        for bits in [
+            0,
+            1,
+            2,
+            3,
+            4,
+            u128::MAX,
+            u128::MAX - 1,
+            1 << 127,
+            0xdead_beef,
+        ] {
             let id = SessionId::from_u128(bits);
             let text = id.to_string();
             assert_eq!(text.len(), SESSION_ID_LEN);
             assert_eq!(text.parse::<SessionId>(), Ok(id), "bits {bits:#x}");
         }
         assert_eq!(SessionId::from_u128(0).to_string(), "A".repeat(22));
-        assert_eq!(SessionId::from_u128(u128::MAX).to_string(), format!("{}w", "_".repeat(21)));
+        assert_eq!(
+            SessionId::from_u128(u128::MAX).to_string(),
+            format!("{}w", "_".repeat(21))
+        );
     }
 
     #[test]
@@ -241,13 +254,21 @@ mod tests {
             Err(ParseIdError::Character(0))
         );
         // Padding is not accepted.
-        assert!(format!("{}==", "A".repeat(20)).parse::<SessionId>().is_err());
+        assert!(
+            format!("{}==", "A".repeat(20))
+                .parse::<SessionId>()
+                .is_err()
+        );
     }
 
     #[test]
     fn mix_spreads_sequential_ids() {
         let shards: std::collections::HashSet<u64> =
             (0..64u128).map(|i| SessionId(i).mix() >> 60).collect();
-        assert!(shards.len() > 8, "sequential ids fell into {} shards", shards.len());
+        assert!(
+            shards.len() > 8,
+            "sequential ids fell into {} shards",
+            shards.len()
+        );
     }
 }

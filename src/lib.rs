@@ -16,7 +16,7 @@
 //!
 //! static VISITS: LazyLock<Key<u64>> = LazyLock::new(|| Key::new("visits"));
 //! static WORKER: LazyLock<Key<mpsc::Sender<String>>> = LazyLock::new(|| {
-//!     Key::builder("worker")
+//!     Key::<mpsc::Sender<String>>::builder("worker")
 //!         // The session ended: tell the worker, whose channel then closes.
 //!         .on_delete(|tx, ctx| { let _ = tx.send(format!("bye ({:?})", ctx.end_reason())); })
 //!         .build()

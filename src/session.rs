@@ -138,7 +138,9 @@ impl Record {
         let idle_due = if self.clients() > 0 {
             NEVER
         } else {
-            self.last_access().saturating_add(self.idle()).min(NEVER - 1)
+            self.last_access()
+                .saturating_add(self.idle())
+                .min(NEVER - 1)
         };
         if absolute <= idle_due {
             (absolute, EndReason::AbsoluteExpired)
@@ -156,7 +158,8 @@ impl Record {
     /// Marks the session ended. Only the thread that removed it from its shard
     /// calls this, so it happens once.
     pub(crate) fn mark_ended(&self, reason: EndReason) {
-        self.state.store(1 + reason.index() as u8, Ordering::Release);
+        self.state
+            .store(1 + reason.index() as u8, Ordering::Release);
     }
 
     pub(crate) fn ended(&self) -> Option<EndReason> {

@@ -305,7 +305,9 @@ impl Sessions {
     /// [`SessionEnded`](crate::SessionEnded) when the session has ended or expired
     /// (an expired one is ended now), or when no fresh id could be drawn.
     pub fn renew(&self, session: &Session) -> Result<SessionId, crate::SessionEnded> {
-        self.inner.renew(&session.rec).ok_or(crate::SessionEnded(()))
+        self.inner
+            .renew(&session.rec)
+            .ok_or(crate::SessionEnded(()))
     }
 
     /// How many sessions the store holds (expired ones not yet reclaimed
@@ -351,7 +353,8 @@ impl Sessions {
     /// A new subscriber: a channel that receives every later [`Event`]. When it
     /// is full, events for it are dropped (and counted in
     /// [`Stats::events_dropped`]); the store never waits. Dropping the receiver
-    /// unsubscribes.
+    /// unsubscribes. The channel disconnects (ending a `for event in rx` loop)
+    /// once the store is gone: every `Sessions` *and* `Session` handle dropped.
     pub fn subscribe(&self) -> Receiver<Event> {
         self.inner.events.subscribe()
     }
@@ -414,7 +417,7 @@ impl Iterator for Iter {
     }
 }
 
-impl<'a> IntoIterator for &'a Sessions {
+impl IntoIterator for &Sessions {
     type Item = Session;
     type IntoIter = Iter;
 
@@ -431,7 +434,9 @@ fn background_sweeper(store: Weak<StoreInner>, stop: Receiver<()>, every: Durati
         }
         // Not upgradable: the store is still being built, or is being dropped (then
         // the stop channel closes and the next wait returns).
-        let Some(store) = store.upgrade() else { continue };
+        let Some(store) = store.upgrade() else {
+            continue;
+        };
         let now = store.now();
         for i in 0..SHARDS {
             store.sweep_shard(i, now, usize::MAX, true);
@@ -585,7 +590,9 @@ impl StoreInner {
             let key = per_ip_key(peer);
             let mut map = map.lock();
             if let Some(list) = map.get_mut(&key) {
-                list.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(rec)));
+                list.retain(|w| {
+                    w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(rec))
+                });
                 if list.is_empty() {
                     map.remove(&key);
                 }
@@ -693,7 +700,9 @@ impl StoreInner {
                 while batch > 0 && shard.heap.peek().is_some_and(|d| d.at <= now) {
                     batch -= 1;
                     budget -= 1;
-                    let Some(Due { rec: weak, .. }) = shard.heap.pop() else { break };
+                    let Some(Due { rec: weak, .. }) = shard.heap.pop() else {
+                        break;
+                    };
                     let Some(rec) = weak.upgrade() else { continue };
                     if !shard.holds(&rec) {
                         continue;
@@ -874,7 +883,7 @@ fn settle_top(shard: &mut Shard, now: u32) -> Option<(u32, Arc<Record>)> {
                 if at == top.at {
                     return Some((at, rec));
                 }
-                let Some(Due { rec: weak, .. }) = shard.heap.pop() else { return None };
+                let Due { rec: weak, .. } = shard.heap.pop()?;
                 shard.heap.push(Due { at, rec: weak });
             }
             _ => {

@@ -84,7 +84,10 @@ fn kept_values_are_cleaned_up_on_expiry() {
     drop(s.attach());
     clock.advance(secs(61));
     assert_eq!(sessions.sweep(), 1);
-    assert_eq!(log.lock()[..], [(7, DeleteCause::SessionEnded(EndReason::IdleExpired))]);
+    assert_eq!(
+        log.lock()[..],
+        [(7, DeleteCause::SessionEnded(EndReason::IdleExpired))]
+    );
 }
 
 #[test]

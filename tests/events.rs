@@ -22,11 +22,28 @@ fn begin_end_and_renewed_in_order_for_every_subscriber() {
     clock.advance(secs(61));
     sessions.sweep();
     let expected = [
-        Event::Begin { id: a_old, peer: Some(v4(10, 0, 0, 1)) },
-        Event::Begin { id: b.id(), peer: None },
-        Event::Renewed { old: a_old, new: a_new },
-        Event::End { id: b.id(), peer: None, reason: EndReason::Deleted },
-        Event::End { id: a_new, peer: Some(v4(10, 0, 0, 1)), reason: EndReason::IdleExpired },
+        Event::Begin {
+            id: a_old,
+            peer: Some(v4(10, 0, 0, 1)),
+        },
+        Event::Begin {
+            id: b.id(),
+            peer: None,
+        },
+        Event::Renewed {
+            old: a_old,
+            new: a_new,
+        },
+        Event::End {
+            id: b.id(),
+            peer: None,
+            reason: EndReason::Deleted,
+        },
+        Event::End {
+            id: a_new,
+            peer: Some(v4(10, 0, 0, 1)),
+            reason: EndReason::IdleExpired,
+        },
     ];
     for rx in [first, second] {
         let got: Vec<Event> = rx.try_iter().collect();
@@ -84,7 +101,10 @@ fn every_begin_has_at_most_one_end() {
         }
     }
     assert_eq!(alive.len(), 100);
-    assert!(alive.values().all(|live| !live), "every session ended exactly once");
+    assert!(
+        alive.values().all(|live| !live),
+        "every session ended exactly once"
+    );
 }
 
 #[test]
@@ -113,5 +133,9 @@ fn dropped_receivers_are_pruned() {
     sessions.create(None).unwrap();
     assert_eq!(sessions.stats().subscribers, 1);
     assert_eq!(sessions.stats().events_dropped, 0);
-    assert_eq!(keep.recv_timeout(Duration::from_secs(1)).map(|e| matches!(e, Event::Begin { .. })), Ok(true));
+    assert_eq!(
+        keep.recv_timeout(Duration::from_secs(1))
+            .map(|e| matches!(e, Event::Begin { .. })),
+        Ok(true)
+    );
 }

@@ -14,7 +14,9 @@ fn idle_timeout_runs_from_the_last_access() {
     let s = sessions.create(None).unwrap();
     for _ in 0..5 {
         clock.advance(secs(59));
-        sessions.get(&s.id(), None).expect("used within the idle timeout");
+        sessions
+            .get(&s.id(), None)
+            .expect("used within the idle timeout");
     }
     clock.advance(secs(60));
     assert_eq!(sessions.get(&s.id(), None).unwrap_err(), Refused::Expired);
@@ -59,7 +61,9 @@ fn an_attached_client_holds_the_idle_timeout_off() {
 #[test]
 fn a_lookup_never_returns_an_expired_session() {
     let (sessions, clock) = store();
-    let ids: Vec<_> = (0..200).map(|_| sessions.create(None).unwrap().id()).collect();
+    let ids: Vec<_> = (0..200)
+        .map(|_| sessions.create(None).unwrap().id())
+        .collect();
     clock.advance(secs(60));
     for id in &ids {
         assert!(sessions.get(id, None).is_err());
@@ -71,20 +75,30 @@ fn a_lookup_never_returns_an_expired_session() {
 fn sweep_reclaims_what_is_due_and_runs_hooks() {
     let (sessions, clock) = store();
     let (key, log) = tracked("n");
-    let early: Vec<_> = (0..10).map(|i| {
-        let s = sessions.create(None).unwrap();
-        s.set(&key, i).unwrap();
-        s
-    }).collect();
+    let early: Vec<_> = (0..10)
+        .map(|i| {
+            let s = sessions.create(None).unwrap();
+            s.set(&key, i).unwrap();
+            s
+        })
+        .collect();
     clock.advance(secs(30));
     let late: Vec<_> = (0..10).map(|_| sessions.create(None).unwrap()).collect();
     clock.advance(secs(30));
     assert_eq!(sessions.sweep(), 10);
     assert_eq!(sessions.len(), 10);
-    assert!(early.iter().all(|s| s.end_reason() == Some(EndReason::IdleExpired)));
+    assert!(
+        early
+            .iter()
+            .all(|s| s.end_reason() == Some(EndReason::IdleExpired))
+    );
     assert!(late.iter().all(|s| s.is_valid()));
     assert_eq!(log.lock().len(), 10);
-    assert!(log.lock().iter().all(|(_, c)| *c == DeleteCause::SessionEnded(EndReason::IdleExpired)));
+    assert!(
+        log.lock()
+            .iter()
+            .all(|(_, c)| *c == DeleteCause::SessionEnded(EndReason::IdleExpired))
+    );
     assert_eq!(sessions.sweep(), 0, "nothing left that is due");
 }
 

@@ -12,7 +12,10 @@ fn random_ids_are_22_url_safe_characters_and_round_trip() {
         let id = SessionId::random();
         let text = id.to_string();
         assert_eq!(text.len(), 22);
-        assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            text.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
         assert_eq!(text.parse::<SessionId>(), Ok(id));
         assert_eq!(SessionId::parse_bytes(text.as_bytes()), Ok(id));
         assert_eq!(SessionId::from_bytes(id.to_bytes()), id);

@@ -39,7 +39,10 @@ fn exact_accepts_the_same_address_and_ends_on_another() {
     );
     assert!(events.try_iter().any(|e| matches!(
         e,
-        Event::End { reason: EndReason::IpMismatch, .. }
+        Event::End {
+            reason: EndReason::IpMismatch,
+            ..
+        }
     )));
     assert_eq!(sessions.stats().refused_ip_mismatch, 1);
 }
@@ -48,7 +51,10 @@ fn exact_accepts_the_same_address_and_ends_on_another() {
 fn exact_refuses_a_request_without_an_address() {
     let sessions = bound(IpBinding::Exact);
     let s = sessions.create(v4(10, 0, 0, 1)).unwrap();
-    assert_eq!(sessions.get(&s.id(), None).unwrap_err(), Refused::IpMismatch);
+    assert_eq!(
+        sessions.get(&s.id(), None).unwrap_err(),
+        Refused::IpMismatch
+    );
 }
 
 #[test]
@@ -67,7 +73,9 @@ fn subnet_accepts_the_same_network_only() {
         sessions.get(&s4.id(), v4(10, 0, 1, 1)).unwrap_err(),
         Refused::IpMismatch
     );
-    let s6 = sessions.create(v6([0x2001, 0xdb8, 1, 2, 0, 0, 0, 1])).unwrap();
+    let s6 = sessions
+        .create(v6([0x2001, 0xdb8, 1, 2, 0, 0, 0, 1]))
+        .unwrap();
     sessions
         .get(&s6.id(), v6([0x2001, 0xdb8, 1, 2, 0xffff, 1, 2, 3]))
         .unwrap();
@@ -87,7 +95,9 @@ fn address_families_never_match() {
     sessions.get(&s.id(), v4(99, 99, 99, 99)).unwrap();
     // …but not an IPv6 one.
     assert_eq!(
-        sessions.get(&s.id(), v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1])).unwrap_err(),
+        sessions
+            .get(&s.id(), v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 1]))
+            .unwrap_err(),
         Refused::IpMismatch
     );
 }

@@ -47,7 +47,8 @@ fn non_clone_values_live_in_sessions() {
     assert_eq!(rx.recv().unwrap(), 7);
 
     let db_key: Key<Mutex<Connection>> = Key::new("db");
-    s.set(&db_key, Mutex::new(Connection { queries: 0 })).unwrap();
+    s.set(&db_key, Mutex::new(Connection { queries: 0 }))
+        .unwrap();
     for _ in 0..3 {
         s.with(&db_key, |c| c.lock().unwrap().queries += 1).unwrap();
     }
@@ -57,7 +58,9 @@ fn non_clone_values_live_in_sessions() {
     let stream_key: Key<TcpStream> = Key::new("stream");
     let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     s.set(&stream_key, stream).unwrap();
-    s.with_mut(&stream_key, |st| st.write_all(b"hi")).unwrap().unwrap();
+    s.with_mut(&stream_key, |st| st.write_all(b"hi"))
+        .unwrap()
+        .unwrap();
     let (mut served, _) = listener.accept().unwrap();
     let mut buf = [0u8; 2];
     served.read_exact(&mut buf).unwrap();
@@ -108,10 +111,18 @@ fn serde_shortcut_saves_and_loads() {
     }
     let key: Key<Cart> = Key::builder("cart").serde().build();
     let mut bytes = Vec::new();
-    key.save_value(&Cart { items: vec!["tea".into()] }, &mut bytes).unwrap();
+    key.save_value(
+        &Cart {
+            items: vec!["tea".into()],
+        },
+        &mut bytes,
+    )
+    .unwrap();
     assert_eq!(
         key.load_value(&mut &bytes[..]).unwrap(),
-        Cart { items: vec!["tea".into()] }
+        Cart {
+            items: vec!["tea".into()]
+        }
     );
     let garbage = key.load_value(&mut &b"{not json"[..]).unwrap_err();
     assert_eq!(garbage.kind(), io::ErrorKind::InvalidData);
@@ -121,5 +132,8 @@ fn serde_shortcut_saves_and_loads() {
 fn debug_shows_name_and_hooks_not_values() {
     let key: Key<u8> = Key::builder("flag").on_no_client(|_| true).build();
     let text = format!("{key:?}");
-    assert!(text.contains("\"flag\"") && text.contains("on_no_client: true"), "{text}");
+    assert!(
+        text.contains("\"flag\"") && text.contains("on_no_client: true"),
+        "{text}"
+    );
 }

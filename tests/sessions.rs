@@ -17,7 +17,10 @@ fn get_set_update_remove_contains() {
     assert!(s.is_empty());
     assert_eq!(s.get(&key), None);
     assert_eq!(s.set(&key, "ada".to_string()).unwrap(), None);
-    assert_eq!(s.set(&key, "grace".to_string()).unwrap(), Some("ada".to_string()));
+    assert_eq!(
+        s.set(&key, "grace".to_string()).unwrap(),
+        Some("ada".to_string())
+    );
     assert_eq!(s.get(&key).as_deref(), Some("grace"));
     assert_eq!(s.with(&key, |v| v.len()), Some(5));
     s.with_mut(&key, |v| v.push('!')).unwrap();
@@ -80,7 +83,10 @@ fn times_follow_the_clock() {
     assert_eq!(s.expires_at(), Some(start + secs(75)));
     assert!(s.is_valid());
     clock.advance(secs(75));
-    assert!(!s.is_valid(), "expired by the clock even before anyone swept");
+    assert!(
+        !s.is_valid(),
+        "expired by the clock even before anyone swept"
+    );
 }
 
 #[test]

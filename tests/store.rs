@@ -52,7 +52,9 @@ fn renew_moves_values_and_kills_the_old_id() {
     assert_eq!(sessions.len(), 1);
     assert!(log.lock().is_empty(), "renew ends nothing");
     let seen: Vec<Event> = events.try_iter().collect();
-    assert!(matches!(seen[..], [Event::Begin { .. }, Event::Renewed { old: o, new: n }] if o == old && n == new));
+    assert!(
+        matches!(seen[..], [Event::Begin { .. }, Event::Renewed { old: o, new: n }] if o == old && n == new)
+    );
     // Renew many times: always exactly one live id.
     for _ in 0..100 {
         sessions.renew(&s).unwrap();
@@ -147,7 +149,13 @@ fn total_capacity_evicts_the_least_recently_used() {
     assert_eq!(sessions.len(), 3);
     assert_eq!(b.end_reason(), Some(EndReason::Evicted));
     assert!(a.is_valid() && c.is_valid() && d.is_valid());
-    assert_eq!(log.lock()[..], [(2, keyed_session::DeleteCause::SessionEnded(EndReason::Evicted))]);
+    assert_eq!(
+        log.lock()[..],
+        [(
+            2,
+            keyed_session::DeleteCause::SessionEnded(EndReason::Evicted)
+        )]
+    );
     clock.advance(secs(1));
     sessions.create(None).unwrap();
     assert_eq!(c.end_reason(), Some(EndReason::Evicted));
@@ -166,7 +174,11 @@ fn per_ip_capacity_refuses_without_touching_other_addresses() {
         CreateError::PerIpFull { limit: 2 }
     );
     // IPv4-mapped IPv6 is the same client.
-    assert!(sessions.create(v6([0, 0, 0, 0, 0, 0xffff, 0x0a00, 0x0001])).is_err());
+    assert!(
+        sessions
+            .create(v6([0, 0, 0, 0, 0, 0xffff, 0x0a00, 0x0001]))
+            .is_err()
+    );
     assert!(other.is_valid());
     sessions.create(v4(10, 0, 0, 2)).unwrap();
     // Sessions without an address are not counted.
@@ -174,7 +186,10 @@ fn per_ip_capacity_refuses_without_touching_other_addresses() {
         sessions.create(None).unwrap();
     }
     // An ended session frees its place.
-    let first = sessions.iter().find(|s| s.peer() == Some(v4(10, 0, 0, 1))).unwrap();
+    let first = sessions
+        .iter()
+        .find(|s| s.peer() == Some(v4(10, 0, 0, 1)))
+        .unwrap();
     sessions.delete(&first.id());
     sessions.create(v4(10, 0, 0, 1)).unwrap();
 }
@@ -183,9 +198,17 @@ fn per_ip_capacity_refuses_without_touching_other_addresses() {
 fn per_ip_capacity_counts_an_ipv6_slash_64() {
     let clock = ManualClock::new();
     let sessions = builder(&clock).max_sessions_per_ip(1).build();
-    sessions.create(v6([0x2001, 0xdb8, 0, 1, 0, 0, 0, 1])).unwrap();
-    assert!(sessions.create(v6([0x2001, 0xdb8, 0, 1, 9, 9, 9, 9])).is_err());
-    sessions.create(v6([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1])).unwrap();
+    sessions
+        .create(v6([0x2001, 0xdb8, 0, 1, 0, 0, 0, 1]))
+        .unwrap();
+    assert!(
+        sessions
+            .create(v6([0x2001, 0xdb8, 0, 1, 9, 9, 9, 9]))
+            .is_err()
+    );
+    sessions
+        .create(v6([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]))
+        .unwrap();
 }
 
 #[test]
@@ -227,7 +250,15 @@ fn shutdown_ends_everything_once_and_refuses_new_sessions() {
     assert_eq!(sessions.create(None).unwrap_err(), CreateError::ShutDown);
     let ends = events
         .try_iter()
-        .filter(|e| matches!(e, Event::End { reason: EndReason::Shutdown, .. }))
+        .filter(|e| {
+            matches!(
+                e,
+                Event::End {
+                    reason: EndReason::Shutdown,
+                    ..
+                }
+            )
+        })
         .count();
     assert_eq!(ends, 10);
 }
@@ -241,10 +272,11 @@ fn dropping_the_store_runs_the_hooks() {
         sessions.create(None).unwrap().set(&key, 2).unwrap();
     }
     assert_eq!(log.lock().len(), 2);
-    assert!(log
-        .lock()
-        .iter()
-        .all(|(_, c)| *c == keyed_session::DeleteCause::SessionEnded(EndReason::Shutdown)));
+    assert!(
+        log.lock()
+            .iter()
+            .all(|(_, c)| *c == keyed_session::DeleteCause::SessionEnded(EndReason::Shutdown))
+    );
 }
 
 #[test]
@@ -258,7 +290,9 @@ fn a_colliding_id_generator_is_retried_then_refused() {
             SessionId::from_u128(u128::from(n / 2 + 1))
         })
         .build();
-    let ids: HashSet<SessionId> = (0..10).map(|_| sessions.create(None).unwrap().id()).collect();
+    let ids: HashSet<SessionId> = (0..10)
+        .map(|_| sessions.create(None).unwrap().id())
+        .collect();
     assert_eq!(ids.len(), 10);
     let fixed = builder(&clock)
         .id_generator(|| SessionId::from_u128(7))

@@ -108,9 +108,14 @@ fn run(duration: Duration) {
                 if i % 97 == 0 {
                     sessions.renew(&mine).unwrap();
                 }
-                let Ok(s) = sessions.create(None) else { continue };
+                let Ok(s) = sessions.create(None) else {
+                    continue;
+                };
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                let token = Token { n, _witness: Arc::clone(&witness) };
+                let token = Token {
+                    n,
+                    _witness: Arc::clone(&witness),
+                };
                 match s.set(&token_key, token) {
                     Ok(old) => {
                         ledger.stored.fetch_add(1, Ordering::Relaxed);
@@ -171,7 +176,11 @@ fn run(duration: Duration) {
     let deleted = ledger.deleted.lock().clone();
     let returned = ledger.returned.lock().clone();
     let unique: HashSet<u64> = deleted.iter().copied().collect();
-    assert_eq!(unique.len(), deleted.len(), "an on_delete ran twice for a value");
+    assert_eq!(
+        unique.len(),
+        deleted.len(),
+        "an on_delete ran twice for a value"
+    );
     let stored = ledger.stored.load(Ordering::Relaxed);
     // Every stored token was either handed back or deleted, exactly once.
     assert_eq!(deleted.len() as u64 + returned.len() as u64, stored);

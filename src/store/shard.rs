@@ -82,7 +82,10 @@ impl Shard {
 
     /// Removes this very record; `false` when it is not here.
     pub(crate) fn remove(&mut self, rec: &Arc<Record>) -> bool {
-        match self.table.find_entry(rec.id().mix(), |r| Arc::ptr_eq(r, rec)) {
+        match self
+            .table
+            .find_entry(rec.id().mix(), |r| Arc::ptr_eq(r, rec))
+        {
             Ok(entry) => {
                 entry.remove();
                 true
