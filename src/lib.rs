@@ -107,10 +107,10 @@
 //! the absolute timeout still does.
 //!
 //! # Memory
-//! A session costs one allocation of 104 bytes (id, times, peer, counters,
-//! its lock and value vector), 8 bytes in its shard's table and 16 bytes in its
+//! A session costs one allocation of 96 bytes (id, times, peer, counters,
+//! its lock and value slice), 8 bytes in its shard's table and 16 bytes in its
 //! shard's expiry heap, plus, per value, one small allocation for the value with
-//! its key handle and 16 bytes of vector.
+//! its key handle and 16 bytes in the session's value slice.
 //!
 //! # Features
 //! | feature | default | what it adds |

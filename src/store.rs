@@ -666,7 +666,7 @@ impl StoreInner {
     fn finish_end(&self, rec: &Arc<Record>, reason: EndReason) {
         self.len.fetch_sub(1, Ordering::AcqRel);
         self.forget_peer(rec);
-        let slots = std::mem::take(&mut *rec.slots.lock());
+        let slots = rec.slots.lock().take_all();
         let ctx = DeleteContext {
             id: rec.id(),
             peer: rec.peer(),
@@ -833,7 +833,7 @@ impl StoreInner {
         for key_id in asked {
             let slot = {
                 let mut slots = rec.slots.lock();
-                match slots.iter().position(|s| s.key_id() == key_id) {
+                match slots.position(key_id) {
                     Some(i) if rec.ended().is_none() => slots.swap_remove(i),
                     _ => continue,
                 }
@@ -843,7 +843,7 @@ impl StoreInner {
             let cause = if keep {
                 let mut slots = rec.slots.lock();
                 match rec.ended() {
-                    None if !slots.iter().any(|s| s.key_id() == key_id) => {
+                    None if slots.position(key_id).is_none() => {
                         slots.push(slot);
                         continue;
                     }
