@@ -116,6 +116,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `serde` | yes | [`KeyBuilder::serde`]: `save` / `load` as JSON for serde types |
+//! | `http` | yes | [`http`]: cookie policy, `SessionManager::start`, `Set-Cookie` decisions (crates `http`, `cookie`) |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -123,6 +124,9 @@
 
 mod clock;
 mod events;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod id;
 mod key;
 mod reason;

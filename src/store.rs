@@ -377,6 +377,11 @@ impl Sessions {
         }
     }
 
+    /// The store's clock, read now.
+    pub(crate) fn clock_now(&self) -> std::time::SystemTime {
+        self.inner.clock.now()
+    }
+
     fn session(&self, rec: Arc<Record>) -> Session {
         Session {
             store: Arc::clone(&self.inner),
