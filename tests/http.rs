@@ -1,0 +1,326 @@
+//! The framework-free HTTP layer: cookie policy, start, end, renew, key rotation
+//! and hostile `Cookie` headers.
+#![cfg(feature = "http")]
+
+mod common;
+
+use common::{builder, secs, store, v4};
+use http::{HeaderMap, HeaderValue};
+use keyed_session::http::{
+    CookiePolicy, CreateMode, Rejection, SameSite, SessionManager, SigningKey, Started,
+};
+use keyed_session::{EndReason, IpBinding, Key, ManualClock, Refused, SessionId};
+
+fn manager(policy: CookiePolicy, mode: CreateMode) -> (SessionManager, ManualClock) {
+    let (sessions, clock) = store();
+    (SessionManager::new(sessions, policy, mode), clock)
+}
+
+fn set_cookie(started: &Started) -> Option<String> {
+    started.set_cookie().map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// The `name=value` part of a `Set-Cookie`, as a browser sends it back.
+fn pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+fn attrs(set_cookie: &str) -> Vec<String> {
+    set_cookie.split(';').skip(1).map(|a| a.trim().to_owned()).collect()
+}
+
+fn key(byte: u8) -> SigningKey {
+    SigningKey::from_bytes(&[byte; 64]).unwrap()
+}
+
+#[test]
+fn defaults_follow_owasp() {
+    let (m, _clock) = manager(CookiePolicy::new(), CreateMode::Auto);
+    let started = m.start(None, None, "/");
+    let sc = set_cookie(&started).unwrap();
+    assert!(sc.starts_with("id="), "{sc}");
+    let a = attrs(&sc);
+    for want in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
+        assert!(a.iter().any(|x| x == want), "{want} missing in {sc}");
+    }
+    assert!(!sc.contains("Max-Age") && !sc.contains("Expires") && !sc.contains("Domain"), "{sc}");
+    let id: SessionId = pair(&sc)[3..].parse().unwrap();
+    assert_eq!(id, started.session().unwrap().id());
+}
+
+#[test]
+fn every_attribute_is_configurable() {
+    let policy = CookiePolicy::new()
+        .name("sid")
+        .path("/app")
+        .domain("example.test")
+        .secure(false)
+        .http_only(false)
+        .same_site(SameSite::Strict)
+        .persistent(true);
+    let (m, _clock) = manager(policy, CreateMode::Auto);
+    let sc = set_cookie(&m.start(None, None, "/app/page")).unwrap();
+    let a = attrs(&sc);
+    assert!(sc.starts_with("sid="));
+    for want in ["SameSite=Strict", "Path=/app", "Domain=example.test", "Max-Age=60"] {
+        assert!(a.iter().any(|x| x == want), "{want} missing in {sc}");
+    }
+    assert!(!a.iter().any(|x| x == "Secure" || x == "HttpOnly"), "{sc}");
+    let none = CookiePolicy::new().same_site(SameSite::None);
+    let (m, _clock) = manager(none, CreateMode::Auto);
+    assert!(set_cookie(&m.start(None, None, "/")).unwrap().contains("SameSite=None"));
+}
+
+#[test]
+fn a_known_session_needs_no_set_cookie_and_is_refreshed() {
+    let (m, clock) = manager(CookiePolicy::new(), CreateMode::Auto);
+    let first = m.start(None, None, "/");
+    let cookie = pair(&set_cookie(&first).unwrap());
+    let id = first.session().unwrap().id();
+    for _ in 0..5 {
+        clock.advance(secs(50)); // under the 60 s idle timeout each time
+        let next = m.start(Some(cookie.as_bytes()), None, "/");
+        assert_eq!(next.session().unwrap().id(), id);
+        assert_eq!(next.set_cookie(), None);
+        assert_eq!(next.rejected(), None);
+    }
+}
+
+#[test]
+fn lazy_mode_creates_only_when_asked() {
+    let (m, _clock) = manager(CookiePolicy::new(), CreateMode::Lazy);
+    let mut started = m.start(None, None, "/");
+    assert!(started.session().is_none());
+    assert_eq!(started.set_cookie(), None);
+    assert_eq!(m.sessions().len(), 0);
+    let s = started.get_or_create().unwrap();
+    assert_eq!(started.get_or_create().unwrap().id(), s.id(), "created once");
+    assert!(set_cookie(&started).unwrap().starts_with(&format!("id={}", s.id())));
+}
+
+#[test]
+fn requests_outside_the_path_are_not_touched() {
+    let policy = CookiePolicy::new().path("/app");
+    let (m, _clock) = manager(policy.clone(), CreateMode::Auto);
+    for path in ["/", "/application", "/other/app", "/ap"] {
+        let started = m.start(None, None, path);
+        assert!(!started.in_scope(), "{path}");
+        assert!(started.session().is_none());
+        assert_eq!(started.set_cookie(), None);
+    }
+    for path in ["/app", "/app/", "/app/x/y", "/app?x=1"] {
+        assert!(policy.covers(path), "{path}");
+    }
+    assert_eq!(m.sessions().len(), 0);
+}
+
+#[test]
+fn refused_sessions_get_an_expiring_cookie_in_lazy_mode_and_a_new_one_in_auto() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock).ip_binding(IpBinding::Exact).build();
+    let lazy = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Lazy);
+    let auto = SessionManager::new(sessions, CookiePolicy::new(), CreateMode::Auto);
+
+    let expiring = |started: &Started| {
+        let sc = set_cookie(started).unwrap();
+        assert!(sc.starts_with("id=;") && sc.contains("Max-Age=0"), "{sc}");
+    };
+    // Unknown id.
+    let unknown = format!("id={}", SessionId::random());
+    let s = lazy.start(Some(unknown.as_bytes()), None, "/");
+    assert_eq!(s.rejected(), Some(Rejection::Refused(Refused::NotFound)));
+    expiring(&s);
+    // Expired.
+    let mut first = lazy.start(None, None, "/");
+    first.get_or_create().unwrap();
+    let cookie = pair(&set_cookie(&first).unwrap());
+    clock.advance(secs(61));
+    let s = lazy.start(Some(cookie.as_bytes()), None, "/");
+    assert_eq!(s.rejected(), Some(Rejection::Refused(Refused::Expired)));
+    expiring(&s);
+    // IP mismatch.
+    let mut first = lazy.start(None, Some(v4(10, 0, 0, 1)), "/");
+    let victim = first.get_or_create().unwrap();
+    let cookie = pair(&set_cookie(&first).unwrap());
+    let s = lazy.start(Some(cookie.as_bytes()), Some(v4(10, 0, 0, 2)), "/");
+    assert_eq!(s.rejected(), Some(Rejection::Refused(Refused::IpMismatch)));
+    expiring(&s);
+    assert_eq!(victim.end_reason(), Some(EndReason::IpMismatch));
+    // Garbage.
+    let s = lazy.start(Some(b"id=garbage"), None, "/");
+    assert_eq!(s.rejected(), Some(Rejection::Malformed));
+    expiring(&s);
+    // In auto mode a refused cookie is replaced by a new session, never adopted.
+    let s = auto.start(Some(unknown.as_bytes()), None, "/");
+    let sc = set_cookie(&s).unwrap();
+    assert!(!sc.contains(&unknown[3..]));
+    assert_ne!(s.session().unwrap().id().to_string(), unknown[3..]);
+    assert!(sc.starts_with(&format!("id={}", s.session().unwrap().id())));
+}
+
+#[test]
+fn end_deletes_the_session_and_expires_the_cookie() {
+    let (m, _clock) = manager(CookiePolicy::new(), CreateMode::Auto);
+    let first = m.start(None, None, "/");
+    let cookie = pair(&set_cookie(&first).unwrap());
+    let session = first.session().unwrap().clone();
+    let mut logout = m.start(Some(cookie.as_bytes()), None, "/");
+    assert!(logout.end());
+    assert!(logout.session().is_none());
+    let sc = set_cookie(&logout).unwrap();
+    assert!(sc.contains("Max-Age=0"), "{sc}");
+    assert_eq!(session.end_reason(), Some(EndReason::Deleted));
+    assert!(!logout.end(), "nothing left to end");
+    // The old cookie now starts a fresh session, not the old one.
+    let after = m.start(Some(cookie.as_bytes()), None, "/");
+    assert_ne!(after.session().unwrap().id(), session.id());
+}
+
+#[test]
+fn renew_issues_a_new_cookie_and_kills_the_old_one() {
+    let (m, _clock) = manager(CookiePolicy::new(), CreateMode::Lazy);
+    let visits: Key<u32> = Key::new("visits");
+    let mut first = m.start(None, None, "/");
+    first.get_or_create().unwrap().set(&visits, 3).unwrap();
+    let old_cookie = pair(&set_cookie(&first).unwrap());
+    let mut login = m.start(Some(old_cookie.as_bytes()), None, "/");
+    let new_id = login.renew().unwrap();
+    let new_cookie = pair(&set_cookie(&login).unwrap());
+    assert_eq!(new_cookie, format!("id={new_id}"));
+    assert_ne!(new_cookie, old_cookie);
+    let old = m.start(Some(old_cookie.as_bytes()), None, "/");
+    assert_eq!(old.rejected(), Some(Rejection::Refused(Refused::NotFound)));
+    let new = m.start(Some(new_cookie.as_bytes()), None, "/");
+    assert_eq!(new.session().unwrap().get(&visits), Some(3));
+    // Nothing to renew without a session.
+    let mut empty = m.start(None, None, "/");
+    assert!(empty.renew().is_err());
+}
+
+#[test]
+fn persistent_cookies_are_refreshed_only_below_the_fraction() {
+    let policy = CookiePolicy::new().persistent(true).refresh_below(0.5);
+    let (m, clock) = manager(policy, CreateMode::Auto);
+    let first = m.start(None, None, "/");
+    let cookie = pair(&set_cookie(&first).unwrap());
+    clock.advance(secs(20)); // 40 of 60 s left: no refresh
+    assert_eq!(m.start(Some(cookie.as_bytes()), None, "/").set_cookie(), None);
+    clock.advance(secs(15)); // 25 of 60 s left: refresh
+    let s = m.start(Some(cookie.as_bytes()), None, "/");
+    let sc = set_cookie(&s).unwrap();
+    assert!(sc.contains("Max-Age=60"), "{sc}");
+    clock.advance(secs(5)); // re-issued 5 s ago: no refresh again
+    assert_eq!(m.start(Some(cookie.as_bytes()), None, "/").set_cookie(), None);
+}
+
+#[test]
+fn signed_cookies_verify_and_rotate() {
+    let (old_key, new_key, stranger) = (key(1), key(2), key(3));
+    let (sessions, _clock) = store();
+    let before = SessionManager::new(
+        sessions.clone(),
+        CookiePolicy::new().signing_key(old_key.clone()),
+        CreateMode::Lazy,
+    );
+    let after = SessionManager::new(
+        sessions.clone(),
+        CookiePolicy::new().signing_key(new_key.clone()).previous_keys([old_key]),
+        CreateMode::Lazy,
+    );
+    let foreign = SessionManager::new(
+        sessions,
+        CookiePolicy::new().signing_key(stranger),
+        CreateMode::Lazy,
+    );
+    let mut first = before.start(None, None, "/");
+    let id = first.get_or_create().unwrap().id();
+    let old_cookie = pair(&set_cookie(&first).unwrap());
+    assert!(old_cookie.len() > 3 + 22, "a signature is prepended: {old_cookie}");
+    assert!(old_cookie.ends_with(&id.to_string()));
+
+    // Signed with the previous key: accepted, and re-issued with the new key.
+    let rotated = after.start(Some(old_cookie.as_bytes()), None, "/");
+    assert_eq!(rotated.session().unwrap().id(), id);
+    let new_cookie = pair(&set_cookie(&rotated).unwrap());
+    assert_ne!(new_cookie, old_cookie);
+    let again = after.start(Some(new_cookie.as_bytes()), None, "/");
+    assert_eq!(again.session().unwrap().id(), id);
+    assert_eq!(again.set_cookie(), None, "current key: nothing to re-issue");
+
+    // Signed with a key nobody configured: refused.
+    let refused = foreign.start(Some(new_cookie.as_bytes()), None, "/");
+    assert_eq!(refused.rejected(), Some(Rejection::BadSignature));
+    assert!(refused.session().is_none());
+    // A bare id without a signature: refused.
+    let bare = format!("id={id}");
+    assert_eq!(after.start(Some(bare.as_bytes()), None, "/").rejected(), Some(Rejection::BadSignature));
+    // Tampered: one character of the id changed.
+    let mut tampered = new_cookie.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    assert_eq!(after.start(Some(&tampered), None, "/").rejected(), Some(Rejection::BadSignature));
+    // Truncated at every length: refused, never a panic.
+    for cut in 0..new_cookie.len() {
+        let s = after.start(Some(&new_cookie.as_bytes()[..cut]), None, "/");
+        assert!(s.session().is_none(), "cut at {cut}");
+    }
+    assert!(SigningKey::from_bytes(&[0; 10]).unwrap_err().to_string().contains("64 bytes"));
+}
+
+#[test]
+fn hostile_cookie_headers_never_panic_and_never_match() {
+    let (m, _clock) = manager(CookiePolicy::new(), CreateMode::Lazy);
+    let mut first = m.start(None, None, "/");
+    let id = first.get_or_create().unwrap().id();
+    let good = format!("id={id}");
+    let found = |header: &[u8]| m.start(Some(header), None, "/").session().map(|s| s.id());
+
+    // Readable variants of a good cookie.
+    assert_eq!(found(format!("a=1; {good}; b=2").as_bytes()), Some(id), "several cookies");
+    assert_eq!(found(format!("  {good}  ;x=y").as_bytes()), Some(id), "spaces");
+    assert_eq!(found(format!("id=\"{id}\"").as_bytes()), Some(id), "quotes");
+    assert_eq!(found(format!("id=junk; {good}").as_bytes()), Some(id), "duplicate names, one good");
+    assert_eq!(found(format!("{good}; id=junk").as_bytes()), Some(id), "duplicate names, good first");
+    assert_eq!(found(format!("xid=1;{good}").as_bytes()), Some(id));
+
+    // Hostile ones: treated as no valid session.
+    let big = format!("{good}; pad={}", "x".repeat(9000));
+    let cases: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b";;;;".to_vec(),
+        b"id".to_vec(),
+        b"id=".to_vec(),
+        b"=id".to_vec(),
+        b"id==".to_vec(),
+        format!("id={}", &id.to_string()[..21]).into_bytes(),
+        format!("id={id}x").into_bytes(),
+        format!("ID={id}").into_bytes(),
+        format!("id=\"{id}").into_bytes(),
+        format!("id={}\u{e9}", &id.to_string()[..20]).into_bytes(),
+        [b"id=".as_slice(), &[0xff, 0xfe, 0x80], &[b'A'; 19]].concat(),
+        vec![0xff; 100],
+        big.into_bytes(),
+        "id=".repeat(5000).into_bytes(),
+    ];
+    for case in &cases {
+        let s = m.start(Some(case), None, "/");
+        assert!(s.session().is_none(), "{:?}", String::from_utf8_lossy(case));
+    }
+    // Only our session exists: no bad header made or adopted one.
+    assert_eq!(m.sessions().len(), 1);
+}
+
+#[test]
+fn several_cookie_headers_are_all_read() {
+    let (m, _clock) = manager(CookiePolicy::new(), CreateMode::Lazy);
+    let mut first = m.start(None, None, "/");
+    let id = first.get_or_create().unwrap().id();
+    let mut headers = HeaderMap::new();
+    headers.append("cookie", HeaderValue::from_static("a=1"));
+    headers.append("cookie", HeaderValue::from_str(&format!("id={id}")).unwrap());
+    let started = m.start_headers(&headers, None, "/");
+    assert_eq!(started.session().unwrap().id(), id);
+    let mut response = HeaderMap::new();
+    started.apply(&mut response);
+    assert!(response.is_empty());
+}
