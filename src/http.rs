@@ -644,3 +644,119 @@ impl Started {
         }
     }
 }
+
+/// The proxies whose word on the client address is trusted.
+///
+/// Only when a request comes directly from one of these is the client address
+/// read from `Forwarded` (RFC 7239) or, failing that, `X-Forwarded-For`: the
+/// nearest hop that is not itself a trusted proxy is the client. From anyone
+/// else those headers are ignored, since a client can write them.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use http::HeaderMap;
+/// use keyed_session::http::TrustedProxies;
+///
+/// let proxies = TrustedProxies::new().trust("10.0.0.0".parse().unwrap(), 8);
+/// let mut headers = HeaderMap::new();
+/// headers.insert("x-forwarded-for", "203.0.113.7, 10.0.0.3".parse().unwrap());
+/// let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+/// let stranger: IpAddr = "198.51.100.1".parse().unwrap();
+/// assert_eq!(proxies.client_ip(Some(proxy), &headers), Some("203.0.113.7".parse().unwrap()));
+/// assert_eq!(proxies.client_ip(Some(stranger), &headers), Some(stranger));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    nets: Vec<(IpAddr, u8)>,
+}
+
+impl TrustedProxies {
+    /// Trusts nobody (the default): the direct peer is the client.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also trusts the network `addr/prefix_len` (a width above 32 or 128 counts
+    /// as the whole address).
+    pub fn trust(mut self, addr: IpAddr, prefix_len: u8) -> Self {
+        self.nets.push((addr.to_canonical(), prefix_len));
+        self
+    }
+
+    /// Whether `addr` is a trusted proxy.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        self.nets
+            .iter()
+            .any(|&(net, len)| crate::store::same_prefix(net, addr, len, len))
+    }
+
+    /// The client address of a request that came from `direct` with `headers`.
+    pub fn client_ip(&self, direct: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        let direct = direct?;
+        if !self.contains(direct) {
+            return Some(direct);
+        }
+        let forwarded = headers
+            .get_all(http::header::FORWARDED)
+            .into_iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(forwarded_for);
+        let hops: Vec<Option<IpAddr>> = forwarded.collect();
+        let hops = if hops.iter().any(Option::is_some) {
+            hops
+        } else {
+            headers
+                .get_all("x-forwarded-for")
+                .into_iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .map(|node| parse_node(node.trim_ascii()))
+                .collect()
+        };
+        // From the nearest hop outwards: the first one that is not a trusted proxy.
+        for hop in hops.iter().rev() {
+            match hop {
+                Some(ip) if self.contains(*ip) => continue,
+                Some(ip) => return Some(*ip),
+                // An unknown or obfuscated hop: nothing beyond it can be trusted.
+                None => return Some(direct),
+            }
+        }
+        Some(hops.first().copied().flatten().unwrap_or(direct))
+    }
+}
+
+/// The `for=` address of one `Forwarded` element, if any.
+fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
+    element
+        .split(|&b| b == b';')
+        .filter_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            pair[..eq]
+                .eq_ignore_ascii_case(b"for")
+                .then(|| &pair[eq + 1..])
+        })
+        .next()
+        .and_then(|v| parse_node(v.trim_ascii()))
+}
+
+/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`,
+/// `[2001:db8::1]:80`, optionally in double quotes.
+fn parse_node(node: &[u8]) -> Option<IpAddr> {
+    let node = match node {
+        [b'"', inner @ .., b'"'] => inner,
+        n => n,
+    };
+    let text = std::str::from_utf8(node).ok()?;
+    if let Some(rest) = text.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    // IPv4 with a port.
+    let (host, port) = text.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}

@@ -116,6 +116,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `serde` | yes | [`KeyBuilder::serde`]: `save` / `load` as JSON for serde types |
+//! | `axum` | no | [`integrations::axum`]: a tower `SessionLayer` and the `CurrentSession` / `RequestSession` extractors |
 //! | `http` | yes | [`http`]: cookie policy, `SessionManager::start`, `Set-Cookie` decisions (crates `http`, `cookie`) |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -128,6 +129,9 @@ mod events;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod id;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod integrations;
 mod key;
 mod reason;
 mod session;

@@ -16,6 +16,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 
 pub use config::{IpBinding, SessionsBuilder, Sweeper, WhenFull};
+#[cfg(feature = "http")]
+pub(crate) use config::same_prefix;
 
 use crate::clock::{Clock, NEVER, to_secs};
 use crate::events::{Broadcaster, Event};
