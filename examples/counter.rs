@@ -43,10 +43,14 @@ pub fn app(sessions: Sessions) -> Router {
 
 async fn index(CurrentSession(session): CurrentSession) -> Html<String> {
     let n = session
-        .update(&VISITS, || 0, |n| {
-            *n += 1;
-            *n
-        })
+        .update(
+            &VISITS,
+            || 0,
+            |n| {
+                *n += 1;
+                *n
+            },
+        )
         .unwrap_or(0);
     Html(format!(
         "<!doctype html><title>Counter</title><h1>{n}</h1>\
@@ -60,7 +64,9 @@ async fn renew(session: RequestSession) -> Html<String> {
         Ok(_) => "A new session id was issued; the count is kept.",
         Err(_) => "There was no session to renew.",
     };
-    Html(format!("<!doctype html><p>{text}</p><p><a href=\"/\">Next</a></p>"))
+    Html(format!(
+        "<!doctype html><p>{text}</p><p><a href=\"/\">Next</a></p>"
+    ))
 }
 
 async fn logout(session: RequestSession) -> Html<&'static str> {

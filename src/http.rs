@@ -36,9 +36,7 @@ use cookie::{Cookie, CookieJar};
 use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 
 use crate::clock::to_secs;
-use crate::{
-    ClientGuard, CreateError, Key, Refused, Session, SessionEnded, SessionId, Sessions,
-};
+use crate::{ClientGuard, CreateError, Key, Refused, Session, SessionEnded, SessionId, Sessions};
 
 /// The longest `Cookie` header (all of them together) that is read at all. Longer
 /// ones are refused without parsing: browsers send at most a few KiB.
@@ -349,7 +347,9 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Rejection::Malformed => f.write_str("the session cookie is not a valid session id"),
-            Rejection::BadSignature => f.write_str("the session cookie's signature does not verify"),
+            Rejection::BadSignature => {
+                f.write_str("the session cookie's signature does not verify")
+            }
             Rejection::Refused(r) => r.fmt(f),
         }
     }
@@ -431,7 +431,12 @@ impl SessionManager {
     /// Like [`start`](Self::start), reading every `Cookie` header of `headers`
     /// (HTTP/2 may split cookies across several).
     pub fn start_headers(&self, headers: &HeaderMap, peer: Option<IpAddr>, path: &str) -> Started {
-        let cookies = || headers.get_all(COOKIE).into_iter().map(HeaderValue::as_bytes);
+        let cookies = || {
+            headers
+                .get_all(COOKIE)
+                .into_iter()
+                .map(HeaderValue::as_bytes)
+        };
         self.start_from(cookies, peer, path)
     }
 
@@ -509,7 +514,10 @@ impl SessionManager {
 
 /// The cookies named `name` in one `Cookie` header, in order, with surrounding
 /// double quotes removed. Works on bytes: never fails, never panics.
-pub(crate) fn cookie_values<'a>(header: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+pub(crate) fn cookie_values<'a>(
+    header: &'a [u8],
+    name: &'a [u8],
+) -> impl Iterator<Item = &'a [u8]> + 'a {
     header.split(|&b| b == b';').filter_map(move |pair| {
         let pair = pair.trim_ascii();
         let eq = pair.iter().position(|&b| b == b'=')?;

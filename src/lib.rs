@@ -148,7 +148,7 @@ pub use store::{
     CreateError, IpBinding, Iter, Refused, Sessions, SessionsBuilder, Stats, Sweeper, WhenFull,
 };
 
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
+/// The README's examples, compiled and run as doctests (they use every feature).
+#[cfg(all(doctest, feature = "axum", feature = "serde"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

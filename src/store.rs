@@ -15,9 +15,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 
-pub use config::{IpBinding, SessionsBuilder, Sweeper, WhenFull};
 #[cfg(feature = "http")]
 pub(crate) use config::same_prefix;
+pub use config::{IpBinding, SessionsBuilder, Sweeper, WhenFull};
 
 use crate::clock::{Clock, NEVER, to_secs};
 use crate::events::{Broadcaster, Event};

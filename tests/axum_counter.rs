@@ -65,19 +65,38 @@ fn pair(set_cookie: &str) -> String {
 async fn the_count_rises_and_the_cookie_is_as_configured() {
     let server = serve().await;
     let client = client_from(None);
-    let first = client.get(format!("{}/", server.base)).send().await.unwrap();
+    let first = client
+        .get(format!("{}/", server.base))
+        .send()
+        .await
+        .unwrap();
     let sc = set_cookie(&first).expect("a new session sets a cookie");
     let attrs: Vec<&str> = sc.split(';').map(str::trim).collect();
-    assert!(attrs[0].starts_with("id=") && attrs[0].len() == 3 + 22, "{sc}");
+    assert!(
+        attrs[0].starts_with("id=") && attrs[0].len() == 3 + 22,
+        "{sc}"
+    );
     for want in ["HttpOnly", "SameSite=Lax", "Path=/"] {
         assert!(attrs.contains(&want), "{want} missing in {sc}");
     }
-    assert!(!attrs.contains(&"Secure"), "the example is plain HTTP: {sc}");
+    assert!(
+        !attrs.contains(&"Secure"),
+        "the example is plain HTTP: {sc}"
+    );
     assert!(first.text().await.unwrap().contains("<h1>1</h1>"));
     for n in 2..=5 {
-        let resp = client.get(format!("{}/", server.base)).send().await.unwrap();
+        let resp = client
+            .get(format!("{}/", server.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(set_cookie(&resp), None, "nothing changed, nothing set");
-        assert!(resp.text().await.unwrap().contains(&format!("<h1>{n}</h1>")));
+        assert!(
+            resp.text()
+                .await
+                .unwrap()
+                .contains(&format!("<h1>{n}</h1>"))
+        );
     }
     assert_eq!(server.sessions.len(), 1);
 }
@@ -88,21 +107,37 @@ async fn logout_ends_the_session() {
     let client = client_from(None);
     assert_eq!(count(&client, &format!("{}/", server.base)).await, 1);
     assert_eq!(count(&client, &format!("{}/", server.base)).await, 2);
-    let resp = client.get(format!("{}/logout", server.base)).send().await.unwrap();
+    let resp = client
+        .get(format!("{}/logout", server.base))
+        .send()
+        .await
+        .unwrap();
     let sc = set_cookie(&resp).expect("logout expires the cookie");
     assert!(sc.contains("Max-Age=0"), "{sc}");
     assert_eq!(server.sessions.stats().ended_by(EndReason::Deleted), 1);
-    assert_eq!(count(&client, &format!("{}/", server.base)).await, 1, "a fresh session");
+    assert_eq!(
+        count(&client, &format!("{}/", server.base)).await,
+        1,
+        "a fresh session"
+    );
 }
 
 #[tokio::test]
 async fn renew_changes_the_id_and_the_old_cookie_is_refused() {
     let server = serve().await;
     let client = client_from(None);
-    let first = client.get(format!("{}/", server.base)).send().await.unwrap();
+    let first = client
+        .get(format!("{}/", server.base))
+        .send()
+        .await
+        .unwrap();
     let old = pair(&set_cookie(&first).unwrap());
     assert_eq!(count(&client, &format!("{}/", server.base)).await, 2);
-    let resp = client.get(format!("{}/renew", server.base)).send().await.unwrap();
+    let resp = client
+        .get(format!("{}/renew", server.base))
+        .send()
+        .await
+        .unwrap();
     let new = pair(&set_cookie(&resp).expect("renew sets a new cookie"));
     assert_ne!(old, new);
     // The jar holds the new cookie: the count goes on.
@@ -143,7 +178,10 @@ async fn a_cookie_from_another_address_is_refused_and_ends_the_session() {
         .unwrap();
     let thief_cookie = pair(&set_cookie(&resp).unwrap());
     assert_ne!(thief_cookie, cookie);
-    assert!(resp.text().await.unwrap().contains("<h1>1</h1>"), "the thief sees nothing of the owner's");
+    assert!(
+        resp.text().await.unwrap().contains("<h1>1</h1>"),
+        "the thief sees nothing of the owner's"
+    );
     assert_eq!(server.sessions.stats().ended_by(EndReason::IpMismatch), 1);
     assert_eq!(server.sessions.stats().refused_ip_mismatch, 1);
     // The owner's session is gone: the next visit starts over.

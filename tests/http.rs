@@ -26,7 +26,11 @@ fn pair(set_cookie: &str) -> String {
 }
 
 fn attrs(set_cookie: &str) -> Vec<String> {
-    set_cookie.split(';').skip(1).map(|a| a.trim().to_owned()).collect()
+    set_cookie
+        .split(';')
+        .skip(1)
+        .map(|a| a.trim().to_owned())
+        .collect()
 }
 
 fn key(byte: u8) -> SigningKey {
@@ -43,7 +47,10 @@ fn defaults_follow_owasp() {
     for want in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
         assert!(a.iter().any(|x| x == want), "{want} missing in {sc}");
     }
-    assert!(!sc.contains("Max-Age") && !sc.contains("Expires") && !sc.contains("Domain"), "{sc}");
+    assert!(
+        !sc.contains("Max-Age") && !sc.contains("Expires") && !sc.contains("Domain"),
+        "{sc}"
+    );
     let id: SessionId = pair(&sc)[3..].parse().unwrap();
     assert_eq!(id, started.session().unwrap().id());
 }
@@ -62,13 +69,22 @@ fn every_attribute_is_configurable() {
     let sc = set_cookie(&m.start(None, None, "/app/page")).unwrap();
     let a = attrs(&sc);
     assert!(sc.starts_with("sid="));
-    for want in ["SameSite=Strict", "Path=/app", "Domain=example.test", "Max-Age=60"] {
+    for want in [
+        "SameSite=Strict",
+        "Path=/app",
+        "Domain=example.test",
+        "Max-Age=60",
+    ] {
         assert!(a.iter().any(|x| x == want), "{want} missing in {sc}");
     }
     assert!(!a.iter().any(|x| x == "Secure" || x == "HttpOnly"), "{sc}");
     let none = CookiePolicy::new().same_site(SameSite::None);
     let (m, _clock) = manager(none, CreateMode::Auto);
-    assert!(set_cookie(&m.start(None, None, "/")).unwrap().contains("SameSite=None"));
+    assert!(
+        set_cookie(&m.start(None, None, "/"))
+            .unwrap()
+            .contains("SameSite=None")
+    );
 }
 
 #[test]
@@ -94,8 +110,16 @@ fn lazy_mode_creates_only_when_asked() {
     assert_eq!(started.set_cookie(), None);
     assert_eq!(m.sessions().len(), 0);
     let s = started.get_or_create().unwrap();
-    assert_eq!(started.get_or_create().unwrap().id(), s.id(), "created once");
-    assert!(set_cookie(&started).unwrap().starts_with(&format!("id={}", s.id())));
+    assert_eq!(
+        started.get_or_create().unwrap().id(),
+        s.id(),
+        "created once"
+    );
+    assert!(
+        set_cookie(&started)
+            .unwrap()
+            .starts_with(&format!("id={}", s.id()))
+    );
 }
 
 #[test]
@@ -204,13 +228,19 @@ fn persistent_cookies_are_refreshed_only_below_the_fraction() {
     let first = m.start(None, None, "/");
     let cookie = pair(&set_cookie(&first).unwrap());
     clock.advance(secs(20)); // 40 of 60 s left: no refresh
-    assert_eq!(m.start(Some(cookie.as_bytes()), None, "/").set_cookie(), None);
+    assert_eq!(
+        m.start(Some(cookie.as_bytes()), None, "/").set_cookie(),
+        None
+    );
     clock.advance(secs(15)); // 25 of 60 s left: refresh
     let s = m.start(Some(cookie.as_bytes()), None, "/");
     let sc = set_cookie(&s).unwrap();
     assert!(sc.contains("Max-Age=60"), "{sc}");
     clock.advance(secs(5)); // re-issued 5 s ago: no refresh again
-    assert_eq!(m.start(Some(cookie.as_bytes()), None, "/").set_cookie(), None);
+    assert_eq!(
+        m.start(Some(cookie.as_bytes()), None, "/").set_cookie(),
+        None
+    );
 }
 
 #[test]
@@ -224,7 +254,9 @@ fn signed_cookies_verify_and_rotate() {
     );
     let after = SessionManager::new(
         sessions.clone(),
-        CookiePolicy::new().signing_key(new_key.clone()).previous_keys([old_key]),
+        CookiePolicy::new()
+            .signing_key(new_key.clone())
+            .previous_keys([old_key]),
         CreateMode::Lazy,
     );
     let foreign = SessionManager::new(
@@ -235,7 +267,10 @@ fn signed_cookies_verify_and_rotate() {
     let mut first = before.start(None, None, "/");
     let id = first.get_or_create().unwrap().id();
     let old_cookie = pair(&set_cookie(&first).unwrap());
-    assert!(old_cookie.len() > 3 + 22, "a signature is prepended: {old_cookie}");
+    assert!(
+        old_cookie.len() > 3 + 22,
+        "a signature is prepended: {old_cookie}"
+    );
     assert!(old_cookie.ends_with(&id.to_string()));
 
     // Signed with the previous key: accepted, and re-issued with the new key.
@@ -253,18 +288,29 @@ fn signed_cookies_verify_and_rotate() {
     assert!(refused.session().is_none());
     // A bare id without a signature: refused.
     let bare = format!("id={id}");
-    assert_eq!(after.start(Some(bare.as_bytes()), None, "/").rejected(), Some(Rejection::BadSignature));
+    assert_eq!(
+        after.start(Some(bare.as_bytes()), None, "/").rejected(),
+        Some(Rejection::BadSignature)
+    );
     // Tampered: one character of the id changed.
     let mut tampered = new_cookie.clone().into_bytes();
     let last = tampered.len() - 2;
     tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
-    assert_eq!(after.start(Some(&tampered), None, "/").rejected(), Some(Rejection::BadSignature));
+    assert_eq!(
+        after.start(Some(&tampered), None, "/").rejected(),
+        Some(Rejection::BadSignature)
+    );
     // Truncated at every length: refused, never a panic.
     for cut in 0..new_cookie.len() {
         let s = after.start(Some(&new_cookie.as_bytes()[..cut]), None, "/");
         assert!(s.session().is_none(), "cut at {cut}");
     }
-    assert!(SigningKey::from_bytes(&[0; 10]).unwrap_err().to_string().contains("64 bytes"));
+    assert!(
+        SigningKey::from_bytes(&[0; 10])
+            .unwrap_err()
+            .to_string()
+            .contains("64 bytes")
+    );
 }
 
 #[test]
@@ -276,11 +322,27 @@ fn hostile_cookie_headers_never_panic_and_never_match() {
     let found = |header: &[u8]| m.start(Some(header), None, "/").session().map(|s| s.id());
 
     // Readable variants of a good cookie.
-    assert_eq!(found(format!("a=1; {good}; b=2").as_bytes()), Some(id), "several cookies");
-    assert_eq!(found(format!("  {good}  ;x=y").as_bytes()), Some(id), "spaces");
+    assert_eq!(
+        found(format!("a=1; {good}; b=2").as_bytes()),
+        Some(id),
+        "several cookies"
+    );
+    assert_eq!(
+        found(format!("  {good}  ;x=y").as_bytes()),
+        Some(id),
+        "spaces"
+    );
     assert_eq!(found(format!("id=\"{id}\"").as_bytes()), Some(id), "quotes");
-    assert_eq!(found(format!("id=junk; {good}").as_bytes()), Some(id), "duplicate names, one good");
-    assert_eq!(found(format!("{good}; id=junk").as_bytes()), Some(id), "duplicate names, good first");
+    assert_eq!(
+        found(format!("id=junk; {good}").as_bytes()),
+        Some(id),
+        "duplicate names, one good"
+    );
+    assert_eq!(
+        found(format!("{good}; id=junk").as_bytes()),
+        Some(id),
+        "duplicate names, good first"
+    );
     assert_eq!(found(format!("xid=1;{good}").as_bytes()), Some(id));
 
     // Hostile ones: treated as no valid session.
@@ -317,7 +379,10 @@ fn several_cookie_headers_are_all_read() {
     let id = first.get_or_create().unwrap().id();
     let mut headers = HeaderMap::new();
     headers.append("cookie", HeaderValue::from_static("a=1"));
-    headers.append("cookie", HeaderValue::from_str(&format!("id={id}")).unwrap());
+    headers.append(
+        "cookie",
+        HeaderValue::from_str(&format!("id={id}")).unwrap(),
+    );
     let started = m.start_headers(&headers, None, "/");
     assert_eq!(started.session().unwrap().id(), id);
     let mut response = HeaderMap::new();

@@ -214,7 +214,9 @@ pub struct RequestSession(Arc<Mutex<Started>>);
 
 impl fmt::Debug for RequestSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("RequestSession").field(&*self.0.lock()).finish()
+        f.debug_tuple("RequestSession")
+            .field(&*self.0.lock())
+            .finish()
     }
 }
 
@@ -267,9 +269,9 @@ pub enum SessionRejection {
 impl fmt::Display for SessionRejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SessionRejection::MissingLayer => {
-                f.write_str("no SessionLayer in front of this route: add `.layer(SessionLayer::new(..))`")
-            }
+            SessionRejection::MissingLayer => f.write_str(
+                "no SessionLayer in front of this route: add `.layer(SessionLayer::new(..))`",
+            ),
             SessionRejection::OutOfScope => {
                 f.write_str("this path is outside the session cookie's path")
             }

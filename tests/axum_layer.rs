@@ -1,0 +1,232 @@
+//! The tower layer without a network: client address and trusted proxies,
+//! server-sent events attaching a client, extractor rejections, lazy mode.
+#![cfg(feature = "axum")]
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode, header};
+use axum::routing::get;
+use common::v4;
+use keyed_session::http::{CookiePolicy, CreateMode, SessionManager, TrustedProxies};
+use keyed_session::integrations::axum::{CurrentSession, RequestSession, SessionLayer};
+use keyed_session::{IpBinding, Key, Sessions, Sweeper};
+use tower::ServiceExt;
+
+fn store() -> Sessions {
+    Sessions::builder()
+        .sweeper(Sweeper::Manual)
+        .ip_binding(IpBinding::Exact)
+        .build()
+}
+
+fn request(path: &str, from: IpAddr, cookie: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(path);
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, c);
+    }
+    let mut req = b.body(Body::empty()).unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::new(from, 40000)));
+    req
+}
+
+async fn peer_of(req: RequestSession) -> String {
+    format!("{:?}", req.session().and_then(|s| s.peer()))
+}
+
+#[tokio::test]
+async fn the_peer_comes_from_connect_info_or_a_trusted_proxy() {
+    let manager = SessionManager::new(store(), CookiePolicy::new(), CreateMode::Auto);
+    let proxies = TrustedProxies::new().trust(v4(10, 0, 0, 0), 8);
+    let app = Router::new()
+        .route("/", get(peer_of))
+        .layer(SessionLayer::new(manager).trusted_proxies(proxies));
+    let body = |resp: axum::response::Response| async move {
+        String::from_utf8(
+            axum::body::to_bytes(resp.into_body(), 1024)
+                .await
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap()
+    };
+    // Direct from a client: its own address, whatever it claims.
+    let mut req = request("/", v4(198, 51, 100, 1), None);
+    req.headers_mut()
+        .insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(body(resp).await, "Some(198.51.100.1)");
+    // Through a trusted proxy: the forwarded address.
+    let mut req = request("/", v4(10, 0, 0, 5), None);
+    req.headers_mut()
+        .insert("x-forwarded-for", "203.0.113.9, 10.1.1.1".parse().unwrap());
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(body(resp).await, "Some(203.0.113.9)");
+    // `Forwarded` wins over `X-Forwarded-For`.
+    let mut req = request("/", v4(10, 0, 0, 5), None);
+    req.headers_mut().insert(
+        "forwarded",
+        "for=\"[2001:db8::7]:4711\";proto=https".parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(body(resp).await, "Some(2001:db8::7)");
+    // Garbage in the header: the proxy's own address, no panic.
+    let mut req = request("/", v4(10, 0, 0, 5), None);
+    req.headers_mut()
+        .insert("x-forwarded-for", "not-an-ip, ::::".parse().unwrap());
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(body(resp).await, "Some(10.0.0.5)");
+}
+
+#[tokio::test]
+async fn server_sent_events_attach_a_client_for_the_body_and_requests_do_not() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let key = Key::<u8>::builder("stream-state")
+        .on_no_client(move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+            true
+        })
+        .build();
+    let (k1, k2) = (key.clone(), key.clone());
+    let manager = SessionManager::new(store(), CookiePolicy::new(), CreateMode::Auto);
+    let app = Router::new()
+        .route(
+            "/page",
+            get(move |CurrentSession(s): CurrentSession| async move {
+                s.set(&k1, 1).unwrap();
+                "page"
+            }),
+        )
+        .route(
+            "/events",
+            get(move |CurrentSession(s): CurrentSession| async move {
+                s.set(&k2, 1).unwrap();
+                (
+                    [(header::CONTENT_TYPE, "text/event-stream")],
+                    "data: hi\n\n",
+                )
+            }),
+        )
+        .layer(SessionLayer::new(manager));
+    let resp = app
+        .clone()
+        .oneshot(request("/page", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    drop(resp);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "an ordinary request attaches nothing"
+    );
+    let resp = app
+        .clone()
+        .oneshot(request("/events", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "attached while the stream is open"
+    );
+    drop(resp);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "detached when the stream closed"
+    );
+}
+
+#[tokio::test]
+async fn extractors_reject_clearly() {
+    // No layer at all.
+    let app = Router::new().route("/", get(|_: CurrentSession| async { "x" }));
+    let resp = app
+        .oneshot(request("/", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let text = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    assert!(String::from_utf8_lossy(&text).contains("SessionLayer"));
+
+    // A full store: 503.
+    let full = Sessions::builder()
+        .sweeper(Sweeper::Manual)
+        .max_sessions(0)
+        .build();
+    let manager = SessionManager::new(full, CookiePolicy::new(), CreateMode::Lazy);
+    let app = Router::new()
+        .route("/", get(|_: CurrentSession| async { "x" }))
+        .layer(SessionLayer::new(manager));
+    let resp = app
+        .oneshot(request("/", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // Outside the cookie's path.
+    let manager = SessionManager::new(store(), CookiePolicy::new().path("/app"), CreateMode::Auto);
+    let app = Router::new()
+        .route("/other", get(|_: CurrentSession| async { "x" }))
+        .layer(SessionLayer::new(manager));
+    let resp = app
+        .oneshot(request("/other", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+}
+
+#[tokio::test]
+async fn lazy_mode_sets_a_cookie_only_when_a_handler_opens_a_session() {
+    let sessions = store();
+    let manager = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Lazy);
+    let app = Router::new()
+        .route(
+            "/browse",
+            get(|r: RequestSession| async move { format!("{}", r.session().is_some()) }),
+        )
+        .route(
+            "/login",
+            get(|r: RequestSession| async move {
+                r.get_or_create().unwrap();
+                r.renew().unwrap();
+                "in"
+            }),
+        )
+        .layer(SessionLayer::new(manager));
+    let resp = app
+        .clone()
+        .oneshot(request("/browse", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    assert_eq!(sessions.len(), 0);
+    let resp = app
+        .clone()
+        .oneshot(request("/login", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    let sc = resp
+        .headers()
+        .get(header::SET_COOKIE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let id = sessions.iter().next().unwrap().id();
+    assert!(
+        sc.starts_with(&format!("id={id};")),
+        "the cookie carries the renewed id: {sc}"
+    );
+}
