@@ -380,6 +380,7 @@ impl Sessions {
     }
 
     /// The store's clock, read now.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn clock_now(&self) -> std::time::SystemTime {
         self.inner.clock.now()
     }
