@@ -20,6 +20,16 @@ pub enum Event {
         /// The client address it was created for.
         peer: Option<IpAddr>,
     },
+    /// A session came back from a snapshot (see
+    /// [`Sessions::restore_from`](crate::Sessions::restore_from)); it stands in
+    /// for the [`Event::Begin`] sent when the session was first created, and is
+    /// paired with an [`Event::End`] like it.
+    Restored {
+        /// Its id (the same as before the restart).
+        id: SessionId,
+        /// The client address it was created for.
+        peer: Option<IpAddr>,
+    },
     /// A session ended. Sent after the `on_delete` hooks of all its values ran,
     /// so a listener sees a session that is completely gone.
     End {
@@ -43,7 +53,7 @@ impl Event {
     /// The id the event is about (the new one for [`Event::Renewed`]).
     pub fn id(&self) -> SessionId {
         match *self {
-            Event::Begin { id, .. } | Event::End { id, .. } => id,
+            Event::Begin { id, .. } | Event::Restored { id, .. } | Event::End { id, .. } => id,
             Event::Renewed { new, .. } => new,
         }
     }

@@ -158,6 +158,43 @@ fn no_hook(which: &str, name: &str) -> io::Error {
     )
 }
 
+/// A key as [`Sessions::restore_from`](crate::Sessions::restore_from) sees it:
+/// a name, and the means to load a value of its type. Implemented by every
+/// [`Key`]; pass keys as `&[&KEY_A, &KEY_B]`.
+pub trait LoadKey: Send + Sync + sealed::Sealed {
+    /// The key's name, as written in snapshots.
+    fn name(&self) -> &str;
+    /// Loads a value with the key's `load` hook, ready to go into a session.
+    ///
+    /// # Errors
+    /// The hook's error, or [`io::ErrorKind::Unsupported`] without a hook.
+    fn load_value_erased(&self, input: &mut dyn Read) -> io::Result<LoadedValue>;
+}
+
+/// A value loaded by a [`LoadKey`], not yet in a session.
+pub struct LoadedValue(pub(crate) Box<dyn ErasedSlot>);
+
+impl fmt::Debug for LoadedValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("LoadedValue").field(&self.0.key_name()).finish()
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<T> Sealed for super::Key<T> {}
+}
+
+impl<T: Send + Sync + 'static> LoadKey for Key<T> {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    fn load_value_erased(&self, input: &mut dyn Read) -> io::Result<LoadedValue> {
+        self.load_value(input).map(|v| LoadedValue(self.slot(v)))
+    }
+}
+
 /// Builds a [`Key`]; every hook is optional.
 #[must_use = "a key builder does nothing until `build` is called"]
 pub struct KeyBuilder<T> {
@@ -271,6 +308,8 @@ pub(crate) trait ErasedSlot: Send + Sync {
     fn keep_without_client(&self) -> bool;
     /// Hands the value to `on_delete`, or drops it when there is none.
     fn delete(self: Box<Self>, ctx: &DeleteContext);
+    /// Writes the value with the key's `save` hook; `None` when it has none.
+    fn save(&self, out: &mut dyn Write) -> Option<io::Result<()>>;
 }
 
 /// Takes the value out of a slot of key type `T` (no allocation).
@@ -316,6 +355,10 @@ impl<T: Send + Sync + 'static> ErasedSlot for TypedSlot<T> {
             Some(hook) => hook(&self.value),
             None => true,
         }
+    }
+
+    fn save(&self, out: &mut dyn Write) -> Option<io::Result<()>> {
+        self.key.save.as_ref().map(|save| save(&self.value, out))
     }
 
     fn delete(self: Box<Self>, ctx: &DeleteContext) {

@@ -133,6 +133,7 @@ mod id;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod integrations;
 mod key;
+pub mod persist;
 mod reason;
 mod session;
 mod store;
@@ -141,7 +142,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use crossbeam_channel::Receiver;
 pub use events::Event;
 pub use id::{IdGenerator, ParseIdError, RandomIds, SESSION_ID_LEN, SessionId};
-pub use key::{Key, KeyBuilder};
+pub use key::{Key, KeyBuilder, LoadKey, LoadedValue};
 pub use reason::{DeleteCause, DeleteContext, EndReason};
 pub use session::{ClientGuard, Session, SessionEnded};
 pub use store::{

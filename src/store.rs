@@ -130,6 +130,12 @@ pub struct Stats {
     pub events_dropped: u64,
     /// Current subscribers.
     pub subscribers: usize,
+    /// Sessions restored from snapshots.
+    pub restored: u64,
+    /// Snapshots written by the periodic or shutdown snapshot.
+    pub snapshots_written: u64,
+    /// Periodic or shutdown snapshots that failed (I/O errors).
+    pub snapshot_errors: u64,
 }
 
 impl Stats {
@@ -151,6 +157,9 @@ struct Counters {
     refused: [AtomicU64; 3],
     create_refused: AtomicU64,
     hook_panics: AtomicU64,
+    restored: AtomicU64,
+    snapshots_written: AtomicU64,
+    snapshot_errors: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -171,7 +180,7 @@ pub(crate) struct StoreInner {
     shut: AtomicBool,
     /// Which shard passive sweeping visits next.
     cursor: AtomicUsize,
-    /// Dropping this stops the background sweeper.
+    /// Dropping this stops the background threads (sweeper, snapshots).
     sweeper_stop: Mutex<Option<Sender<()>>>,
 }
 
@@ -221,20 +230,34 @@ impl Sessions {
             Sweeper::Background(every) => Some(every.max(Duration::from_millis(10))),
             _ => None,
         };
+        let snapshot_every = config
+            .snapshot_to
+            .as_ref()
+            .and(config.snapshot_every)
+            .map(|every| every.max(Duration::from_millis(10)));
         let inner = Arc::new_cyclic(|weak: &Weak<StoreInner>| {
-            let mut stop = None;
+            // Both background threads stop when this sender is dropped.
+            let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+            let mut spawned = false;
             if let Some(every) = background {
-                let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-                let weak = weak.clone();
-                let started = std::thread::Builder::new()
-                    .name("keyed-session-sweeper".into())
-                    .spawn(move || background_sweeper(weak, stop_rx, every));
-                match started {
-                    Ok(_) => stop = Some(stop_tx),
+                let started = spawn_periodic("keyed-session-sweeper", weak, &stop_rx, every, |s| {
+                    let now = s.now();
+                    for i in 0..SHARDS {
+                        s.sweep_shard(i, now, usize::MAX, true);
+                    }
+                });
+                spawned |= started;
+                if !started {
                     // No thread to be had: sweep passively instead.
-                    Err(_) => config.sweeper = Sweeper::Passive(16),
+                    config.sweeper = Sweeper::Passive(16);
                 }
             }
+            if let Some(every) = snapshot_every {
+                spawned |= spawn_periodic("keyed-session-snapshot", weak, &stop_rx, every, |s| {
+                    s.save_configured_snapshot();
+                });
+            }
+            let stop = spawned.then_some(stop_tx);
             StoreInner {
                 shards,
                 config,
@@ -376,7 +399,14 @@ impl Sessions {
             hook_panics: load(&c.hook_panics),
             events_dropped: self.inner.events.dropped(),
             subscribers: self.inner.events.subscribers(),
+            restored: load(&c.restored),
+            snapshots_written: load(&c.snapshots_written),
+            snapshot_errors: load(&c.snapshot_errors),
         }
+    }
+
+    pub(crate) fn inner(&self) -> &StoreInner {
+        &self.inner
     }
 
     /// The store's clock, read now.
@@ -434,25 +464,97 @@ impl IntoIterator for &Sessions {
     }
 }
 
-fn background_sweeper(store: Weak<StoreInner>, stop: Receiver<()>, every: Duration) {
-    loop {
-        match stop.recv_timeout(every) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
-        }
-        // Not upgradable: the store is still being built, or is being dropped (then
-        // the stop channel closes and the next wait returns).
-        let Some(store) = store.upgrade() else {
-            continue;
-        };
-        let now = store.now();
-        for i in 0..SHARDS {
-            store.sweep_shard(i, now, usize::MAX, true);
-        }
-    }
+/// Starts a thread that runs `job` every `every` until the stop channel closes;
+/// `false` when the system refused the thread.
+fn spawn_periodic(
+    name: &str,
+    store: &Weak<StoreInner>,
+    stop: &Receiver<()>,
+    every: Duration,
+    job: fn(&StoreInner),
+) -> bool {
+    let (store, stop) = (store.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            loop {
+                match stop.recv_timeout(every) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                // Not upgradable: the store is still being built, or is being
+                // dropped (then the stop channel closes and the next wait returns).
+                if let Some(store) = store.upgrade() {
+                    job(&store);
+                }
+            }
+        })
+        .is_ok()
+}
+
+/// Why a restored session was not inserted.
+pub(crate) enum InsertError {
+    /// A live session has its id.
+    Duplicate,
+    /// The store is full or shut down.
+    Refused,
 }
 
 impl StoreInner {
+    pub(crate) fn count_hook_panic(&self) {
+        bump(&self.counters.hook_panics);
+    }
+
+    /// Every record in the store, shard by shard.
+    pub(crate) fn all_records(&self) -> Vec<Arc<Record>> {
+        let mut all = Vec::with_capacity(self.len.load(Ordering::Relaxed));
+        for shard in self.shards.iter() {
+            all.extend(shard.read().records());
+        }
+        all
+    }
+
+    /// Inserts a session brought back from a snapshot, with its own id. Counts
+    /// against the total limit (never evicting for it) but not the per-IP one.
+    pub(crate) fn insert_restored(&self, rec: Arc<Record>) -> Result<(), InsertError> {
+        if self.shut.load(Ordering::Acquire) {
+            return Err(InsertError::Refused);
+        }
+        let reserved = self.len.fetch_add(1, Ordering::AcqRel);
+        if self.config.max_sessions.is_some_and(|limit| reserved >= limit) {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            return Err(InsertError::Refused);
+        }
+        if let (Some(map), Some(peer)) = (&self.per_ip, rec.peer()) {
+            map.lock()
+                .entry(per_ip_key(peer))
+                .or_default()
+                .push(Arc::downgrade(&rec));
+        }
+        let id = rec.id();
+        let mut shard = self.shard(&id).write();
+        let refused = if self.shut.load(Ordering::Acquire) {
+            Some(InsertError::Refused)
+        } else if shard.contains_id(&id) {
+            Some(InsertError::Duplicate)
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            drop(shard);
+            self.unreserve(&rec);
+            return Err(why);
+        }
+        let at = recheck_at(&rec, self.now());
+        shard.insert(Arc::clone(&rec), at);
+        bump(&self.counters.restored);
+        self.events.send(Event::Restored {
+            id,
+            peer: rec.peer(),
+        });
+        Ok(())
+    }
+
     pub(crate) fn now(&self) -> u32 {
         to_secs(self.clock.now())
     }
@@ -805,8 +907,21 @@ impl StoreInner {
         None
     }
 
+    /// Writes the snapshot configured with `snapshot_to`, counting the outcome.
+    fn save_configured_snapshot(&self) {
+        if let Some(path) = &self.config.snapshot_to {
+            match self.write_snapshot(path) {
+                Ok(_) => bump(&self.counters.snapshots_written),
+                Err(_) => bump(&self.counters.snapshot_errors),
+            }
+        }
+    }
+
     fn shutdown(&self) -> usize {
-        self.shut.store(true, Ordering::Release);
+        if !self.shut.swap(true, Ordering::AcqRel) {
+            // The first shutdown saves what is about to end, when so configured.
+            self.save_configured_snapshot();
+        }
         self.sweeper_stop.lock().take();
         let mut ended = 0;
         for shard in self.shards.iter() {

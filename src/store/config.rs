@@ -150,6 +150,8 @@ pub(crate) struct Config {
     pub(crate) max_per_ip: Option<usize>,
     pub(crate) when_full: WhenFull,
     pub(crate) sweeper: Sweeper,
+    pub(crate) snapshot_to: Option<std::path::PathBuf>,
+    pub(crate) snapshot_every: Option<Duration>,
 }
 
 /// Builds a [`Sessions`] store; every option has a default.
@@ -188,6 +190,8 @@ impl std::fmt::Debug for SessionsBuilder {
             .field("when_full", &self.config.when_full)
             .field("sweeper", &self.config.sweeper)
             .field("event_capacity", &self.event_capacity)
+            .field("snapshot_to", &self.config.snapshot_to)
+            .field("snapshot_every", &self.config.snapshot_every)
             .finish_non_exhaustive()
     }
 }
@@ -203,6 +207,8 @@ impl Default for SessionsBuilder {
                 max_per_ip: None,
                 when_full: WhenFull::Refuse,
                 sweeper: Sweeper::default(),
+                snapshot_to: None,
+                snapshot_every: None,
             },
             clock: Arc::new(SystemClock::new()),
             ids: Box::new(RandomIds),
@@ -274,6 +280,23 @@ impl SessionsBuilder {
     /// How expired sessions are reclaimed (default a background thread every 30 s).
     pub fn sweeper(mut self, sweeper: Sweeper) -> Self {
         self.config.sweeper = sweeper;
+        self
+    }
+
+    /// Saves a snapshot of every live session to `path` when the store shuts
+    /// down or is dropped (before the sessions end), and every
+    /// [`snapshot_every`](Self::snapshot_every) if set. Restore it at start-up
+    /// with [`Sessions::restore_from`]. Failures are counted in
+    /// [`Stats::snapshot_errors`](crate::Stats::snapshot_errors).
+    pub fn snapshot_to(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.snapshot_to = Some(path.into());
+        self
+    }
+
+    /// With [`snapshot_to`](Self::snapshot_to): also save every `every`, from a
+    /// background thread, so a crash loses at most that much.
+    pub fn snapshot_every(mut self, every: Duration) -> Self {
+        self.config.snapshot_every = Some(every);
         self
     }
 
