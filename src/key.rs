@@ -176,7 +176,9 @@ pub struct LoadedValue(pub(crate) Box<dyn ErasedSlot>);
 
 impl fmt::Debug for LoadedValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("LoadedValue").field(&self.0.key_name()).finish()
+        f.debug_tuple("LoadedValue")
+            .field(&self.0.key_name())
+            .finish()
     }
 }
 

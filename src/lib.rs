@@ -62,8 +62,10 @@
 //!   `sweep`, `stats`, `subscribe`, `shutdown` — built by [`SessionsBuilder`]
 //!   with timeouts, [`IpBinding`], capacity limits and [`WhenFull`], the
 //!   [`Sweeper`] mode, a [`Clock`] and an [`IdGenerator`].
-//! - [`Event`]: `Begin`, `End` (with its [`EndReason`]) and `Renewed`, broadcast
-//!   to every subscriber.
+//! - [`Event`]: `Begin`, `End` (with its [`EndReason`]), `Renewed` and
+//!   `Restored`, broadcast to every subscriber.
+//! - [`persist`]: snapshots — [`Sessions::save_to`], [`Sessions::restore_from`],
+//!   and the builder's `snapshot_to` / `snapshot_every`.
 //!
 //! # How sessions end, and which hooks run
 //!

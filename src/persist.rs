@@ -157,7 +157,9 @@ impl SessionImage {
         let values: Vec<&(String, Vec<u8>)> = self
             .values
             .iter()
-            .filter(|(name, data)| name.len() <= usize::from(u16::MAX) && u32::try_from(data.len()).is_ok())
+            .filter(|(name, data)| {
+                name.len() <= usize::from(u16::MAX) && u32::try_from(data.len()).is_ok()
+            })
             .take(usize::from(u16::MAX))
             .collect();
         out.extend_from_slice(&(values.len() as u16).to_le_bytes());
@@ -195,7 +197,9 @@ impl SessionImage {
                 .map_err(|_| SnapshotError::Invalid("key name"))?
                 .to_owned();
             let data_len = u32::from_le_bytes(r.array()?);
-            let data = r.take(usize::try_from(data_len).unwrap_or(usize::MAX))?.to_vec();
+            let data = r
+                .take(usize::try_from(data_len).unwrap_or(usize::MAX))?
+                .to_vec();
             values.push((name, data));
         }
         if !r.0.is_empty() {
@@ -284,7 +288,11 @@ pub(crate) fn crc32(parts: &[&[u8]]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             table[i] = c;
@@ -574,7 +582,10 @@ mod tests {
         image.encode(&mut bytes);
         assert_eq!(SessionImage::decode(&bytes).unwrap(), image);
         bytes.push(0);
-        assert!(matches!(SessionImage::decode(&bytes), Err(SnapshotError::Invalid(_))));
+        assert!(matches!(
+            SessionImage::decode(&bytes),
+            Err(SnapshotError::Invalid(_))
+        ));
         for cut in 0..bytes.len() - 1 {
             assert!(SessionImage::decode(&bytes[..cut]).is_err(), "cut {cut}");
         }

@@ -521,7 +521,11 @@ impl StoreInner {
             return Err(InsertError::Refused);
         }
         let reserved = self.len.fetch_add(1, Ordering::AcqRel);
-        if self.config.max_sessions.is_some_and(|limit| reserved >= limit) {
+        if self
+            .config
+            .max_sessions
+            .is_some_and(|limit| reserved >= limit)
+        {
             self.len.fetch_sub(1, Ordering::AcqRel);
             return Err(InsertError::Refused);
         }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -39,7 +39,11 @@ fn populated(clock: &ManualClock) -> (Sessions, Key<u64>, Key<mpsc::Sender<u8>>)
     let sessions = builder(clock).build();
     let counter = counter_key();
     let channel: Key<mpsc::Sender<u8>> = Key::new("channel");
-    let peers = [Some(v4(10, 0, 0, 1)), Some(v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 9])), None];
+    let peers = [
+        Some(v4(10, 0, 0, 1)),
+        Some(v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 9])),
+        None,
+    ];
     for (i, peer) in peers.into_iter().enumerate() {
         let s = sessions.create(peer).unwrap();
         s.set(&counter, i as u64).unwrap();
@@ -58,7 +62,11 @@ fn a_round_trip_keeps_ids_times_peers_and_saved_values() {
     let saved = before.save_to(&path).unwrap();
     assert_eq!(saved.sessions, 3);
     assert_eq!(saved.bytes, std::fs::metadata(&path).unwrap().len());
-    assert_eq!(saved.unsaved.get("channel"), Some(&3), "memory-only values are reported");
+    assert_eq!(
+        saved.unsaved.get("channel"),
+        Some(&3),
+        "memory-only values are reported"
+    );
 
     let after = builder(&clock).build();
     let events = after.subscribe();
@@ -74,9 +82,14 @@ fn a_round_trip_keeps_ids_times_peers_and_saved_values() {
         assert_eq!(new.expires_at(), old.expires_at());
         assert_eq!(new.get(&counter), old.get(&counter));
         assert_eq!(new.keys(), ["counter"], "the channel did not come back");
-        after.get(&old.id(), old.peer()).expect("the same id works after restore");
+        after
+            .get(&old.id(), old.peer())
+            .expect("the same id works after restore");
     }
-    let restored = events.try_iter().filter(|e| matches!(e, Event::Restored { .. })).count();
+    let restored = events
+        .try_iter()
+        .filter(|e| matches!(e, Event::Restored { .. }))
+        .count();
     assert_eq!(restored, 3);
     assert_eq!(after.stats().restored, 3);
     // Restoring the same snapshot again finds the ids taken.
@@ -176,7 +189,10 @@ fn a_corrupted_record_in_the_middle_is_skipped() {
 #[test]
 fn garbage_wrong_versions_and_huge_lengths_are_clear_errors() {
     let (sessions, _clock) = store();
-    assert!(matches!(sessions.restore_bytes(b"", &[]), Err(SnapshotError::NotASnapshot)));
+    assert!(matches!(
+        sessions.restore_bytes(b"", &[]),
+        Err(SnapshotError::NotASnapshot)
+    ));
     assert!(matches!(
         sessions.restore_bytes(&[0xFF; 4096], &[]),
         Err(SnapshotError::NotASnapshot)
@@ -327,7 +343,10 @@ fn shutdown_saves_before_ending_and_periodic_snapshots_run() {
     assert!(sessions.stats().snapshots_written >= 1);
     assert_eq!(sessions.stats().snapshot_errors, 0);
     let reader = builder(&clock).sweeper(Sweeper::Manual).build();
-    assert_eq!(reader.restore_from(&periodic_path, &[]).unwrap().restored, 1);
+    assert_eq!(
+        reader.restore_from(&periodic_path, &[]).unwrap().restored,
+        1
+    );
 }
 
 #[test]
@@ -353,5 +372,8 @@ fn images_are_the_unit_a_shared_store_can_reuse() {
     let other = builder(&clock).build();
     let mut report = Default::default();
     other.restore_image(image, &[&counter], &mut report);
-    assert_eq!(other.get(&s.id(), s.peer()).unwrap().get(&counter), s.get(&counter));
+    assert_eq!(
+        other.get(&s.id(), s.peer()).unwrap().get(&counter),
+        s.get(&counter)
+    );
 }
