@@ -8,9 +8,15 @@ use std::time::Instant;
 use keyed_session::{Sessions, Sweeper};
 
 fn main() {
-    let ops: usize = if std::env::var("QUICK").is_ok() { 20_000 } else { 200_000 };
+    let ops: usize = if std::env::var("QUICK").is_ok() {
+        20_000
+    } else {
+        200_000
+    };
     println!("create + delete, {ops} pairs, one thread (each pair sends a Begin and an End)");
-    println!("| subscribers | ns per create+delete | events delivered | events dropped | ÷ no subscriber |");
+    println!(
+        "| subscribers | ns per create+delete | events delivered | events dropped | ÷ no subscriber |"
+    );
     println!("| --- | ---: | ---: | ---: | ---: |");
     let mut baseline = 0.0;
     for (label, readers, idle) in [

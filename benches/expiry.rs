@@ -37,7 +37,11 @@ fn sweep_once(n: usize, fraction: f64) -> (Duration, usize) {
 
 fn main() {
     let quick = std::env::var("QUICK").is_ok();
-    let sizes: &[usize] = if quick { &[10_000, 100_000] } else { &[10_000, 100_000, 1_000_000] };
+    let sizes: &[usize] = if quick {
+        &[10_000, 100_000]
+    } else {
+        &[10_000, 100_000, 1_000_000]
+    };
 
     println!("sweep, 10% expired: time per sweep and per ended session");
     println!("| sessions | expired | sweep ms | ns per ended | ns per session in store |");
@@ -65,14 +69,20 @@ fn main() {
     }
 
     println!("\ncreate cost: manual sweeping, passive sweeping, and a full scan per create");
-    println!("| sessions in store | manual ns/create | passive(16) ns/create | full scan ns/create | scan ÷ passive |");
+    println!(
+        "| sessions in store | manual ns/create | passive(16) ns/create | full scan ns/create | scan ÷ passive |"
+    );
     println!("| ---: | ---: | ---: | ---: | ---: |");
     for &n in sizes {
         let creates = 2_000;
         let mut row = Vec::new();
         for mode in 0..3 {
             let clock = ManualClock::new();
-            let sweeper = if mode == 1 { Sweeper::Passive(16) } else { Sweeper::Manual };
+            let sweeper = if mode == 1 {
+                Sweeper::Passive(16)
+            } else {
+                Sweeper::Manual
+            };
             let sessions = store(&clock, sweeper);
             for _ in 0..n {
                 sessions.create(None).unwrap();
@@ -83,7 +93,11 @@ fn main() {
                 sessions.create(None).unwrap();
             }
             clock.advance(Duration::from_secs(31));
-            let creates = if mode == 2 { (creates * 10_000 / n).max(20) } else { creates };
+            let creates = if mode == 2 {
+                (creates * 10_000 / n).max(20)
+            } else {
+                creates
+            };
             let start = Instant::now();
             for _ in 0..creates {
                 sessions.create(None).unwrap();

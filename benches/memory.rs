@@ -36,7 +36,10 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -48,7 +51,11 @@ static ALLOC: Counting = Counting;
 fn rss_bytes() -> i64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<i64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i64>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
 
@@ -82,7 +89,9 @@ fn fill(store: &str, case: &str, n: usize) -> Box<dyn std::any::Any> {
             use tower_sessions::SessionStore;
             use tower_sessions::session::{Id, Record};
             let store = tower_sessions::MemoryStore::default();
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
             let expiry = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
             rt.block_on(async {
                 for i in 0..n {
@@ -141,7 +150,11 @@ fn main() {
         return;
     }
     let quick = std::env::var("QUICK").is_ok();
-    let sizes: &[usize] = if quick { &[10_000, 100_000] } else { &[10_000, 100_000, 1_000_000] };
+    let sizes: &[usize] = if quick {
+        &[10_000, 100_000]
+    } else {
+        &[10_000, 100_000, 1_000_000]
+    };
     let exe = std::env::current_exe().unwrap();
     for &n in sizes {
         for case in CASES {

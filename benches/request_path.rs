@@ -65,7 +65,10 @@ fn fixture() -> Fixture {
     });
     let floor_ids: Vec<u128> = (0..N).map(|_| SessionId::random().as_u128()).collect();
     let floor = Arc::new(RwLock::new(
-        floor_ids.iter().map(|&id| (id, 0u64)).collect::<HashMap<_, _>>(),
+        floor_ids
+            .iter()
+            .map(|&id| (id, 0u64))
+            .collect::<HashMap<_, _>>(),
     ));
     Fixture {
         sessions,
@@ -186,7 +189,10 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("http_start");
     for (name, policy) in [
         ("unsigned", CookiePolicy::new()),
-        ("signed", CookiePolicy::new().signing_key(SigningKey::from_bytes(&[3; 64]).unwrap())),
+        (
+            "signed",
+            CookiePolicy::new().signing_key(SigningKey::from_bytes(&[3; 64]).unwrap()),
+        ),
     ] {
         let manager = SessionManager::new(f.sessions.clone(), policy, CreateMode::Lazy);
         let headers: Vec<Vec<u8>> = (0..1000)

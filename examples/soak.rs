@@ -7,17 +7,24 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use keyed_session::{EndReason, Key, Sessions, SessionId, Sweeper};
+use keyed_session::{EndReason, Key, SessionId, Sessions, Sweeper};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4)
 }
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -30,7 +37,9 @@ fn main() {
         .max_sessions_per_ip(1_000_000)
         .build();
     let counter: Key<u64> = Key::new("counter");
-    let blob: Key<Vec<u8>> = Key::builder("blob").on_delete(|v: Vec<u8>, _| drop(v)).build();
+    let blob: Key<Vec<u8>> = Key::builder("blob")
+        .on_delete(|v: Vec<u8>, _| drop(v))
+        .build();
     let total = Duration::from_secs(minutes * 60);
     let start = Instant::now();
     let mut recent: Vec<SessionId> = Vec::with_capacity(1024);
@@ -38,7 +47,10 @@ fn main() {
     let mut samples: Vec<(f64, usize, u64)> = Vec::new();
     let mut next_report = Duration::ZERO;
     println!("soak: {minutes} min at {rate} creates/s, idle timeout {idle:?}");
-    println!("{:>8} {:>10} {:>12} {:>12} {:>10}", "secs", "live", "created", "ended", "rss_kib");
+    println!(
+        "{:>8} {:>10} {:>12} {:>12} {:>10}",
+        "secs", "live", "created", "ended", "rss_kib"
+    );
     while start.elapsed() < total {
         // Keep to the rate: create what is due by now.
         let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
@@ -67,7 +79,12 @@ fn main() {
             let st = sessions.stats();
             let rss = rss_kib();
             let secs = start.elapsed().as_secs_f64();
-            println!("{secs:>8.0} {:>10} {:>12} {:>12} {rss:>10}", st.live, st.created, st.ended_total());
+            println!(
+                "{secs:>8.0} {:>10} {:>12} {:>12} {rss:>10}",
+                st.live,
+                st.created,
+                st.ended_total()
+            );
             samples.push((secs, st.live, rss));
             next_report += Duration::from_secs(5);
         }
@@ -88,7 +105,13 @@ fn main() {
         let first = samples[..half].iter().map(|s| s.2).max().unwrap_or(0);
         let last = samples[half..].iter().map(|s| s.2).max().unwrap_or(0);
         let growth = last as f64 / first.max(1) as f64;
-        println!("rss peak, first half {first} KiB, second half {last} KiB: ×{growth:.2} {}",
-            if growth <= 1.10 { "(levelled off)" } else { "(still growing)" });
+        println!(
+            "rss peak, first half {first} KiB, second half {last} KiB: ×{growth:.2} {}",
+            if growth <= 1.10 {
+                "(levelled off)"
+            } else {
+                "(still growing)"
+            }
+        );
     }
 }

@@ -51,6 +51,20 @@ async fn count(client: &reqwest::Client, url: &str) -> u64 {
     body[start..end].parse().unwrap()
 }
 
+/// GET `path` from the server, with an optional `Cookie` header set by hand.
+async fn fetch(
+    client: &reqwest::Client,
+    server: &Server,
+    path: &str,
+    cookie: Option<&str>,
+) -> reqwest::Response {
+    let mut req = client.get(format!("{}{path}", server.base));
+    if let Some(c) = cookie {
+        req = req.header(COOKIE, c);
+    }
+    req.send().await.unwrap()
+}
+
 fn set_cookie(resp: &reqwest::Response) -> Option<String> {
     resp.headers()
         .get(SET_COOKIE)
@@ -65,11 +79,7 @@ fn pair(set_cookie: &str) -> String {
 async fn the_count_rises_and_the_cookie_is_as_configured() {
     let server = serve().await;
     let client = client_from(None);
-    let first = client
-        .get(format!("{}/", server.base))
-        .send()
-        .await
-        .unwrap();
+    let first = fetch(&client, &server, "/", None).await;
     let sc = set_cookie(&first).expect("a new session sets a cookie");
     let attrs: Vec<&str> = sc.split(';').map(str::trim).collect();
     assert!(
@@ -85,11 +95,7 @@ async fn the_count_rises_and_the_cookie_is_as_configured() {
     );
     assert!(first.text().await.unwrap().contains("<h1>1</h1>"));
     for n in 2..=5 {
-        let resp = client
-            .get(format!("{}/", server.base))
-            .send()
-            .await
-            .unwrap();
+        let resp = fetch(&client, &server, "/", None).await;
         assert_eq!(set_cookie(&resp), None, "nothing changed, nothing set");
         assert!(
             resp.text()
@@ -107,11 +113,7 @@ async fn logout_ends_the_session() {
     let client = client_from(None);
     assert_eq!(count(&client, &format!("{}/", server.base)).await, 1);
     assert_eq!(count(&client, &format!("{}/", server.base)).await, 2);
-    let resp = client
-        .get(format!("{}/logout", server.base))
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(&client, &server, "/logout", None).await;
     let sc = set_cookie(&resp).expect("logout expires the cookie");
     assert!(sc.contains("Max-Age=0"), "{sc}");
     assert_eq!(server.sessions.stats().ended_by(EndReason::Deleted), 1);
@@ -126,30 +128,17 @@ async fn logout_ends_the_session() {
 async fn renew_changes_the_id_and_the_old_cookie_is_refused() {
     let server = serve().await;
     let client = client_from(None);
-    let first = client
-        .get(format!("{}/", server.base))
-        .send()
-        .await
-        .unwrap();
+    let first = fetch(&client, &server, "/", None).await;
     let old = pair(&set_cookie(&first).unwrap());
     assert_eq!(count(&client, &format!("{}/", server.base)).await, 2);
-    let resp = client
-        .get(format!("{}/renew", server.base))
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(&client, &server, "/renew", None).await;
     let new = pair(&set_cookie(&resp).expect("renew sets a new cookie"));
     assert_ne!(old, new);
     // The jar holds the new cookie: the count goes on.
     assert_eq!(count(&client, &format!("{}/", server.base)).await, 3);
     // The old cookie, sent by hand, finds nothing: a new session starts at 1.
     let bare = reqwest::Client::new();
-    let resp = bare
-        .get(format!("{}/", server.base))
-        .header(COOKIE, &old)
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(&bare, &server, "/", Some(&old)).await;
     let replaced = pair(&set_cookie(&resp).unwrap());
     assert_ne!(replaced, old, "a refused id is never adopted");
     assert!(resp.text().await.unwrap().contains("<h1>1</h1>"));
@@ -162,7 +151,7 @@ async fn renew_changes_the_id_and_the_old_cookie_is_refused() {
 async fn a_cookie_from_another_address_is_refused_and_ends_the_session() {
     let server = serve().await;
     let owner = client_from(Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))));
-    let first = owner.get(format!("{}/", server.base)).send().await.unwrap();
+    let first = fetch(&owner, &server, "/", None).await;
     let cookie = pair(&set_cookie(&first).unwrap());
     assert_eq!(count(&owner, &format!("{}/", server.base)).await, 2);
 
@@ -170,12 +159,7 @@ async fn a_cookie_from_another_address_is_refused_and_ends_the_session() {
         .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)))
         .build()
         .unwrap();
-    let resp = thief
-        .get(format!("{}/", server.base))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let resp = fetch(&thief, &server, "/", Some(&cookie)).await;
     let thief_cookie = pair(&set_cookie(&resp).unwrap());
     assert_ne!(thief_cookie, cookie);
     assert!(
