@@ -666,6 +666,8 @@ impl StoreInner {
             return Ok(());
         };
         let key = per_ip_key(peer);
+        // Read before the lock: the clock is user code.
+        let now = self.now();
         for _ in 0..4 {
             let victim = {
                 let mut map = map.lock();
@@ -678,7 +680,6 @@ impl StoreInner {
                 if self.config.when_full == WhenFull::Refuse {
                     break;
                 }
-                let now = self.now();
                 list.iter()
                     .filter_map(Weak::upgrade)
                     .min_by_key(|r| r.due().0.min(now.saturating_add(r.idle())))
