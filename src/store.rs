@@ -536,6 +536,7 @@ impl StoreInner {
                 .push(Arc::downgrade(&rec));
         }
         let id = rec.id();
+        let at = recheck_at(&rec, self.now());
         let mut shard = self.shard(&id).write();
         let refused = if self.shut.load(Ordering::Acquire) {
             Some(InsertError::Refused)
@@ -549,7 +550,6 @@ impl StoreInner {
             self.unreserve(&rec);
             return Err(why);
         }
-        let at = recheck_at(&rec, self.now());
         shard.insert(Arc::clone(&rec), at);
         bump(&self.counters.restored);
         self.events.send(Event::Restored {
@@ -867,7 +867,9 @@ impl StoreInner {
         if self.shut.load(Ordering::Acquire) || rec.ended().is_some() {
             return None;
         }
-        if let Some(reason) = rec.expired(self.now()) {
+        // Read before any lock: the clock is user code.
+        let now = self.now();
+        if let Some(reason) = rec.expired(now) {
             self.end(rec, reason);
             return None;
         }
@@ -904,8 +906,7 @@ impl StoreInner {
                 return None; // ended meanwhile
             }
             rec.set_id(new);
-            let at = recheck_at(rec, self.now());
-            new_shard.insert(Arc::clone(rec), at);
+            new_shard.insert(Arc::clone(rec), recheck_at(rec, now));
             self.events.send(Event::Renewed { old, new });
             return Some(new);
         }
