@@ -159,7 +159,17 @@ fn bench(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 threaded(iters, threads, &|i| {
                     let s = f.sessions.get(&f.ids[i], PEER).unwrap();
-                    black_box(s.update(&f.key, || 0, |n| *n += 1).unwrap());
+                    black_box(
+                        s.update(
+                            &f.key,
+                            || 0,
+                            |n| {
+                                *n += 1;
+                                *n
+                            },
+                        )
+                        .unwrap(),
+                    );
                 })
             })
         });
@@ -254,8 +264,8 @@ fn bench(c: &mut Criterion) {
 fn config() -> Criterion {
     let c = Criterion::default().without_plots();
     if std::env::var("QUICK").is_ok() {
-        c.warm_up_time(Duration::from_millis(100))
-            .measurement_time(Duration::from_millis(300))
+        c.warm_up_time(Duration::from_millis(50))
+            .measurement_time(Duration::from_millis(150))
             .sample_size(10)
     } else {
         c.warm_up_time(Duration::from_secs(1))

@@ -2,7 +2,8 @@
 //! beside a floor measured in the same run (the same ids and values written as a
 //! flat array of 24-byte records, synced, and read back).
 //!
-//! `cargo bench --bench snapshot` (`SNAPSHOT_SESSIONS=N` to change the count).
+//! `cargo bench --bench snapshot` (`SNAPSHOT_SESSIONS=N` to change the count,
+//! `QUICK=1` for 10,000).
 
 use std::hint::black_box;
 use std::io::Write;
@@ -26,7 +27,7 @@ fn main() {
     let n: usize = std::env::var("SNAPSHOT_SESSIONS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(if std::env::var("QUICK").is_ok() { 10_000 } else { 100_000 });
     let dir = std::env::temp_dir().join(format!("keyed-session-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let counter = Key::<u64>::builder("counter")

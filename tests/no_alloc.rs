@@ -64,5 +64,8 @@ fn the_request_path_does_not_allocate() {
     }
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
     assert_eq!(sum, (0..1000).sum::<u64>());
-    assert_eq!(allocations, 0, "the request path allocated {allocations} times");
+    assert_eq!(
+        allocations, 0,
+        "the request path allocated {allocations} times"
+    );
 }
