@@ -27,7 +27,11 @@ fn main() {
     let n: usize = std::env::var("SNAPSHOT_SESSIONS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(if std::env::var("QUICK").is_ok() { 10_000 } else { 100_000 });
+        .unwrap_or(if std::env::var("QUICK").is_ok() {
+            10_000
+        } else {
+            100_000
+        });
     let dir = std::env::temp_dir().join(format!("keyed-session-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let counter = Key::<u64>::builder("counter")

@@ -121,14 +121,8 @@ fn new_store(clock: &ManualClock) -> (Sessions, Receiver<Event>) {
 
 fn counter_key(deleted: &Arc<Mutex<Vec<u64>>>) -> Key<u64> {
     let log = Arc::clone(deleted);
-    Key::<u64>::builder("token")
+    common::saved_u64("token")
         .on_delete(move |t, _| log.lock().push(t))
-        .save(|t, out| out.write_all(&t.to_le_bytes()))
-        .load(|input| {
-            let mut b = [0u8; 8];
-            input.read_exact(&mut b)?;
-            Ok(u64::from_le_bytes(b))
-        })
         .build()
 }
 

@@ -13,14 +13,7 @@ use keyed_session::persist::{SessionImage, SnapshotError};
 use keyed_session::{Event, Key, LoadKey, ManualClock, Sessions, Sweeper};
 
 fn counter_key() -> Key<u64> {
-    Key::<u64>::builder("counter")
-        .save(|v, out| out.write_all(&v.to_le_bytes()))
-        .load(|input| {
-            let mut b = [0u8; 8];
-            input.read_exact(&mut b)?;
-            Ok(u64::from_le_bytes(b))
-        })
-        .build()
+    common::saved_u64("counter").build()
 }
 
 fn temp_dir(name: &str) -> PathBuf {

@@ -5,7 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyed_session::{DeleteCause, Key, ManualClock, Sessions, SessionsBuilder, Sweeper};
+use keyed_session::{
+    DeleteCause, Key, KeyBuilder, ManualClock, Sessions, SessionsBuilder, Sweeper,
+};
 use parking_lot::Mutex;
 
 /// A store with a manual clock, a 60 s idle timeout and manual sweeping.
@@ -45,4 +47,15 @@ pub fn tracked(name: &'static str) -> (Key<u64>, Log) {
         .on_delete(move |v, ctx| sink.lock().push((v, ctx.cause)))
         .build();
     (key, log)
+}
+
+/// A `u64` key builder whose `save` / `load` write eight little-endian bytes.
+pub fn saved_u64(name: &'static str) -> KeyBuilder<u64> {
+    Key::<u64>::builder(name)
+        .save(|v, out| out.write_all(&v.to_le_bytes()))
+        .load(|input| {
+            let mut b = [0u8; 8];
+            input.read_exact(&mut b)?;
+            Ok(u64::from_le_bytes(b))
+        })
 }
