@@ -33,6 +33,8 @@ const SHARD_BITS: u32 = 4;
 const SHARDS: usize = 1 << SHARD_BITS;
 /// How many times `create` and `renew` draw a new id when the drawn one is taken.
 const ID_ATTEMPTS: usize = 8;
+/// How many sessions with clients eviction looks past in each shard.
+const ATTACHED_LOOKAHEAD: usize = 8;
 /// How many due entries a full sweep pops from one shard per lock hold.
 const SWEEP_BATCH: usize = 256;
 
@@ -719,16 +721,38 @@ impl StoreInner {
     /// (attached sessions count as just used).
     fn eviction_victim(&self) -> Option<Arc<Record>> {
         let now = self.now();
-        let mut best: Option<(u32, Arc<Record>)> = None;
+        // The nearest-to-expiry session without a client; failing that, the
+        // nearest with one. Sessions with clients count as just used, so they
+        // tie with the most recent others: they are looked past (a few per
+        // shard) rather than evicted on a tie.
+        let mut best: Option<(bool, u32, Arc<Record>)> = None;
         for shard in self.shards.iter() {
             let mut shard = shard.write();
-            if let Some((at, rec)) = settle_top(&mut shard, now) {
-                if best.as_ref().is_none_or(|(b, _)| at < *b) {
-                    best = Some((at, rec));
+            let mut passed = Vec::new();
+            let mut candidate = None;
+            while let Some((at, rec)) = settle_top(&mut shard, now) {
+                let attached = rec.clients() > 0;
+                if candidate.is_none() {
+                    candidate = Some((attached, at, Arc::clone(&rec)));
+                } else if !attached {
+                    candidate = Some((false, at, rec));
+                }
+                if !attached || passed.len() == ATTACHED_LOOKAHEAD {
+                    break;
+                }
+                passed.extend(shard.heap.pop());
+            }
+            shard.heap.extend(passed);
+            if let Some((attached, at, rec)) = candidate {
+                if best
+                    .as_ref()
+                    .is_none_or(|(b_att, b_at, _)| (attached, at) < (*b_att, *b_at))
+                {
+                    best = Some((attached, at, rec));
                 }
             }
         }
-        best.map(|(_, rec)| rec)
+        best.map(|(_, _, rec)| rec)
     }
 
     fn get(&self, id: &SessionId, peer: Option<IpAddr>) -> Result<Arc<Record>, Refused> {

@@ -302,3 +302,28 @@ fn a_colliding_id_generator_is_retried_then_refused() {
     assert_eq!(fixed.len(), 1);
     let _: Key<u8> = Key::new("unused");
 }
+
+/// Regression (found by the long stress run): a session with an attached client
+/// counts as just used, and so tied with the sessions used this second; the tie
+/// could evict it. Sessions without clients now go first.
+#[test]
+fn eviction_spares_sessions_with_clients() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock)
+        .max_sessions(4)
+        .when_full(WhenFull::EvictLeastRecentlyUsed)
+        .build();
+    let attached: Vec<_> = (0..3).map(|_| sessions.create(None).unwrap()).collect();
+    let _guards: Vec<_> = attached.iter().map(|s| s.attach()).collect();
+    clock.advance(secs(1));
+    for _ in 0..20 {
+        // Created this second: ties with the attached sessions.
+        sessions.create(None).unwrap();
+    }
+    assert!(
+        attached.iter().all(|s| s.is_valid()),
+        "an attached session was evicted"
+    );
+    assert_eq!(sessions.len(), 4);
+    assert_eq!(sessions.stats().ended_by(EndReason::Evicted), 19);
+}

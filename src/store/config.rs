@@ -111,7 +111,8 @@ pub enum WhenFull {
     /// [`EndReason::Evicted`](crate::EndReason::Evicted) to make room.
     ///
     /// Precisely, the victim is the session whose expiry is nearest, sessions with
-    /// an attached client counting as just used. With one idle timeout for all
+    /// an attached client counting as just used and going only after every
+    /// session without a client (looked for among the next few in each shard). With one idle timeout for all
     /// sessions that is the least recently used one; a session about to hit its
     /// absolute timeout or a shorter per-session timeout goes first, as it has the
     /// least life left.
