@@ -6,8 +6,8 @@
 //! session is meaningful too.
 //!
 //! `cargo bench --bench memory`; `QUICK=1` for 10,000 and 100,000 sessions only.
-//! Prints one line per figure:
-//! `memory <store> <case> <sessions> <bytes_per_session> rss <rss_bytes_per_session>`.
+//! Prints one line per figure: `memory <store> <case> <sessions> <bytes_per_session>`
+//! for the heap, and `rss <store> <case> <sessions> <bytes_per_session>` for the RSS.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -134,11 +134,8 @@ fn child(store: &str, case: &str, n: usize) {
     let (heap0, rss0) = (LIVE.load(Ordering::Relaxed), rss_bytes());
     let kept = fill(store, case, n);
     let (heap1, rss1) = (LIVE.load(Ordering::Relaxed), rss_bytes());
-    println!(
-        "memory {store} {case} {n} {:.1} rss {:.1}",
-        (heap1 - heap0) as f64 / n as f64,
-        (rss1 - rss0) as f64 / n as f64
-    );
+    println!("memory {store} {case} {n} {:.1}", (heap1 - heap0) as f64 / n as f64);
+    println!("rss {store} {case} {n} {:.1}", (rss1 - rss0) as f64 / n as f64);
     drop(kept);
 }
 
