@@ -134,8 +134,14 @@ fn child(store: &str, case: &str, n: usize) {
     let (heap0, rss0) = (LIVE.load(Ordering::Relaxed), rss_bytes());
     let kept = fill(store, case, n);
     let (heap1, rss1) = (LIVE.load(Ordering::Relaxed), rss_bytes());
-    println!("memory {store} {case} {n} {:.1}", (heap1 - heap0) as f64 / n as f64);
-    println!("rss {store} {case} {n} {:.1}", (rss1 - rss0) as f64 / n as f64);
+    println!(
+        "memory {store} {case} {n} {:.1}",
+        (heap1 - heap0) as f64 / n as f64
+    );
+    println!(
+        "rss {store} {case} {n} {:.1}",
+        (rss1 - rss0) as f64 / n as f64
+    );
     drop(kept);
 }
 
