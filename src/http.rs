@@ -390,7 +390,28 @@ impl fmt::Debug for SessionManager {
 
 impl SessionManager {
     /// A manager over `sessions` with a cookie `policy` and a create `mode`.
+    ///
+    /// # Panics
+    /// When the policy cannot make a valid `Set-Cookie` header (a name, path or
+    /// domain with control characters, spaces or `;`): a configuration mistake
+    /// that would otherwise leave every response without its cookie.
     pub fn new(sessions: Sessions, policy: CookiePolicy, mode: CreateMode) -> Self {
+        let valid_name = !policy.name.is_empty()
+            && policy
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+        let attribute_ok = |v: &str| v.bytes().all(|b| b.is_ascii_graphic() && b != b';');
+        let valid_attributes =
+            attribute_ok(&policy.path) && policy.domain.as_deref().is_none_or(attribute_ok);
+        let probe = policy.issue(SessionId::from_u128(0), Duration::from_secs(1));
+        assert!(
+            valid_name && valid_attributes && probe.is_some() && policy.expire().is_some(),
+            "CookiePolicy cannot make a valid Set-Cookie header: check its name ({:?}), path ({:?}) and domain ({:?})",
+            policy.name,
+            policy.path,
+            policy.domain
+        );
         SessionManager {
             inner: Arc::new(ManagerInner {
                 sessions,

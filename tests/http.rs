@@ -389,3 +389,29 @@ fn several_cookie_headers_are_all_read() {
     started.apply(&mut response);
     assert!(response.is_empty());
 }
+
+#[test]
+#[should_panic(expected = "CookiePolicy cannot make a valid Set-Cookie header")]
+fn a_cookie_name_with_a_space_is_refused_at_construction() {
+    let _ = manager(CookiePolicy::new().name("session id"), CreateMode::Auto);
+}
+
+#[test]
+#[should_panic(expected = "CookiePolicy cannot make a valid Set-Cookie header")]
+fn a_path_that_would_inject_attributes_is_refused_at_construction() {
+    let _ = manager(
+        CookiePolicy::new().path("/; Domain=evil.test"),
+        CreateMode::Auto,
+    );
+}
+
+#[test]
+fn ordinary_policies_are_accepted() {
+    for name in ["id", "__Host-id", "sid_2", "a.b"] {
+        let (m, _clock) = manager(
+            CookiePolicy::new().name(name).domain("example.test"),
+            CreateMode::Auto,
+        );
+        assert!(m.start(None, None, "/").set_cookie().is_some(), "{name}");
+    }
+}
