@@ -312,6 +312,17 @@ pub(crate) trait ErasedSlot: Send + Sync {
     fn delete(self: Box<Self>, ctx: &DeleteContext);
     /// Writes the value with the key's `save` hook; `None` when it has none.
     fn save(&self, out: &mut dyn Write) -> Option<io::Result<()>>;
+    /// The slots inside, when this is the container of a session's values
+    /// (see `session::Slots`); `None` for a value.
+    fn many(&self) -> Option<&Vec<Box<dyn ErasedSlot>>> {
+        None
+    }
+    /// Mutable [`many`](Self::many).
+    fn many_mut(&mut self) -> Option<&mut Vec<Box<dyn ErasedSlot>>> {
+        None
+    }
+    /// The slots inside a container, or the value itself back.
+    fn into_many(self: Box<Self>) -> Result<Vec<Box<dyn ErasedSlot>>, Box<dyn ErasedSlot>>;
 }
 
 /// Takes the value out of a slot of key type `T` (no allocation).
@@ -361,6 +372,10 @@ impl<T: Send + Sync + 'static> ErasedSlot for TypedSlot<T> {
 
     fn save(&self, out: &mut dyn Write) -> Option<io::Result<()>> {
         self.key.save.as_ref().map(|save| save(&self.value, out))
+    }
+
+    fn into_many(self: Box<Self>) -> Result<Vec<Box<dyn ErasedSlot>>, Box<dyn ErasedSlot>> {
+        Err(self)
     }
 
     fn delete(self: Box<Self>, ctx: &DeleteContext) {

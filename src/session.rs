@@ -1,6 +1,8 @@
 //! One live session: its record in the store, the `Session` handle and client guards.
 
+use std::any::Any;
 use std::fmt;
+use std::io::{self, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering, fence};
@@ -10,55 +12,171 @@ use parking_lot::Mutex;
 
 use crate::clock::{NEVER, from_secs, timeout_secs};
 use crate::key::{ErasedSlot, Key, take_value};
+use crate::reason::DeleteContext;
 use crate::store::StoreInner;
 use crate::{EndReason, SessionId};
 
-/// The values of one session: a short boxed slice scanned linearly (sessions hold
-/// a handful of values; a scan beats hashing and costs less memory). A boxed slice
-/// rather than a `Vec`: 16 bytes instead of 24 in every record, and no spare
-/// capacity (a `Vec` reserves room for four on its first push). Adding a key
-/// reallocates, which happens once per key per session.
+/// The values of one session, in 16 bytes: nothing, the one value's slot
+/// itself, or (from two values on) a [`Many`] container holding a short vector
+/// that is scanned linearly (sessions hold a handful of values; a scan beats
+/// hashing and costs less memory). The common one-value session thus needs no
+/// allocation besides the value's own, and a lookup follows one pointer less.
 #[derive(Default)]
-pub(crate) struct Slots(Box<[Box<dyn ErasedSlot>]>);
+pub(crate) struct Slots(Option<Box<dyn ErasedSlot>>);
+
+/// The container of two or more values; never seen outside [`Slots`].
+struct Many(Vec<Box<dyn ErasedSlot>>);
+
+impl ErasedSlot for Many {
+    fn key_id(&self) -> u64 {
+        // Key ids count up from 1 and never reach this.
+        u64::MAX
+    }
+
+    fn key_name(&self) -> &str {
+        ""
+    }
+
+    fn value(&self) -> &dyn Any {
+        &self.0
+    }
+
+    fn value_mut(&mut self) -> &mut dyn Any {
+        &mut self.0
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+
+    fn has_no_client_hook(&self) -> bool {
+        false
+    }
+
+    fn keep_without_client(&self) -> bool {
+        true
+    }
+
+    fn delete(self: Box<Self>, ctx: &DeleteContext) {
+        for slot in self.0 {
+            slot.delete(ctx);
+        }
+    }
+
+    fn save(&self, _out: &mut dyn Write) -> Option<io::Result<()>> {
+        None
+    }
+
+    fn many(&self) -> Option<&Vec<Box<dyn ErasedSlot>>> {
+        Some(&self.0)
+    }
+
+    fn many_mut(&mut self) -> Option<&mut Vec<Box<dyn ErasedSlot>>> {
+        Some(&mut self.0)
+    }
+
+    fn into_many(self: Box<Self>) -> Result<Vec<Box<dyn ErasedSlot>>, Box<dyn ErasedSlot>> {
+        Ok(self.0)
+    }
+}
 
 impl Slots {
+    /// The one value, or the container's vector, as a slice.
+    fn as_slice(&self) -> &[Box<dyn ErasedSlot>] {
+        match &self.0 {
+            None => &[],
+            Some(slot) => match slot.many() {
+                Some(many) => many,
+                None => std::slice::from_ref(slot),
+            },
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Box<dyn ErasedSlot>] {
+        match &mut self.0 {
+            None => &mut [],
+            Some(slot) => {
+                if slot.many().is_some() {
+                    match slot.many_mut() {
+                        Some(many) => many,
+                        None => &mut [],
+                    }
+                } else {
+                    std::slice::from_mut(slot)
+                }
+            }
+        }
+    }
+
     pub(crate) fn position(&self, key_id: u64) -> Option<usize> {
-        self.0.iter().position(|s| s.key_id() == key_id)
+        self.as_slice().iter().position(|s| s.key_id() == key_id)
     }
 
     pub(crate) fn push(&mut self, slot: Box<dyn ErasedSlot>) {
-        let mut v = std::mem::take(&mut self.0).into_vec();
-        v.reserve_exact(1);
-        v.push(slot);
-        self.0 = v.into_boxed_slice();
+        self.0 = Some(match self.0.take() {
+            None => slot,
+            Some(existing) => match existing.into_many() {
+                Ok(mut many) => {
+                    many.push(slot);
+                    Box::new(Many(many))
+                }
+                Err(single) => {
+                    let mut many = Vec::with_capacity(2);
+                    many.push(single);
+                    many.push(slot);
+                    Box::new(Many(many))
+                }
+            },
+        });
     }
 
-    pub(crate) fn swap_remove(&mut self, i: usize) -> Box<dyn ErasedSlot> {
-        let mut v = std::mem::take(&mut self.0).into_vec();
-        let slot = v.swap_remove(i);
-        self.0 = v.into_boxed_slice();
-        slot
+    /// Takes out the value at `i` (as given by [`position`](Self::position)).
+    pub(crate) fn swap_remove(&mut self, i: usize) -> Option<Box<dyn ErasedSlot>> {
+        let existing = self.0.take()?;
+        match existing.into_many() {
+            Err(single) => {
+                if i == 0 {
+                    Some(single)
+                } else {
+                    self.0 = Some(single);
+                    None
+                }
+            }
+            Ok(mut many) => {
+                let taken = (i < many.len()).then(|| many.swap_remove(i));
+                self.0 = match many.len() {
+                    0 => None,
+                    1 => many.pop(),
+                    _ => Some(Box::new(Many(many))),
+                };
+                taken
+            }
+        }
     }
 
     /// Takes every value out, leaving the session empty.
     pub(crate) fn take_all(&mut self) -> Vec<Box<dyn ErasedSlot>> {
-        std::mem::take(&mut self.0).into_vec()
+        match self.0.take().map(ErasedSlot::into_many) {
+            None => Vec::new(),
+            Some(Ok(many)) => many,
+            Some(Err(single)) => vec![single],
+        }
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &dyn ErasedSlot> {
-        self.0.iter().map(|s| &**s)
+        self.as_slice().iter().map(|s| &**s)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.as_slice().len()
     }
 
-    fn get(&self, i: usize) -> &dyn ErasedSlot {
-        &*self.0[i]
+    fn get(&self, i: usize) -> Option<&dyn ErasedSlot> {
+        self.as_slice().get(i).map(|s| &**s)
     }
 
-    fn get_mut(&mut self, i: usize) -> &mut Box<dyn ErasedSlot> {
-        &mut self.0[i]
+    fn get_mut(&mut self, i: usize) -> Option<&mut Box<dyn ErasedSlot>> {
+        self.as_mut_slice().get_mut(i)
     }
 }
 
@@ -275,7 +393,7 @@ impl Session {
     ) -> Option<R> {
         let slots = self.rec.slots.lock();
         let i = slots.position(key.id())?;
-        slots.get(i).value().downcast_ref::<T>().map(f)
+        slots.get(i)?.value().downcast_ref::<T>().map(f)
     }
 
     /// Runs `f` on the value under `key`, mutably, with the session's lock held (see
@@ -287,7 +405,7 @@ impl Session {
     ) -> Option<R> {
         let mut slots = self.rec.slots.lock();
         let i = slots.position(key.id())?;
-        slots.get_mut(i).value_mut().downcast_mut::<T>().map(f)
+        slots.get_mut(i)?.value_mut().downcast_mut::<T>().map(f)
     }
 
     /// Stores `value` under `key` and returns the value it replaces (no hook runs
@@ -305,8 +423,8 @@ impl Session {
             return Err(SessionEnded(value));
         }
         let new = key.slot(value);
-        match slots.position(key.id()) {
-            Some(i) => Ok(take_value(std::mem::replace(slots.get_mut(i), new))),
+        match slots.position(key.id()).and_then(|i| slots.get_mut(i)) {
+            Some(old) => Ok(take_value(std::mem::replace(old, new))),
             None => {
                 slots.push(new);
                 Ok(None)
@@ -348,6 +466,7 @@ impl Session {
         };
         slots
             .get_mut(i)
+            .ok_or(SessionEnded(()))?
             .value_mut()
             .downcast_mut::<T>()
             .map(f)
@@ -360,7 +479,7 @@ impl Session {
         let slot = {
             let mut slots = self.rec.slots.lock();
             let i = slots.position(key.id())?;
-            slots.swap_remove(i)
+            slots.swap_remove(i)?
         };
         take_value(slot)
     }
@@ -522,6 +641,42 @@ mod tests {
     fn record_stays_small() {
         let size = std::mem::size_of::<Record>();
         assert!(size <= 80, "Record grew to {size} bytes");
+    }
+
+    #[test]
+    fn slots_move_between_one_and_many() {
+        let keys: Vec<Key<u32>> = (0..3).map(|i| Key::new(format!("k{i}"))).collect();
+        let mut slots = Slots::default();
+        assert_eq!(slots.len(), 0);
+        for (i, key) in keys.iter().enumerate() {
+            slots.push(key.slot(i as u32));
+            assert_eq!(slots.len(), i + 1);
+        }
+        for (i, key) in keys.iter().enumerate() {
+            let at = slots.position(key.id()).unwrap();
+            let v = slots.get(at).unwrap().value().downcast_ref::<u32>();
+            assert_eq!(v, Some(&(i as u32)));
+        }
+        // Back down to one value (no container) and to none.
+        let at = slots.position(keys[0].id()).unwrap();
+        assert!(slots.swap_remove(at).is_some());
+        let at = slots.position(keys[2].id()).unwrap();
+        assert!(slots.swap_remove(at).is_some());
+        assert_eq!(slots.len(), 1);
+        assert!(
+            slots.0.as_ref().unwrap().many().is_none(),
+            "one value is held directly"
+        );
+        assert!(slots.swap_remove(5).is_none());
+        assert_eq!(slots.len(), 1, "an index past the end takes nothing");
+        let at = slots.position(keys[1].id()).unwrap();
+        assert!(slots.swap_remove(at).is_some());
+        assert!(slots.0.is_none());
+        assert!(slots.take_all().is_empty());
+        slots.push(keys[0].slot(7));
+        slots.push(keys[1].slot(8));
+        assert_eq!(slots.take_all().len(), 2);
+        assert_eq!(slots.len(), 0);
     }
 
     #[test]

@@ -987,7 +987,10 @@ impl StoreInner {
             let slot = {
                 let mut slots = rec.slots.lock();
                 match slots.position(key_id) {
-                    Some(i) if rec.ended().is_none() => slots.swap_remove(i),
+                    Some(i) if rec.ended().is_none() => match slots.swap_remove(i) {
+                        Some(slot) => slot,
+                        None => continue,
+                    },
                     _ => continue,
                 }
             };
