@@ -120,12 +120,7 @@ impl Slots {
                     many.push(slot);
                     Box::new(Many(many))
                 }
-                Err(single) => {
-                    let mut many = Vec::with_capacity(2);
-                    many.push(single);
-                    many.push(slot);
-                    Box::new(Many(many))
-                }
+                Err(single) => Box::new(Many(vec![single, slot])),
             },
         });
     }
