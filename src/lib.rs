@@ -110,9 +110,10 @@
 //!
 //! # Memory
 //! A session costs one allocation of 96 bytes (id, times, peer, counters,
-//! its lock and value slice), 8 bytes in its shard's table and 16 bytes in its
+//! its lock and value slot), 8 bytes in its shard's table and 16 bytes in its
 //! shard's expiry heap, plus, per value, one small allocation for the value with
-//! its key handle and 16 bytes in the session's value slice.
+//! its key handle (held directly by a one-value session; from two values on, in a
+//! small vector of 16-byte entries).
 //!
 //! # Features
 //! | feature | default | what it adds |
