@@ -213,6 +213,9 @@ impl CookiePolicy {
 
     /// `false` (the default): a session cookie, gone when the browser closes.
     /// `true`: a persistent cookie whose `Max-Age` is the session's idle timeout.
+    /// To know when to refresh it, the manager keeps the time it last sent the
+    /// cookie in the session, under a key named `keyed_session::cookie_issued`
+    /// (it shows in [`Session::keys`](crate::Session::keys)).
     pub fn persistent(mut self, persistent: bool) -> Self {
         self.persistent = persistent;
         self
