@@ -566,12 +566,12 @@ impl StoreInner {
     }
 
     fn shard(&self, id: &SessionId) -> &RwLock<Shard> {
-        // Bits 40.. of the mix: the table itself uses the low bits for the bucket
-        // and the top seven for its tags, so the shard takes neither.
-        &self.shards[(id.mix() >> 40) as usize & (SHARDS - 1)]
+        &self.shards[self.shard_index(id)]
     }
 
     fn shard_index(&self, id: &SessionId) -> usize {
+        // Bits 40.. of the mix: the table itself uses the low bits for the bucket
+        // and the top seven for its tags, so the shard takes neither.
         (id.mix() >> 40) as usize & (SHARDS - 1)
     }
 
