@@ -243,10 +243,7 @@ impl Sessions {
             let mut spawned = false;
             if let Some(every) = background {
                 let started = spawn_periodic("keyed-session-sweeper", weak, &stop_rx, every, |s| {
-                    let now = s.now();
-                    for i in 0..SHARDS {
-                        s.sweep_shard(i, now, usize::MAX, true);
-                    }
+                    s.sweep_all();
                 });
                 spawned |= started;
                 if !started {
@@ -363,10 +360,7 @@ impl Sessions {
     /// tidies the expiry heaps. Costs in proportion to what is due, one shard lock
     /// at a time. Returns how many sessions it ended.
     pub fn sweep(&self) -> usize {
-        let now = self.inner.now();
-        (0..SHARDS)
-            .map(|i| self.inner.sweep_shard(i, now, usize::MAX, true))
-            .sum()
+        self.inner.sweep_all()
     }
 
     /// Ends every session with reason [`EndReason::Shutdown`], running all hooks
@@ -824,6 +818,15 @@ impl StoreInner {
         for slot in slots {
             self.run_hook(|| slot.delete(ctx));
         }
+    }
+
+    /// Sweeps every shard of what is due now and tidies the heaps; returns how
+    /// many sessions it ended.
+    fn sweep_all(&self) -> usize {
+        let now = self.now();
+        (0..SHARDS)
+            .map(|i| self.sweep_shard(i, now, usize::MAX, true))
+            .sum()
     }
 
     /// Pops due entries of shard `i` (at most `budget`), ends what has expired
