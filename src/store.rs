@@ -842,13 +842,12 @@ impl StoreInner {
                 while batch > 0 && shard.heap.peek().is_some_and(|d| d.at <= now) {
                     batch -= 1;
                     budget -= 1;
-                    let Some(Due { rec: weak, .. }) = shard.heap.pop() else {
+                    let Some(due) = shard.heap.pop() else {
                         break;
                     };
-                    let Some(rec) = weak.upgrade() else { continue };
-                    if !shard.holds(&rec) {
+                    let Some(rec) = shard.live(&due) else {
                         continue;
-                    }
+                    };
                     match rec.expired(now) {
                         Some(reason) => {
                             shard.remove(&rec);
@@ -857,7 +856,7 @@ impl StoreInner {
                         }
                         None => shard.heap.push(Due {
                             at: recheck_at(&rec, now),
-                            rec: weak,
+                            rec: due.rec,
                         }),
                     }
                 }
@@ -1035,9 +1034,8 @@ fn recheck_at(rec: &Record, now: u32) -> u32 {
 fn settle_top(shard: &mut Shard, now: u32) -> Option<(u32, Arc<Record>)> {
     loop {
         let top = shard.heap.peek()?;
-        let rec = top.rec.upgrade();
-        match rec {
-            Some(rec) if shard.holds(&rec) => {
+        match shard.live(top) {
+            Some(rec) => {
                 let at = recheck_at(&rec, now);
                 if at == top.at {
                     return Some((at, rec));
@@ -1045,7 +1043,7 @@ fn settle_top(shard: &mut Shard, now: u32) -> Option<(u32, Arc<Record>)> {
                 let Due { rec: weak, .. } = shard.heap.pop()?;
                 shard.heap.push(Due { at, rec: weak });
             }
-            _ => {
+            None => {
                 shard.heap.pop();
             }
         }

@@ -71,6 +71,13 @@ impl Shard {
             .is_some()
     }
 
+    /// The record a heap entry names, if it is still alive and in this shard;
+    /// `None` for a stale entry (the session ended, or was renewed into another
+    /// shard).
+    pub(crate) fn live(&self, due: &Due) -> Option<Arc<Record>> {
+        due.rec.upgrade().filter(|rec| self.holds(rec))
+    }
+
     /// Inserts a record whose id is not in the table yet, and schedules it.
     pub(crate) fn insert(&mut self, rec: Arc<Record>, due: u32) {
         self.heap.push(Due {
@@ -116,9 +123,9 @@ impl Shard {
         // Earliest first, so that the entry kept for a record is its earliest.
         entries.sort_unstable_by_key(|d| d.at);
         let mut seen = std::collections::HashSet::with_capacity(self.table.len());
-        entries.retain(|d| match d.rec.upgrade() {
-            Some(rec) => self.holds(&rec) && seen.insert(Arc::as_ptr(&rec) as usize),
-            None => false,
+        entries.retain(|d| {
+            self.live(d)
+                .is_some_and(|rec| seen.insert(Arc::as_ptr(&rec) as usize))
         });
         self.heap = BinaryHeap::from(entries);
     }
