@@ -353,6 +353,7 @@ impl Sessions {
             store: self.clone(),
             next_shard: 0,
             buffer: Vec::new().into_iter(),
+            now: 0,
         }
     }
 
@@ -424,6 +425,8 @@ pub struct Iter {
     store: Sessions,
     next_shard: usize,
     buffer: std::vec::IntoIter<Arc<Record>>,
+    /// The clock, read when the buffered shard was copied.
+    now: u32,
 }
 
 impl fmt::Debug for Iter {
@@ -440,12 +443,13 @@ impl Iterator for Iter {
     fn next(&mut self) -> Option<Session> {
         loop {
             for rec in self.buffer.by_ref() {
-                if rec.ended().is_none() && rec.expired(self.store.inner.now()).is_none() {
+                if rec.ended().is_none() && rec.expired(self.now).is_none() {
                     return Some(self.store.session(rec));
                 }
             }
             let shard = self.store.inner.shards.get(self.next_shard)?;
             self.next_shard += 1;
+            self.now = self.store.inner.now();
             self.buffer = shard.read().records().into_iter();
         }
     }
