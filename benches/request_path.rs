@@ -204,7 +204,7 @@ fn bench(c: &mut Criterion) {
             CookiePolicy::new().signing_key(SigningKey::from_bytes(&[3; 64]).unwrap()),
         ),
     ] {
-        let manager = SessionManager::new(f.sessions.clone(), policy, CreateMode::Lazy);
+        let manager = SessionManager::new(f.sessions.clone(), policy, CreateMode::Lazy).unwrap();
         let headers: Vec<Vec<u8>> = (0..1000)
             .map(|_| {
                 let mut started = manager.start(None, Some(PEER), "/");

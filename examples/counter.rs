@@ -33,7 +33,8 @@ pub fn app(sessions: Sessions) -> Router {
     // drop `.secure(false)` (the default is `Secure`), keep `HttpOnly` and
     // `SameSite=Lax`, and consider `.signing_key(..)` with a secret of 64+ bytes.
     let policy = CookiePolicy::new().name("id").secure(false);
-    let manager = SessionManager::new(sessions, policy, CreateMode::Auto);
+    let manager =
+        SessionManager::new(sessions, policy, CreateMode::Auto).expect("a valid cookie policy");
     Router::new()
         .route("/", get(index))
         .route("/renew", get(renew))

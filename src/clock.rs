@@ -6,8 +6,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of wall-clock time for a store.
 ///
-/// The store keeps its times to the second, as seconds since the Unix epoch, so a
-/// clock is read at most a few times per request. Give the builder a
+/// The store keeps its times to the second, counted from its own epoch (20 years
+/// before it was built, so stamps last for more than a century), and reads the
+/// clock at most a few times per request. Give the builder a
 /// [`ManualClock`] to test expiry without sleeping.
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
@@ -113,23 +114,48 @@ fn to_nanos(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// Seconds since the Unix epoch, as the store keeps them: saturating at both ends
-/// (before 1970 reads as 0, after 2106 as `u32::MAX - 1`; `u32::MAX` means never).
-pub(crate) fn to_secs(t: SystemTime) -> u32 {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    u32::try_from(secs).unwrap_or(NEVER - 1).min(NEVER - 1)
+/// How far before its start a store's epoch lies: times restored from a
+/// snapshot up to this old still have a stamp of their own.
+const EPOCH_LEAD_SECS: u64 = 20 * 365 * 24 * 3600;
+
+/// A store's own epoch. The store keeps its times as `u32` seconds counted from
+/// it (not from 1970, which would run out in 2106): the epoch lies 20 years
+/// before the store was built, so stamps last for 116 years after that, and
+/// times up to 20 years older than the start (from a snapshot) still fit. A
+/// time outside the range saturates (before the epoch reads as the epoch, after
+/// the end as `NEVER - 1`; `NEVER` itself means never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Epoch {
+    /// The epoch, in whole seconds since the Unix epoch.
+    unix: u64,
+}
+
+impl Epoch {
+    /// The epoch of a store built at `now`.
+    pub(crate) fn starting(now: SystemTime) -> Self {
+        Epoch {
+            unix: unix_secs(now).saturating_sub(EPOCH_LEAD_SECS),
+        }
+    }
+
+    /// The stamp of `t`, saturating at both ends.
+    pub(crate) fn stamp(self, t: SystemTime) -> u32 {
+        let secs = unix_secs(t).saturating_sub(self.unix);
+        u32::try_from(secs).unwrap_or(NEVER - 1).min(NEVER - 1)
+    }
+
+    /// The wall-clock time of a stamp.
+    pub(crate) fn time(self, s: u32) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.unix + u64::from(s))
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The stored stamp that means "never".
 pub(crate) const NEVER: u32 = u32::MAX;
-
-/// The wall-clock time of a stored stamp.
-pub(crate) fn from_secs(s: u32) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(u64::from(s))
-}
 
 /// A timeout in whole seconds, rounded up, at least one second, saturating.
 pub(crate) fn timeout_secs(d: Duration) -> u32 {
@@ -145,9 +171,16 @@ mod tests {
 
     #[test]
     fn stamps_saturate() {
-        assert_eq!(to_secs(UNIX_EPOCH), 0);
+        let start = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let epoch = Epoch::starting(start);
+        assert_eq!(epoch.stamp(UNIX_EPOCH), 0);
+        assert_eq!(epoch.time(epoch.stamp(start)), start);
+        // A century after the start is still an ordinary stamp.
+        let later = start + Duration::from_secs(100 * 365 * 24 * 3600);
+        assert!(epoch.stamp(later) < NEVER - 1);
+        assert_eq!(epoch.time(epoch.stamp(later)), later);
         assert_eq!(
-            to_secs(UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) + 5)),
+            epoch.stamp(start + Duration::from_secs(u64::from(u32::MAX))),
             NEVER - 1
         );
         assert_eq!(timeout_secs(Duration::from_millis(1)), 1);

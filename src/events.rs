@@ -1,7 +1,10 @@
 //! Session events and their subscribers.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
@@ -59,13 +62,165 @@ impl Event {
     }
 }
 
+/// Why no event was received from a [`Subscription`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// [`Subscription::try_recv`]: no event is waiting now.
+    Empty,
+    /// [`Subscription::recv_timeout`]: no event came within the time.
+    Timeout,
+    /// The store is gone (every `Sessions` and `Session` handle dropped) and
+    /// every event sent before has been received.
+    Closed,
+}
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecvError::Empty => "no session event is waiting",
+            RecvError::Timeout => "no session event came in time",
+            RecvError::Closed => "the session store is gone: no more events will come",
+        })
+    }
+}
+
+impl std::error::Error for RecvError {}
+
+/// One subscriber of a store's [`Event`]s, from
+/// [`Sessions::subscribe`](crate::Sessions::subscribe).
+///
+/// Each subscription has a buffer of its own (the builder's `event_capacity`);
+/// the store never waits for a slow subscriber, it drops the event for it and
+/// counts it in [`Stats::events_dropped`](crate::Stats::events_dropped).
+/// Dropping the subscription unsubscribes at once and frees its buffer.
+///
+/// ```
+/// use keyed_session::{Event, RecvError, Sessions, Sweeper};
+/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// let events = sessions.subscribe();
+/// let session = sessions.create(None).unwrap();
+/// assert_eq!(events.try_recv(), Ok(Event::Begin { id: session.id(), peer: None }));
+/// assert_eq!(events.try_recv(), Err(RecvError::Empty));
+/// assert_eq!(sessions.stats().subscribers, 1);
+/// drop(events);
+/// assert_eq!(sessions.stats().subscribers, 0);
+/// ```
+pub struct Subscription {
+    rx: Receiver<Event>,
+    id: u64,
+    hub: Weak<Broadcaster>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("waiting", &self.rx.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// Waits for the next event, blocking this thread.
+    ///
+    /// # Errors
+    /// [`RecvError::Closed`] once the store is gone and nothing is left.
+    pub fn recv(&self) -> Result<Event, RecvError> {
+        self.rx.recv().map_err(|_| RecvError::Closed)
+    }
+
+    /// The next event if one is waiting, without blocking.
+    ///
+    /// # Errors
+    /// [`RecvError::Empty`] when none is waiting, [`RecvError::Closed`] once the
+    /// store is gone and nothing is left.
+    pub fn try_recv(&self) -> Result<Event, RecvError> {
+        self.rx.try_recv().map_err(|e| match e {
+            crossbeam_channel::TryRecvError::Empty => RecvError::Empty,
+            crossbeam_channel::TryRecvError::Disconnected => RecvError::Closed,
+        })
+    }
+
+    /// Waits at most `timeout` for the next event, blocking this thread.
+    ///
+    /// # Errors
+    /// [`RecvError::Timeout`] when none came, [`RecvError::Closed`] once the store
+    /// is gone and nothing is left.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvError> {
+        self.rx.recv_timeout(timeout).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => RecvError::Timeout,
+            crossbeam_channel::RecvTimeoutError::Disconnected => RecvError::Closed,
+        })
+    }
+
+    /// Blocking iteration over events, ending when the store is gone.
+    pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
+        self.rx.iter()
+    }
+
+    /// The events waiting now, without blocking.
+    pub fn try_iter(&self) -> impl Iterator<Item = Event> + '_ {
+        self.rx.try_iter()
+    }
+
+    /// How many events are waiting.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether no event is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.unsubscribe(self.id);
+        }
+    }
+}
+
+/// Blocking iteration over a subscription's events, ending when the store is
+/// gone; from `for event in subscription`.
+#[derive(Debug)]
+pub struct IntoIter(Subscription);
+
+impl Iterator for IntoIter {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.0.recv().ok()
+    }
+}
+
+impl IntoIterator for Subscription {
+    type Item = Event;
+    type IntoIter = IntoIter;
+
+    fn into_iter(self) -> IntoIter {
+        IntoIter(self)
+    }
+}
+
+impl<'a> IntoIterator for &'a Subscription {
+    type Item = Event;
+    type IntoIter = crossbeam_channel::Iter<'a, Event>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.rx.iter()
+    }
+}
+
 /// The subscriber list: each subscriber has a bounded channel of its own.
 pub(crate) struct Broadcaster {
     capacity: usize,
     /// How many subscribers there are, read without the lock so that a store
     /// nobody listens to pays one atomic load per event.
     count: AtomicUsize,
-    senders: Mutex<Vec<Sender<Event>>>,
+    senders: Mutex<Vec<(u64, Sender<Event>)>>,
+    next_id: AtomicU64,
     dropped: AtomicU64,
 }
 
@@ -75,16 +230,35 @@ impl Broadcaster {
             capacity: capacity.max(1),
             count: AtomicUsize::new(0),
             senders: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
     }
 
-    pub(crate) fn subscribe(&self) -> Receiver<Event> {
-        let (tx, rx) = crossbeam_channel::bounded(self.capacity);
-        let mut senders = self.senders.lock();
-        senders.push(tx);
-        self.count.store(senders.len(), Ordering::Release);
-        rx
+    pub(crate) fn subscribe(this: &Arc<Self>) -> Subscription {
+        let (tx, rx) = crossbeam_channel::bounded(this.capacity);
+        let id = this.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut senders = this.senders.lock();
+        senders.push((id, tx));
+        this.count.store(senders.len(), Ordering::Release);
+        Subscription {
+            rx,
+            id,
+            hub: Arc::downgrade(this),
+        }
+    }
+
+    /// Drops the sender of subscription `id`, freeing its channel.
+    fn unsubscribe(&self, id: u64) {
+        let removed = {
+            let mut senders = self.senders.lock();
+            let at = senders.iter().position(|(i, _)| *i == id);
+            let removed = at.map(|at| senders.swap_remove(at));
+            self.count.store(senders.len(), Ordering::Release);
+            removed
+        };
+        // The channel's buffer is freed here, outside the lock.
+        drop(removed);
     }
 
     /// Sends `event` to every subscriber without ever blocking: a full channel
@@ -95,7 +269,7 @@ impl Broadcaster {
             return;
         }
         let mut senders = self.senders.lock();
-        senders.retain(|tx| match tx.try_send(event) {
+        senders.retain(|(_, tx)| match tx.try_send(event) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -10,7 +10,7 @@
 //!     Sessions::builder().sweeper(Sweeper::Manual).build(),
 //!     CookiePolicy::new().name("sid"),
 //!     CreateMode::Auto,
-//! );
+//! )?;
 //!
 //! // First request: no cookie. A session is created and the response sets it.
 //! let mut first = manager.start(None, None, "/");
@@ -24,6 +24,7 @@
 //! let next = manager.start(Some(cookie.as_bytes()), None, "/");
 //! assert_eq!(next.session().unwrap().get(&visits), Some(1));
 //! assert!(next.set_cookie().is_none());
+//! # Ok::<(), keyed_session::http::PolicyError>(())
 //! ```
 
 use std::borrow::Cow;
@@ -35,16 +36,19 @@ use std::time::Duration;
 use cookie::{Cookie, CookieJar};
 use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 
-use crate::clock::to_secs;
-use crate::{ClientGuard, CreateError, Key, Refused, Session, SessionEnded, SessionId, Sessions};
+use crate::store::NO_CLIENT_ADDRESS;
+use crate::{
+    ClientGuard, CreateError, IpBinding, Key, Refused, Session, SessionEnded, SessionId, Sessions,
+};
 
 /// The longest `Cookie` header (all of them together) that is read at all. Longer
 /// ones are refused without parsing: browsers send at most a few KiB.
 pub const MAX_COOKIE_HEADER: usize = 8 * 1024;
 
 /// How many cookies of our name one request may present before the rest are
-/// ignored (duplicates come from other paths or domains, or from an attacker).
-const MAX_CANDIDATES: usize = 4;
+/// ignored (duplicates come from other paths or domains, or from an attacker
+/// tossing cookies from a sibling subdomain).
+pub const MAX_DUPLICATE_COOKIES: usize = 8;
 
 /// The `SameSite` attribute of the session cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -125,21 +129,38 @@ impl SigningKey {
 
 /// How the session cookie looks. The defaults follow the OWASP session
 /// management cheat sheet: `HttpOnly`, `Secure`, `SameSite=Lax`, path `/`, a
-/// session cookie (no `Max-Age`), and the name `id`, which says nothing about the
-/// server's software.
+/// session cookie (no `Max-Age`), and a name that says nothing about the
+/// server's software: `__Host-id` whenever the policy allows the `__Host-`
+/// prefix (Secure, path `/`, no domain), `id` otherwise.
+///
+/// The `__Host-` prefix is the defence against cookie tossing: a browser
+/// accepts such a cookie only from the exact host, over HTTPS, for path `/`, so
+/// a sibling subdomain or a plain-HTTP page cannot plant one that shadows
+/// yours. A name with the `__Host-` or `__Secure-` prefix whose attributes
+/// break the prefix's rules (browsers silently drop such cookies) is refused by
+/// [`validate`](Self::validate) and [`SessionManager::new`].
 ///
 /// ```
-/// use keyed_session::http::{CookiePolicy, SameSite};
+/// use keyed_session::http::{CookiePolicy, PolicyError, SameSite};
+/// assert_eq!(CookiePolicy::new().cookie_name(), "__Host-id");
+/// // Plain HTTP for local development: no `Secure`, so no prefix.
+/// assert_eq!(CookiePolicy::new().secure(false).cookie_name(), "id");
+///
 /// let policy = CookiePolicy::new()
 ///     .name("sid")
 ///     .path("/app")
 ///     .same_site(SameSite::Strict)
 ///     .persistent(true);
 /// assert_eq!(policy.cookie_name(), "sid");
+/// assert!(policy.validate().is_ok());
+///
+/// let broken = CookiePolicy::new().name("__Host-sid").path("/app");
+/// assert!(matches!(broken.validate(), Err(PolicyError::HostPrefix { .. })));
 /// ```
 #[derive(Debug, Clone)]
 pub struct CookiePolicy {
-    name: Cow<'static, str>,
+    /// `None`: the default name, which depends on the other attributes.
+    name: Option<Cow<'static, str>>,
     path: Cow<'static, str>,
     domain: Option<Cow<'static, str>>,
     secure: bool,
@@ -154,7 +175,7 @@ pub struct CookiePolicy {
 impl Default for CookiePolicy {
     fn default() -> Self {
         CookiePolicy {
-            name: Cow::Borrowed("id"),
+            name: None,
             path: Cow::Borrowed("/"),
             domain: None,
             secure: true,
@@ -174,9 +195,11 @@ impl CookiePolicy {
         Self::default()
     }
 
-    /// The cookie's name (default `id`). Keep it to letters, digits, `-` and `_`.
+    /// The cookie's name (default `__Host-id`, or `id` when the policy does not
+    /// allow the prefix). Keep it to letters, digits, `-` and `_`; a `__Host-`
+    /// or `__Secure-` name must keep its prefix's rules (see above).
     pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
-        self.name = name.into();
+        self.name = Some(name.into());
         self
     }
 
@@ -248,9 +271,80 @@ impl CookiePolicy {
         self
     }
 
-    /// The cookie's name.
+    /// The cookie's name: the one set with [`name`](Self::name), or the default
+    /// (`__Host-id` when Secure, path `/` and no domain allow the prefix, else `id`).
     pub fn cookie_name(&self) -> &str {
-        &self.name
+        match &self.name {
+            Some(name) => name,
+            None if self.host_prefix_allowed() => "__Host-id",
+            None => "id",
+        }
+    }
+
+    fn host_prefix_allowed(&self) -> bool {
+        self.secure && self.path == "/" && self.domain.is_none()
+    }
+
+    /// Checks that the policy makes a cookie browsers keep and send back.
+    ///
+    /// # Errors
+    /// [`PolicyError`] says what is wrong: a name, path or domain a `Set-Cookie`
+    /// header cannot carry, a `__Host-` or `__Secure-` name whose attributes
+    /// break the prefix's rules, or `SameSite=None` without `Secure`.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let name = self.cookie_name();
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+        if !valid_name {
+            return Err(PolicyError::Name(name.to_owned()));
+        }
+        let attribute_ok = |v: &str| v.bytes().all(|b| b.is_ascii_graphic() && b != b';');
+        if !attribute_ok(&self.path) || !self.path.starts_with('/') {
+            return Err(PolicyError::Path(self.path.to_string()));
+        }
+        if let Some(domain) = &self.domain {
+            if domain.is_empty() || !attribute_ok(domain) {
+                return Err(PolicyError::Domain(domain.to_string()));
+            }
+        }
+        let has_prefix = |prefix: &str| {
+            name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+        };
+        if has_prefix("__Host-") {
+            let problem = if !self.secure {
+                Some("it must be Secure")
+            } else if self.path != "/" {
+                Some("its path must be `/`")
+            } else if self.domain.is_some() {
+                Some("it must not have a Domain")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(PolicyError::HostPrefix {
+                    name: name.to_owned(),
+                    problem,
+                });
+            }
+        }
+        if has_prefix("__Secure-") && !self.secure {
+            return Err(PolicyError::SecurePrefix {
+                name: name.to_owned(),
+            });
+        }
+        if self.same_site == SameSite::None && !self.secure {
+            return Err(PolicyError::SameSiteNoneWithoutSecure);
+        }
+        if self
+            .issue(SessionId::from_u128(0), Duration::from_secs(1))
+            .is_none()
+            || self.expire().is_none()
+        {
+            return Err(PolicyError::Name(name.to_owned()));
+        }
+        Ok(())
     }
 
     /// Whether `request_path` is inside the cookie's path (RFC 6265 §5.1.4).
@@ -265,7 +359,7 @@ impl CookiePolicy {
     }
 
     fn base_cookie(&self, value: String) -> Cookie<'static> {
-        let mut c = Cookie::new(self.name.clone(), value);
+        let mut c = Cookie::new(self.cookie_name().to_owned(), value);
         c.set_path(self.path.clone());
         if let Some(domain) = &self.domain {
             c.set_domain(domain.clone());
@@ -284,7 +378,7 @@ impl CookiePolicy {
     fn issue(&self, id: SessionId, max_age: Duration) -> Option<HeaderValue> {
         let id = id.to_string();
         let value = match &self.signing {
-            Some(key) => key.sign(&self.name, &id),
+            Some(key) => key.sign(self.cookie_name(), &id),
             None => id,
         };
         let mut c = self.base_cookie(value);
@@ -312,7 +406,7 @@ impl CookiePolicy {
         let value = std::str::from_utf8(raw).map_err(|_| Rejection::Malformed)?;
         let keys = std::iter::once(key).chain(&self.previous_keys);
         for (i, key) in keys.enumerate() {
-            if let Some(plain) = key.verify(&self.name, value) {
+            if let Some(plain) = key.verify(self.cookie_name(), value) {
                 let id = plain.parse().map_err(|_| Rejection::Malformed)?;
                 return Ok((id, i > 0));
             }
@@ -320,6 +414,66 @@ impl CookiePolicy {
         Err(Rejection::BadSignature)
     }
 }
+
+/// Why a [`CookiePolicy`] cannot be used; from [`CookiePolicy::validate`] and
+/// [`SessionManager::new`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The cookie name is empty or has characters a cookie name cannot have.
+    Name(String),
+    /// The path does not start with `/`, or has characters (spaces, `;`,
+    /// controls) a `Set-Cookie` attribute cannot carry.
+    Path(String),
+    /// The domain is empty or has characters a `Set-Cookie` attribute cannot carry.
+    Domain(String),
+    /// A `__Host-` name with attributes browsers refuse for it.
+    HostPrefix {
+        /// The cookie name.
+        name: String,
+        /// Which rule is broken.
+        problem: &'static str,
+    },
+    /// A `__Secure-` name without `Secure`.
+    SecurePrefix {
+        /// The cookie name.
+        name: String,
+    },
+    /// `SameSite=None` without `Secure`: browsers drop such cookies.
+    SameSiteNoneWithoutSecure,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyError::Name(name) => write!(
+                f,
+                "the cookie name {name:?} is not a valid cookie name: use letters, digits, `-` and `_`"
+            ),
+            PolicyError::Path(path) => write!(
+                f,
+                "the cookie path {path:?} must start with `/` and have no spaces, `;` or control characters"
+            ),
+            PolicyError::Domain(domain) => write!(
+                f,
+                "the cookie domain {domain:?} must be non-empty and have no spaces, `;` or control characters"
+            ),
+            PolicyError::HostPrefix { name, problem } => write!(
+                f,
+                "the cookie {name:?} has the `__Host-` prefix, so {problem} (browsers drop it otherwise); fix the policy or choose another name"
+            ),
+            PolicyError::SecurePrefix { name } => write!(
+                f,
+                "the cookie {name:?} has the `__Secure-` prefix, so it must be Secure (browsers drop it otherwise)"
+            ),
+            PolicyError::SameSiteNoneWithoutSecure => {
+                f.write_str("a SameSite=None cookie must be Secure (browsers drop it otherwise)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
 
 /// Whether a request without a session gets one at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -344,6 +498,14 @@ pub enum Rejection {
     BadSignature,
     /// The store refused the id (unknown, expired, IP mismatch).
     Refused(Refused),
+    /// The request presented several cookies of the session's name that name
+    /// different live sessions. One of them may have been planted by another
+    /// site (cookie tossing), and nothing tells which is the user's: none is
+    /// used. The `__Host-` prefix (the default name) prevents this.
+    Ambiguous,
+    /// The store binds sessions to the client address and the request has
+    /// none: a server set-up mistake. No session is looked up or created.
+    NoClientAddress,
 }
 
 impl fmt::Display for Rejection {
@@ -354,6 +516,10 @@ impl fmt::Display for Rejection {
                 f.write_str("the session cookie's signature does not verify")
             }
             Rejection::Refused(r) => r.fmt(f),
+            Rejection::Ambiguous => f.write_str(
+                "the request presented several session cookies naming different sessions; none was used",
+            ),
+            Rejection::NoClientAddress => f.write_str(NO_CLIENT_ADDRESS),
         }
     }
 }
@@ -394,35 +560,36 @@ impl fmt::Debug for SessionManager {
 impl SessionManager {
     /// A manager over `sessions` with a cookie `policy` and a create `mode`.
     ///
-    /// # Panics
-    /// When the policy cannot make a valid `Set-Cookie` header (a name, path or
-    /// domain with control characters, spaces or `;`): a configuration mistake
-    /// that would otherwise leave every response without its cookie.
-    pub fn new(sessions: Sessions, policy: CookiePolicy, mode: CreateMode) -> Self {
-        let valid_name = !policy.name.is_empty()
-            && policy
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
-        let attribute_ok = |v: &str| v.bytes().all(|b| b.is_ascii_graphic() && b != b';');
-        let valid_attributes =
-            attribute_ok(&policy.path) && policy.domain.as_deref().is_none_or(attribute_ok);
-        let probe = policy.issue(SessionId::from_u128(0), Duration::from_secs(1));
-        assert!(
-            valid_name && valid_attributes && probe.is_some() && policy.expire().is_some(),
-            "CookiePolicy cannot make a valid Set-Cookie header: check its name ({:?}), path ({:?}) and domain ({:?})",
-            policy.name,
-            policy.path,
-            policy.domain
-        );
-        SessionManager {
+    /// ```
+    /// use keyed_session::http::{CookiePolicy, CreateMode, PolicyError, SessionManager};
+    /// use keyed_session::Sessions;
+    /// let sessions = Sessions::default();
+    /// let manager = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Lazy);
+    /// assert!(manager.is_ok());
+    /// let bad = CookiePolicy::new().name("__Host-id").domain("example.com");
+    /// let refused = SessionManager::new(sessions, bad, CreateMode::Lazy).unwrap_err();
+    /// assert!(matches!(refused, PolicyError::HostPrefix { .. }));
+    /// assert!(refused.to_string().contains("Domain"));
+    /// ```
+    ///
+    /// # Errors
+    /// [`PolicyError`] when the policy cannot make a cookie browsers keep (see
+    /// [`CookiePolicy::validate`]): a configuration mistake that would otherwise
+    /// leave every response without a working cookie.
+    pub fn new(
+        sessions: Sessions,
+        policy: CookiePolicy,
+        mode: CreateMode,
+    ) -> Result<Self, PolicyError> {
+        policy.validate()?;
+        Ok(SessionManager {
             inner: Arc::new(ManagerInner {
                 sessions,
                 policy,
                 mode,
                 issued: Key::new("keyed_session::cookie_issued"),
             }),
-        }
+        })
     }
 
     /// The store.
@@ -448,6 +615,16 @@ impl SessionManager {
     /// which also refreshes it. Creates one in [`CreateMode::Auto`] when none is
     /// usable. A request outside the policy's path is left alone. Never panics
     /// on any header bytes: anything unreadable counts as no valid session.
+    ///
+    /// Every cookie of the session's name is looked at (up to
+    /// [`MAX_DUPLICATE_COOKIES`]), so junk duplicates ahead of the real one do
+    /// not hide it; when they name *different* live sessions, none is used
+    /// ([`Rejection::Ambiguous`]).
+    ///
+    /// When the store binds sessions to addresses ([`IpBinding`] not `Off`) and
+    /// `peer` is `None`, nothing is looked up or created and
+    /// [`Started::rejected`] is [`Rejection::NoClientAddress`]: binding fails
+    /// closed, never into an unbound session.
     pub fn start(&self, cookie_header: Option<&[u8]>, peer: Option<IpAddr>, path: &str) -> Started {
         self.start_from(|| cookie_header.into_iter(), peer, path)
     }
@@ -475,6 +652,7 @@ impl SessionManager {
             peer,
             in_scope: self.inner.policy.covers(path),
             session: None,
+            presented: None,
             rejected: None,
             issue: false,
             ended: false,
@@ -482,27 +660,48 @@ impl SessionManager {
         if !started.in_scope {
             return started;
         }
+        if peer.is_none() && self.inner.sessions.ip_binding() != IpBinding::Off {
+            started.rejected = Some(Rejection::NoClientAddress);
+            return started;
+        }
         let total: usize = headers().map(<[u8]>::len).sum();
         if total > MAX_COOKIE_HEADER {
             started.rejected = Some(Rejection::Malformed);
         } else {
-            let name = self.inner.policy.name.as_bytes();
+            let name = self.inner.policy.cookie_name().as_bytes();
             let candidates = headers()
                 .flat_map(|h| cookie_values(h, name))
-                .take(MAX_CANDIDATES);
+                .take(MAX_DUPLICATE_COOKIES);
+            let mut found: Option<(Session, bool)> = None;
             for raw in candidates {
                 match self.resolve(raw, peer) {
-                    Ok((session, resign)) => {
-                        started.issue = resign || self.refresh_due(&session);
-                        started.session = Some(session);
-                        started.rejected = None;
-                        break;
+                    Ok((session, resign)) => match &found {
+                        Some((first, _)) if first.same_as(&session) => {}
+                        Some(_) => {
+                            started.rejected = Some(Rejection::Ambiguous);
+                            found = None;
+                            break;
+                        }
+                        None => found = Some((session, resign)),
+                    },
+                    Err(why) => {
+                        if found.is_none() {
+                            started.rejected = Some(why);
+                        }
                     }
-                    Err(why) => started.rejected = Some(why),
                 }
             }
+            if let Some((session, resign)) = found {
+                started.issue = resign || self.refresh_due(&session);
+                started.presented = Some(session.id());
+                started.session = Some(session);
+                started.rejected = None;
+            }
         }
-        if started.session.is_none() && self.inner.mode == CreateMode::Auto {
+        if started.session.is_none()
+            && self.inner.mode == CreateMode::Auto
+            && started.rejected != Some(Rejection::Ambiguous)
+        {
             // A failed create leaves the request without a session; the handler
             // sees `session()` as `None` and may answer 503.
             let _ = started.get_or_create();
@@ -530,7 +729,7 @@ impl SessionManager {
             return true;
         };
         let max_age = session.idle_timeout().as_secs_f64();
-        let now = to_secs(self.inner.sessions.clock_now());
+        let now = self.inner.sessions.inner().now_stamp();
         let left = f64::from(issued) + max_age - f64::from(now);
         left < max_age * policy.refresh_below
     }
@@ -563,8 +762,13 @@ pub struct Started {
     peer: Option<IpAddr>,
     in_scope: bool,
     session: Option<Session>,
+    /// The id the client's cookie holds, when it named `session`: if the
+    /// session's id differs at response time (renewed through any API), the
+    /// response carries the new one.
+    presented: Option<SessionId>,
     rejected: Option<Rejection>,
-    /// The response must carry a fresh cookie for `session`.
+    /// The response must carry a fresh cookie for `session` (a key rotation or
+    /// a persistent cookie's refresh).
     issue: bool,
     /// The handler ended the session: the response must expire the cookie.
     ended: bool,
@@ -604,10 +808,15 @@ impl Started {
     /// session always gets a fresh id.
     ///
     /// # Errors
-    /// [`CreateError`] when the store refuses a new session.
+    /// [`CreateError`] when the store refuses a new session, and
+    /// [`CreateError::NoClientAddress`] when the store binds sessions to
+    /// addresses and the request has none.
     pub fn get_or_create(&mut self) -> Result<Session, CreateError> {
         if let Some(s) = &self.session {
             return Ok(s.clone());
+        }
+        if self.rejected == Some(Rejection::NoClientAddress) {
+            return Err(CreateError::NoClientAddress);
         }
         let session = self.manager.inner.sessions.create(self.peer)?;
         self.session = Some(session.clone());
@@ -640,30 +849,38 @@ impl Started {
     }
 
     /// Attaches a client for a long-lived connection (a websocket, a stream):
-    /// keep the guard for as long as the connection lives.
+    /// keep the guard for as long as the connection lives. `None` when there is
+    /// no session, or it has ended or expired.
     pub fn attach(&self) -> Option<ClientGuard> {
-        self.session.as_ref().map(Session::attach)
+        self.session.as_ref().and_then(|s| s.attach().ok())
     }
 
     /// The `Set-Cookie` value the response needs, if any: a new cookie after a
-    /// create, a renew, a key rotation or when a persistent cookie is due for
-    /// refresh; an expiring cookie when the presented session was refused or
-    /// ended and no new one replaced it; nothing otherwise.
+    /// create, a renew (through [`renew`](Self::renew) or directly through
+    /// [`Sessions::renew`]: the session's id is compared with the cookie's), a
+    /// key rotation or when a persistent cookie is due for refresh; an expiring
+    /// cookie when the presented session was refused or ended and no new one
+    /// replaced it; nothing otherwise (and nothing for
+    /// [`Rejection::NoClientAddress`], a server mistake the client cannot mend).
     pub fn set_cookie(&self) -> Option<HeaderValue> {
         if !self.in_scope {
             return None;
         }
         let policy = &self.manager.inner.policy;
         match &self.session {
-            Some(s) if self.issue && s.end_reason().is_none() => {
+            Some(s) if s.end_reason().is_some() => policy.expire(),
+            Some(s) => {
+                let id = s.id();
+                if !self.issue && self.presented == Some(id) {
+                    return None;
+                }
                 if policy.persistent {
-                    let now = to_secs(self.manager.inner.sessions.clock_now());
+                    let now = self.manager.inner.sessions.inner().now_stamp();
                     let _ = s.set(&self.manager.inner.issued, now);
                 }
-                policy.issue(s.id(), s.idle_timeout())
+                policy.issue(id, s.idle_timeout())
             }
-            Some(s) if s.end_reason().is_some() => policy.expire(),
-            Some(_) => None,
+            None if self.rejected == Some(Rejection::NoClientAddress) => None,
             None if self.ended || self.rejected.is_some() => policy.expire(),
             None => None,
         }
@@ -677,29 +894,50 @@ impl Started {
     }
 }
 
-/// The proxies whose word on the client address is trusted.
+/// Which header a trusted proxy writes the client address into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (the default: nginx, HAProxy,
+    /// cloud load balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
+}
+
+/// The proxies whose word on the client address is trusted, and the one header
+/// they write it into.
 ///
 /// Only when a request comes directly from one of these is the client address
-/// read from `Forwarded` (RFC 7239) or, failing that, `X-Forwarded-For`: the
-/// nearest hop that is not itself a trusted proxy is the client. From anyone
-/// else those headers are ignored, since a client can write them.
+/// read from the configured header (default `X-Forwarded-For`; the other header
+/// is never read, since most proxies pass it through from the client
+/// untouched): walking from the nearest hop outwards, the first address that is
+/// not itself a trusted proxy is the client. From anyone else the headers are
+/// ignored, since a client can write them.
 ///
 /// ```
 /// use std::net::IpAddr;
 /// use http::HeaderMap;
-/// use keyed_session::http::TrustedProxies;
+/// use keyed_session::http::{ForwardedHeader, TrustedProxies};
 ///
 /// let proxies = TrustedProxies::new().trust("10.0.0.0".parse().unwrap(), 8);
 /// let mut headers = HeaderMap::new();
 /// headers.insert("x-forwarded-for", "203.0.113.7, 10.0.0.3".parse().unwrap());
+/// // Written by the client, passed through by the proxy: never read.
+/// headers.insert("forwarded", "for=192.0.2.66".parse().unwrap());
 /// let proxy: IpAddr = "10.0.0.2".parse().unwrap();
 /// let stranger: IpAddr = "198.51.100.1".parse().unwrap();
 /// assert_eq!(proxies.client_ip(Some(proxy), &headers), Some("203.0.113.7".parse().unwrap()));
 /// assert_eq!(proxies.client_ip(Some(stranger), &headers), Some(stranger));
+///
+/// let rfc7239 = proxies.clone().header(ForwardedHeader::Forwarded);
+/// assert_eq!(rfc7239.client_ip(Some(proxy), &headers), Some("192.0.2.66".parse().unwrap()));
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {
     nets: Vec<(IpAddr, u8)>,
+    header: ForwardedHeader,
 }
 
 impl TrustedProxies {
@@ -712,6 +950,13 @@ impl TrustedProxies {
     /// as the whole address).
     pub fn trust(mut self, addr: IpAddr, prefix_len: u8) -> Self {
         self.nets.push((addr.to_canonical(), prefix_len));
+        self
+    }
+
+    /// The header the trusted proxies write (default
+    /// [`ForwardedHeader::XForwardedFor`]). Only this one is read.
+    pub fn header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
         self
     }
 
@@ -729,27 +974,25 @@ impl TrustedProxies {
         if !self.contains(direct) {
             return Some(direct);
         }
-        let forwarded = headers
-            .get_all(http::header::FORWARDED)
-            .into_iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(forwarded_for);
-        let hops: Vec<Option<IpAddr>> = forwarded.collect();
-        let hops = if hops.iter().any(Option::is_some) {
-            hops
-        } else {
-            headers
+        let hops: Vec<Option<IpAddr>> = match self.header {
+            ForwardedHeader::Forwarded => headers
+                .get_all(http::header::FORWARDED)
+                .into_iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .map(forwarded_for)
+                .collect(),
+            ForwardedHeader::XForwardedFor => headers
                 .get_all("x-forwarded-for")
                 .into_iter()
                 .flat_map(|v| v.as_bytes().split(|&b| b == b','))
                 .map(|node| parse_node(node.trim_ascii()))
-                .collect()
+                .collect(),
         };
         // From the nearest hop outwards: the first one that is not a trusted proxy.
         for hop in hops.iter().rev() {
             match hop {
                 Some(ip) if self.contains(*ip) => continue,
-                Some(ip) => return Some(*ip),
+                Some(ip) => return Some(ip.to_canonical()),
                 // An unknown or obfuscated hop: nothing beyond it can be trusted.
                 None => return Some(direct),
             }

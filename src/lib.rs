@@ -126,6 +126,7 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
+mod borrow;
 mod clock;
 mod events;
 #[cfg(feature = "http")]
@@ -142,12 +143,15 @@ mod session;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use crossbeam_channel::Receiver;
-pub use events::Event;
+pub use events::{Event, RecvError, Subscription};
+/// Iterators of [`Subscription`].
+pub mod subscription {
+    pub use crate::events::IntoIter;
+}
 pub use id::{IdGenerator, ParseIdError, RandomIds, SESSION_ID_LEN, SessionId};
 pub use key::{Key, KeyBuilder, LoadKey, LoadedValue};
 pub use reason::{DeleteCause, DeleteContext, EndReason};
-pub use session::{ClientGuard, Session, SessionEnded};
+pub use session::{ClientGuard, Ended, Session, SessionEnded};
 pub use store::{
     CreateError, IpBinding, Iter, Refused, Sessions, SessionsBuilder, Stats, Sweeper, WhenFull,
 };

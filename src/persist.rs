@@ -25,12 +25,26 @@
 //! there before anything is allocated for it; a record that fails its checksum
 //! or does not parse is skipped and reading resumes at the next marker, so a
 //! damaged record costs only itself; a truncated tail loses only the record it
-//! cuts. A wrong magic or version is an error for the whole file.
+//! cuts. A wrong magic or version is an error for the whole file. Reading costs
+//! time linear in the file's size, whatever its bytes: when damage makes the
+//! plain walk check much more than the file's length (records claiming long
+//! lengths at every marker), it switches to checking every candidate record's
+//! checksum from prefix checksums, in one pass.
 //!
-//! # Crash safety
+//! # Crash safety, and who can read it
 //! [`Sessions::save_to`] writes a temporary file in the same folder, syncs it,
 //! renames it over the target and syncs the folder: a crash at any point leaves
-//! either the old snapshot or the new one, never a mix.
+//! either the old snapshot or the new one, never a mix. A snapshot holds every
+//! live session id, so the file is a secret: the temporary file gets a random
+//! name and is created fresh (`O_EXCL`: a planted file or symlink there makes the
+//! save fail instead of being followed) with mode `0600` on Unix, which the
+//! snapshot keeps. Two saves to one path at once each write their own temporary
+//! file; the later rename wins, and the file is always one whole snapshot.
+//!
+//! # Consistency
+//! A snapshot copies the handles of all sessions at one instant (holding every
+//! shard's read lock together while it copies), so each session live for the
+//! whole save is in it exactly once, even if it is renewed meanwhile.
 //!
 //! # One session at a time
 //! [`SessionImage`] is the boundary: what is written for one session
@@ -40,7 +54,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -48,10 +62,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::clock::{NEVER, from_secs, to_secs};
+use rand::RngExt;
+
+use crate::borrow;
+use crate::clock::NEVER;
 use crate::key::LoadKey;
+use crate::reason::{DeleteCause, DeleteContext};
 use crate::session::Record;
-use crate::store::StoreInner;
+use crate::store::{InsertError, StoreInner};
 use crate::{SessionId, Sessions};
 
 const MAGIC: &[u8; 8] = b"KEYEDSES";
@@ -263,9 +281,14 @@ pub struct RestoreReport {
     pub restored: usize,
     /// Sessions skipped because they had expired by now.
     pub expired: usize,
-    /// Sessions skipped because a live session already has their id.
+    /// Sessions skipped because a live session already has their id. Values
+    /// already loaded for them are handed to `on_delete` with
+    /// [`DeleteCause::NotRestored`].
     pub duplicates: usize,
-    /// Sessions skipped because the store was full or shut down.
+    /// Sessions skipped because the store was full (in total, or for the
+    /// session's client address: restored sessions count against both limits
+    /// and never evict) or shut down. Values already loaded for them are handed
+    /// to `on_delete` with [`DeleteCause::NotRestored`].
     pub refused: usize,
     /// Records skipped as damaged (checksum, truncation, bad fields).
     pub corrupt_records: usize,
@@ -273,6 +296,9 @@ pub struct RestoreReport {
     pub unknown_keys: BTreeMap<String, usize>,
     /// Values whose key's `load` failed, panicked or is missing, by key name.
     pub failed_loads: BTreeMap<String, usize>,
+    /// Values skipped because their record names the same key again (only the
+    /// first is loaded), by key name.
+    pub duplicate_values: BTreeMap<String, usize>,
 }
 
 fn bump(map: &mut BTreeMap<String, usize>, name: &str) {
@@ -281,32 +307,43 @@ fn bump(map: &mut BTreeMap<String, usize>, name: &str) {
 
 /// CRC-32 (IEEE 802.3, reflected), table-driven.
 pub(crate) fn crc32(parts: &[&[u8]]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
     let mut crc = !0u32;
     for part in parts {
-        for &b in *part {
-            crc = TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
-        }
+        #[cfg(test)]
+        tests::count_checksummed(part.len());
+        crc = crc32_update(crc, part);
     }
     !crc
+}
+
+/// The table of CRC-32 (IEEE, reflected): `TABLE[i]` is the register after
+/// shifting the byte `i` through it. It is linear: `TABLE[a ^ b] == TABLE[a] ^ TABLE[b]`.
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+/// Feeds `bytes` through the raw CRC register `crc` (no pre- or post-inversion).
+fn crc32_update(mut crc: u32, bytes: &[u8]) -> u32 {
+    for &b in bytes {
+        crc = CRC_TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    crc
 }
 
 /// Appends one framed record holding `payload`.
@@ -331,16 +368,48 @@ pub(crate) fn records(file: &[u8]) -> Result<(Vec<&[u8]>, usize), SnapshotError>
     if version != VERSION {
         return Err(SnapshotError::UnsupportedVersion(version));
     }
+    // The plain walk checksums each record it tries. On a sound file that is
+    // the file once; damage that makes it check much more than that (a marker
+    // at every few bytes, each claiming a length up to the end) would make it
+    // quadratic, so past a budget the linear method takes over.
+    let mut budget = 2 * file.len() + (64 << 10);
+    let plain = walk(file, |at| {
+        let claimed = claimed_len(file, at)?;
+        if claimed > budget {
+            return Err(OverBudget);
+        }
+        budget -= claimed;
+        Ok(read_record(&file[at..]).ok().map(|(_, used)| used))
+    });
+    match plain {
+        Ok(found) => Ok(found),
+        Err(OverBudget) => {
+            let verdicts = Verdicts::compute(file);
+            Ok(walk(file, |at| Ok(verdicts.at(at))).unwrap_or_default())
+        }
+    }
+}
+
+/// The plain walk checked too much; the linear one takes over.
+struct OverBudget;
+
+/// Walks the records: `check(at)` says how many bytes the valid record at `at`
+/// takes, or `None` when none starts there; a damaged stretch is counted and
+/// skipped to the next marker.
+fn walk(
+    file: &[u8],
+    mut check: impl FnMut(usize) -> Result<Option<usize>, OverBudget>,
+) -> Result<(Vec<&[u8]>, usize), OverBudget> {
     let mut good = Vec::new();
     let mut corrupt = 0;
     let mut at = HEADER_LEN;
     while at < file.len() {
-        match read_record(&file[at..]) {
-            Ok((payload, used)) => {
-                good.push(payload);
+        match check(at)? {
+            Some(used) => {
+                good.push(&file[at + 12..at + used]);
                 at += used;
             }
-            Err(_) => {
+            None => {
                 corrupt += 1;
                 // Resynchronise at the next marker after this one.
                 match find(&file[at + 1..], MARKER) {
@@ -351,6 +420,18 @@ pub(crate) fn records(file: &[u8]) -> Result<(Vec<&[u8]>, usize), SnapshotError>
         }
     }
     Ok((good, corrupt))
+}
+
+/// The payload length the record at `at` claims, if it has a marker and a
+/// payload that fits in the file (0 when there is nothing to checksum).
+fn claimed_len(file: &[u8], at: usize) -> Result<usize, OverBudget> {
+    let rest = &file[at..];
+    if rest.len() < 12 || &rest[..4] != MARKER {
+        return Ok(0);
+    }
+    let len = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    Ok(if len <= rest.len() - 12 { len } else { 0 })
 }
 
 fn read_record(bytes: &[u8]) -> Result<(&[u8], usize), SnapshotError> {
@@ -373,13 +454,131 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A 32×32 matrix over GF(2), by columns: what a linear map of the CRC
+/// register does to each of its bits.
+type Gf2Matrix = [u32; 32];
+
+fn gf2_apply(m: &Gf2Matrix, mut v: u32) -> u32 {
+    let mut out = 0;
+    let mut i = 0;
+    while v != 0 {
+        if v & 1 != 0 {
+            out ^= m[i];
+        }
+        v >>= 1;
+        i += 1;
+    }
+    out
+}
+
+/// Whether a valid record starts at each marker of a file, found in time linear
+/// in the file's length whatever its bytes.
+///
+/// Feeding bytes through the raw CRC register is affine over GF(2): with `S(x)`
+/// the register after `file[..x]` from zero and `A` the effect of one zero
+/// byte, feeding `file[a..b]` from a register `c` gives `A^(b-a)(c ^ S(a)) ^
+/// S(b)`. So one pass that records `S` at every record's payload start and end,
+/// plus `A^len` applied by repeated squaring, checks every candidate record in
+/// a constant number of steps, however their claimed spans overlap.
+struct Verdicts {
+    /// Marker positions, ascending, with the bytes the valid record there takes.
+    markers: Vec<(usize, Option<usize>)>,
+}
+
+impl Verdicts {
+    fn compute(file: &[u8]) -> Self {
+        struct Candidate {
+            at: usize,
+            len: usize,
+            /// The register after the length field, fed from the initial `!0`.
+            after_len: u32,
+            crc: u32,
+        }
+        let mut candidates = Vec::new();
+        let mut markers = Vec::new();
+        let mut at = HEADER_LEN;
+        while let Some(next) = find(&file[at.min(file.len())..], MARKER) {
+            let p = at + next;
+            markers.push((p, None));
+            let rest = &file[p..];
+            if rest.len() >= 12 {
+                let len_bytes = [rest[4], rest[5], rest[6], rest[7]];
+                let len = usize::try_from(u32::from_le_bytes(len_bytes)).unwrap_or(usize::MAX);
+                if len <= rest.len() - 12 {
+                    candidates.push(Candidate {
+                        at: p,
+                        len,
+                        after_len: crc32_update(!0, &len_bytes),
+                        crc: u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]),
+                    });
+                }
+            }
+            at = p + 1;
+        }
+        // The register S at every payload start and end, in one pass.
+        let mut points: Vec<usize> = candidates
+            .iter()
+            .flat_map(|c| [c.at + 12, c.at + 12 + c.len])
+            .collect();
+        points.sort_unstable();
+        points.dedup();
+        let mut states = Vec::with_capacity(points.len());
+        let (mut reg, mut fed) = (0u32, 0usize);
+        for &point in &points {
+            #[cfg(test)]
+            tests::count_checksummed(point - fed);
+            reg = crc32_update(reg, &file[fed..point]);
+            fed = point;
+            states.push(reg);
+        }
+        let state_at = |x: usize| states[points.partition_point(|&p| p < x)];
+        // Powers A^(2^j) of the one-zero-byte map.
+        let mut powers: Vec<Gf2Matrix> = Vec::with_capacity(usize::BITS as usize);
+        let mut m: Gf2Matrix = std::array::from_fn(|i| crc32_update(1 << i, &[0]));
+        for _ in 0..usize::BITS {
+            powers.push(m);
+            m = std::array::from_fn(|i| gf2_apply(&m, m[i]));
+        }
+        for c in candidates {
+            #[cfg(test)]
+            tests::count_checksummed(64);
+            let mut v = c.after_len ^ state_at(c.at + 12);
+            let mut n = c.len;
+            let mut j = 0;
+            while n != 0 {
+                if n & 1 != 0 {
+                    v = gf2_apply(&powers[j], v);
+                }
+                n >>= 1;
+                j += 1;
+            }
+            let crc = !(v ^ state_at(c.at + 12 + c.len));
+            if crc == c.crc {
+                let i = markers.partition_point(|&(p, _)| p < c.at);
+                markers[i].1 = Some(12 + c.len);
+            }
+        }
+        Verdicts { markers }
+    }
+
+    /// The bytes the valid record at `at` takes, if one starts there.
+    fn at(&self, at: usize) -> Option<usize> {
+        let i = self.markers.partition_point(|&(p, _)| p < at);
+        match self.markers.get(i) {
+            Some(&(p, verdict)) if p == at => verdict,
+            _ => None,
+        }
+    }
+}
+
 impl StoreInner {
     /// The image of one record, calling `save` hooks under that session's value
-    /// lock (they borrow the value in place), each caught if it panics.
+    /// lock held for reading (they borrow the value in place), each caught if it
+    /// panics.
     fn image(&self, rec: &Record, report: &mut SaveReport) -> SessionImage {
         let mut values = Vec::new();
         {
-            let slots = rec.slots.lock();
+            let slots = borrow::read(&rec.slots, "take a snapshot of it");
             for slot in slots.iter() {
                 let mut data = Vec::new();
                 match catch_unwind(AssertUnwindSafe(|| slot.save(&mut data))) {
@@ -393,14 +592,15 @@ impl StoreInner {
                 }
             }
         }
+        let epoch = self.epoch();
         SessionImage {
             id: rec.id(),
-            created: from_secs(rec.created()),
-            last_access: from_secs(rec.last_access()),
+            created: epoch.time(rec.created()),
+            last_access: epoch.time(rec.last_access()),
             idle_timeout: Duration::from_secs(u64::from(rec.idle())),
             absolute_deadline: match rec.absolute() {
                 NEVER => None,
-                s => Some(from_secs(s)),
+                s => Some(epoch.time(s)),
             },
             peer: rec.peer(),
             values,
@@ -425,9 +625,9 @@ impl StoreInner {
             frame(&mut bytes, &payload);
             report.sessions += 1;
         }
-        let tmp = temp_path(path);
+        let (file, tmp) = create_temp(path)?;
         let written = (|| {
-            let mut file = BufWriter::new(File::create(&tmp)?);
+            let mut file = BufWriter::new(file);
             file.write_all(&bytes)?;
             let file = file.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
@@ -448,22 +648,42 @@ impl StoreInner {
     }
 }
 
-fn temp_path(path: &Path) -> PathBuf {
+/// Creates a new temporary file beside `path`, under a random name, failing
+/// rather than opening anything that is already there (a planted symlink
+/// included), readable and writable by the owner only on Unix.
+fn create_temp(path: &Path) -> io::Result<(File, PathBuf)> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "snapshot".into());
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    let mut last = None;
+    for _ in 0..16 {
+        let tmp = path.with_file_name(format!(".{name}.tmp-{:016x}", rand::rng().random::<u64>()));
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(&tmp) {
+            Ok(file) => return Ok((file, tmp)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no temporary snapshot file could be created")))
 }
 
 impl Sessions {
     /// Writes every live session to a snapshot at `path` (see the
-    /// [module docs](crate::persist) for the format and crash safety).
+    /// [module docs](crate::persist) for the format, crash safety, file mode and
+    /// consistency).
     ///
     /// Each key's `save` hook runs while that one session's value lock is held
-    /// (it borrows the value in place): it must not use the same session; other
-    /// sessions and the store are fine. A failing or panicking `save` skips that
-    /// value and is reported.
+    /// for reading (it borrows the value in place): it may read the same session
+    /// and use other sessions and the store (a snapshot inside `with`, or inside
+    /// a `save` hook, works); it must not write the same session (that panics).
+    /// Called inside `with_mut` or `update` on a live session, this panics with
+    /// a message saying so. A failing or panicking `save` skips that value and
+    /// is reported.
     ///
     /// # Errors
     /// Creating, writing, syncing or renaming the file failed; the previous
@@ -476,7 +696,8 @@ impl Sessions {
     /// now, with their ids, times, addresses, and the values of the given keys
     /// (matched by name). Damaged records and values that cannot be loaded are
     /// skipped and reported; the rest is restored. Each restored session is
-    /// announced with [`Event::Restored`](crate::Event::Restored).
+    /// announced with [`Event::Restored`](crate::Event::Restored). Restored
+    /// sessions count against the total and per-address limits (never evicting).
     ///
     /// # Errors
     /// The file cannot be read, is not a snapshot, or has an unknown version.
@@ -513,6 +734,10 @@ impl Sessions {
     }
 
     /// Restores one session from its image, adding what happened to `report`.
+    /// A key named twice in the image is loaded once (the first value). When
+    /// the session is then refused (its id is live, the store is full, or shut
+    /// down), the values loaded for it go to their `on_delete` hooks with
+    /// [`DeleteCause::NotRestored`].
     pub fn restore_image(
         &self,
         image: &SessionImage,
@@ -520,28 +745,38 @@ impl Sessions {
         report: &mut RestoreReport,
     ) {
         let inner = self.inner();
-        let absolute = image.absolute_deadline.map_or(NEVER, to_secs);
+        let epoch = inner.epoch();
+        let absolute = image.absolute_deadline.map_or(NEVER, |t| epoch.stamp(t));
         let idle = u32::try_from(image.idle_timeout.as_secs().max(1)).unwrap_or(NEVER - 1);
         let rec = Record::new(
             image.id,
             image.peer.map(|p| p.to_canonical()),
-            to_secs(image.created),
+            epoch.stamp(image.created),
             idle,
             absolute,
         );
-        rec.touch(to_secs(image.last_access));
+        rec.touch(epoch.stamp(image.last_access));
         if rec.expired(inner.now()).is_some() {
             report.expired += 1;
             return;
         }
+        let rec = Arc::new(rec);
+        let mut loaded: Vec<&str> = Vec::new();
         for (name, data) in &image.values {
+            if loaded.contains(&name.as_str()) {
+                bump(&mut report.duplicate_values, name);
+                continue;
+            }
             let Some(key) = keys.iter().find(|k| k.name() == name) else {
                 bump(&mut report.unknown_keys, name);
                 continue;
             };
             let mut input: &[u8] = data;
             match catch_unwind(AssertUnwindSafe(|| key.load_value_erased(&mut input))) {
-                Ok(Ok(value)) => rec.slots.lock().push(value.0),
+                Ok(Ok(value)) => {
+                    borrow::write(&rec.slots, "restore it").push(value.0);
+                    loaded.push(name);
+                }
                 Ok(Err(_)) => bump(&mut report.failed_loads, name),
                 Err(_) => {
                     inner.count_hook_panic();
@@ -549,10 +784,23 @@ impl Sessions {
                 }
             }
         }
-        match inner.insert_restored(Arc::new(rec)) {
-            Ok(()) => report.restored += 1,
-            Err(crate::store::InsertError::Duplicate) => report.duplicates += 1,
-            Err(crate::store::InsertError::Refused) => report.refused += 1,
+        let refused = match inner.insert_restored(Arc::clone(&rec)) {
+            Ok(()) => {
+                report.restored += 1;
+                return;
+            }
+            Err(InsertError::Duplicate) => &mut report.duplicates,
+            Err(InsertError::Refused) => &mut report.refused,
+        };
+        *refused += 1;
+        let values = borrow::write(&rec.slots, "restore it").take_all();
+        let ctx = DeleteContext {
+            id: image.id,
+            peer: rec.peer(),
+            cause: DeleteCause::NotRestored,
+        };
+        for value in values {
+            inner.run_hook(|| value.delete(&ctx));
         }
     }
 }
@@ -560,6 +808,95 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        static CHECKSUMMED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Counts the bytes checksummed (and, at a flat rate, the candidate checks
+    /// of the linear method), so the tests can bound the work of reading.
+    pub(super) fn count_checksummed(n: usize) {
+        CHECKSUMMED.set(CHECKSUMMED.get() + n);
+    }
+
+    fn header() -> Vec<u8> {
+        let mut file = Vec::from(*MAGIC);
+        file.extend_from_slice(&VERSION.to_le_bytes());
+        file.extend_from_slice(&[0, 0]);
+        file
+    }
+
+    /// A file of `n` good records (payloads of varied sizes).
+    fn good_file(n: usize) -> Vec<u8> {
+        let mut file = header();
+        for i in 0..n {
+            let payload: Vec<u8> = (0..(i * 7 % 40)).map(|b| (b * 31 + i) as u8).collect();
+            frame(&mut file, &payload);
+        }
+        file
+    }
+
+    /// Regression: markers every 12 bytes, each claiming a payload that runs to
+    /// the end of the file, made the resynchronising walk checksum
+    /// quadratically many bytes (8x the file took 54x the time). The work must
+    /// now stay linear in the file's length.
+    #[test]
+    fn reading_a_crafted_file_is_linear() {
+        for count in [2_000usize, 16_000] {
+            let mut file = header();
+            let total = HEADER_LEN + count * 12;
+            for i in 0..count {
+                let at = HEADER_LEN + i * 12;
+                let len = (total - at - 12) as u32;
+                file.extend_from_slice(MARKER);
+                file.extend_from_slice(&len.to_le_bytes());
+                file.extend_from_slice(&[0xAB; 4]);
+            }
+            CHECKSUMMED.set(0);
+            let (good, corrupt) = records(&file).unwrap();
+            assert!(good.is_empty());
+            assert_eq!(corrupt, count);
+            let work = CHECKSUMMED.get();
+            assert!(
+                work <= 10 * file.len() + (256 << 10),
+                "{work} bytes checksummed for a file of {}",
+                file.len()
+            );
+        }
+    }
+
+    /// The linear method finds exactly what the plain walk finds, on sound and
+    /// damaged files.
+    #[test]
+    fn both_walks_agree() {
+        let sound = good_file(300);
+        let mut files = vec![sound.clone()];
+        for (i, step) in [(13usize, 97usize), (40, 211), (5, 1000)] {
+            let mut damaged = sound.clone();
+            let mut at = HEADER_LEN + i;
+            while at < damaged.len() {
+                damaged[at] ^= 0x5A;
+                at += step;
+            }
+            files.push(damaged);
+        }
+        let mut cut = sound.clone();
+        cut.truncate(sound.len() - 5);
+        files.push(cut);
+        for file in files {
+            let plain = walk(&file, |at| {
+                Ok(read_record(&file[at..]).ok().map(|(_, u)| u))
+            })
+            .ok()
+            .unwrap();
+            let verdicts = Verdicts::compute(&file);
+            let linear = walk(&file, |at| Ok(verdicts.at(at))).ok().unwrap();
+            assert_eq!(plain, linear);
+        }
+        let (good, corrupt) = records(&sound).unwrap();
+        assert_eq!((good.len(), corrupt), (300, 0));
+    }
 
     #[test]
     fn crc32_matches_the_standard_check_value() {
@@ -593,9 +930,7 @@ mod tests {
 
     #[test]
     fn a_huge_length_is_refused_without_allocating_it() {
-        let mut file = Vec::from(*MAGIC);
-        file.extend_from_slice(&VERSION.to_le_bytes());
-        file.extend_from_slice(&[0, 0]);
+        let mut file = header();
         file.extend_from_slice(MARKER);
         file.extend_from_slice(&u32::MAX.to_le_bytes());
         file.extend_from_slice(&[0; 4]);

@@ -85,6 +85,10 @@ pub enum DeleteCause {
     /// The last client of the session went away and the key's `on_no_client` hook
     /// answered `false`; the session itself lives on.
     NoClient,
+    /// The value was loaded from a snapshot for a session that was then not
+    /// restored (a live session has its id, the store is full, or it is shut
+    /// down): the session never began in this store.
+    NotRestored,
 }
 
 /// What an `on_delete` hook is told besides the value.
@@ -99,12 +103,13 @@ pub struct DeleteContext {
 }
 
 impl DeleteContext {
-    /// The reason the session ended, or `None` when only this value was dropped
-    /// because the last client left.
+    /// The reason the session ended, or `None` when the session lives on (only
+    /// this value was dropped because the last client left) or never began here
+    /// ([`DeleteCause::NotRestored`]).
     pub fn end_reason(&self) -> Option<EndReason> {
         match self.cause {
             DeleteCause::SessionEnded(r) => Some(r),
-            DeleteCause::NoClient => None,
+            DeleteCause::NoClient | DeleteCause::NotRestored => None,
         }
     }
 }

@@ -2,15 +2,19 @@
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
 use std::io::{self, Write};
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering, fence};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 
-use crate::clock::{NEVER, from_secs, timeout_secs};
+use crate::borrow;
+use crate::clock::{NEVER, timeout_secs};
 use crate::key::{ErasedSlot, Key, take_value};
 use crate::reason::DeleteContext;
 use crate::store::StoreInner;
@@ -175,8 +179,9 @@ impl Slots {
     }
 }
 
-/// What the store keeps for one session. Times are whole seconds since the Unix
-/// epoch (see `clock`). 80 bytes, 96 with its `Arc` header on 64-bit targets.
+/// What the store keeps for one session. Times are whole seconds since the
+/// store's epoch (see `clock::Epoch`). 80 bytes, 96 with its `Arc` header on
+/// 64-bit targets.
 pub(crate) struct Record {
     /// Seqlock guarding `id_hi`/`id_lo`: odd while a renew rewrites the id. 16
     /// bits keep the record at 80 bytes; a reader would have to sleep through
@@ -194,7 +199,9 @@ pub(crate) struct Record {
     /// 0 while alive, `1 + EndReason::index()` once ended.
     state: AtomicU8,
     peer: Option<IpAddr>,
-    pub(crate) slots: Mutex<Slots>,
+    /// The values. Always taken through `crate::borrow`, which knows which of
+    /// these locks the current thread holds (see there).
+    pub(crate) slots: RwLock<Slots>,
 }
 
 impl Record {
@@ -217,7 +224,7 @@ impl Record {
             clients: AtomicU32::new(0),
             state: AtomicU8::new(0),
             peer,
-            slots: Mutex::new(Slots::default()),
+            slots: RwLock::new(Slots::default()),
         }
     }
 
@@ -281,6 +288,15 @@ impl Record {
         self.clients.load(Ordering::Acquire)
     }
 
+    pub(crate) fn add_client(&self) {
+        self.clients.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a client out; `true` when it was the last one.
+    pub(crate) fn remove_client(&self) -> bool {
+        self.clients.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+
     /// Records an access at `now`; the store writes only when the second changed,
     /// so a busy session does not bounce its cache line on every request.
     pub(crate) fn touch(&self, now: u32) {
@@ -332,13 +348,32 @@ impl Record {
 /// same values, and follows the session through [`Sessions::renew`](crate::Sessions::renew).
 ///
 /// # Locking
-/// Each session has one lock around its values. [`get`](Self::get),
-/// [`set`](Self::set), [`remove`](Self::remove), [`contains`](Self::contains) and
-/// [`keys`](Self::keys) take it briefly. [`with`](Self::with),
-/// [`with_mut`](Self::with_mut) and [`update`](Self::update) run your closure with
-/// it held: inside that closure, do not use this same session (not even through
-/// another handle), or the thread deadlocks. Other sessions and the store are fine.
-/// Key hooks never run with a lock held.
+/// Each session has one read-write lock around its values. [`get`](Self::get),
+/// [`with`](Self::with), [`contains`](Self::contains), [`keys`](Self::keys) and
+/// [`len`](Self::len) read-lock it; [`set`](Self::set), [`remove`](Self::remove),
+/// [`with_mut`](Self::with_mut) and [`update`](Self::update) write-lock it.
+///
+/// User code runs under that lock in exactly these places: the closures of
+/// `with` (read), `with_mut` and `update` (write, `init` included), a key's
+/// `save` hook during a snapshot (read) and its `on_no_client` hook (read; the
+/// write lock is taken after it returns to remove what it dropped). Inside them:
+/// - reading **the same session** again (`get`, `with`, `contains`, `keys`, a
+///   snapshot) works inside a read-locked closure or hook, and panics at once
+///   inside `with_mut` or `update`; writing it (`set`, `remove`, `update`,
+///   `with_mut`) panics at once everywhere. The panic message names the mistake.
+///   Nothing hangs.
+/// - ending the same session (`delete`, `shutdown`, `sweep`, an eviction by
+///   `create`, a lookup that finds it expired) completes: the session is gone at
+///   once, and its `on_delete` hooks and [`Event::End`](crate::Event::End) run
+///   on this thread as soon as the closure returns.
+/// - other sessions and the store are fine, with one rule: never have two
+///   threads each wait for a session the other one holds (thread A inside
+///   `with` on session 1 reads session 2 while thread B inside `with_mut` on
+///   session 2 reads session 1). Like any pair of locks, that deadlocks; when a
+///   closure must use other sessions, take them in a fixed order (by id, say) in
+///   every thread, or copy what you need out first.
+///
+/// `on_delete` hooks never run with any lock of the store held.
 #[derive(Clone)]
 pub struct Session {
     pub(crate) store: Arc<StoreInner>,
@@ -386,7 +421,7 @@ impl Session {
         key: &Key<T>,
         f: impl FnOnce(&T) -> R,
     ) -> Option<R> {
-        let slots = self.rec.slots.lock();
+        let slots = borrow::read(&self.rec.slots, "read a value");
         let i = slots.position(key.id())?;
         slots.get(i)?.value().downcast_ref::<T>().map(f)
     }
@@ -398,7 +433,7 @@ impl Session {
         key: &Key<T>,
         f: impl FnOnce(&mut T) -> R,
     ) -> Option<R> {
-        let mut slots = self.rec.slots.lock();
+        let mut slots = borrow::write(&self.rec.slots, "change a value (with_mut)");
         let i = slots.position(key.id())?;
         slots.get_mut(i)?.value_mut().downcast_mut::<T>().map(f)
     }
@@ -413,7 +448,7 @@ impl Session {
         key: &Key<T>,
         value: T,
     ) -> Result<Option<T>, SessionEnded<T>> {
-        let mut slots = self.rec.slots.lock();
+        let mut slots = borrow::write(&self.rec.slots, "set a value");
         if self.rec.ended().is_some() {
             return Err(SessionEnded(value));
         }
@@ -448,7 +483,7 @@ impl Session {
         init: impl FnOnce() -> T,
         f: impl FnOnce(&mut T) -> R,
     ) -> Result<R, SessionEnded> {
-        let mut slots = self.rec.slots.lock();
+        let mut slots = borrow::write(&self.rec.slots, "update a value");
         if self.rec.ended().is_some() {
             return Err(SessionEnded(()));
         }
@@ -472,7 +507,7 @@ impl Session {
     /// runs for it).
     pub fn remove<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
         let slot = {
-            let mut slots = self.rec.slots.lock();
+            let mut slots = borrow::write(&self.rec.slots, "remove a value");
             let i = slots.position(key.id())?;
             slots.swap_remove(i)?
         };
@@ -484,14 +519,14 @@ impl Session {
     where
         T: Send + Sync + 'static,
     {
-        self.rec.slots.lock().position(key.id()).is_some()
+        borrow::read(&self.rec.slots, "read it (contains)")
+            .position(key.id())
+            .is_some()
     }
 
     /// The names of the keys the session holds values for.
     pub fn keys(&self) -> Vec<String> {
-        self.rec
-            .slots
-            .lock()
+        borrow::read(&self.rec.slots, "read it (keys)")
             .iter()
             .map(|s| s.key_name().to_owned())
             .collect()
@@ -499,7 +534,7 @@ impl Session {
 
     /// How many values the session holds.
     pub fn len(&self) -> usize {
-        self.rec.slots.lock().len()
+        borrow::read(&self.rec.slots, "read it (len)").len()
     }
 
     /// Whether the session holds no value.
@@ -507,9 +542,35 @@ impl Session {
         self.len() == 0
     }
 
-    /// Marks the session used now, restarting its idle timeout.
-    pub fn touch(&self) {
-        self.rec.touch(self.store.now());
+    /// Marks the session used now, restarting its idle timeout. Expiry is final:
+    /// a session whose deadline has passed is not brought back, even if no
+    /// sweep has reclaimed it yet; it is ended now (its hooks run on this thread).
+    ///
+    /// ```
+    /// # use keyed_session::{ManualClock, Sessions, Sweeper};
+    /// # use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let sessions = Sessions::builder()
+    ///     .idle_timeout(Duration::from_secs(60))
+    ///     .clock(clock.clone())
+    ///     .sweeper(Sweeper::Manual)
+    ///     .build();
+    /// let session = sessions.create(None).unwrap();
+    /// clock.advance(Duration::from_secs(30));
+    /// assert!(session.touch().is_ok());
+    /// clock.advance(Duration::from_secs(61));
+    /// assert!(session.touch().is_err(), "expired: not revived");
+    /// assert!(!session.is_valid());
+    /// ```
+    ///
+    /// # Errors
+    /// [`SessionEnded`] when the session has ended or expired.
+    pub fn touch(&self) -> Result<(), SessionEnded> {
+        if self.store.touch(&self.rec) {
+            Ok(())
+        } else {
+            Err(SessionEnded(()))
+        }
     }
 
     /// Whether the session is alive: not ended and not expired by now.
@@ -524,12 +585,12 @@ impl Session {
 
     /// When the session was created (to the second).
     pub fn created(&self) -> SystemTime {
-        from_secs(self.rec.created())
+        self.store.epoch().time(self.rec.created())
     }
 
     /// When the session was last used (to the second).
     pub fn last_access(&self) -> SystemTime {
-        from_secs(self.rec.last_access())
+        self.store.epoch().time(self.rec.last_access())
     }
 
     /// When the session will expire if nothing touches it, or `None` while a
@@ -537,7 +598,7 @@ impl Session {
     pub fn expires_at(&self) -> Option<SystemTime> {
         match self.rec.due().0 {
             NEVER => None,
-            due => Some(from_secs(due)),
+            due => Some(self.store.epoch().time(due)),
         }
     }
 
@@ -574,11 +635,46 @@ impl Session {
     /// Attaches a client (a websocket, a stream, a long poll) for as long as the
     /// guard lives. While any client is attached the idle timeout does not run
     /// out (the absolute one still does). When the last guard drops, each value's
-    /// `on_no_client` hook runs once, on the dropping thread, with no lock held.
-    pub fn attach(&self) -> ClientGuard {
-        self.rec.clients.fetch_add(1, Ordering::AcqRel);
-        ClientGuard {
+    /// `on_no_client` hook runs once, on the dropping thread, under the session's
+    /// value lock held for reading (see *Locking*).
+    ///
+    /// # Errors
+    /// [`SessionEnded`] when the session has ended, or has expired (it is ended
+    /// now: expiry is final, whether or not a sweep has reclaimed it yet).
+    pub fn attach(&self) -> Result<ClientGuard, SessionEnded> {
+        if self.store.attach(&self.rec) {
+            Ok(ClientGuard {
+                session: self.clone(),
+            })
+        } else {
+            Err(SessionEnded(()))
+        }
+    }
+
+    /// A future that resolves with the reason once the session ends, for
+    /// whatever reason: a long-lived response (a server-sent event stream, a
+    /// websocket loop) selects on it to finish when its session does, so that a
+    /// graceful shutdown that calls [`Sessions::shutdown`](crate::Sessions::shutdown)
+    /// is not kept waiting by open streams. It needs no particular runtime, and
+    /// resolves at once for a session that has already ended.
+    ///
+    /// ```
+    /// # use keyed_session::{EndReason, Sessions, Sweeper};
+    /// # use std::future::Future;
+    /// # use std::pin::pin;
+    /// # use std::task::{Context, Poll, Waker};
+    /// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+    /// let session = sessions.create(None).unwrap();
+    /// let mut ended = pin!(session.ended());
+    /// let mut cx = Context::from_waker(Waker::noop());
+    /// assert!(ended.as_mut().poll(&mut cx).is_pending());
+    /// sessions.delete(&session.id());
+    /// assert_eq!(ended.poll(&mut cx), Poll::Ready(EndReason::Deleted));
+    /// ```
+    pub fn ended(&self) -> Ended {
+        Ended {
             session: self.clone(),
+            token: None,
         }
     }
 
@@ -620,8 +716,56 @@ impl fmt::Debug for ClientGuard {
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        if self.session.rec.clients.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.session.rec.remove_client() {
             self.session.store.last_client_left(&self.session.rec);
+        }
+    }
+}
+
+/// Resolves when its session ends; see [`Session::ended`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Ended {
+    session: Session,
+    token: Option<u64>,
+}
+
+impl fmt::Debug for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ended")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for Ended {
+    type Output = EndReason;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<EndReason> {
+        if let Some(reason) = self.session.rec.ended() {
+            return Poll::Ready(reason);
+        }
+        let this = &mut *self;
+        let token = this
+            .session
+            .store
+            .waiters
+            .register(&this.session.rec, this.token, cx.waker());
+        this.token = Some(token);
+        // Checked again after registering, so an end in between is not missed.
+        match this.session.rec.ended() {
+            Some(reason) => Poll::Ready(reason),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        if let Some(token) = self.token {
+            self.session
+                .store
+                .waiters
+                .unregister(&self.session.rec, token);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! IP binding, and the machinery that ends sessions and runs their hooks.
 
 mod config;
+mod notify;
 mod shard;
 
 use std::collections::HashMap;
@@ -13,20 +14,23 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, ReentrantMutex, RwLock};
 
 #[cfg(feature = "http")]
 pub(crate) use config::same_prefix;
 pub use config::{IpBinding, SessionsBuilder, Sweeper, WhenFull};
 
-use crate::clock::{Clock, NEVER, to_secs};
-use crate::events::{Broadcaster, Event};
+use crate::borrow;
+use crate::clock::{Clock, Epoch, NEVER};
+use crate::events::{Broadcaster, Event, Subscription};
 use crate::id::IdGenerator;
 use crate::key::ErasedSlot;
 use crate::reason::{DeleteCause, DeleteContext};
 use crate::session::{Record, Session};
 use crate::{EndReason, SessionId};
-use config::{Config, per_ip_key};
+use config::{Config, ThreadContext, per_ip_key};
+use notify::InFlight;
+pub(crate) use notify::Waiters;
 use shard::{Due, Shard};
 
 const SHARD_BITS: u32 = 4;
@@ -65,6 +69,10 @@ impl fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// What to tell a server that binds sessions to addresses and gives the HTTP
+/// layer none.
+pub(crate) const NO_CLIENT_ADDRESS: &str = "sessions are bound to the client address (IpBinding is not Off), but this request has none: with axum, serve with `app.into_make_service_with_connect_info::<SocketAddr>()`; behind a proxy, configure `TrustedProxies`; with `SessionManager::start`, pass the client address";
+
 /// Why [`Sessions::create`] made no session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -85,6 +93,11 @@ pub enum CreateError {
     ShutDown,
     /// The id generator kept returning ids that are already in use.
     IdCollision,
+    /// The store binds sessions to the client address ([`IpBinding`] is not
+    /// `Off`) and the request has no address: the HTTP layer refuses to make a
+    /// session that nothing would bind (it would fail open). A server set-up
+    /// mistake; see the message.
+    NoClientAddress,
 }
 
 impl fmt::Display for CreateError {
@@ -102,6 +115,7 @@ impl fmt::Display for CreateError {
             CreateError::IdCollision => f.write_str(
                 "the id generator returned only ids already in use; it is not random enough",
             ),
+            CreateError::NoClientAddress => f.write_str(NO_CLIENT_ADDRESS),
         }
     }
 }
@@ -138,6 +152,11 @@ pub struct Stats {
     pub snapshots_written: u64,
     /// Periodic or shutdown snapshots that failed (I/O errors).
     pub snapshot_errors: u64,
+    /// Entries in the expiry heaps of all shards. The heaps are lazy (a touch
+    /// does not move an entry), and are compacted whenever they hold more than
+    /// twice the live sessions plus 64 per shard, so this stays within a small
+    /// multiple of [`live`](Self::live) in every sweeper mode.
+    pub expiry_entries: usize,
 }
 
 impl Stats {
@@ -177,13 +196,25 @@ pub(crate) struct StoreInner {
     len: AtomicUsize,
     /// Sessions per client address; present only with a per-IP limit.
     per_ip: Option<Mutex<HashMap<IpAddr, Vec<Weak<Record>>>>>,
-    events: Broadcaster,
+    events: Arc<Broadcaster>,
     counters: Counters,
     shut: AtomicBool,
     /// Which shard passive sweeping visits next.
     cursor: AtomicUsize,
     /// Dropping this stops the background threads (sweeper, snapshots).
     sweeper_stop: Mutex<Option<Sender<()>>>,
+    /// The store itself, for work deferred until a borrow ends.
+    me: Weak<StoreInner>,
+    /// Stamps count seconds from here.
+    epoch: Epoch,
+    /// `on_delete` calls of values dropped by `on_no_client` still running.
+    in_flight: InFlight,
+    /// Tasks waiting for a session to end.
+    pub(crate) waiters: Waiters,
+    /// Held while the configured snapshot is written, so that the periodic save
+    /// and the final one at shutdown never interleave. Reentrant: a `save` hook
+    /// that shuts the store down from the snapshot thread must not wait for itself.
+    snapshot_lock: ReentrantMutex<()>,
 }
 
 /// A store of sessions. Cheap to clone (an `Arc`): clones are the same store.
@@ -194,9 +225,16 @@ pub(crate) struct StoreInner {
 /// # Locking
 /// The store is split into 16 shards, each behind a `parking_lot::RwLock`.
 /// Lookups take one shard's read lock for a hash probe; create, delete, renew and
-/// sweeping take write locks briefly. No user code (key hooks, id generators
-/// excepted) ever runs with a shard lock held, so hooks may call back into the
-/// store freely.
+/// sweeping take write locks briefly; [`iter`](Self::iter) and snapshots take the
+/// read locks of all shards at once for as long as it takes to copy the handles
+/// (so that every session shows exactly once). No user code (key hooks, the id
+/// generator, the clock) ever runs with a shard lock held, so hooks may call back
+/// into the store freely. Where user code does run under a session's value lock,
+/// see [`Session`]'s *Locking*.
+///
+/// Live [`Session`] and [`ClientGuard`](crate::ClientGuard) handles keep the store
+/// alive (they hold it by `Arc`): the store shuts down when the last handle of
+/// any kind is dropped, or at [`shutdown`](Self::shutdown).
 #[derive(Clone)]
 pub struct Sessions {
     inner: Arc<StoreInner>,
@@ -237,14 +275,23 @@ impl Sessions {
             .as_ref()
             .and(config.snapshot_every)
             .map(|every| every.max(Duration::from_millis(10)));
+        let context = config.thread_context.clone();
+        let epoch = Epoch::starting(b.clock.now());
         let inner = Arc::new_cyclic(|weak: &Weak<StoreInner>| {
             // Both background threads stop when this sender is dropped.
             let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
             let mut spawned = false;
             if let Some(every) = background {
-                let started = spawn_periodic("keyed-session-sweeper", weak, &stop_rx, every, |s| {
-                    s.sweep_all();
-                });
+                let started = spawn_periodic(
+                    "keyed-session-sweeper",
+                    weak,
+                    &stop_rx,
+                    every,
+                    context.clone(),
+                    |s| {
+                        s.sweep_all();
+                    },
+                );
                 spawned |= started;
                 if !started {
                     // No thread to be had: sweep passively instead.
@@ -252,9 +299,14 @@ impl Sessions {
                 }
             }
             if let Some(every) = snapshot_every {
-                spawned |= spawn_periodic("keyed-session-snapshot", weak, &stop_rx, every, |s| {
-                    s.save_configured_snapshot();
-                });
+                spawned |= spawn_periodic(
+                    "keyed-session-snapshot",
+                    weak,
+                    &stop_rx,
+                    every,
+                    context,
+                    |s| s.save_configured_snapshot(false),
+                );
             }
             let stop = spawned.then_some(stop_tx);
             StoreInner {
@@ -264,11 +316,16 @@ impl Sessions {
                 ids: b.ids,
                 len: AtomicUsize::new(0),
                 per_ip,
-                events: Broadcaster::new(b.event_capacity),
+                events: Arc::new(Broadcaster::new(b.event_capacity)),
                 counters: Counters::default(),
                 shut: AtomicBool::new(false),
                 cursor: AtomicUsize::new(0),
                 sweeper_stop: Mutex::new(stop),
+                me: weak.clone(),
+                epoch,
+                in_flight: InFlight::default(),
+                waiters: Waiters::default(),
+                snapshot_lock: ReentrantMutex::new(()),
             }
         });
         Sessions { inner }
@@ -278,12 +335,18 @@ impl Sessions {
     /// address) and announces it with [`Event::Begin`].
     ///
     /// With passive sweeping, also reclaims a bounded number of due sessions
-    /// (their hooks run on this thread). With a capacity limit reached and
-    /// [`WhenFull::EvictLeastRecentlyUsed`], ends one session to make room.
+    /// (their hooks run on this thread). When a capacity limit is reached under
+    /// [`WhenFull::EvictLeastRecentlyUsed`], ends one session to make room: the
+    /// per-address limit is applied first (evicting that address's own oldest
+    /// session), then the total one, so one busy address never evicts others.
     ///
     /// # Errors
     /// [`CreateError`]: a limit is reached under [`WhenFull::Refuse`], the store is
     /// shut down, or the id generator keeps colliding.
+    ///
+    /// # Panics
+    /// When the id generator or the clock panics; the store's counts are left as
+    /// they were.
     pub fn create(&self, peer: impl Into<Option<IpAddr>>) -> Result<Session, CreateError> {
         let result = self.inner.create(peer.into().map(|p| p.to_canonical()));
         if result.is_err() {
@@ -325,13 +388,23 @@ impl Sessions {
     /// the session follows it. Do this after a login or any change of privilege
     /// (the defence against session fixation).
     ///
+    /// Renewing a session while the store shuts down either completes before the
+    /// shutdown ends the session, or fails: a session is never moved past the
+    /// shutdown.
+    ///
     /// # Errors
     /// [`SessionEnded`](crate::SessionEnded) when the session has ended or expired
-    /// (an expired one is ended now), or when no fresh id could be drawn.
+    /// (an expired one is ended now), when the store is shut down, or when no
+    /// fresh id could be drawn.
     pub fn renew(&self, session: &Session) -> Result<SessionId, crate::SessionEnded> {
         self.inner
             .renew(&session.rec)
             .ok_or(crate::SessionEnded(()))
+    }
+
+    /// The store's IP binding policy.
+    pub fn ip_binding(&self) -> IpBinding {
+        self.inner.config.ip_binding
     }
 
     /// How many sessions the store holds (expired ones not yet reclaimed
@@ -345,15 +418,17 @@ impl Sessions {
         self.len() == 0
     }
 
-    /// Iterates over the live (not expired) sessions, one shard at a time: the
-    /// iterator copies a shard's handles under its read lock, then yields them
-    /// with no lock held. Sessions created or ended meanwhile may or may not show.
+    /// Iterates over the live (not expired) sessions. The iterator copies the
+    /// handles of every session at once, holding the read locks of all shards
+    /// together while it does (8 bytes a session; creates, renews and ends wait
+    /// meanwhile, lookups do not), then yields them with no lock held. Every
+    /// session live for the whole iteration shows exactly once, even if it is
+    /// renewed meanwhile; sessions created or ended meanwhile may or may not show.
     pub fn iter(&self) -> Iter {
         Iter {
             store: self.clone(),
-            next_shard: 0,
-            buffer: Vec::new().into_iter(),
-            now: 0,
+            records: self.inner.all_records().into_iter(),
+            now: self.inner.now(),
         }
     }
 
@@ -365,20 +440,26 @@ impl Sessions {
     }
 
     /// Ends every session with reason [`EndReason::Shutdown`], running all hooks
-    /// on this thread, and stops the background sweeper. Later creates fail with
-    /// [`CreateError::ShutDown`]. Returns how many sessions it ended. Dropping the
-    /// last handle of a store does the same.
+    /// on this thread, and stops the background threads. Later creates and renews
+    /// fail. Returns how many sessions it ended. Dropping the last handle of a
+    /// store does the same.
+    ///
+    /// With [`snapshot_to`](SessionsBuilder::snapshot_to), the first shutdown
+    /// first stops the periodic snapshots (waiting for one in progress), then
+    /// saves the final snapshot, then ends the sessions: no periodic snapshot can
+    /// overwrite the final one.
     pub fn shutdown(&self) -> usize {
         self.inner.shutdown()
     }
 
-    /// A new subscriber: a channel that receives every later [`Event`]. When it
-    /// is full, events for it are dropped (and counted in
-    /// [`Stats::events_dropped`]); the store never waits. Dropping the receiver
-    /// unsubscribes. The channel disconnects (ending a `for event in rx` loop)
-    /// once the store is gone: every `Sessions` *and* `Session` handle dropped.
-    pub fn subscribe(&self) -> Receiver<Event> {
-        self.inner.events.subscribe()
+    /// A new subscriber, receiving every later [`Event`]. When its buffer (the
+    /// builder's `event_capacity`) is full, events for it are dropped (and
+    /// counted in [`Stats::events_dropped`]); the store never waits. Dropping the
+    /// subscription unsubscribes at once and frees its buffer. Receiving ends
+    /// (`recv` fails, a `for` loop stops) once the store is gone: every `Sessions`
+    /// *and* `Session` handle dropped.
+    pub fn subscribe(&self) -> Subscription {
+        Broadcaster::subscribe(&self.inner.events)
     }
 
     /// The store's counters.
@@ -399,17 +480,12 @@ impl Sessions {
             restored: load(&c.restored),
             snapshots_written: load(&c.snapshots_written),
             snapshot_errors: load(&c.snapshot_errors),
+            expiry_entries: self.inner.shards.iter().map(|s| s.read().heap.len()).sum(),
         }
     }
 
     pub(crate) fn inner(&self) -> &StoreInner {
         &self.inner
-    }
-
-    /// The store's clock, read now.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) fn clock_now(&self) -> std::time::SystemTime {
-        self.inner.clock.now()
     }
 
     fn session(&self, rec: Arc<Record>) -> Session {
@@ -423,16 +499,15 @@ impl Sessions {
 /// Iterator over a store's live sessions; see [`Sessions::iter`].
 pub struct Iter {
     store: Sessions,
-    next_shard: usize,
-    buffer: std::vec::IntoIter<Arc<Record>>,
-    /// The clock, read when the buffered shard was copied.
+    records: std::vec::IntoIter<Arc<Record>>,
+    /// The clock, read when the handles were copied.
     now: u32,
 }
 
 impl fmt::Debug for Iter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Iter")
-            .field("next_shard", &self.next_shard)
+            .field("left", &self.records.len())
             .finish_non_exhaustive()
     }
 }
@@ -441,17 +516,10 @@ impl Iterator for Iter {
     type Item = Session;
 
     fn next(&mut self) -> Option<Session> {
-        loop {
-            for rec in self.buffer.by_ref() {
-                if rec.ended().is_none() && rec.expired(self.now).is_none() {
-                    return Some(self.store.session(rec));
-                }
-            }
-            let shard = self.store.inner.shards.get(self.next_shard)?;
-            self.next_shard += 1;
-            self.now = self.store.inner.now();
-            self.buffer = shard.read().records().into_iter();
-        }
+        self.records
+            .by_ref()
+            .find(|rec| rec.ended().is_none() && rec.expired(self.now).is_none())
+            .map(|rec| self.store.session(rec))
     }
 }
 
@@ -464,30 +532,35 @@ impl IntoIterator for &Sessions {
     }
 }
 
-/// Starts a thread that runs `job` every `every` until the stop channel closes;
-/// `false` when the system refused the thread.
+/// Starts a thread that runs `job` every `every` until the stop channel closes,
+/// inside `context` when one is given; `false` when the system refused the thread.
 fn spawn_periodic(
     name: &str,
     store: &Weak<StoreInner>,
     stop: &Receiver<()>,
     every: Duration,
+    context: Option<ThreadContext>,
     job: fn(&StoreInner),
 ) -> bool {
     let (store, stop) = (store.clone(), stop.clone());
+    let mut body = move || {
+        loop {
+            match stop.recv_timeout(every) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            // Not upgradable: the store is still being built, or is being
+            // dropped (then the stop channel closes and the next wait returns).
+            if let Some(store) = store.upgrade() {
+                job(&store);
+            }
+        }
+    };
     std::thread::Builder::new()
         .name(name.into())
-        .spawn(move || {
-            loop {
-                match stop.recv_timeout(every) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-                // Not upgradable: the store is still being built, or is being
-                // dropped (then the stop channel closes and the next wait returns).
-                if let Some(store) = store.upgrade() {
-                    job(&store);
-                }
-            }
+        .spawn(move || match context {
+            Some(context) => context(&mut body),
+            None => body(),
         })
         .is_ok()
 }
@@ -496,59 +569,109 @@ fn spawn_periodic(
 pub(crate) enum InsertError {
     /// A live session has its id.
     Duplicate,
-    /// The store is full or shut down.
+    /// The store is full (in total or for the session's address) or shut down.
     Refused,
 }
 
+/// The counts a new session holds before it is in its shard; dropping this
+/// undoes whatever was not committed, so that a refusal or a panic in user code
+/// (the id generator, the clock, an eviction's hooks) leaves the counts as they were.
+struct Reservation<'a> {
+    store: &'a StoreInner,
+    rec: &'a Arc<Record>,
+    total: bool,
+    per_ip: bool,
+}
+
+impl Reservation<'_> {
+    fn commit(mut self) {
+        self.total = false;
+        self.per_ip = false;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.total {
+            self.store.len.fetch_sub(1, Ordering::AcqRel);
+        }
+        if self.per_ip {
+            self.store.forget_peer(self.rec);
+        }
+    }
+}
+
 impl StoreInner {
+    /// The current stamp (seconds since the store's epoch), for the HTTP layer.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn now_stamp(&self) -> u32 {
+        self.now()
+    }
+
     pub(crate) fn count_hook_panic(&self) {
         bump(&self.counters.hook_panics);
     }
 
-    /// Every record in the store, shard by shard.
+    pub(crate) fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Every record in the store, copied with the read locks of all shards held
+    /// together (taken in index order, as `renew` takes its two write locks), so
+    /// that a session renewed from one shard into another meanwhile is neither
+    /// missed nor seen twice.
     pub(crate) fn all_records(&self) -> Vec<Arc<Record>> {
-        let mut all = Vec::with_capacity(self.len.load(Ordering::Relaxed));
-        for shard in self.shards.iter() {
-            all.extend(shard.read().records());
+        let guards: Vec<_> = self.shards.iter().map(|s| s.read()).collect();
+        let mut all = Vec::with_capacity(guards.iter().map(|g| g.len()).sum());
+        for shard in &guards {
+            shard.copy_into(&mut all);
         }
         all
     }
 
     /// Inserts a session brought back from a snapshot, with its own id. Counts
-    /// against the total limit (never evicting for it) but not the per-IP one.
+    /// against the total and the per-address limits, never evicting for them.
     pub(crate) fn insert_restored(&self, rec: Arc<Record>) -> Result<(), InsertError> {
         if self.shut.load(Ordering::Acquire) {
             return Err(InsertError::Refused);
         }
+        let mut reservation = Reservation {
+            store: self,
+            rec: &rec,
+            total: false,
+            per_ip: false,
+        };
         let reserved = self.len.fetch_add(1, Ordering::AcqRel);
+        reservation.total = true;
         if self
             .config
             .max_sessions
             .is_some_and(|limit| reserved >= limit)
         {
-            self.len.fetch_sub(1, Ordering::AcqRel);
             return Err(InsertError::Refused);
         }
         if let (Some(map), Some(peer)) = (&self.per_ip, rec.peer()) {
-            map.lock()
-                .entry(per_ip_key(peer))
-                .or_default()
-                .push(Arc::downgrade(&rec));
+            let mut map = map.lock();
+            let list = map.entry(per_ip_key(peer)).or_default();
+            list.retain(|w| w.strong_count() > 0);
+            if self
+                .config
+                .max_per_ip
+                .is_some_and(|limit| list.len() >= limit)
+            {
+                return Err(InsertError::Refused);
+            }
+            list.push(Arc::downgrade(&rec));
+            reservation.per_ip = true;
         }
         let id = rec.id();
         let at = recheck_at(&rec, self.now());
         let mut shard = self.shard(&id).write();
-        let refused = if self.shut.load(Ordering::Acquire) {
-            Some(InsertError::Refused)
-        } else if shard.contains_id(&id) {
-            Some(InsertError::Duplicate)
-        } else {
-            None
-        };
-        if let Some(why) = refused {
-            drop(shard);
-            self.unreserve(&rec);
-            return Err(why);
+        if self.shut.load(Ordering::Acquire) {
+            return Err(InsertError::Refused);
+        }
+        if shard.contains_id(&id) {
+            return Err(InsertError::Duplicate);
         }
         shard.insert(Arc::clone(&rec), at);
         bump(&self.counters.restored);
@@ -556,11 +679,13 @@ impl StoreInner {
             id,
             peer: rec.peer(),
         });
+        drop(shard);
+        reservation.commit();
         Ok(())
     }
 
     pub(crate) fn now(&self) -> u32 {
-        to_secs(self.clock.now())
+        self.epoch.stamp(self.clock.now())
     }
 
     fn shard(&self, id: &SessionId) -> &RwLock<Shard> {
@@ -574,7 +699,7 @@ impl StoreInner {
     }
 
     /// Runs a user hook, catching and counting a panic; `None` when it panicked.
-    fn run_hook<R>(&self, hook: impl FnOnce() -> R) -> Option<R> {
+    pub(crate) fn run_hook<R>(&self, hook: impl FnOnce() -> R) -> Option<R> {
         match catch_unwind(AssertUnwindSafe(hook)) {
             Ok(r) => Some(r),
             Err(_) => {
@@ -592,7 +717,7 @@ impl StoreInner {
             let shard = self.cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
             self.sweep_shard(shard, self.now(), slice, false);
         }
-        self.reserve_total()?;
+        // Read before any lock: the clock is user code.
         let now = self.now();
         let absolute = self
             .config
@@ -606,16 +731,22 @@ impl StoreInner {
             self.config.idle,
             absolute,
         ));
-        if let Err(e) = self.reserve_per_ip(&rec) {
-            self.len.fetch_sub(1, Ordering::AcqRel);
-            return Err(e);
-        }
+        let mut reservation = Reservation {
+            store: self,
+            rec: &rec,
+            total: false,
+            per_ip: false,
+        };
+        // The address's own limit first: an address at its cap makes room among
+        // its own sessions, and so never evicts another address's session.
+        reservation.per_ip = self.reserve_per_ip(&rec, now)?;
+        self.reserve_total()?;
+        reservation.total = true;
         for _ in 0..ID_ATTEMPTS {
+            // User code, outside every lock; a panic unwinds through `reservation`.
             let id = self.ids.generate();
             let mut shard = self.shard(&id).write();
             if self.shut.load(Ordering::Acquire) {
-                drop(shard);
-                self.unreserve(&rec);
                 return Err(CreateError::ShutDown);
             }
             if shard.contains_id(&id) {
@@ -626,9 +757,10 @@ impl StoreInner {
             bump(&self.counters.created);
             // Sent under the shard lock, so no End for this session can come first.
             self.events.send(Event::Begin { id, peer });
+            drop(shard);
+            reservation.commit();
             return Ok(rec);
         }
-        self.unreserve(&rec);
         Err(CreateError::IdCollision)
     }
 
@@ -658,16 +790,15 @@ impl StoreInner {
     }
 
     /// Counts the new session against its address's limit, evicting that
-    /// address's nearest-to-expiry session when the policy says so.
-    fn reserve_per_ip(&self, rec: &Arc<Record>) -> Result<(), CreateError> {
+    /// address's nearest-to-expiry session when the policy says so. `true` when
+    /// the session was counted (there is a per-address limit and an address).
+    fn reserve_per_ip(&self, rec: &Arc<Record>, now: u32) -> Result<bool, CreateError> {
         let (Some(map), Some(limit), Some(peer)) =
             (&self.per_ip, self.config.max_per_ip, rec.peer())
         else {
-            return Ok(());
+            return Ok(false);
         };
         let key = per_ip_key(peer);
-        // Read before the lock: the clock is user code.
-        let now = self.now();
         for _ in 0..4 {
             let victim = {
                 let mut map = map.lock();
@@ -675,14 +806,14 @@ impl StoreInner {
                 list.retain(|w| w.strong_count() > 0);
                 if list.len() < limit {
                     list.push(Arc::downgrade(rec));
-                    return Ok(());
+                    return Ok(true);
                 }
                 if self.config.when_full == WhenFull::Refuse {
                     break;
                 }
                 list.iter()
                     .filter_map(Weak::upgrade)
-                    .min_by_key(|r| r.due().0.min(now.saturating_add(r.idle())))
+                    .min_by_key(|r| recheck_at(r, now))
             };
             match victim {
                 Some(victim) => {
@@ -692,12 +823,6 @@ impl StoreInner {
             }
         }
         Err(CreateError::PerIpFull { limit })
-    }
-
-    /// Undoes the reservations of a session that was never inserted.
-    fn unreserve(&self, rec: &Arc<Record>) {
-        self.len.fetch_sub(1, Ordering::AcqRel);
-        self.forget_peer(rec);
     }
 
     fn forget_peer(&self, rec: &Arc<Record>) {
@@ -776,6 +901,44 @@ impl StoreInner {
         Ok(rec)
     }
 
+    /// Whether the session is alive at `now`; an expired one is ended now
+    /// (expiry is final, whoever looks first).
+    fn alive(&self, rec: &Arc<Record>, now: u32) -> bool {
+        if rec.ended().is_some() {
+            return false;
+        }
+        if let Some(reason) = rec.expired(now) {
+            self.end(rec, reason);
+            return false;
+        }
+        true
+    }
+
+    /// Marks the session used now, unless it has ended or expired; `false` then.
+    pub(crate) fn touch(&self, rec: &Arc<Record>) -> bool {
+        let now = self.now();
+        if !self.alive(rec, now) {
+            return false;
+        }
+        rec.touch(now);
+        true
+    }
+
+    /// Attaches a client unless the session has ended or expired; `false` then.
+    pub(crate) fn attach(&self, rec: &Arc<Record>) -> bool {
+        if !self.alive(rec, self.now()) {
+            return false;
+        }
+        rec.add_client();
+        if rec.ended().is_some() {
+            // Ended between the check and the count: take the count back without
+            // running the no-client hooks of a session that is gone.
+            rec.remove_client();
+            return false;
+        }
+        true
+    }
+
     /// Ends the session for `reason` unless something else ended it first: takes
     /// it out of its shard (the claim that makes every end happen once), then,
     /// with no lock held, runs every value's `on_delete` and sends
@@ -799,23 +962,44 @@ impl StoreInner {
     }
 
     /// The part of ending that runs outside the shard lock, once the session was
-    /// claimed and marked ended.
+    /// claimed and marked ended: the counts at once, then the values. When this
+    /// thread holds the session's value lock (the end was called from inside a
+    /// value closure or a `save` hook of that session), the values are released
+    /// when that borrow ends, on this thread.
     fn finish_end(&self, rec: &Arc<Record>, reason: EndReason) {
         self.len.fetch_sub(1, Ordering::AcqRel);
         self.forget_peer(rec);
-        let slots = rec.slots.lock().take_all();
+        bump(&self.counters.ended[reason.index()]);
+        self.waiters.wake(rec);
+        if borrow::held(&rec.slots).is_some() {
+            if let Some(store) = self.me.upgrade() {
+                let owned = Arc::clone(rec);
+                borrow::defer(&rec.slots, move || store.release_values(&owned, reason));
+                return;
+            }
+        }
+        self.release_values(rec, reason);
+    }
+
+    /// Takes the values of an ended session, runs their `on_delete` hooks and
+    /// sends [`Event::End`], or leaves the event to a `NoClient` deletion of the
+    /// same session that is still running.
+    fn release_values(&self, rec: &Arc<Record>, reason: EndReason) {
+        let slots = borrow::write(&rec.slots, "end it").take_all();
         let ctx = DeleteContext {
             id: rec.id(),
             peer: rec.peer(),
             cause: DeleteCause::SessionEnded(reason),
         };
         self.delete_values(slots, &ctx);
-        bump(&self.counters.ended[reason.index()]);
-        self.events.send(Event::End {
+        let end = Event::End {
             id: ctx.id,
             peer: ctx.peer,
             reason,
-        });
+        };
+        if !self.in_flight.park_end(rec, end) {
+            self.events.send(end);
+        }
     }
 
     fn delete_values(&self, slots: Vec<Box<dyn ErasedSlot>>, ctx: &DeleteContext) {
@@ -865,7 +1049,7 @@ impl StoreInner {
                     }
                 }
                 if tidy {
-                    shard.compact();
+                    shard.compact(true);
                 }
                 budget > 0 && shard.heap.peek().is_some_and(|d| d.at <= now)
             };
@@ -886,10 +1070,7 @@ impl StoreInner {
         let id = rec.id();
         let mut shard = self.shard(&id).write();
         if shard.holds(rec) {
-            shard.heap.push(Due {
-                at: recheck_at(rec, now),
-                rec: Arc::downgrade(rec),
-            });
+            shard.schedule(rec, recheck_at(rec, now));
         }
     }
 
@@ -905,6 +1086,7 @@ impl StoreInner {
         }
         for _ in 0..ID_ATTEMPTS * 4 {
             let old = rec.id();
+            // User code, outside every lock.
             let new = self.ids.generate();
             let (a, b) = (self.shard_index(&old), self.shard_index(&new));
             // Both write locks, in index order (one when they are the same shard),
@@ -917,6 +1099,13 @@ impl StoreInner {
                 let h = self.shards[hi].write();
                 (l, Some(h))
             };
+            // Checked again under the locks, as `create` does: a shutdown that
+            // began meanwhile may have drained the new shard already, and the
+            // session must not land there. If it has not begun, it will drain
+            // both shards after these locks are released.
+            if self.shut.load(Ordering::Acquire) {
+                return None;
+            }
             let (old_shard, new_shard) = match second.as_mut() {
                 None => (None, &mut *first),
                 Some(h) if a < b => (Some(&mut *first), &mut **h),
@@ -944,21 +1133,30 @@ impl StoreInner {
     }
 
     /// Writes the snapshot configured with `snapshot_to`, counting the outcome.
-    fn save_configured_snapshot(&self) {
-        if let Some(path) = &self.config.snapshot_to {
-            match self.write_snapshot(path) {
-                Ok(_) => bump(&self.counters.snapshots_written),
-                Err(_) => bump(&self.counters.snapshot_errors),
-            }
+    /// A periodic save (`last == false`) does nothing once shutdown began, so it
+    /// can never overwrite the final snapshot.
+    fn save_configured_snapshot(&self, last: bool) {
+        let Some(path) = &self.config.snapshot_to else {
+            return;
+        };
+        let _serial = self.snapshot_lock.lock();
+        if !last && self.shut.load(Ordering::Acquire) {
+            return;
+        }
+        match self.write_snapshot(path) {
+            Ok(_) => bump(&self.counters.snapshots_written),
+            Err(_) => bump(&self.counters.snapshot_errors),
         }
     }
 
     fn shutdown(&self) -> usize {
-        if !self.shut.swap(true, Ordering::AcqRel) {
-            // The first shutdown saves what is about to end, when so configured.
-            self.save_configured_snapshot();
-        }
+        let first = !self.shut.swap(true, Ordering::AcqRel);
+        // Stop the background threads before the final snapshot: the snapshot
+        // thread sees the stop (or the shut flag) and saves no more.
         self.sweeper_stop.lock().take();
+        if first {
+            self.save_configured_snapshot(true);
+        }
         let mut ended = 0;
         for shard in self.shards.iter() {
             let recs = shard.write().drain();
@@ -973,56 +1171,53 @@ impl StoreInner {
         ended
     }
 
-    /// Runs after the last client of a session left: each value whose key has an
-    /// `on_no_client` hook is taken out, asked with no lock held, and put back
-    /// (kept) or handed to `on_delete` (dropped).
+    /// Runs after the last client of a session left: asks each value whose key
+    /// has an `on_no_client` hook whether to keep it. The hooks run under the
+    /// session's value lock held for reading (upgradable), so the values stay in
+    /// the session, readable, while they decide: a concurrent write waits, a
+    /// concurrent end takes them only afterwards. Values to drop are then taken
+    /// out under the write lock and handed to `on_delete` (cause `NoClient`)
+    /// with no lock held; the session's `End`, should it end meanwhile, is sent
+    /// after those calls returned.
     pub(crate) fn last_client_left(&self, rec: &Arc<Record>) {
-        rec.touch(self.now());
-        let asked: Vec<u64> = {
-            let slots = rec.slots.lock();
-            if rec.ended().is_some() {
-                return;
+        if borrow::held(&rec.slots).is_some() {
+            // Dropped inside a value closure of this session: ask when it ends.
+            if let Some(store) = self.me.upgrade() {
+                let owned = Arc::clone(rec);
+                borrow::defer(&rec.slots, move || store.last_client_left(&owned));
             }
-            slots
-                .iter()
-                .filter(|s| s.has_no_client_hook())
-                .map(|s| s.key_id())
-                .collect()
-        };
-        for key_id in asked {
-            let slot = {
-                let mut slots = rec.slots.lock();
-                match slots.position(key_id) {
-                    Some(i) if rec.ended().is_none() => match slots.swap_remove(i) {
-                        Some(slot) => slot,
-                        None => continue,
-                    },
-                    _ => continue,
-                }
-            };
+            return;
+        }
+        rec.touch(self.now());
+        let slots = borrow::upgradable(&rec.slots);
+        if rec.ended().is_some() || rec.clients() > 0 {
+            return;
+        }
+        let mut dropped_keys = Vec::new();
+        for slot in slots.iter().filter(|s| s.has_no_client_hook()) {
             // A hook that panics keeps its value: nothing is lost by a bug.
-            let keep = self.run_hook(|| slot.keep_without_client()).unwrap_or(true);
-            let cause = if keep {
-                let mut slots = rec.slots.lock();
-                match rec.ended() {
-                    None if slots.position(key_id).is_none() => {
-                        slots.push(slot);
-                        continue;
-                    }
-                    // Ended while the hook ran: the end missed this value.
-                    Some(reason) => DeleteCause::SessionEnded(reason),
-                    // Replaced while the hook ran: the new value wins.
-                    None => DeleteCause::NoClient,
-                }
-            } else {
-                DeleteCause::NoClient
-            };
-            let ctx = DeleteContext {
-                id: rec.id(),
-                peer: rec.peer(),
-                cause,
-            };
-            self.delete_values(vec![slot], &ctx);
+            if !self.run_hook(|| slot.keep_without_client()).unwrap_or(true) {
+                dropped_keys.push(slot.key_id());
+            }
+        }
+        if dropped_keys.is_empty() {
+            return;
+        }
+        let mut slots = slots.upgrade();
+        let dropped: Vec<_> = dropped_keys
+            .into_iter()
+            .filter_map(|k| slots.position(k).and_then(|i| slots.swap_remove(i)))
+            .collect();
+        self.in_flight.start(rec);
+        drop(slots);
+        let ctx = DeleteContext {
+            id: rec.id(),
+            peer: rec.peer(),
+            cause: DeleteCause::NoClient,
+        };
+        self.delete_values(dropped, &ctx);
+        if let Some(end) = self.in_flight.finish(rec) {
+            self.events.send(end);
         }
     }
 }

@@ -14,7 +14,9 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode, header};
 use axum::routing::get;
 use common::v4;
-use keyed_session::http::{CookiePolicy, CreateMode, SessionManager, TrustedProxies};
+use keyed_session::http::{
+    CookiePolicy, CreateMode, ForwardedHeader, SessionManager, TrustedProxies,
+};
 use keyed_session::integrations::axum::{CurrentSession, RequestSession, SessionLayer};
 use keyed_session::{IpBinding, Key, Sessions, Sweeper};
 use tower::ServiceExt;
@@ -43,7 +45,7 @@ async fn peer_of(req: RequestSession) -> String {
 
 #[tokio::test]
 async fn the_peer_comes_from_connect_info_or_a_trusted_proxy() {
-    let manager = SessionManager::new(store(), CookiePolicy::new(), CreateMode::Auto);
+    let manager = SessionManager::new(store(), CookiePolicy::new(), CreateMode::Auto).unwrap();
     let proxies = TrustedProxies::new().trust(v4(10, 0, 0, 0), 8);
     let app = Router::new()
         .route("/", get(peer_of))
@@ -69,15 +71,34 @@ async fn the_peer_comes_from_connect_info_or_a_trusted_proxy() {
         .insert("x-forwarded-for", "203.0.113.9, 10.1.1.1".parse().unwrap());
     let resp = app.clone().oneshot(req).await.unwrap();
     assert_eq!(body(resp).await, "Some(203.0.113.9)");
-    // `Forwarded` wins over `X-Forwarded-For`.
+    // Only the configured header is read: a client-written `Forwarded` that
+    // an X-Forwarded-For proxy passed through is ignored.
+    let forwarded = |req: &mut Request<Body>| {
+        req.headers_mut().insert(
+            "forwarded",
+            "for=\"[2001:db8::7]:4711\";proto=https".parse().unwrap(),
+        );
+        req.headers_mut()
+            .insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+    };
     let mut req = request("/", v4(10, 0, 0, 5), None);
-    req.headers_mut().insert(
-        "forwarded",
-        "for=\"[2001:db8::7]:4711\";proto=https".parse().unwrap(),
-    );
-    req.headers_mut()
-        .insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+    forwarded(&mut req);
     let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(body(resp).await, "Some(203.0.113.9)");
+    // A proxy configured to write `Forwarded`: that one, and only that one.
+    let rfc7239 = Router::new().route("/", get(peer_of)).layer(
+        SessionLayer::new(
+            SessionManager::new(store(), CookiePolicy::new(), CreateMode::Auto).unwrap(),
+        )
+        .trusted_proxies(
+            TrustedProxies::new()
+                .trust(v4(10, 0, 0, 0), 8)
+                .header(ForwardedHeader::Forwarded),
+        ),
+    );
+    let mut req = request("/", v4(10, 0, 0, 5), None);
+    forwarded(&mut req);
+    let resp = rfc7239.clone().oneshot(req).await.unwrap();
     assert_eq!(body(resp).await, "Some(2001:db8::7)");
     // Garbage in the header: the proxy's own address, no panic.
     let mut req = request("/", v4(10, 0, 0, 5), None);
@@ -98,7 +119,7 @@ async fn server_sent_events_attach_a_client_for_the_body_and_requests_do_not() {
         })
         .build();
     let (k1, k2) = (key.clone(), key.clone());
-    let manager = SessionManager::new(store(), CookiePolicy::new(), CreateMode::Auto);
+    let manager = SessionManager::new(store(), CookiePolicy::new(), CreateMode::Auto).unwrap();
     let app = Router::new()
         .route(
             "/page",
@@ -164,7 +185,7 @@ async fn extractors_reject_clearly() {
         .sweeper(Sweeper::Manual)
         .max_sessions(0)
         .build();
-    let manager = SessionManager::new(full, CookiePolicy::new(), CreateMode::Lazy);
+    let manager = SessionManager::new(full, CookiePolicy::new(), CreateMode::Lazy).unwrap();
     let app = Router::new()
         .route("/", get(|_: CurrentSession| async { "x" }))
         .layer(SessionLayer::new(manager));
@@ -175,7 +196,8 @@ async fn extractors_reject_clearly() {
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
 
     // Outside the cookie's path.
-    let manager = SessionManager::new(store(), CookiePolicy::new().path("/app"), CreateMode::Auto);
+    let manager =
+        SessionManager::new(store(), CookiePolicy::new().path("/app"), CreateMode::Auto).unwrap();
     let app = Router::new()
         .route("/other", get(|_: CurrentSession| async { "x" }))
         .layer(SessionLayer::new(manager));
@@ -190,7 +212,8 @@ async fn extractors_reject_clearly() {
 #[tokio::test]
 async fn lazy_mode_sets_a_cookie_only_when_a_handler_opens_a_session() {
     let sessions = store();
-    let manager = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Lazy);
+    let manager =
+        SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
     let app = Router::new()
         .route(
             "/browse",
@@ -226,7 +249,7 @@ async fn lazy_mode_sets_a_cookie_only_when_a_handler_opens_a_session() {
         .to_owned();
     let id = sessions.iter().next().unwrap().id();
     assert!(
-        sc.starts_with(&format!("id={id};")),
+        sc.starts_with(&format!("__Host-id={id};")),
         "the cookie carries the renewed id: {sc}"
     );
 }

@@ -33,7 +33,7 @@ fn keep_and_drop_when_the_last_client_leaves() {
     s.set(&kept, 1).unwrap();
     s.set(&dropped, 2).unwrap();
     s.set(&plain, 3).unwrap();
-    let guard = s.attach();
+    let guard = s.attach().unwrap();
     assert_eq!(s.clients(), 1);
     drop(guard);
     assert_eq!(kept_calls.load(Ordering::SeqCst), 1);
@@ -56,20 +56,20 @@ fn the_hook_fires_once_per_transition_to_no_client() {
     let (key, calls, _log) = asking("k", true);
     let s = sessions.create(None).unwrap();
     s.set(&key, 1).unwrap();
-    let a = s.attach();
-    let b = s.attach();
+    let a = s.attach().unwrap();
+    let b = s.attach().unwrap();
     assert_eq!(s.clients(), 2);
     drop(a);
     assert_eq!(calls.load(Ordering::SeqCst), 0, "one client is still there");
     drop(b);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     // A new client, then gone again: a new transition, one more call.
-    drop(s.attach());
+    drop(s.attach().unwrap());
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     // A single attach and detach fires it (the other half of the Simple_httpd bug).
     let t = sessions.create(None).unwrap();
     t.set(&key, 2).unwrap();
-    drop(t.attach());
+    drop(t.attach().unwrap());
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
@@ -81,7 +81,7 @@ fn kept_values_are_cleaned_up_on_expiry() {
     let (key, _calls, log) = asking("k", true);
     let s = sessions.create(None).unwrap();
     s.set(&key, 7).unwrap();
-    drop(s.attach());
+    drop(s.attach().unwrap());
     clock.advance(secs(61));
     assert_eq!(sessions.sweep(), 1);
     assert_eq!(
@@ -100,7 +100,7 @@ fn a_panicking_no_client_hook_keeps_its_value_and_spares_the_others() {
     let s = sessions.create(None).unwrap();
     s.set(&bad, 1).unwrap();
     s.set(&good, 2).unwrap();
-    drop(s.attach());
+    drop(s.attach().unwrap());
     assert_eq!(s.get(&bad), Some(1));
     assert_eq!(good_calls.load(Ordering::SeqCst), 1);
     assert_eq!(s.get(&good), None);
@@ -126,7 +126,7 @@ fn the_hook_may_use_the_store_and_its_own_session() {
         .build();
     let s = sessions.create(None).unwrap();
     s.set(&key, 1).unwrap();
-    drop(s.attach());
+    drop(s.attach().unwrap());
     assert_eq!(seen.load(Ordering::SeqCst), 2);
     assert!(!other.is_valid());
     assert!(s.is_valid());
@@ -138,7 +138,7 @@ fn guards_outliving_their_session_do_nothing() {
     let (key, calls, log) = asking("k", true);
     let s = sessions.create(None).unwrap();
     s.set(&key, 1).unwrap();
-    let guard = s.attach();
+    let guard = s.attach().unwrap();
     assert_eq!(guard.session().id(), s.id());
     sessions.delete(&s.id());
     drop(guard);
@@ -152,7 +152,7 @@ fn a_renewed_session_keeps_its_clients() {
     let (key, calls, _log) = asking("k", false);
     let s = sessions.create(None).unwrap();
     s.set(&key, 1).unwrap();
-    let guard = s.attach();
+    let guard = s.attach().unwrap();
     let new = sessions.renew(&s).unwrap();
     assert_eq!(sessions.get(&new, None).unwrap().clients(), 1);
     drop(guard);

@@ -54,8 +54,8 @@ fn begin_end_and_renewed_in_order_for_every_subscriber() {
 #[test]
 fn end_is_sent_after_the_hooks_ran() {
     let (sessions, _clock) = store();
-    let events = sessions.subscribe();
-    let rx = events.clone();
+    let events = std::sync::Arc::new(sessions.subscribe());
+    let rx = std::sync::Arc::clone(&events);
     // The hook looks at the channel: the End must not be there yet.
     let key: Key<u8> = Key::builder("k")
         .on_delete(move |_, _| {

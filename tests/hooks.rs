@@ -33,7 +33,7 @@ fn ends_once(reason: EndReason) {
             sessions.sweep();
         }
         EndReason::AbsoluteExpired => {
-            let _guard = s.attach();
+            let _guard = s.attach().unwrap();
             clock.advance(secs(101));
             assert!(sessions.get(&id, v4(10, 0, 0, 1)).is_err());
         }

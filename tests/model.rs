@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use common::{secs, v4};
 use keyed_session::{
-    ClientGuard, Event, IpBinding, Key, ManualClock, Receiver, Refused, Session, SessionId,
-    Sessions, Sweeper,
+    ClientGuard, Event, IpBinding, Key, ManualClock, Refused, Session, SessionId, Sessions,
+    Subscription, Sweeper,
 };
 use parking_lot::Mutex;
 use proptest::prelude::*;
@@ -89,7 +89,7 @@ struct World {
     clock: ManualClock,
     now: u64,
     sessions: Sessions,
-    events: Receiver<Event>,
+    events: Subscription,
     key: Key<u64>,
     /// Tokens handed to `on_delete` in the current store.
     deleted: Arc<Mutex<Vec<u64>>>,
@@ -106,7 +106,7 @@ fn secs_of(t: std::time::SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
-fn new_store(clock: &ManualClock) -> (Sessions, Receiver<Event>) {
+fn new_store(clock: &ManualClock) -> (Sessions, Subscription) {
     let sessions = Sessions::builder()
         .idle_timeout(secs(IDLE))
         .absolute_timeout(secs(ABSOLUTE))
@@ -241,8 +241,17 @@ impl World {
             }
             Op::Attach { who } => {
                 let Some(i) = self.pick(who) else { return };
-                let guard = self.models[i].handle.attach();
-                self.models[i].clients.push(guard);
+                let got = self.models[i].handle.attach();
+                let m = &mut self.models[i];
+                if m.ended {
+                    assert!(got.is_err(), "an ended session takes no client");
+                } else if m.expired(now) {
+                    // Expiry is final: attaching does not revive it.
+                    assert!(got.is_err(), "an expired session takes no client");
+                    self.end(i);
+                } else {
+                    m.clients.push(got.expect("a live session takes a client"));
+                }
             }
             Op::Detach { who } => {
                 let Some(i) = self.pick(who) else { return };

@@ -49,8 +49,12 @@ fn the_request_path_does_not_allocate() {
             s.id()
         })
         .collect();
-    let manager = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Auto);
-    let headers: Vec<String> = ids.iter().map(|id| format!("a=b; id={id}")).collect();
+    let manager =
+        SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Auto).unwrap();
+    let headers: Vec<String> = ids
+        .iter()
+        .map(|id| format!("a=b; __Host-id={id}"))
+        .collect();
 
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     let mut sum = 0;

@@ -314,7 +314,7 @@ fn eviction_spares_sessions_with_clients() {
         .when_full(WhenFull::EvictLeastRecentlyUsed)
         .build();
     let attached: Vec<_> = (0..3).map(|_| sessions.create(None).unwrap()).collect();
-    let _guards: Vec<_> = attached.iter().map(|s| s.attach()).collect();
+    let _guards: Vec<_> = attached.iter().map(|s| s.attach().unwrap()).collect();
     clock.advance(secs(1));
     for _ in 0..20 {
         // Created this second: ties with the attached sessions.

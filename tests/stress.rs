@@ -98,7 +98,7 @@ fn run(duration: Duration) {
             // Each worker's own session, attached so that it never expires,
             // counts its updates: none may be lost, across renews.
             let mine = sessions.create(None).unwrap();
-            let _client = mine.attach();
+            let _client = mine.attach().unwrap();
             let mut updates = 0u64;
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {

@@ -13,7 +13,7 @@ static MANAGER: LazyLock<(SessionManager, String)> = LazyLock::new(|| {
         .sweeper(Sweeper::Manual)
         .max_sessions(1)
         .build();
-    let manager = SessionManager::new(sessions, CookiePolicy::new(), CreateMode::Lazy);
+    let manager = SessionManager::new(sessions, CookiePolicy::new(), CreateMode::Lazy).unwrap();
     let mut first = manager.start(None, None, "/");
     let id = first.get_or_create().unwrap().id().to_string();
     (manager, id)

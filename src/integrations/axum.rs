@@ -15,7 +15,8 @@
 //! }
 //!
 //! # async fn run() {
-//! let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Auto);
+//! let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Auto)
+//!     .expect("a valid cookie policy");
 //! let app = Router::new().route("/", get(page)).layer(SessionLayer::new(manager));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
 //! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -27,7 +28,11 @@
 //! The layer reads the client address from axum's `ConnectInfo<SocketAddr>` (so
 //! serve with `into_make_service_with_connect_info`), or through
 //! [`TrustedProxies`] when the direct peer is a trusted proxy. Without
-//! `ConnectInfo` the request has no address, and an IP-bound session refuses it.
+//! `ConnectInfo` the request has no address: when the store binds sessions to
+//! addresses ([`IpBinding`](crate::IpBinding) not `Off`), the layer then
+//! answers every request in the cookie's path with `500 Internal Server Error`
+//! and a message saying how to fix the set-up, instead of making sessions that
+//! nothing binds.
 //!
 //! # Long-lived connections
 //! A response with `Content-Type: text/event-stream` (server-sent events) keeps
@@ -36,6 +41,12 @@
 //! nothing. A websocket outlives its response (the `101`), so the handler attaches
 //! it: take `RequestSession::attach()` and move the guard into the
 //! `on_upgrade` task.
+//!
+//! A stream that should end when its session ends (a logout, an expiry, and
+//! [`Sessions::shutdown`](crate::Sessions::shutdown) at a graceful shutdown)
+//! selects on [`Session::ended`]: `axum::serve(..).with_graceful_shutdown(..)`
+//! waits for open streams, so call `shutdown()` inside the shutdown signal,
+//! before serve returns (the `counter` example does).
 
 use std::fmt;
 use std::future::Future;
@@ -53,7 +64,7 @@ use parking_lot::Mutex;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::http::{SessionManager, Started, TrustedProxies};
+use crate::http::{Rejection, SessionManager, Started, TrustedProxies};
 use crate::{ClientGuard, CreateError, Session, SessionEnded, SessionId};
 
 /// A tower layer that starts a session for every request (see
@@ -116,6 +127,7 @@ where
     S::Future: Send + 'static,
     ReqBody: Send + 'static,
     ResBody: Body + Unpin + Send + 'static,
+    ResBody::Data: From<&'static str>,
 {
     type Response = http::Response<SessionBody<ResBody>>;
     type Error = S::Error;
@@ -135,6 +147,16 @@ where
             .shared
             .manager
             .start_headers(req.headers(), peer, req.uri().path());
+        if started.rejected() == Some(Rejection::NoClientAddress) {
+            // Binding would fail open: refuse loudly instead.
+            let mut response = http::Response::new(SessionBody {
+                inner: None,
+                message: Some(crate::store::NO_CLIENT_ADDRESS),
+                _client: None,
+            });
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            return Box::pin(async move { Ok(response) });
+        }
         let handle = RequestSession(Arc::new(Mutex::new(started)));
         req.extensions_mut().insert(handle.clone());
         // The usual tower dance: call the instance that was polled ready.
@@ -153,7 +175,8 @@ where
             Ok(http::Response::from_parts(
                 parts,
                 SessionBody {
-                    inner: body,
+                    inner: Some(body),
+                    message: None,
                     _client: guard,
                 },
             ))
@@ -173,9 +196,11 @@ fn is_event_stream(headers: &http::HeaderMap) -> bool {
 }
 
 /// A response body that may hold a client attached to the session while it is
-/// being sent (server-sent events); otherwise just the inner body.
+/// being sent (server-sent events); otherwise just the inner body, or the
+/// layer's own error message.
 pub struct SessionBody<B> {
-    inner: B,
+    inner: Option<B>,
+    message: Option<&'static str>,
     _client: Option<ClientGuard>,
 }
 
@@ -187,7 +212,11 @@ impl<B> fmt::Debug for SessionBody<B> {
     }
 }
 
-impl<B: Body + Unpin> Body for SessionBody<B> {
+impl<B> Body for SessionBody<B>
+where
+    B: Body + Unpin,
+    B::Data: From<&'static str>,
+{
     type Data = B::Data;
     type Error = B::Error;
 
@@ -195,15 +224,25 @@ impl<B: Body + Unpin> Body for SessionBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        if let Some(message) = self.message.take() {
+            return Poll::Ready(Some(Ok(Frame::data(message.into()))));
+        }
+        match &mut self.inner {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.message.is_none() && self.inner.as_ref().is_none_or(B::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match (self.message, &self.inner) {
+            (Some(message), _) => SizeHint::with_exact(message.len() as u64),
+            (None, Some(inner)) => inner.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
+        }
     }
 }
 
@@ -264,6 +303,9 @@ pub enum SessionRejection {
     OutOfScope,
     /// No session could be created (503).
     Create(CreateError),
+    /// The store binds sessions to client addresses and the request has none
+    /// (500, with the fix in the message).
+    NoClientAddress,
 }
 
 impl fmt::Display for SessionRejection {
@@ -276,6 +318,7 @@ impl fmt::Display for SessionRejection {
                 f.write_str("this path is outside the session cookie's path")
             }
             SessionRejection::Create(e) => write!(f, "no session could be created: {e}"),
+            SessionRejection::NoClientAddress => f.write_str(crate::store::NO_CLIENT_ADDRESS),
         }
     }
 }
@@ -292,6 +335,9 @@ impl std::error::Error for SessionRejection {
 impl IntoResponse for SessionRejection {
     fn into_response(self) -> Response {
         let status = match self {
+            SessionRejection::Create(CreateError::NoClientAddress) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             SessionRejection::Create(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -324,6 +370,9 @@ impl<S: Send + Sync> FromRequestParts<S> for CurrentSession {
         let mut started = handle.0.lock();
         if !started.in_scope() {
             return Err(SessionRejection::OutOfScope);
+        }
+        if started.rejected() == Some(Rejection::NoClientAddress) {
+            return Err(SessionRejection::NoClientAddress);
         }
         started
             .get_or_create()

@@ -143,6 +143,9 @@ impl Default for Sweeper {
     }
 }
 
+/// Runs a background thread's body inside some context (a runtime's, say).
+pub(crate) type ThreadContext = Arc<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+
 pub(crate) struct Config {
     pub(crate) idle: u32,
     pub(crate) absolute: Option<u32>,
@@ -153,6 +156,7 @@ pub(crate) struct Config {
     pub(crate) sweeper: Sweeper,
     pub(crate) snapshot_to: Option<std::path::PathBuf>,
     pub(crate) snapshot_every: Option<Duration>,
+    pub(crate) thread_context: Option<ThreadContext>,
 }
 
 /// Builds a [`Sessions`] store; every option has a default.
@@ -193,6 +197,7 @@ impl std::fmt::Debug for SessionsBuilder {
             .field("event_capacity", &self.event_capacity)
             .field("snapshot_to", &self.config.snapshot_to)
             .field("snapshot_every", &self.config.snapshot_every)
+            .field("thread_context", &self.config.thread_context.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -210,6 +215,7 @@ impl Default for SessionsBuilder {
                 sweeper: Sweeper::default(),
                 snapshot_to: None,
                 snapshot_every: None,
+                thread_context: None,
             },
             clock: Arc::new(SystemClock::new()),
             ids: Box::new(RandomIds),
@@ -298,6 +304,29 @@ impl SessionsBuilder {
     /// background thread, so a crash loses at most that much.
     pub fn snapshot_every(mut self, every: Duration) -> Self {
         self.config.snapshot_every = Some(every);
+        self
+    }
+
+    /// Runs the store's background threads (the sweeper and the periodic
+    /// snapshot) inside the context of a tokio runtime, so that hooks running on
+    /// them can call `tokio::spawn` and use tokio's timers and I/O, as they can
+    /// on the request threads. Without it, a hook that needs the runtime works
+    /// when a request ends its session and panics ("no reactor running") when
+    /// the sweeper expires it.
+    ///
+    /// ```
+    /// # use keyed_session::Sessions;
+    /// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// let sessions = Sessions::builder().tokio_handle(runtime.handle().clone()).build();
+    /// # drop(sessions);
+    /// ```
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub fn tokio_handle(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.config.thread_context = Some(Arc::new(move |body: &mut dyn FnMut()| {
+            let _entered = handle.enter();
+            body();
+        }));
         self
     }
 

@@ -80,11 +80,32 @@ impl Shard {
 
     /// Inserts a record whose id is not in the table yet, and schedules it.
     pub(crate) fn insert(&mut self, rec: Arc<Record>, due: u32) {
+        self.table
+            .insert_unique(rec.id().mix(), Arc::clone(&rec), hash);
+        self.schedule(&rec, due);
+    }
+
+    /// Adds a heap entry for `rec` at `due`. The heap is lazy, so entries of
+    /// sessions that ended, moved or were rescheduled pile up; whoever pushes
+    /// compacts once they outnumber the live sessions (amortised: compaction is
+    /// linear and at least halves the heap), so the heap stays bounded in every
+    /// sweeper mode, passive and manual included.
+    pub(crate) fn schedule(&mut self, rec: &Arc<Record>, due: u32) {
         self.heap.push(Due {
             at: due,
-            rec: Arc::downgrade(&rec),
+            rec: Arc::downgrade(rec),
         });
-        self.table.insert_unique(rec.id().mix(), rec, hash);
+        self.compact(false);
+    }
+
+    /// How many sessions the shard holds.
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Appends a handle of every record to `out`.
+    pub(crate) fn copy_into(&self, out: &mut Vec<Arc<Record>>) {
+        out.extend(self.table.iter().cloned());
     }
 
     /// Removes this very record; `false` when it is not here.
@@ -101,21 +122,22 @@ impl Shard {
         }
     }
 
-    /// Takes every record out (for shutdown).
+    /// Takes every record out (for shutdown), returning the memory.
     pub(crate) fn drain(&mut self) -> Vec<Arc<Record>> {
-        self.heap.clear();
-        self.table.drain().collect()
-    }
-
-    /// Clones out every record (for iteration).
-    pub(crate) fn records(&self) -> Vec<Arc<Record>> {
-        self.table.iter().cloned().collect()
+        self.heap = BinaryHeap::new();
+        let all = self.table.drain().collect();
+        self.table.shrink_to_fit(hash);
+        all
     }
 
     /// Drops heap entries of sessions that are gone or moved (and duplicates),
-    /// once they clearly outnumber the live sessions. Linear in the shard, so only
-    /// the sweeper calls it, never the request path.
-    pub(crate) fn compact(&mut self) {
+    /// once they clearly outnumber the live sessions, and gives back the heap's
+    /// spare capacity. With `shrink_table` (the sweeper's tidy), also gives back
+    /// the table's when it is mostly empty.
+    pub(crate) fn compact(&mut self, shrink_table: bool) {
+        if shrink_table && self.table.capacity() > 4 * self.table.len() + 64 {
+            self.table.shrink_to(2 * self.table.len(), hash);
+        }
         if self.heap.len() <= 2 * self.table.len() + 64 {
             return;
         }
@@ -127,6 +149,8 @@ impl Shard {
             self.live(d)
                 .is_some_and(|rec| seen.insert(Arc::as_ptr(&rec) as usize))
         });
+        // Room to grow back to the threshold without reallocating, no more.
+        entries.shrink_to(2 * entries.len() + 64);
         self.heap = BinaryHeap::from(entries);
     }
 }

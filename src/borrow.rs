@@ -1,0 +1,256 @@
+//! Which sessions' value locks the current thread holds.
+//!
+//! User code runs under a session's value lock in a few places (the closures of
+//! `with`, `with_mut` and `update`, and the `save` and `on_no_client` hooks). If
+//! that code calls back into the store and reaches the same session, a plain lock
+//! would wait for itself for ever. Every value lock is therefore taken through
+//! this module, which remembers per thread which locks it holds and how:
+//!
+//! - a shared borrow inside a shared one (reading another key inside `with`, a
+//!   snapshot inside `with` or a `save` hook) takes the lock again recursively:
+//!   the right result;
+//! - an exclusive borrow, or any borrow inside an exclusive one, panics at once
+//!   with a message naming the mistake;
+//! - the store asks [`held`] before it takes the lock to end a session or to run
+//!   its `on_no_client` hooks, and if this thread holds it, [`defer`]s that work
+//!   until the outermost borrow of that session ends.
+//!
+//! Two threads each waiting for the session the other one holds is a lock-order
+//! inversion no bookkeeping of one thread can see; the crate docs state the rule.
+
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
+
+/// How the current thread holds a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Read access (possibly several times over).
+    Shared,
+    /// Write access.
+    Exclusive,
+}
+
+type Job = Box<dyn FnOnce()>;
+
+thread_local! {
+    /// The locks this thread holds, by address, innermost last.
+    static HELD: RefCell<Vec<(usize, Mode)>> = const { RefCell::new(Vec::new()) };
+    /// Work on a lock this thread holds, to run when it lets go of it.
+    static DEFERRED: RefCell<Vec<(usize, Job)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn addr<T>(lock: &RwLock<T>) -> usize {
+    std::ptr::from_ref(lock) as usize
+}
+
+/// How the current thread holds `lock`, if it does (the strongest hold).
+pub(crate) fn held<T>(lock: &RwLock<T>) -> Option<Mode> {
+    let at = addr(lock);
+    HELD.with_borrow(|held| {
+        let mut found = None;
+        for &(a, mode) in held.iter() {
+            if a == at {
+                if mode == Mode::Exclusive {
+                    return Some(Mode::Exclusive);
+                }
+                found = Some(mode);
+            }
+        }
+        found
+    })
+}
+
+/// Runs `job` when the current thread lets go of `lock` (which it holds).
+pub(crate) fn defer<T>(lock: &RwLock<T>, job: impl FnOnce() + 'static) {
+    let at = addr(lock);
+    DEFERRED.with_borrow_mut(|d| d.push((at, Box::new(job))));
+}
+
+fn reentry(what: &str) -> ! {
+    panic!(
+        "keyed-session: re-entrant use of a session: this thread already holds this \
+         session's values (it is inside `with`, `with_mut` or `update` on it, or inside \
+         one of its `save` or `on_no_client` hooks) and now tries to {what}. Use the value \
+         the closure was given, or do this after the closure returns."
+    )
+}
+
+/// Registers a hold; undone (and the deferred work run) when dropped.
+struct Track {
+    at: usize,
+}
+
+impl Track {
+    fn new(at: usize, mode: Mode) -> Self {
+        HELD.with_borrow_mut(|held| held.push((at, mode)));
+        Track { at }
+    }
+
+    fn upgrade(&self) {
+        HELD.with_borrow_mut(|held| {
+            if let Some(entry) = held.iter_mut().rev().find(|(a, _)| *a == self.at) {
+                entry.1 = Mode::Exclusive;
+            }
+        });
+    }
+}
+
+impl Drop for Track {
+    fn drop(&mut self) {
+        let still_held = HELD.with_borrow_mut(|held| {
+            if let Some(i) = held.iter().rposition(|(a, _)| *a == self.at) {
+                held.remove(i);
+            }
+            held.iter().any(|(a, _)| *a == self.at)
+        });
+        if still_held {
+            return;
+        }
+        // The lock itself was released before this runs (the guard is the
+        // first field of `Borrowed`), so the jobs may take it.
+        let jobs: Vec<Job> = DEFERRED.with_borrow_mut(|d| {
+            if d.is_empty() {
+                return Vec::new();
+            }
+            let (mine, rest) = std::mem::take(d)
+                .into_iter()
+                .partition(|(a, _)| *a == self.at);
+            *d = rest;
+            mine.into_iter().map(|(_, job)| job).collect()
+        });
+        for job in jobs {
+            job();
+        }
+    }
+}
+
+/// A lock guard together with this thread's record of holding it.
+pub(crate) struct Borrowed<G> {
+    // Declared first: dropped (the lock released) before `track`.
+    guard: G,
+    track: Track,
+}
+
+impl<G: Deref> Deref for Borrowed<G> {
+    type Target = G::Target;
+
+    fn deref(&self) -> &G::Target {
+        &self.guard
+    }
+}
+
+impl<G: DerefMut> DerefMut for Borrowed<G> {
+    fn deref_mut(&mut self) -> &mut G::Target {
+        &mut self.guard
+    }
+}
+
+/// Shared access: recursive when this thread already reads `lock`; a panic
+/// naming `what` when it writes it.
+pub(crate) fn read<'a, T>(lock: &'a RwLock<T>, what: &str) -> Borrowed<RwLockReadGuard<'a, T>> {
+    let guard = match held(lock) {
+        None => lock.read(),
+        Some(Mode::Shared) => lock.read_recursive(),
+        Some(Mode::Exclusive) => reentry(what),
+    };
+    Borrowed {
+        guard,
+        track: Track::new(addr(lock), Mode::Shared),
+    }
+}
+
+/// Exclusive access; a panic naming `what` when this thread already holds `lock`.
+pub(crate) fn write<'a, T>(lock: &'a RwLock<T>, what: &str) -> Borrowed<RwLockWriteGuard<'a, T>> {
+    if held(lock).is_some() {
+        reentry(what);
+    }
+    Borrowed {
+        guard: lock.write(),
+        track: Track::new(addr(lock), Mode::Exclusive),
+    }
+}
+
+/// Shared access that can later become exclusive (only one at a time per lock);
+/// the caller has checked that this thread does not hold `lock`.
+pub(crate) fn upgradable<T>(lock: &RwLock<T>) -> Borrowed<RwLockUpgradableReadGuard<'_, T>> {
+    Borrowed {
+        guard: lock.upgradable_read(),
+        track: Track::new(addr(lock), Mode::Shared),
+    }
+}
+
+impl<'a, T> Borrowed<RwLockUpgradableReadGuard<'a, T>> {
+    /// Waits for other readers to leave and turns this into write access.
+    pub(crate) fn upgrade(self) -> Borrowed<RwLockWriteGuard<'a, T>> {
+        let Borrowed { guard, track } = self;
+        track.upgrade();
+        Borrowed {
+            guard: RwLockUpgradableReadGuard::upgrade(guard),
+            track,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    #[test]
+    fn nested_reads_work_and_writes_inside_panic() {
+        let lock = RwLock::new(5);
+        {
+            let a = read(&lock, "read");
+            assert_eq!(held(&lock), Some(Mode::Shared));
+            let b = read(&lock, "read");
+            assert_eq!(*a + *b, 10);
+        }
+        assert_eq!(held(&lock), None);
+        let w = write(&lock, "write");
+        assert_eq!(held(&lock), Some(Mode::Exclusive));
+        let inner = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drop(read(&lock, "read it"));
+        }));
+        let message = *inner.unwrap_err().downcast::<String>().unwrap();
+        assert!(message.contains("re-entrant") && message.contains("read it"));
+        drop(w);
+        assert_eq!(held(&lock), None);
+    }
+
+    #[test]
+    fn deferred_work_runs_after_the_outermost_release() {
+        let lock = RwLock::new(());
+        let ran = Rc::new(Cell::new(0));
+        let outer = read(&lock, "read");
+        {
+            let _inner = read(&lock, "read");
+            let ran = Rc::clone(&ran);
+            let lock_addr = addr(&lock);
+            defer(&lock, move || {
+                assert!(!HELD.with_borrow(|h| h.iter().any(|(a, _)| *a == lock_addr)));
+                ran.set(ran.get() + 1);
+            });
+        }
+        assert_eq!(ran.get(), 0, "still held by the outer borrow");
+        drop(outer);
+        assert_eq!(ran.get(), 1);
+        // The lock is free again: the deferred job could have taken it.
+        assert!(lock.try_write().is_some());
+    }
+
+    #[test]
+    fn upgrade_keeps_the_record() {
+        let lock = RwLock::new(1);
+        let up = upgradable(&lock);
+        assert_eq!(held(&lock), Some(Mode::Shared));
+        let mut w = up.upgrade();
+        *w += 1;
+        assert_eq!(held(&lock), Some(Mode::Exclusive));
+        drop(w);
+        assert_eq!(*lock.read(), 2);
+        assert_eq!(held(&lock), None);
+    }
+}
