@@ -1,17 +1,24 @@
 //! A page that counts your visits in this session, like the CHICKEN http-session
 //! example: `/` shows the count and a "Next" link, `/renew` gives the session a
-//! new id (the count stays), `/logout` ends the session.
+//! new id (the count stays), `/logout` ends the session, and `/events` is a
+//! server-sent event stream that says when the session ends.
 //!
 //! `cargo run --example counter --features axum`, then open http://127.0.0.1:3000
-//! (another port with `PORT=8080`).
+//! (another port with `PORT=8080`). Ctrl-C shuts it down gracefully: the
+//! shutdown signal ends every session, which ends the open event streams, so the
+//! server can finish.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::Router;
 use axum::response::Html;
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::routing::get;
+use futures_util::stream::{self, Stream, StreamExt};
 use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
 use keyed_session::integrations::axum::{CurrentSession, RequestSession, SessionLayer};
 use keyed_session::{IpBinding, Key, Sessions};
@@ -39,7 +46,27 @@ pub fn app(sessions: Sessions) -> Router {
         .route("/", get(index))
         .route("/renew", get(renew))
         .route("/logout", get(logout))
+        .route("/events", get(events))
         .layer(SessionLayer::new(manager))
+}
+
+/// Serves `app(sessions)` until `signal` resolves, then shuts the store down
+/// *inside* the graceful-shutdown signal: that ends every session, so every
+/// stream waiting on `Session::ended` finishes and `serve` can return. (Calling
+/// `sessions.shutdown()` only after `serve` returned would wait for ever: serve
+/// waits for the open streams.)
+pub async fn serve_until(
+    listener: tokio::net::TcpListener,
+    sessions: Sessions,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app(sessions.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            signal.await;
+            sessions.shutdown();
+        })
+        .await
 }
 
 async fn index(CurrentSession(session): CurrentSession) -> Html<String> {
@@ -70,6 +97,17 @@ async fn renew(session: RequestSession) -> Html<String> {
     ))
 }
 
+/// One event now, and one when the session ends (for whatever reason), then
+/// the stream ends.
+async fn events(
+    CurrentSession(session): CurrentSession,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let hello = SseEvent::default().data(format!("watching session {:?}", session.id()));
+    let ended = session.ended();
+    let end = async move { Ok(SseEvent::default().event("end").data(ended.await.as_str())) };
+    Sse::new(stream::once(async { Ok(hello) }).chain(stream::once(end)))
+}
+
 async fn logout(session: RequestSession) -> Html<&'static str> {
     session.end();
     Html("<!doctype html><p>Logged out.</p><p><a href=\"/\">Start again</a></p>")
@@ -89,8 +127,10 @@ async fn main() {
         }
     };
     println!("counter on http://127.0.0.1:{port}/");
-    let app = app(store()).into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    if let Err(e) = serve_until(listener, store(), ctrl_c).await {
         eprintln!("server error: {e}");
     }
 }

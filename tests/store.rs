@@ -327,3 +327,180 @@ fn eviction_spares_sessions_with_clients() {
     assert_eq!(sessions.len(), 4);
     assert_eq!(sessions.stats().ended_by(EndReason::Evicted), 19);
 }
+
+/// An id generator that counts up, and can be told to stop, once, inside a
+/// call (signalling when it got there) or to panic.
+struct Scripted {
+    next: std::sync::atomic::AtomicU64,
+    pause: parking_lot::Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    panic: std::sync::atomic::AtomicBool,
+}
+
+impl Scripted {
+    fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Scripted {
+            next: std::sync::atomic::AtomicU64::new(1),
+            pause: parking_lot::Mutex::new(None),
+            panic: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+}
+
+struct ScriptedIds(std::sync::Arc<Scripted>);
+
+impl keyed_session::IdGenerator for ScriptedIds {
+    fn generate(&self) -> SessionId {
+        use std::sync::atomic::Ordering;
+        if self.0.panic.load(Ordering::SeqCst) {
+            panic!("the id generator broke");
+        }
+        let pause = self.0.pause.lock().take();
+        if let Some((arrived, go)) = pause {
+            arrived.send(()).unwrap();
+            go.recv_timeout(std::time::Duration::from_secs(30)).unwrap();
+        }
+        let n = self.0.next.fetch_add(1, Ordering::SeqCst);
+        SessionId::from_u128(u128::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835))
+    }
+}
+
+/// Regression (#9.5): a renew checked the shutdown flag only before taking the
+/// shard locks, so one in flight could move its session into a shard that
+/// shutdown had already drained: after `shutdown()` the session was still
+/// found and its `on_delete` never ran. The id generator holds the renew
+/// between its check and its locks while the shutdown runs.
+#[test]
+fn a_renew_racing_shutdown_never_outlives_it() {
+    let script = Scripted::new();
+    let clock = ManualClock::new();
+    let sessions = builder(&clock)
+        .id_generator(ScriptedIds(std::sync::Arc::clone(&script)))
+        .build();
+    let (key, log) = tracked("token");
+    let s = sessions.create(None).unwrap();
+    s.set(&key, 7).unwrap();
+    let (arrived_tx, arrived) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    *script.pause.lock() = Some((arrived_tx, go_rx));
+    let renewing = {
+        let (sessions, s) = (sessions.clone(), s.clone());
+        std::thread::spawn(move || sessions.renew(&s))
+    };
+    arrived.recv().unwrap(); // the renew passed its first check
+    assert_eq!(sessions.shutdown(), 1);
+    go.send(()).unwrap();
+    assert!(renewing.join().unwrap().is_err(), "the renew lost the race");
+    assert_eq!(s.end_reason(), Some(EndReason::Shutdown));
+    assert!(s.set(&key, 8).is_err(), "nothing can be stored any more");
+    assert_eq!(sessions.get(&s.id(), None).unwrap_err(), Refused::NotFound);
+    assert_eq!(sessions.len(), 0);
+    assert_eq!(log.lock().len(), 1, "on_delete ran once, at the shutdown");
+}
+
+/// Regression (#9.8): `create` counted the session before calling the id
+/// generator; a panic there left `len()` one too high for good, and with
+/// `max_sessions` that slot was lost.
+#[test]
+fn a_panicking_id_generator_leaves_the_counts_as_they_were() {
+    let script = Scripted::new();
+    let clock = ManualClock::new();
+    let sessions = builder(&clock)
+        .id_generator(ScriptedIds(std::sync::Arc::clone(&script)))
+        .max_sessions(1)
+        .max_sessions_per_ip(1)
+        .build();
+    script
+        .panic
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..3 {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            sessions.create(v4(10, 0, 0, 1))
+        }));
+        assert!(result.is_err(), "the generator's panic reaches the caller");
+        assert_eq!(sessions.len(), 0);
+    }
+    script
+        .panic
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let s = sessions.create(v4(10, 0, 0, 1)).expect("the slot is free");
+    assert_eq!(sessions.len(), 1);
+    assert!(s.is_valid());
+}
+
+/// Regression (#9.9): the total limit was reserved first (evicting the
+/// store-wide oldest session) and the per-address limit after, so an address
+/// at its cap killed a bystander's session each time the store was full.
+#[test]
+fn a_capped_address_evicts_its_own_session_not_a_bystanders() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock)
+        .max_sessions(3)
+        .max_sessions_per_ip(1)
+        .when_full(WhenFull::EvictLeastRecentlyUsed)
+        .build();
+    let bystander = sessions.create(v4(10, 0, 0, 2)).unwrap();
+    clock.advance(secs(1));
+    let other = sessions.create(v4(10, 0, 0, 3)).unwrap();
+    clock.advance(secs(1));
+    let mut own = sessions.create(v4(10, 0, 0, 1)).unwrap();
+    for _ in 0..5 {
+        clock.advance(secs(1));
+        let next = sessions.create(v4(10, 0, 0, 1)).unwrap();
+        assert_eq!(own.end_reason(), Some(EndReason::Evicted));
+        own = next;
+        assert!(bystander.is_valid() && other.is_valid());
+    }
+    assert_eq!(sessions.len(), 3);
+    assert_eq!(sessions.stats().ended_by(EndReason::Evicted), 5);
+}
+
+/// Regression (#9.13): iteration copied one shard at a time, so a session
+/// renewed from a shard not yet visited into one already visited was missed
+/// (and one moved the other way was seen twice).
+#[test]
+fn iteration_sees_each_session_once_while_they_are_renewed() {
+    let (sessions, _clock) = store();
+    let all: Vec<_> = (0..2000).map(|_| sessions.create(None).unwrap()).collect();
+    let mut iter = sessions.iter();
+    let first = iter.next().unwrap();
+    for s in &all {
+        sessions.renew(s).unwrap();
+    }
+    let mut seen = HashSet::new();
+    seen.insert(first.id());
+    for s in iter {
+        assert!(seen.insert(s.id()), "a session seen twice");
+    }
+    assert_eq!(seen.len(), 2000);
+}
+
+/// Regression (#9.15): under passive sweeping, per-session timeout changes and
+/// renews pushed expiry-heap entries that nothing removed (one session grew its
+/// shard's heap to megabytes). The heaps stay within a small multiple of the
+/// live sessions in every mode.
+#[test]
+fn expiry_heaps_stay_bounded_in_every_sweeper_mode() {
+    for mode in [Sweeper::Passive(4), Sweeper::Manual] {
+        let clock = ManualClock::new();
+        let sessions = builder(&clock).sweeper(mode).build();
+        let s = sessions.create(None).unwrap();
+        let others: Vec<_> = (0..10).map(|_| sessions.create(None).unwrap()).collect();
+        for i in 0..50_000u64 {
+            s.set_idle_timeout(secs(30 + i % 60));
+            if i % 10 == 0 {
+                sessions.renew(&others[(i / 10) as usize % 10]).unwrap();
+            }
+        }
+        let entries = sessions.stats().expiry_entries;
+        assert!(
+            entries <= 2 * sessions.len() + 64 * 16,
+            "{mode:?}: {entries} heap entries for {} sessions",
+            sessions.len()
+        );
+        // Still correct: the short timeout set last is honoured.
+        s.set_idle_timeout(secs(5));
+        clock.advance(secs(6));
+        sessions.sweep();
+        assert_eq!(s.end_reason(), Some(EndReason::IdleExpired));
+    }
+}
