@@ -160,3 +160,119 @@ fn a_renewed_session_keeps_its_clients() {
     assert_eq!(sessions.get(&new, None).unwrap().get(&key), None);
     let _ = tracked("unused");
 }
+
+/// Regression (#9.6): while `on_no_client` ran, the values were out of the
+/// session, so a concurrent `update` started from `init()`: a cart `[1, 2, 3]`
+/// plus a concurrent push of 4 ended as `[4]`, and the kept cart went to
+/// `on_delete`. The value now stays in the session while the hook decides.
+#[test]
+fn on_no_client_keeps_the_value_in_place_while_it_decides() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let (sessions, _clock) = store();
+    let (in_hook_tx, in_hook) = mpsc::channel::<()>();
+    let (pushed_tx, pushed) = mpsc::channel::<()>();
+    let in_hook_tx = parking_lot::Mutex::new(in_hook_tx);
+    let pushed = parking_lot::Mutex::new(pushed);
+    let deleted: common::Log = Arc::default();
+    let d = Arc::clone(&deleted);
+    let cart: Key<Vec<u64>> = Key::builder("cart")
+        .on_no_client(move |_| {
+            in_hook_tx.lock().send(()).unwrap();
+            // Give the concurrent push every chance to run now (it must wait).
+            let _ = pushed.lock().recv_timeout(Duration::from_millis(300));
+            true
+        })
+        .on_delete(move |v: Vec<u64>, ctx| d.lock().push((v.len() as u64, ctx.cause)))
+        .build();
+    let s = sessions.create(None).unwrap();
+    s.set(&cart, vec![1, 2, 3]).unwrap();
+    let guard = s.attach().unwrap();
+    let pusher = {
+        let (s, cart) = (s.clone(), cart.clone());
+        std::thread::spawn(move || {
+            in_hook.recv().unwrap();
+            s.update(&cart, Vec::new, |c| c.push(4)).unwrap();
+            let _ = pushed_tx.send(());
+        })
+    };
+    drop(guard);
+    pusher.join().unwrap();
+    assert_eq!(s.get(&cart), Some(vec![1, 2, 3, 4]));
+    assert!(deleted.lock().is_empty(), "{:?}", deleted.lock());
+}
+
+/// Regression (#9.6): a `delete` racing a value dropped by `on_no_client` sent
+/// `Event::End` before that value's `on_delete` had run.
+#[test]
+fn end_waits_for_a_value_dropped_by_on_no_client() {
+    use keyed_session::Event;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let (sessions, _clock) = store();
+    let events = sessions.subscribe();
+    let (started_tx, started) = mpsc::channel::<()>();
+    let (deleted_tx, deleted) = mpsc::channel::<()>();
+    let started_tx = parking_lot::Mutex::new(started_tx);
+    let deleted = parking_lot::Mutex::new(deleted);
+    let log: common::Log = Arc::default();
+    let l = Arc::clone(&log);
+    let socket: Key<u64> = Key::builder("socket")
+        .on_no_client(|_| false)
+        .on_delete(move |v, ctx| {
+            if ctx.cause == DeleteCause::NoClient {
+                started_tx.lock().send(()).unwrap();
+                // The session is deleted meanwhile, on another thread.
+                let _ = deleted.lock().recv_timeout(Duration::from_secs(30));
+            }
+            l.lock().push((v, ctx.cause));
+        })
+        .build();
+    let (other, other_log) = tracked("other");
+    let s = sessions.create(None).unwrap();
+    s.set(&socket, 1).unwrap();
+    s.set(&other, 2).unwrap();
+    let _ = events.try_iter().count();
+    let guard = s.attach().unwrap();
+    let detacher = std::thread::spawn(move || drop(guard));
+    started.recv().unwrap();
+    assert!(sessions.delete(&s.id()));
+    assert_eq!(
+        other_log.lock().as_slice(),
+        &[(2, DeleteCause::SessionEnded(EndReason::Deleted))]
+    );
+    assert!(
+        events.try_iter().all(|e| !matches!(e, Event::End { .. })),
+        "End came before the socket's on_delete ran"
+    );
+    deleted_tx.send(()).unwrap();
+    detacher.join().unwrap();
+    assert_eq!(log.lock().as_slice(), &[(1, DeleteCause::NoClient)]);
+    assert!(matches!(
+        events.recv_timeout(Duration::from_secs(30)),
+        Ok(Event::End {
+            reason: EndReason::Deleted,
+            ..
+        })
+    ));
+}
+
+/// Regression (#9.7): `attach()` on a handle whose session had expired but
+/// was not yet swept made it valid again. Expiry is final.
+#[test]
+fn attaching_to_an_expired_session_does_not_revive_it() {
+    let (sessions, clock) = store();
+    let (key, log) = tracked("v");
+    let s = sessions.create(None).unwrap();
+    s.set(&key, 1).unwrap();
+    clock.advance(secs(61));
+    assert!(s.attach().is_err());
+    assert!(!s.is_valid());
+    assert_eq!(s.end_reason(), Some(EndReason::IdleExpired));
+    assert_eq!(
+        log.lock().as_slice(),
+        &[(1, DeleteCause::SessionEnded(EndReason::IdleExpired))]
+    );
+    assert!(sessions.get(&s.id(), None).is_err());
+    assert_eq!(sessions.sweep(), 0, "already ended");
+}

@@ -139,3 +139,51 @@ fn dropped_receivers_are_pruned() {
         Ok(true)
     );
 }
+
+/// Regression (#9.15): a dropped subscriber kept its channel buffer (33 MB for
+/// 500) until the next event, and was still counted in `stats()`. Dropping a
+/// subscription now unsubscribes at once.
+#[test]
+fn a_dropped_subscription_is_gone_at_once() {
+    let (sessions, _clock) = store();
+    let subscriptions: Vec<_> = (0..500).map(|_| sessions.subscribe()).collect();
+    assert_eq!(sessions.stats().subscribers, 500);
+    let kept = sessions.subscribe();
+    drop(subscriptions);
+    assert_eq!(
+        sessions.stats().subscribers,
+        1,
+        "no event was needed to prune them"
+    );
+    let s = sessions.create(None).unwrap();
+    assert_eq!(
+        kept.try_recv(),
+        Ok(Event::Begin {
+            id: s.id(),
+            peer: None
+        })
+    );
+    assert_eq!(sessions.stats().events_dropped, 0);
+    drop(kept);
+    assert_eq!(sessions.stats().subscribers, 0);
+}
+
+/// A subscription's receiving ends once the store is gone.
+#[test]
+fn a_subscription_closes_when_the_store_is_gone() {
+    let (sessions, _clock) = store();
+    let events = sessions.subscribe();
+    let s = sessions.create(None).unwrap();
+    drop((sessions, s));
+    // The store shut down on its last drop: Begin, then End, then closed.
+    assert!(matches!(events.recv(), Ok(Event::Begin { .. })));
+    assert!(matches!(
+        events.recv(),
+        Ok(Event::End {
+            reason: EndReason::Shutdown,
+            ..
+        })
+    ));
+    assert_eq!(events.recv(), Err(keyed_session::RecvError::Closed));
+    assert_eq!(events.try_recv(), Err(keyed_session::RecvError::Closed));
+}

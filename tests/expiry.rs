@@ -200,3 +200,52 @@ fn sweeping_survives_heavy_churn() {
     assert_eq!(sessions.sweep(), 1000);
     assert_eq!(sessions.len(), 0);
 }
+
+/// Regression (#9.7): `touch()` on a handle whose session had expired but was
+/// not yet swept made it valid again, and a lookup then found it.
+#[test]
+fn touching_an_expired_session_does_not_revive_it() {
+    let (sessions, clock) = store();
+    let (key, log) = tracked("v");
+    let s = sessions.create(None).unwrap();
+    s.set(&key, 1).unwrap();
+    clock.advance(secs(61));
+    assert!(s.touch().is_err());
+    assert!(!s.is_valid());
+    assert_eq!(sessions.get(&s.id(), None).unwrap_err(), Refused::NotFound);
+    assert_eq!(
+        log.lock().as_slice(),
+        &[(1, DeleteCause::SessionEnded(EndReason::IdleExpired))]
+    );
+    assert_eq!(sessions.len(), 0);
+}
+
+/// Regression (#9.16): stamps were `u32` seconds since 1970 and saturated in
+/// 2106, when every new session was born expired. They now count from the
+/// store's own epoch.
+#[test]
+fn a_store_keeps_working_past_2106() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let year = 365 * 24 * 3600;
+    // Built in 2105; used in 2107 and in 2200.
+    let clock = ManualClock::starting_at(UNIX_EPOCH + Duration::from_secs(135 * year));
+    let sessions = builder(&clock).build();
+    let early = sessions.create(None).unwrap();
+    for years in [2, 95] {
+        clock.advance(Duration::from_secs(years * year));
+        let now = keyed_session::Clock::now(&clock);
+        let s = sessions.create(None).unwrap();
+        assert!(s.is_valid(), "born alive");
+        assert!(sessions.get(&s.id(), None).is_ok());
+        let created = s.created().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(created, now.duration_since(UNIX_EPOCH).unwrap().as_secs());
+        assert_eq!(
+            s.expires_at().unwrap().duration_since(s.created()).unwrap(),
+            secs(60)
+        );
+        clock.advance(secs(61));
+        assert_eq!(sessions.get(&s.id(), None).unwrap_err(), Refused::Expired);
+    }
+    assert!(!early.is_valid());
+    let _: SystemTime = early.created();
+}

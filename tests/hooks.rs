@@ -192,3 +192,221 @@ fn panicking_hooks_do_not_poison_other_sessions() {
     }
     assert_eq!(sessions.stats().hook_panics, 10);
 }
+
+/// Runs `scenario` on its own thread and returns its result, failing the test
+/// (instead of hanging it) if it does not finish: a bound against a deadlock,
+/// not a speed limit.
+fn without_hanging<R: Send + 'static>(
+    what: &str,
+    scenario: impl FnOnce() -> R + Send + 'static,
+) -> std::thread::Result<R> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            scenario,
+        )));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what}: hung"))
+}
+
+fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// Regression (#9.10): store calls inside a value closure that reached the
+/// borrowed session hung. Each now completes with the right result.
+#[test]
+fn store_calls_inside_value_closures_complete() {
+    let dir = std::env::temp_dir().join(format!("keyed-session-reentry-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    // A snapshot inside `with`, and inside a `save` hook.
+    let path = dir.join("inside-with.snap");
+    let outcome = without_hanging("save_to inside with", move || {
+        let (sessions, _clock) = store();
+        let key = common::saved_u64("n").build();
+        let s = sessions.create(None).unwrap();
+        s.set(&key, 5).unwrap();
+        s.with(&key, |_| sessions.save_to(&path).unwrap().sessions)
+    });
+    assert_eq!(outcome.unwrap(), Some(1));
+    let path = dir.join("inside-save.snap");
+    let nested = dir.join("nested.snap");
+    let outcome = without_hanging("save_to inside a save hook", move || {
+        let (sessions, _clock) = store();
+        let handle = std::sync::Arc::new(parking_lot::Mutex::new(None::<Sessions>));
+        let h = std::sync::Arc::clone(&handle);
+        let key = Key::<u64>::builder("n")
+            .save(move |v, out| {
+                let once = h.lock().take();
+                if let Some(sessions) = once {
+                    sessions.save_to(&nested).unwrap();
+                }
+                out.write_all(&v.to_le_bytes())
+            })
+            .build();
+        let s = sessions.create(None).unwrap();
+        s.set(&key, 5).unwrap();
+        *handle.lock() = Some(sessions.clone());
+        sessions.save_to(&path).unwrap().sessions
+    });
+    assert_eq!(outcome.unwrap(), 1);
+
+    // shutdown and sweep inside `with`: the session ends; its hooks run when
+    // the closure returns.
+    let outcome = without_hanging("shutdown inside with", || {
+        let (sessions, _clock) = store();
+        let (key, log) = tracked("v");
+        let s = sessions.create(None).unwrap();
+        s.set(&key, 1).unwrap();
+        let inside = s.with(&key, |_| {
+            let ended = sessions.shutdown();
+            (ended, log.lock().len())
+        });
+        (inside, log.lock().clone(), s.end_reason())
+    });
+    let (inside, log, reason) = outcome.unwrap();
+    assert_eq!(inside, Some((1, 0)), "the hook waits for the closure");
+    assert_eq!(
+        log,
+        vec![(1, DeleteCause::SessionEnded(EndReason::Shutdown))]
+    );
+    assert_eq!(reason, Some(EndReason::Shutdown));
+    let outcome = without_hanging("sweep inside with", || {
+        let (sessions, clock) = store();
+        let (key, log) = tracked("v");
+        let s = sessions.create(None).unwrap();
+        s.set(&key, 1).unwrap();
+        let inside = s.with(&key, |_| {
+            clock.advance(secs(61));
+            sessions.sweep()
+        });
+        (inside, log.lock().len(), sessions.len())
+    });
+    assert_eq!(outcome.unwrap(), (Some(1), 1, 0));
+
+    // A create that evicts the session being updated.
+    let outcome = without_hanging("create evicting inside update", || {
+        let clock = ManualClock::new();
+        let sessions = builder(&clock)
+            .max_sessions(1)
+            .when_full(WhenFull::EvictLeastRecentlyUsed)
+            .build();
+        let (key, log) = tracked("v");
+        let s = sessions.create(None).unwrap();
+        let made = s
+            .update(&key, || 1, |_| sessions.create(None).is_ok())
+            .unwrap();
+        (made, s.end_reason(), log.lock().clone(), sessions.len())
+    });
+    let (made, reason, log, len) = outcome.unwrap();
+    assert!(made);
+    assert_eq!(reason, Some(EndReason::Evicted));
+    assert_eq!(
+        log,
+        vec![(1, DeleteCause::SessionEnded(EndReason::Evicted))]
+    );
+    assert_eq!(len, 1);
+
+    // Reading another key of the same session inside `with` works.
+    let outcome = without_hanging("read inside with", || {
+        let (sessions, _clock) = store();
+        let (a, b): (Key<u64>, Key<u64>) = (Key::new("a"), Key::new("b"));
+        let s = sessions.create(None).unwrap();
+        s.set(&a, 1).unwrap();
+        s.set(&b, 2).unwrap();
+        s.with(&a, |x| x + s.get(&b).unwrap() + s.len() as u64)
+    });
+    assert_eq!(outcome.unwrap(), Some(5));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Regression (#9.10): re-entrant access that cannot be served (reading the
+/// same session inside `with_mut` or `update`, writing it inside `with`) hung;
+/// it now panics at once with a message naming the mistake, and the session
+/// stays usable.
+#[test]
+fn reentrant_access_to_the_same_session_panics_clearly() {
+    type Case = fn(&Session, &Key<u64>, &Key<u64>);
+    let cases: [(&str, Case); 4] = [
+        ("get inside with_mut", |s, a, b| {
+            s.with_mut(a, |_| s.get(b));
+        }),
+        ("get inside update", |s, a, b| {
+            let _ = s.update(a, || 0, |_| s.get(b));
+        }),
+        ("set inside with", |s, a, b| {
+            s.with(a, |_| s.set(b, 1));
+        }),
+        ("update inside update", |s, a, _| {
+            let _ = s.update(a, || 0, |_| s.update(a, || 0, |n| *n += 1));
+        }),
+    ];
+    for (what, case) in cases {
+        let outcome = without_hanging(what, move || {
+            let (sessions, _clock) = store();
+            let (a, b): (Key<u64>, Key<u64>) = (Key::new("a"), Key::new("b"));
+            let s = sessions.create(None).unwrap();
+            s.set(&a, 1).unwrap();
+            s.set(&b, 2).unwrap();
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&s, &a, &b)));
+            // The panic released the lock: the session works afterwards.
+            s.set(&b, 3).unwrap();
+            (result.map_err(|e| panic_text(&*e)), s.get(&b))
+        });
+        let (result, after) = outcome.unwrap();
+        let message = result.expect_err(what);
+        assert!(
+            message.contains("re-entrant use of a session"),
+            "{what}: {message}"
+        );
+        assert_eq!(after, Some(3), "{what}");
+    }
+}
+
+/// Regression (#9.17): a hook calling `tokio::spawn` worked when a request
+/// ended its session and panicked ("no reactor running") at idle expiry on the
+/// sweeper thread. With `tokio_handle`, the sweeper runs inside the runtime.
+#[cfg(feature = "tokio")]
+#[test]
+fn hooks_on_the_sweeper_thread_can_spawn_tokio_tasks() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let clock = ManualClock::new();
+    let sessions = Sessions::builder()
+        .idle_timeout(secs(60))
+        .clock(clock.clone())
+        .sweeper(keyed_session::Sweeper::Background(
+            std::time::Duration::from_millis(10),
+        ))
+        .tokio_handle(runtime.handle().clone())
+        .build();
+    let (tx, rx) = std::sync::mpsc::channel::<(String, u64)>();
+    let tx = parking_lot::Mutex::new(tx);
+    let key = Key::<u64>::builder("socket")
+        .on_delete(move |v, _| {
+            let tx = tx.lock().clone();
+            let thread = std::thread::current().name().unwrap_or("").to_owned();
+            tokio::spawn(async move {
+                let _ = tx.send((thread, v));
+            });
+        })
+        .build();
+    let s = sessions.create(None).unwrap();
+    s.set(&key, 9).unwrap();
+    clock.advance(secs(61));
+    let (thread, value) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the spawned task ran");
+    assert_eq!(value, 9);
+    assert_eq!(thread, "keyed-session-sweeper");
+    assert_eq!(sessions.stats().hook_panics, 0);
+    assert_eq!(s.end_reason(), Some(EndReason::IdleExpired));
+}

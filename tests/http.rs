@@ -475,3 +475,62 @@ fn ordinary_policies_are_accepted() {
         assert!(sc.starts_with(&format!("{name}=")), "{sc}");
     }
 }
+
+/// Regression (#9.4): only the first four cookies of the session's name were
+/// looked at, so junk duplicates ahead of the real one (planted by a sibling
+/// subdomain: cookie tossing) logged the user out.
+#[test]
+fn junk_duplicates_ahead_of_the_real_cookie_do_not_hide_it() {
+    let (m, _clock) = manager(CookiePolicy::new().name("id"), CreateMode::Lazy);
+    let mut first = m.start(None, None, "/");
+    let id = first.get_or_create().unwrap().id();
+    let junk = format!("id={}", SessionId::random());
+    let header = format!("{}; id=garbage; id={id}", [junk.as_str(); 6].join("; "));
+    let started = m.start(Some(header.as_bytes()), None, "/");
+    assert_eq!(started.session().map(|s| s.id()), Some(id));
+    assert_eq!(started.rejected(), None);
+    assert_eq!(started.set_cookie(), None, "nothing to change");
+}
+
+/// Regression (#9.4): when the duplicates name two different live sessions,
+/// one of them may be an attacker's, tossed to log the victim into it; neither
+/// is used.
+#[test]
+fn duplicates_naming_different_sessions_are_both_refused() {
+    let (m, _clock) = manager(CookiePolicy::new().name("id"), CreateMode::Auto);
+    let victim = m.start(None, None, "/").session().unwrap().clone();
+    let attacker = m.start(None, None, "/").session().unwrap().clone();
+    let header = format!("id={}; id={}", attacker.id(), victim.id());
+    let started = m.start(Some(header.as_bytes()), None, "/");
+    assert_eq!(started.rejected(), Some(Rejection::Ambiguous));
+    assert!(started.session().is_none());
+    assert_eq!(m.sessions().len(), 2, "no session made or adopted");
+    // The same session named twice is no ambiguity.
+    let twice = format!("id={}; id={}", victim.id(), victim.id());
+    let started = m.start(Some(twice.as_bytes()), None, "/");
+    assert!(started.session().unwrap().same_as(&victim));
+}
+
+/// Regression (#9.2): with IP binding on and no client address, `start` made
+/// an unbound session that every later request matched. It now makes none.
+#[test]
+fn binding_without_an_address_fails_closed() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock).ip_binding(IpBinding::Exact).build();
+    let m = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Auto).unwrap();
+    let mut started = m.start(None, None, "/");
+    assert_eq!(started.rejected(), Some(Rejection::NoClientAddress));
+    assert!(started.session().is_none());
+    assert_eq!(
+        started.get_or_create().unwrap_err(),
+        keyed_session::CreateError::NoClientAddress
+    );
+    assert_eq!(started.set_cookie(), None);
+    assert_eq!(sessions.len(), 0);
+    // A known cookie without an address is not looked up (nor ended).
+    let bound = sessions.create(v4(10, 0, 0, 1)).unwrap();
+    let cookie = format!("__Host-id={}", bound.id());
+    let started = m.start(Some(cookie.as_bytes()), None, "/");
+    assert!(started.session().is_none());
+    assert!(bound.is_valid());
+}

@@ -370,3 +370,183 @@ fn images_are_the_unit_a_shared_store_can_reuse() {
         s.get(&counter)
     );
 }
+
+/// Regression (#9.3): a snapshot, which holds every live session id, was
+/// written world-readable through a temporary file with a predictable name
+/// opened with `File::create`, which follows a planted symlink.
+#[cfg(unix)]
+#[test]
+fn snapshots_are_private_and_never_follow_a_planted_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("private");
+    let path = dir.join("sessions.snap");
+    let victim = dir.join("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    // The name the old code used for its temporary file.
+    let predictable = dir.join(format!(".sessions.snap.tmp-{}", std::process::id()));
+    std::os::unix::fs::symlink(&victim, &predictable).unwrap();
+    let (sessions, _clock) = store();
+    sessions.create(None).unwrap();
+    let report = sessions.save_to(&path).unwrap();
+    assert_eq!(report.sessions, 1);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the snapshot is readable by its owner only");
+    // No temporary file is left behind besides the planted link.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Regression (#9.12): the periodic snapshot thread kept running while
+/// shutdown saved the final snapshot; both used one temporary file (spurious
+/// errors, a torn file), and a periodic save finishing after the final one
+/// overwrote it with sessions whose values were already gone. A `save` hook
+/// holds a periodic save open across the shutdown.
+#[test]
+fn the_final_snapshot_is_never_overwritten_by_a_periodic_one() {
+    use std::sync::Mutex as StdMutex;
+    let dir = temp_dir("final");
+    let path = dir.join("sessions.snap");
+    let (in_save_tx, in_save) = mpsc::channel::<()>();
+    let in_save_tx = StdMutex::new(Some(in_save_tx));
+    let key = Key::<u64>::builder("n")
+        .save(move |v, out| {
+            if std::thread::current().name() == Some("keyed-session-snapshot") {
+                let first = in_save_tx.lock().unwrap().take();
+                if let Some(tx) = first {
+                    tx.send(()).unwrap();
+                    // Stay inside the periodic save while shutdown starts.
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            }
+            out.write_all(&v.to_le_bytes())
+        })
+        .load(|input| {
+            let mut b = [0; 8];
+            input.read_exact(&mut b)?;
+            Ok(u64::from_le_bytes(b))
+        })
+        .build();
+    let clock = ManualClock::new();
+    let sessions = builder(&clock)
+        .snapshot_to(&path)
+        .snapshot_every(Duration::from_millis(10))
+        .build();
+    for i in 0..50 {
+        sessions.create(None).unwrap().set(&key, i).unwrap();
+    }
+    in_save.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(sessions.shutdown(), 50);
+    // Let a periodic save that would come after shutdown have its chance.
+    std::thread::sleep(Duration::from_millis(100));
+    let stats = sessions.stats();
+    assert_eq!(stats.snapshot_errors, 0);
+    let restored = builder(&clock).build();
+    let report = restored
+        .restore_from(&path, &[&key as &dyn LoadKey])
+        .unwrap();
+    assert_eq!(report.restored, 50);
+    let mut values: Vec<u64> = restored.iter().map(|s| s.get(&key).unwrap()).collect();
+    values.sort_unstable();
+    assert_eq!(values, (0..50).collect::<Vec<_>>());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Regression (#9.13): snapshots copied the shards one at a time, so a session
+/// renewed while one ran could be missed (2,000 of 2,001) or written twice.
+#[test]
+fn a_snapshot_holds_every_session_once_while_they_are_renewed() {
+    let dir = temp_dir("renewing");
+    let path = dir.join("sessions.snap");
+    let (sessions, clock) = store();
+    let all: Vec<_> = (0..2001).map(|_| sessions.create(None).unwrap()).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let renewer = {
+        let (sessions, stop) = (sessions.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut renewed = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for s in &all {
+                    sessions.renew(s).unwrap();
+                    renewed += 1;
+                }
+            }
+            renewed
+        })
+    };
+    for _ in 0..20 {
+        let report = sessions.save_to(&path).unwrap();
+        assert_eq!(report.sessions, 2001);
+        let file = std::fs::read(&path).unwrap();
+        let fresh = builder(&clock).build();
+        let restored = fresh.restore_bytes(&file, &[]).unwrap();
+        assert_eq!((restored.restored, restored.duplicates), (2001, 0));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(renewer.join().unwrap() > 0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Regression (#9.14): a record naming one key twice gave the session two
+/// slots for one key (after `remove`, a value was still visible); values loaded
+/// for a record that was then refused never reached `on_delete`; restored
+/// sessions bypassed the per-address limit.
+#[test]
+fn restore_loads_each_key_once_and_hands_back_refused_values() {
+    let clock = ManualClock::new();
+    let now = keyed_session::Clock::now(&clock);
+    let image = |id: u128, peer, value: u64| SessionImage {
+        id: keyed_session::SessionId::from_u128(id),
+        created: now,
+        last_access: now,
+        idle_timeout: secs(60),
+        absolute_deadline: None,
+        peer,
+        values: vec![
+            ("n".into(), value.to_le_bytes().to_vec()),
+            ("n".into(), (value + 100).to_le_bytes().to_vec()),
+        ],
+    };
+    let log: common::Log = Default::default();
+    let l = std::sync::Arc::clone(&log);
+    let key = common::saved_u64("n")
+        .on_delete(move |v, ctx| l.lock().push((v, ctx.cause)))
+        .build();
+    let keys: [&dyn LoadKey; 1] = [&key];
+
+    // A key named twice: one value, and `remove` leaves none.
+    let sessions = builder(&clock)
+        .max_sessions(2)
+        .max_sessions_per_ip(1)
+        .build();
+    let mut report = Default::default();
+    sessions.restore_image(&image(1, None, 1), &keys, &mut report);
+    let s = sessions.iter().next().unwrap();
+    assert_eq!(s.len(), 1);
+    assert_eq!(s.remove(&key), Some(1));
+    assert!(!s.contains(&key));
+    assert_eq!(report.duplicate_values.get("n"), Some(&1));
+
+    // Refused for its id, for the per-address limit, for the total limit: the
+    // loaded values reach on_delete, once each, as not restored.
+    let mut report = Default::default();
+    let peer = Some(v4(10, 0, 0, 1));
+    sessions.restore_image(&image(1, None, 2), &keys, &mut report); // id taken
+    sessions.restore_image(&image(2, peer, 3), &keys, &mut report); // restored
+    sessions.restore_image(&image(3, peer, 4), &keys, &mut report); // same address
+    sessions.restore_image(&image(4, None, 5), &keys, &mut report); // store full
+    assert_eq!(
+        (report.restored, report.duplicates, report.refused),
+        (1, 1, 2)
+    );
+    let not_restored = keyed_session::DeleteCause::NotRestored;
+    assert_eq!(
+        log.lock().as_slice(),
+        &[(2, not_restored), (4, not_restored), (5, not_restored)]
+    );
+    assert_eq!(sessions.len(), 2);
+}
