@@ -25,5 +25,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(sessions.len(), report.restored);
         // Every record needs at least 12 bytes of framing.
         assert!(report.restored + report.expired + report.duplicates <= data.len() / 12);
+        // One value per key at most, however often a record names it.
+        for session in &sessions {
+            assert!(session.len() <= 2);
+        }
     }
 });
