@@ -154,13 +154,13 @@ impl Subscription {
     }
 
     /// Blocking iteration over events, ending when the store is gone.
-    pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
-        self.rx.iter()
+    pub fn iter(&self) -> Iter<'_> {
+        Iter(self)
     }
 
     /// The events waiting now, without blocking.
-    pub fn try_iter(&self) -> impl Iterator<Item = Event> + '_ {
-        self.rx.try_iter()
+    pub fn try_iter(&self) -> TryIter<'_> {
+        TryIter(self)
     }
 
     /// How many events are waiting.
@@ -206,10 +206,34 @@ impl IntoIterator for Subscription {
 
 impl<'a> IntoIterator for &'a Subscription {
     type Item = Event;
-    type IntoIter = crossbeam_channel::Iter<'a, Event>;
+    type IntoIter = Iter<'a>;
 
-    fn into_iter(self) -> Self::IntoIter {
-        self.rx.iter()
+    fn into_iter(self) -> Iter<'a> {
+        Iter(self)
+    }
+}
+
+/// Blocking iteration over a subscription's events; see [`Subscription::iter`].
+#[derive(Debug)]
+pub struct Iter<'a>(&'a Subscription);
+
+impl Iterator for Iter<'_> {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.0.recv().ok()
+    }
+}
+
+/// The events waiting now; see [`Subscription::try_iter`].
+#[derive(Debug)]
+pub struct TryIter<'a>(&'a Subscription);
+
+impl Iterator for TryIter<'_> {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.0.try_recv().ok()
     }
 }
 

@@ -221,25 +221,41 @@ impl<T: Send + Sync + 'static> KeyBuilder<T> {
     /// to the application: the session ended (any [`EndReason`](crate::EndReason)),
     /// or the last client left and [`on_no_client`](Self::on_no_client) said
     /// `false`. The value is moved into the hook, which runs exactly once per value,
-    /// with no lock of the store held, on the thread that ended the session. Values
-    /// taken out by [`Session::remove`](crate::Session::remove) or replaced by
-    /// [`Session::set`](crate::Session::set) go back to the caller instead.
+    /// with no lock of the store held, on the thread that ended the session: the
+    /// caller of `delete`, `sweep`, `shutdown` or of a `create` that evicted it,
+    /// a request whose lookup found the session expired or from another address,
+    /// the thread that dropped the last [`ClientGuard`](crate::ClientGuard) (for
+    /// `NoClient`), or the background sweeper thread `keyed-session-sweeper` for
+    /// sessions that idled out unasked. That last one is a plain thread: a hook
+    /// that needs a tokio runtime (`tokio::spawn`) needs
+    /// [`SessionsBuilder::tokio_handle`](crate::SessionsBuilder::tokio_handle).
+    /// When the session was ended from inside a value closure of that same
+    /// session, the hooks run on that thread as soon as the closure returns.
+    /// Values taken out by [`Session::remove`](crate::Session::remove) or
+    /// replaced by [`Session::set`](crate::Session::set) go back to the caller
+    /// instead.
     pub fn on_delete(mut self, hook: impl Fn(T, &DeleteContext) + Send + Sync + 'static) -> Self {
         self.on_delete = Some(Box::new(hook));
         self
     }
 
     /// Runs when the last [`ClientGuard`](crate::ClientGuard) of a session drops:
-    /// `true` keeps the value, `false` removes it and runs `on_delete`. It runs
-    /// once per such transition, with no lock held; while it runs the value is out
-    /// of the session (a concurrent read sees it absent). A hook that panics keeps
-    /// the value.
+    /// `true` keeps the value, `false` removes it and runs `on_delete` (cause
+    /// [`DeleteCause::NoClient`](crate::DeleteCause::NoClient)). It runs once per
+    /// such transition, on the dropping thread, under the session's value lock
+    /// held for reading: the value stays in the session while the hook decides
+    /// (concurrent reads see it, concurrent writes and an end wait), and the
+    /// hook may read the same session but not write it (that panics). A hook
+    /// that panics keeps the value.
     pub fn on_no_client(mut self, hook: impl Fn(&T) -> bool + Send + Sync + 'static) -> Self {
         self.on_no_client = Some(Box::new(hook));
         self
     }
 
     /// How to write the value into a snapshot. Keys without it are memory-only.
+    /// It runs during [`Sessions::save_to`](crate::Sessions::save_to) (and the
+    /// periodic and shutdown snapshots) under the session's value lock held for
+    /// reading: it may read the same session, not write it (that panics).
     pub fn save(
         mut self,
         hook: impl Fn(&T, &mut dyn Write) -> io::Result<()> + Send + Sync + 'static,

@@ -57,13 +57,13 @@
 //! - [`Key`]: a typed slot with its hooks, made once (a `static` with
 //!   [`LazyLock`](std::sync::LazyLock)). Two keys of one type are different keys.
 //! - [`Session`]: a cheap handle to one live session — `get`, `with`, `with_mut`,
-//!   `set`, `update`, `remove`, `contains`, `keys`, `touch`, `attach`.
+//!   `set`, `update`, `remove`, `contains`, `keys`, `touch`, `attach`, `ended`.
 //! - [`Sessions`]: the store — `create`, `get`, `delete`, `renew`, `iter`,
 //!   `sweep`, `stats`, `subscribe`, `shutdown` — built by [`SessionsBuilder`]
 //!   with timeouts, [`IpBinding`], capacity limits and [`WhenFull`], the
 //!   [`Sweeper`] mode, a [`Clock`] and an [`IdGenerator`].
 //! - [`Event`]: `Begin`, `End` (with its [`EndReason`]), `Renewed` and
-//!   `Restored`, broadcast to every subscriber.
+//!   `Restored`, broadcast to every [`Subscription`].
 //! - [`persist`]: snapshots — [`Sessions::save_to`], [`Sessions::restore_from`],
 //!   and the builder's `snapshot_to` / `snapshot_every`.
 //!
@@ -78,28 +78,43 @@
 //! | `IpMismatch` | a lookup came from an address the [`IpBinding`] refuses | every value, once | — |
 //! | `Shutdown` | [`Sessions::shutdown`], or the last handle of the store dropped | every value, once | — |
 //! | (the session lives on) | the last [`ClientGuard`] dropped | values whose `on_no_client` said `false`, with [`DeleteCause::NoClient`] | every value whose key has the hook, once per such moment |
+//! | (never began here) | a restored session was refused (its id is live, the store is full) | every value loaded for it, with [`DeleteCause::NotRestored`] | — |
 //!
 //! Values taken out with [`Session::remove`] or replaced by [`Session::set`] are
 //! handed back to the caller; no hook runs for them. [`Event::End`] is sent after
-//! the `on_delete` hooks of the session ran.
+//! every `on_delete` hook of the session ran, those of values an `on_no_client`
+//! hook dropped just before included. Expiry is final: a session whose deadline
+//! passed is never brought back by [`Session::touch`] or [`Session::attach`],
+//! whether or not a sweep reclaimed it yet; [`Session::ended`] is a future that
+//! resolves when a session ends.
 //!
 //! # Concurrency and locking
 //! - The store is 16 shards, each a `parking_lot::RwLock` around a hash table of
-//!   sessions and a lazy expiry heap. Every session has one `parking_lot::Mutex`
+//!   sessions and a lazy expiry heap. Every session has one `parking_lot::RwLock`
 //!   around its values, so concurrent updates of one session never lose each
 //!   other (there is no load-modify-save).
-//! - **Key hooks never run with a lock held.** The store collects what the hooks
-//!   need under its locks, releases them, then calls the hooks. A hook may call
-//!   back into the store (create, delete, read its own session) without deadlock.
-//!   A hook that panics is caught, counted in [`Stats::hook_panics`], and the
-//!   other hooks still run.
-//! - The closures given to [`Session::with`], [`Session::with_mut`] and
-//!   [`Session::update`] *do* run under that session's lock: do not touch the same
-//!   session from inside them.
+//! - **`on_delete` hooks never run with a lock held.** The store collects what
+//!   they need under its locks, releases them, then calls the hooks. A hook may
+//!   call back into the store (create, delete, read its own session) without
+//!   deadlock. A hook that panics is caught, counted in [`Stats::hook_panics`],
+//!   and the other hooks still run. The id generator and the clock are also
+//!   called with no lock held.
+//! - User code runs under **one session's value lock** in exactly these
+//!   places: the closures of [`Session::with`] (read lock), [`Session::with_mut`]
+//!   and [`Session::update`] (write lock), a key's `save` hook during a snapshot
+//!   (read lock) and its `on_no_client` hook (read lock). Inside them, reading
+//!   the same session works under a read lock; anything else on the same
+//!   session panics at once with a message naming the mistake; ending it (a
+//!   delete, a shutdown, a sweep, an eviction) completes, and its hooks run as
+//!   soon as the closure returns. Other sessions and the store are fine, with
+//!   the rule of any two locks: never have two threads each wait for a session
+//!   the other holds. [`Session`]'s *Locking* section has the details.
 //! - Hooks run on the thread that ended the session: the one that called
 //!   `delete`, `sweep` or `shutdown`, the request whose lookup found the session
-//!   expired or from the wrong address, or the background sweeper.
-//!
+//!   expired or from the wrong address, a `create` that evicted it, or the
+//!   background sweeper thread (`keyed-session-sweeper`), which can run inside
+//!   a tokio runtime with [`SessionsBuilder::tokio_handle`] (feature `tokio`).
+
 //! # Expiry
 //! Times are kept to the second. A lookup never returns an expired session: it
 //! ends it and refuses. Sessions nobody asks for are reclaimed by the
@@ -121,6 +136,7 @@
 //! | `serde` | yes | [`KeyBuilder::serde`]: `save` / `load` as JSON for serde types |
 //! | `axum` | no | [`integrations::axum`]: a tower `SessionLayer` and the `CurrentSession` / `RequestSession` extractors |
 //! | `http` | yes | [`http`]: cookie policy, `SessionManager::start`, `Set-Cookie` decisions (crates `http`, `cookie`) |
+//! | `tokio` | no (on with `axum`) | [`SessionsBuilder::tokio_handle`]: the background threads run inside a tokio runtime |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -146,7 +162,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{Event, RecvError, Subscription};
 /// Iterators of [`Subscription`].
 pub mod subscription {
-    pub use crate::events::IntoIter;
+    pub use crate::events::{IntoIter, Iter, TryIter};
 }
 pub use id::{IdGenerator, ParseIdError, RandomIds, SESSION_ID_LEN, SessionId};
 pub use key::{Key, KeyBuilder, LoadKey, LoadedValue};

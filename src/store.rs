@@ -1204,6 +1204,10 @@ impl StoreInner {
             return;
         }
         let mut slots = slots.upgrade();
+        if rec.ended().is_some() {
+            // A hook ended the session: its end takes every value, these too.
+            return;
+        }
         let dropped: Vec<_> = dropped_keys
             .into_iter()
             .filter_map(|k| slots.position(k).and_then(|i| slots.swap_remove(i)))

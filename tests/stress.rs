@@ -1,6 +1,8 @@
 //! Concurrency stress: threads create, read, update, renew and delete sessions
-//! while the background sweeper runs, the clock moves, hooks re-enter the store,
-//! some hooks panic and one subscriber never reads.
+//! (some from inside a value closure of the session itself), attach and detach
+//! clients whose `on_no_client` drops some values, while the background sweeper
+//! runs, snapshots are taken, the clock moves, hooks re-enter the store, some
+//! hooks panic and one subscriber never reads.
 //!
 //! The short run is part of the suite; the long one is
 //! `STRESS_SECS=600 cargo test --release --test stress -- --ignored`.
@@ -79,6 +81,7 @@ fn run(duration: Duration) {
                 panic!("a hook that panics ({})", t.n);
             }
         })
+        .on_no_client(|t| t.n % 3 != 0)
         .build();
     let counter_key: Key<u64> = Key::new("counter");
     let next = Arc::new(AtomicU64::new(1));
@@ -97,8 +100,13 @@ fn run(duration: Duration) {
         workers.push(thread::spawn(move || {
             // Each worker's own session, attached so that it never expires,
             // counts its updates: none may be lost, across renews.
-            let mine = sessions.create(None).unwrap();
-            let _client = mine.attach().unwrap();
+            // (A fresh session may be evicted before it is attached: then again.)
+            let (mine, _client) = loop {
+                let mine = sessions.create(None).unwrap();
+                if let Ok(client) = mine.attach() {
+                    break (mine, client);
+                }
+            };
             let mut updates = 0u64;
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -126,7 +134,7 @@ fn run(duration: Duration) {
                         ledger.refused.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                match (i + w) % 4 {
+                match (i + w) % 6 {
                     0 => {
                         sessions.delete(&s.id());
                     }
@@ -139,12 +147,39 @@ fn run(duration: Duration) {
                         let _ = sessions.renew(&s);
                         let _ = sessions.get(&s.id(), None);
                     }
+                    3 => {
+                        // Ended from inside a closure of the same session: the
+                        // hooks run when the closure returns.
+                        s.with(&token_key, |_| sessions.delete(&s.id()));
+                    }
+                    4 => {
+                        // The last client leaves: on_no_client may drop the value.
+                        if let Ok(guard) = s.attach() {
+                            drop(guard);
+                        }
+                    }
                     _ => {} // left to expire or be evicted
                 }
             }
             assert_eq!(mine.get(&counter_key), Some(updates), "lost updates");
         }));
     }
+    let snapshots = {
+        let (sessions, stop) = (sessions.clone(), Arc::clone(&stop));
+        thread::spawn(move || {
+            let dir =
+                std::env::temp_dir().join(format!("keyed-session-stress-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut taken = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                sessions.save_to(dir.join("stress.snap")).unwrap();
+                taken += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            std::fs::remove_dir_all(&dir).unwrap();
+            taken
+        })
+    };
     let ticker = {
         let (clock, stop) = (clock.clone(), Arc::clone(&stop));
         thread::spawn(move || {
@@ -165,6 +200,7 @@ fn run(duration: Duration) {
             w.join().expect("worker failed");
         }
         ticker.join().unwrap();
+        assert!(snapshots.join().unwrap() > 0);
         let _ = done_tx.send(());
     });
     done_rx
