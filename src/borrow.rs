@@ -18,7 +18,7 @@
 //! Two threads each waiting for the session the other one holds is a lock-order
 //! inversion no bookkeeping of one thread can see; the crate docs state the rule.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ops::{Deref, DerefMut};
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
@@ -34,9 +34,20 @@ pub(crate) enum Mode {
 
 type Job = Box<dyn FnOnce()>;
 
+/// How many holds are kept inline; deeper nesting (rare) spills into a vector.
+const INLINE: usize = 8;
+
 thread_local! {
-    /// The locks this thread holds, by address, innermost last.
-    static HELD: RefCell<Vec<(usize, Mode)>> = const { RefCell::new(Vec::new()) };
+    /// The locks this thread holds, innermost last: the lock's address with
+    /// the low bit set for an exclusive hold (locks are at least 2-aligned).
+    /// Plain cells, no destructor: the request path pays a few loads.
+    static HELD: [Cell<usize>; INLINE] = const { [const { Cell::new(0) }; INLINE] };
+    static HELD_LEN: Cell<usize> = const { Cell::new(0) };
+    /// Holds beyond the first `INLINE`.
+    static SPILLED: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    /// How many deferred jobs wait, so that releasing a lock looks at
+    /// `DEFERRED` only when there is something in it.
+    static PENDING: Cell<usize> = const { Cell::new(0) };
     /// Work on a lock this thread holds, to run when it lets go of it.
     static DEFERRED: RefCell<Vec<(usize, Job)>> = const { RefCell::new(Vec::new()) };
 }
@@ -45,27 +56,43 @@ fn addr<T>(lock: &RwLock<T>) -> usize {
     std::ptr::from_ref(lock) as usize
 }
 
+const EXCLUSIVE: usize = 1;
+
+/// Calls `f` on each hold of this thread, innermost first, until it says stop.
+fn any_hold(mut f: impl FnMut(usize) -> bool) -> bool {
+    let len = HELD_LEN.get();
+    if len > INLINE && SPILLED.with_borrow(|v| v.iter().rev().any(|&e| f(e))) {
+        return true;
+    }
+    HELD.with(|held| held[..len.min(INLINE)].iter().rev().any(|e| f(e.get())))
+}
+
 /// How the current thread holds `lock`, if it does (the strongest hold).
+#[inline]
 pub(crate) fn held<T>(lock: &RwLock<T>) -> Option<Mode> {
+    if HELD_LEN.get() == 0 {
+        return None;
+    }
     let at = addr(lock);
-    HELD.with_borrow(|held| {
-        let mut found = None;
-        for &(a, mode) in held.iter() {
-            if a == at {
-                if mode == Mode::Exclusive {
-                    return Some(Mode::Exclusive);
-                }
-                found = Some(mode);
+    let mut found = None;
+    any_hold(|entry| {
+        if entry & !EXCLUSIVE == at {
+            if entry & EXCLUSIVE != 0 {
+                found = Some(Mode::Exclusive);
+                return true;
             }
+            found = Some(Mode::Shared);
         }
-        found
-    })
+        false
+    });
+    found
 }
 
 /// Runs `job` when the current thread lets go of `lock` (which it holds).
 pub(crate) fn defer<T>(lock: &RwLock<T>, job: impl FnOnce() + 'static) {
     let at = addr(lock);
     DEFERRED.with_borrow_mut(|d| d.push((at, Box::new(job))));
+    PENDING.set(PENDING.get() + 1);
 }
 
 fn reentry(what: &str) -> ! {
@@ -83,47 +110,108 @@ struct Track {
 }
 
 impl Track {
+    #[inline]
     fn new(at: usize, mode: Mode) -> Self {
-        HELD.with_borrow_mut(|held| held.push((at, mode)));
+        let entry = at
+            | if mode == Mode::Exclusive {
+                EXCLUSIVE
+            } else {
+                0
+            };
+        let len = HELD_LEN.get();
+        if len < INLINE {
+            HELD.with(|held| held[len].set(entry));
+        } else {
+            SPILLED.with_borrow_mut(|v| v.push(entry));
+        }
+        HELD_LEN.set(len + 1);
         Track { at }
     }
 
+    /// Marks this thread's innermost hold of the lock exclusive.
     fn upgrade(&self) {
-        HELD.with_borrow_mut(|held| {
-            if let Some(entry) = held.iter_mut().rev().find(|(a, _)| *a == self.at) {
-                entry.1 = Mode::Exclusive;
+        let len = HELD_LEN.get();
+        if len > INLINE {
+            let done = SPILLED.with_borrow_mut(|v| {
+                let hit = v.iter_mut().rev().find(|e| **e & !EXCLUSIVE == self.at);
+                hit.map(|e| *e |= EXCLUSIVE).is_some()
+            });
+            if done {
+                return;
+            }
+        }
+        HELD.with(|held| {
+            if let Some(e) = held[..len.min(INLINE)]
+                .iter()
+                .rev()
+                .find(|e| e.get() & !EXCLUSIVE == self.at)
+            {
+                e.set(e.get() | EXCLUSIVE);
             }
         });
+    }
+
+    /// Forgets the innermost hold of this lock (holds are released in any
+    /// order when guards are dropped out of order, so not always the last).
+    #[inline]
+    fn forget(&self) {
+        let len = HELD_LEN.get();
+        if len <= INLINE && HELD.with(|held| held[len - 1].get()) & !EXCLUSIVE == self.at {
+            HELD_LEN.set(len - 1);
+            return;
+        }
+        self.forget_slowly(len);
+    }
+
+    #[cold]
+    fn forget_slowly(&self, len: usize) {
+        let mut list: Vec<usize> = Vec::new();
+        // The slow path: rebuild the list without the innermost match.
+        HELD.with(|held| list.extend(held[..len.min(INLINE)].iter().map(Cell::get)));
+        if len > INLINE {
+            SPILLED.with_borrow_mut(|v| list.append(v));
+        }
+        if let Some(i) = list.iter().rposition(|e| e & !EXCLUSIVE == self.at) {
+            list.remove(i);
+        }
+        HELD.with(|held| {
+            for (slot, e) in held.iter().zip(&list) {
+                slot.set(*e);
+            }
+        });
+        if list.len() > INLINE {
+            SPILLED.with_borrow_mut(|v| v.extend_from_slice(&list[INLINE..]));
+        }
+        HELD_LEN.set(list.len());
     }
 }
 
 impl Drop for Track {
+    #[inline]
     fn drop(&mut self) {
-        let still_held = HELD.with_borrow_mut(|held| {
-            if let Some(i) = held.iter().rposition(|(a, _)| *a == self.at) {
-                held.remove(i);
-            }
-            held.iter().any(|(a, _)| *a == self.at)
-        });
-        if still_held {
+        self.forget();
+        if PENDING.get() == 0 || held_addr(self.at) {
             return;
         }
         // The lock itself was released before this runs (the guard is the
         // first field of `Borrowed`), so the jobs may take it.
         let jobs: Vec<Job> = DEFERRED.with_borrow_mut(|d| {
-            if d.is_empty() {
-                return Vec::new();
-            }
             let (mine, rest) = std::mem::take(d)
                 .into_iter()
                 .partition(|(a, _)| *a == self.at);
             *d = rest;
             mine.into_iter().map(|(_, job)| job).collect()
         });
+        PENDING.set(PENDING.get() - jobs.len());
         for job in jobs {
             job();
         }
     }
+}
+
+#[inline]
+fn held_addr(at: usize) -> bool {
+    HELD_LEN.get() != 0 && any_hold(|e| e & !EXCLUSIVE == at)
 }
 
 /// A lock guard together with this thread's record of holding it.
@@ -149,6 +237,7 @@ impl<G: DerefMut> DerefMut for Borrowed<G> {
 
 /// Shared access: recursive when this thread already reads `lock`; a panic
 /// naming `what` when it writes it.
+#[inline]
 pub(crate) fn read<'a, T>(lock: &'a RwLock<T>, what: &str) -> Borrowed<RwLockReadGuard<'a, T>> {
     let guard = match held(lock) {
         None => lock.read(),
@@ -162,6 +251,7 @@ pub(crate) fn read<'a, T>(lock: &'a RwLock<T>, what: &str) -> Borrowed<RwLockRea
 }
 
 /// Exclusive access; a panic naming `what` when this thread already holds `lock`.
+#[inline]
 pub(crate) fn write<'a, T>(lock: &'a RwLock<T>, what: &str) -> Borrowed<RwLockWriteGuard<'a, T>> {
     if held(lock).is_some() {
         reentry(what);
@@ -230,7 +320,7 @@ mod tests {
             let ran = Rc::clone(&ran);
             let lock_addr = addr(&lock);
             defer(&lock, move || {
-                assert!(!HELD.with_borrow(|h| h.iter().any(|(a, _)| *a == lock_addr)));
+                assert!(!held_addr(lock_addr));
                 ran.set(ran.get() + 1);
             });
         }
@@ -239,6 +329,36 @@ mod tests {
         assert_eq!(ran.get(), 1);
         // The lock is free again: the deferred job could have taken it.
         assert!(lock.try_write().is_some());
+    }
+
+    #[test]
+    fn deep_nesting_spills_and_comes_back() {
+        let locks: Vec<RwLock<u32>> = (0..20).map(RwLock::new).collect();
+        let guards: Vec<_> = locks.iter().map(|l| read(l, "read")).collect();
+        for l in &locks {
+            assert_eq!(held(l), Some(Mode::Shared));
+        }
+        let extra = RwLock::new(0);
+        let inner = write(&extra, "x");
+        assert_eq!(held(&extra), Some(Mode::Exclusive));
+        drop(inner);
+        drop(guards);
+        for l in &locks {
+            assert_eq!(held(l), None);
+        }
+        assert_eq!(HELD_LEN.get(), 0);
+    }
+
+    #[test]
+    fn out_of_order_release_forgets_the_right_hold() {
+        let (a, b) = (RwLock::new(()), RwLock::new(()));
+        let ga = write(&a, "a");
+        let gb = read(&b, "b");
+        drop(ga);
+        assert_eq!(held(&a), None);
+        assert_eq!(held(&b), Some(Mode::Shared));
+        drop(gb);
+        assert_eq!(HELD_LEN.get(), 0);
     }
 
     #[test]
