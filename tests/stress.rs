@@ -111,7 +111,13 @@ fn run(duration: Duration) {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                mine.update(&counter_key, || 0, |n| *n += 1).unwrap();
+                if mine.update(&counter_key, || 0, |n| *n += 1).is_err() {
+                    panic!(
+                        "a worker's attached session ended: {:?} ({} clients)",
+                        mine.end_reason(),
+                        mine.clients()
+                    );
+                }
                 updates += 1;
                 if i % 97 == 0 {
                     sessions.renew(&mine).unwrap();
