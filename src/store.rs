@@ -780,8 +780,8 @@ impl StoreInner {
                 break;
             }
             match self.eviction_victim() {
-                Some(victim) => {
-                    self.end(&victim, EndReason::Evicted);
+                Some((attached, victim)) => {
+                    self.evict(&victim, attached);
                 }
                 None => break,
             }
@@ -813,11 +813,12 @@ impl StoreInner {
                 }
                 list.iter()
                     .filter_map(Weak::upgrade)
-                    .min_by_key(|r| recheck_at(r, now))
+                    .min_by_key(|r| (r.clients() > 0, recheck_at(r, now)))
             };
             match victim {
                 Some(victim) => {
-                    self.end(&victim, EndReason::Evicted);
+                    let attached = victim.clients() > 0;
+                    self.evict(&victim, attached);
                 }
                 None => break,
             }
@@ -842,7 +843,7 @@ impl StoreInner {
 
     /// The session to evict: over all shards, the one whose expiry is nearest
     /// (attached sessions count as just used).
-    fn eviction_victim(&self) -> Option<Arc<Record>> {
+    fn eviction_victim(&self) -> Option<(bool, Arc<Record>)> {
         let now = self.now();
         // The nearest-to-expiry session without a client; failing that, the
         // nearest with one. Sessions with clients count as just used, so they
@@ -875,7 +876,7 @@ impl StoreInner {
                 }
             }
         }
-        best.map(|(_, _, rec)| rec)
+        best.map(|(attached, _, rec)| (attached, rec))
     }
 
     fn get(&self, id: &SessionId, peer: Option<IpAddr>) -> Result<Arc<Record>, Refused> {
@@ -925,18 +926,36 @@ impl StoreInner {
     }
 
     /// Attaches a client unless the session has ended or expired; `false` then.
+    /// The count is taken under the session's shard lock (read), so that an
+    /// eviction, which checks the count under the same lock (write), either
+    /// sees the client or ends the session before it is attached.
     pub(crate) fn attach(&self, rec: &Arc<Record>) -> bool {
         if !self.alive(rec, self.now()) {
             return false;
         }
-        rec.add_client();
-        if rec.ended().is_some() {
-            // Ended between the check and the count: take the count back without
-            // running the no-client hooks of a session that is gone.
-            rec.remove_client();
-            return false;
+        loop {
+            let id = rec.id();
+            let shard = self.shard(&id).read();
+            if shard.holds(rec) {
+                rec.add_client();
+                return true;
+            }
+            drop(shard);
+            // A renew may have moved it between the read of the id and the lock.
+            if rec.id() == id {
+                return false;
+            }
         }
-        true
+    }
+
+    /// Ends `rec` as evicted. A victim chosen without a client (the choice is
+    /// made without the lock) is ended only if it still has none: checked and
+    /// claimed under the shard's write lock, so a concurrent `attach` is
+    /// either seen or refused, and a session that just got a client is spared.
+    fn evict(&self, rec: &Arc<Record>, attached: bool) -> bool {
+        self.end_if(rec, EndReason::Evicted, |rec| {
+            attached || rec.clients() == 0
+        })
     }
 
     /// Ends the session for `reason` unless something else ended it first: takes
@@ -944,9 +963,17 @@ impl StoreInner {
     /// with no lock held, runs every value's `on_delete` and sends
     /// [`Event::End`]. `false` when the session was already gone.
     pub(crate) fn end(&self, rec: &Arc<Record>, reason: EndReason) -> bool {
+        self.end_if(rec, reason, |_| true)
+    }
+
+    /// [`end`](Self::end), when `may` still holds under the shard's write lock.
+    fn end_if(&self, rec: &Arc<Record>, reason: EndReason, may: impl Fn(&Record) -> bool) -> bool {
         loop {
             let id = rec.id();
             let mut shard = self.shard(&id).write();
+            if !may(rec) {
+                return false;
+            }
             if shard.remove(rec) {
                 rec.mark_ended(reason);
                 break;

@@ -113,9 +113,12 @@ fn run(duration: Duration) {
                 i += 1;
                 if mine.update(&counter_key, || 0, |n| *n += 1).is_err() {
                     panic!(
-                        "a worker's attached session ended: {:?} ({} clients)",
+                        "a worker's attached session ended: {:?} ({} clients); store: {} counted, {} iterated, {:?}",
                         mine.end_reason(),
-                        mine.clients()
+                        mine.clients(),
+                        sessions.len(),
+                        sessions.iter().count(),
+                        sessions.stats(),
                     );
                 }
                 updates += 1;
