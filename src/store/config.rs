@@ -112,7 +112,9 @@ pub enum WhenFull {
     ///
     /// Precisely, the victim is the session whose expiry is nearest, sessions with
     /// an attached client counting as just used and going only after every
-    /// session without a client (looked for among the next few in each shard). With one idle timeout for all
+    /// session without a client (looked for among the next few in each shard);
+    /// a victim chosen without a client that gets one before it is ended is
+    /// spared. With one idle timeout for all
     /// sessions that is the least recently used one; a session about to hit its
     /// absolute timeout or a shorter per-session timeout goes first, as it has the
     /// least life left.
