@@ -653,7 +653,7 @@ impl StoreInner {
         if let (Some(map), Some(peer)) = (&self.per_ip, rec.peer()) {
             let mut map = map.lock();
             let list = map.entry(per_ip_key(peer)).or_default();
-            list.retain(|w| w.strong_count() > 0);
+            list.retain(|w| w.upgrade().is_some_and(|r| r.ended().is_none()));
             if self
                 .config
                 .max_per_ip
@@ -803,7 +803,8 @@ impl StoreInner {
             let victim = {
                 let mut map = map.lock();
                 let list = map.entry(key).or_default();
-                list.retain(|w| w.strong_count() > 0);
+                // Ended sessions whose hooks are still running count no more.
+                list.retain(|w| w.upgrade().is_some_and(|r| r.ended().is_none()));
                 if list.len() < limit {
                     list.push(Arc::downgrade(rec));
                     return Ok(true);
@@ -976,6 +977,7 @@ impl StoreInner {
             }
             if shard.remove(rec) {
                 rec.mark_ended(reason);
+                self.len.fetch_sub(1, Ordering::AcqRel);
                 break;
             }
             drop(shard);
@@ -989,12 +991,14 @@ impl StoreInner {
     }
 
     /// The part of ending that runs outside the shard lock, once the session was
-    /// claimed and marked ended: the counts at once, then the values. When this
+    /// claimed, marked ended and uncounted (all three under the shard lock, so
+    /// that `len` never counts sessions that are out of the table: a batch of
+    /// expired sessions whose hooks are still to run must not make the store
+    /// look full): the per-address list at once, then the values. When this
     /// thread holds the session's value lock (the end was called from inside a
     /// value closure or a `save` hook of that session), the values are released
     /// when that borrow ends, on this thread.
     fn finish_end(&self, rec: &Arc<Record>, reason: EndReason) {
-        self.len.fetch_sub(1, Ordering::AcqRel);
         self.forget_peer(rec);
         bump(&self.counters.ended[reason.index()]);
         self.waiters.wake(rec);
@@ -1067,6 +1071,7 @@ impl StoreInner {
                         Some(reason) => {
                             shard.remove(&rec);
                             rec.mark_ended(reason);
+                            self.len.fetch_sub(1, Ordering::AcqRel);
                             expired.push((rec, reason));
                         }
                         None => shard.heap.push(Due {
@@ -1186,10 +1191,15 @@ impl StoreInner {
         }
         let mut ended = 0;
         for shard in self.shards.iter() {
-            let recs = shard.write().drain();
-            for rec in &recs {
-                rec.mark_ended(EndReason::Shutdown);
-            }
+            let recs = {
+                let mut shard = shard.write();
+                let recs = shard.drain();
+                for rec in &recs {
+                    rec.mark_ended(EndReason::Shutdown);
+                }
+                self.len.fetch_sub(recs.len(), Ordering::AcqRel);
+                recs
+            };
             ended += recs.len();
             for rec in recs {
                 self.finish_end(&rec, EndReason::Shutdown);

@@ -530,3 +530,31 @@ fn expiry_heaps_stay_bounded_in_every_sweeper_mode() {
         assert_eq!(s.end_reason(), Some(EndReason::IdleExpired));
     }
 }
+
+/// Regression (found by the long stress run): sessions taken out of the table
+/// by a sweep were still counted until their hooks had run, so a hook (or any
+/// thread) creating a session meanwhile found the store full, and under
+/// eviction ended a session with a client attached, the only ones left.
+#[test]
+fn sessions_being_ended_do_not_count_against_the_limit() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock).max_sessions(3).build();
+    let store = sessions.clone();
+    let made = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let m = std::sync::Arc::clone(&made);
+    let key = Key::<u8>::builder("replaced")
+        .on_delete(move |_, _| m.lock().push(store.create(None).map(|s| s.id())))
+        .build();
+    for _ in 0..3 {
+        sessions.create(None).unwrap().set(&key, 1).unwrap();
+    }
+    clock.advance(secs(61));
+    assert_eq!(sessions.sweep(), 3);
+    let made = made.lock().clone();
+    assert_eq!(made.len(), 3);
+    assert!(
+        made.iter().all(Result::is_ok),
+        "a hook found the store full: {made:?}"
+    );
+    assert_eq!(sessions.len(), 3);
+}
