@@ -965,7 +965,7 @@ impl TrustedProxies {
         let addr = addr.to_canonical();
         self.nets
             .iter()
-            .any(|&(net, len)| crate::store::same_prefix(net, addr, len, len))
+            .any(|&(net, len)| crate::net::same_prefix(net, addr, len, len))
     }
 
     /// The client address of a request that came from `direct` with `headers`.

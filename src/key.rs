@@ -328,17 +328,32 @@ pub(crate) trait ErasedSlot: Send + Sync {
     fn delete(self: Box<Self>, ctx: &DeleteContext);
     /// Writes the value with the key's `save` hook; `None` when it has none.
     fn save(&self, out: &mut dyn Write) -> Option<io::Result<()>>;
-    /// The slots inside, when this is the container of a session's values
-    /// (see `session::Slots`); `None` for a value.
-    fn many(&self) -> Option<&Vec<Box<dyn ErasedSlot>>> {
+    /// The value as what a session's value slot holds (no allocation).
+    fn into_holder(self: Box<Self>) -> Box<dyn Holder>;
+}
+
+/// What a session's value slot holds: one value (a key's typed slot), or the
+/// container of two or more (see `slots`). Values and the container are
+/// different things: only a value has a key.
+pub(crate) trait Holder: Send + Sync {
+    /// The value, when this holds exactly one.
+    fn one(&self) -> Option<&dyn ErasedSlot> {
         None
     }
-    /// Mutable [`many`](Self::many).
+    /// Mutable [`one`](Self::one).
+    fn one_mut(&mut self) -> Option<&mut (dyn ErasedSlot + 'static)> {
+        None
+    }
+    /// The values, when this is the container (empty otherwise).
+    fn many(&self) -> &[Box<dyn ErasedSlot>] {
+        &[]
+    }
+    /// The container's vector, when this is the container.
     fn many_mut(&mut self) -> Option<&mut Vec<Box<dyn ErasedSlot>>> {
         None
     }
-    /// The slots inside a container, or the value itself back.
-    fn into_many(self: Box<Self>) -> Result<Vec<Box<dyn ErasedSlot>>, Box<dyn ErasedSlot>>;
+    /// The one value, or the container's values.
+    fn split(self: Box<Self>) -> Result<Box<dyn ErasedSlot>, Vec<Box<dyn ErasedSlot>>>;
 }
 
 /// Takes the value out of a slot of key type `T` (no allocation).
@@ -352,6 +367,20 @@ pub(crate) fn take_value<T: Send + Sync + 'static>(slot: Box<dyn ErasedSlot>) ->
 struct TypedSlot<T> {
     key: Arc<KeyInner<T>>,
     value: T,
+}
+
+impl<T: Send + Sync + 'static> Holder for TypedSlot<T> {
+    fn one(&self) -> Option<&dyn ErasedSlot> {
+        Some(self)
+    }
+
+    fn one_mut(&mut self) -> Option<&mut (dyn ErasedSlot + 'static)> {
+        Some(self)
+    }
+
+    fn split(self: Box<Self>) -> Result<Box<dyn ErasedSlot>, Vec<Box<dyn ErasedSlot>>> {
+        Ok(self)
+    }
 }
 
 impl<T: Send + Sync + 'static> ErasedSlot for TypedSlot<T> {
@@ -390,8 +419,8 @@ impl<T: Send + Sync + 'static> ErasedSlot for TypedSlot<T> {
         self.key.save.as_ref().map(|save| save(&self.value, out))
     }
 
-    fn into_many(self: Box<Self>) -> Result<Vec<Box<dyn ErasedSlot>>, Box<dyn ErasedSlot>> {
-        Err(self)
+    fn into_holder(self: Box<Self>) -> Box<dyn Holder> {
+        self
     }
 
     fn delete(self: Box<Self>, ctx: &DeleteContext) {

@@ -153,9 +153,11 @@ mod id;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod integrations;
 mod key;
+mod net;
 pub mod persist;
 mod reason;
 mod session;
+mod slots;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -166,11 +168,10 @@ pub mod subscription {
 }
 pub use id::{IdGenerator, ParseIdError, RandomIds, SESSION_ID_LEN, SessionId};
 pub use key::{Key, KeyBuilder, LoadKey, LoadedValue};
+pub use net::IpBinding;
 pub use reason::{DeleteCause, DeleteContext, EndReason};
 pub use session::{ClientGuard, Ended, Session, SessionEnded};
-pub use store::{
-    CreateError, IpBinding, Iter, Refused, Sessions, SessionsBuilder, Stats, Sweeper, WhenFull,
-};
+pub use store::{CreateError, Iter, Refused, Sessions, SessionsBuilder, Stats, Sweeper, WhenFull};
 
 /// The README's examples, compiled and run as doctests (they use every feature).
 #[cfg(all(doctest, feature = "axum", feature = "serde"))]

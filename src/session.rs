@@ -1,9 +1,7 @@
 //! One live session: its record in the store, the `Session` handle and client guards.
 
-use std::any::Any;
 use std::fmt;
 use std::future::Future;
-use std::io::{self, Write};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,169 +13,10 @@ use parking_lot::RwLock;
 
 use crate::borrow;
 use crate::clock::{NEVER, timeout_secs};
-use crate::key::{ErasedSlot, Key, take_value};
-use crate::reason::DeleteContext;
+use crate::key::{Key, take_value};
+use crate::slots::Slots;
 use crate::store::StoreInner;
 use crate::{EndReason, SessionId};
-
-/// The values of one session, in 16 bytes: nothing, the one value's slot
-/// itself, or (from two values on) a [`Many`] container holding a short vector
-/// that is scanned linearly (sessions hold a handful of values; a scan beats
-/// hashing and costs less memory). The common one-value session thus needs no
-/// allocation besides the value's own, and a lookup follows one pointer less.
-#[derive(Default)]
-pub(crate) struct Slots(Option<Box<dyn ErasedSlot>>);
-
-/// The container of two or more values; never seen outside [`Slots`].
-struct Many(Vec<Box<dyn ErasedSlot>>);
-
-impl ErasedSlot for Many {
-    fn key_id(&self) -> u64 {
-        // Key ids count up from 1 and never reach this.
-        u64::MAX
-    }
-
-    fn key_name(&self) -> &str {
-        ""
-    }
-
-    fn value(&self) -> &dyn Any {
-        &self.0
-    }
-
-    fn value_mut(&mut self) -> &mut dyn Any {
-        &mut self.0
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
-    }
-
-    fn has_no_client_hook(&self) -> bool {
-        false
-    }
-
-    fn keep_without_client(&self) -> bool {
-        true
-    }
-
-    fn delete(self: Box<Self>, ctx: &DeleteContext) {
-        for slot in self.0 {
-            slot.delete(ctx);
-        }
-    }
-
-    fn save(&self, _out: &mut dyn Write) -> Option<io::Result<()>> {
-        None
-    }
-
-    fn many(&self) -> Option<&Vec<Box<dyn ErasedSlot>>> {
-        Some(&self.0)
-    }
-
-    fn many_mut(&mut self) -> Option<&mut Vec<Box<dyn ErasedSlot>>> {
-        Some(&mut self.0)
-    }
-
-    fn into_many(self: Box<Self>) -> Result<Vec<Box<dyn ErasedSlot>>, Box<dyn ErasedSlot>> {
-        Ok(self.0)
-    }
-}
-
-impl Slots {
-    /// The one value, or the container's vector, as a slice.
-    fn as_slice(&self) -> &[Box<dyn ErasedSlot>] {
-        match &self.0 {
-            None => &[],
-            Some(slot) => match slot.many() {
-                Some(many) => many,
-                None => std::slice::from_ref(slot),
-            },
-        }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [Box<dyn ErasedSlot>] {
-        match &mut self.0 {
-            None => &mut [],
-            Some(slot) => {
-                if slot.many().is_some() {
-                    match slot.many_mut() {
-                        Some(many) => many,
-                        None => &mut [],
-                    }
-                } else {
-                    std::slice::from_mut(slot)
-                }
-            }
-        }
-    }
-
-    pub(crate) fn position(&self, key_id: u64) -> Option<usize> {
-        self.as_slice().iter().position(|s| s.key_id() == key_id)
-    }
-
-    pub(crate) fn push(&mut self, slot: Box<dyn ErasedSlot>) {
-        self.0 = Some(match self.0.take() {
-            None => slot,
-            Some(existing) => match existing.into_many() {
-                Ok(mut many) => {
-                    many.push(slot);
-                    Box::new(Many(many))
-                }
-                Err(single) => Box::new(Many(vec![single, slot])),
-            },
-        });
-    }
-
-    /// Takes out the value at `i` (as given by [`position`](Self::position)).
-    pub(crate) fn swap_remove(&mut self, i: usize) -> Option<Box<dyn ErasedSlot>> {
-        let existing = self.0.take()?;
-        match existing.into_many() {
-            Err(single) => {
-                if i == 0 {
-                    Some(single)
-                } else {
-                    self.0 = Some(single);
-                    None
-                }
-            }
-            Ok(mut many) => {
-                let taken = (i < many.len()).then(|| many.swap_remove(i));
-                self.0 = match many.len() {
-                    0 => None,
-                    1 => many.pop(),
-                    _ => Some(Box::new(Many(many))),
-                };
-                taken
-            }
-        }
-    }
-
-    /// Takes every value out, leaving the session empty.
-    pub(crate) fn take_all(&mut self) -> Vec<Box<dyn ErasedSlot>> {
-        match self.0.take().map(ErasedSlot::into_many) {
-            None => Vec::new(),
-            Some(Ok(many)) => many,
-            Some(Err(single)) => vec![single],
-        }
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &dyn ErasedSlot> {
-        self.as_slice().iter().map(|s| &**s)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-
-    fn get(&self, i: usize) -> Option<&dyn ErasedSlot> {
-        self.as_slice().get(i).map(|s| &**s)
-    }
-
-    fn get_mut(&mut self, i: usize) -> Option<&mut Box<dyn ErasedSlot>> {
-        self.as_mut_slice().get_mut(i)
-    }
-}
 
 /// What the store keeps for one session. Times are whole seconds since the
 /// store's epoch (see `clock::Epoch`). 80 bytes, 96 with its `Arc` header on
@@ -453,8 +292,11 @@ impl Session {
             return Err(SessionEnded(value));
         }
         let new = key.slot(value);
-        match slots.position(key.id()).and_then(|i| slots.get_mut(i)) {
-            Some(old) => Ok(take_value(std::mem::replace(old, new))),
+        match slots.position(key.id()) {
+            Some(i) => match slots.replace(i, new) {
+                Ok(old) => Ok(take_value(old)),
+                Err(new) => Err(SessionEnded(take_value(new).expect("a slot of this key"))),
+            },
             None => {
                 slots.push(new);
                 Ok(None)
@@ -780,42 +622,6 @@ mod tests {
     fn record_stays_small() {
         let size = std::mem::size_of::<Record>();
         assert!(size <= 80, "Record grew to {size} bytes");
-    }
-
-    #[test]
-    fn slots_move_between_one_and_many() {
-        let keys: Vec<Key<u32>> = (0..3).map(|i| Key::new(format!("k{i}"))).collect();
-        let mut slots = Slots::default();
-        assert_eq!(slots.len(), 0);
-        for (i, key) in keys.iter().enumerate() {
-            slots.push(key.slot(i as u32));
-            assert_eq!(slots.len(), i + 1);
-        }
-        for (i, key) in keys.iter().enumerate() {
-            let at = slots.position(key.id()).unwrap();
-            let v = slots.get(at).unwrap().value().downcast_ref::<u32>();
-            assert_eq!(v, Some(&(i as u32)));
-        }
-        // Back down to one value (no container) and to none.
-        let at = slots.position(keys[0].id()).unwrap();
-        assert!(slots.swap_remove(at).is_some());
-        let at = slots.position(keys[2].id()).unwrap();
-        assert!(slots.swap_remove(at).is_some());
-        assert_eq!(slots.len(), 1);
-        assert!(
-            slots.0.as_ref().unwrap().many().is_none(),
-            "one value is held directly"
-        );
-        assert!(slots.swap_remove(5).is_none());
-        assert_eq!(slots.len(), 1, "an index past the end takes nothing");
-        let at = slots.position(keys[1].id()).unwrap();
-        assert!(slots.swap_remove(at).is_some());
-        assert!(slots.0.is_none());
-        assert!(slots.take_all().is_empty());
-        slots.push(keys[0].slot(7));
-        slots.push(keys[1].slot(8));
-        assert_eq!(slots.take_all().len(), 2);
-        assert_eq!(slots.len(), 0);
     }
 
     #[test]

@@ -16,19 +16,18 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, ReentrantMutex, RwLock};
 
-#[cfg(feature = "http")]
-pub(crate) use config::same_prefix;
-pub use config::{IpBinding, SessionsBuilder, Sweeper, WhenFull};
+pub use config::{SessionsBuilder, Sweeper, WhenFull};
 
 use crate::borrow;
 use crate::clock::{Clock, Epoch, NEVER};
 use crate::events::{Broadcaster, Event, Subscription};
 use crate::id::IdGenerator;
 use crate::key::ErasedSlot;
+use crate::net::{IpBinding, per_ip_key};
 use crate::reason::{DeleteCause, DeleteContext};
 use crate::session::{Record, Session};
 use crate::{EndReason, SessionId};
-use config::{Config, ThreadContext, per_ip_key};
+use config::{Config, ThreadContext};
 use notify::InFlight;
 pub(crate) use notify::Waiters;
 use shard::{Due, Shard};

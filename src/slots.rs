@@ -1,0 +1,193 @@
+//! The values of one session, in 16 bytes: nothing, the one value's slot
+//! itself, or (from two values on) a container holding a short vector that is
+//! scanned linearly (sessions hold a handful of values; a scan beats hashing and
+//! costs less memory). The common one-value session thus needs no allocation
+//! besides the value's own, and a lookup follows one pointer less.
+
+use crate::key::{ErasedSlot, Holder};
+
+/// A session's values.
+#[derive(Default)]
+pub(crate) struct Slots(Option<Box<dyn Holder>>);
+
+/// The container of two or more values; never seen outside [`Slots`].
+struct Many(Vec<Box<dyn ErasedSlot>>);
+
+impl Holder for Many {
+    fn many(&self) -> &[Box<dyn ErasedSlot>] {
+        &self.0
+    }
+
+    fn many_mut(&mut self) -> Option<&mut Vec<Box<dyn ErasedSlot>>> {
+        Some(&mut self.0)
+    }
+
+    fn split(self: Box<Self>) -> Result<Box<dyn ErasedSlot>, Vec<Box<dyn ErasedSlot>>> {
+        Err(self.0)
+    }
+}
+
+impl Slots {
+    /// Builds the slot holder for `values` (none, one, or a container).
+    fn hold(mut values: Vec<Box<dyn ErasedSlot>>) -> Option<Box<dyn Holder>> {
+        match values.len() {
+            0 => None,
+            1 => values.pop().map(ErasedSlot::into_holder),
+            _ => Some(Box::new(Many(values))),
+        }
+    }
+
+    /// Every value, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &dyn ErasedSlot> {
+        let holder = self.0.as_deref();
+        let one = holder.and_then(Holder::one);
+        let many = holder.map_or(&[][..], Holder::many);
+        one.into_iter().chain(many.iter().map(|s| &**s))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self.0.as_deref() {
+            None => 0,
+            Some(h) if h.one().is_some() => 1,
+            Some(h) => h.many().len(),
+        }
+    }
+
+    pub(crate) fn position(&self, key_id: u64) -> Option<usize> {
+        self.iter().position(|s| s.key_id() == key_id)
+    }
+
+    pub(crate) fn get(&self, i: usize) -> Option<&dyn ErasedSlot> {
+        self.iter().nth(i)
+    }
+
+    pub(crate) fn get_mut(&mut self, i: usize) -> Option<&mut (dyn ErasedSlot + 'static)> {
+        let holder = self.0.as_deref_mut()?;
+        if holder.one().is_some() {
+            return if i == 0 { holder.one_mut() } else { None };
+        }
+        holder
+            .many_mut()
+            .and_then(|many| many.get_mut(i))
+            .map(|s| &mut **s)
+    }
+
+    pub(crate) fn push(&mut self, slot: Box<dyn ErasedSlot>) {
+        self.0 = Some(match self.0.take().map(Holder::split) {
+            None => slot.into_holder(),
+            Some(Ok(single)) => Box::new(Many(vec![single, slot])),
+            Some(Err(mut many)) => {
+                many.push(slot);
+                Box::new(Many(many))
+            }
+        });
+    }
+
+    /// Puts `slot` at `i` (as given by [`position`](Self::position)) and hands
+    /// back the value it replaces; `slot` itself when there is no such place.
+    pub(crate) fn replace(
+        &mut self,
+        i: usize,
+        slot: Box<dyn ErasedSlot>,
+    ) -> Result<Box<dyn ErasedSlot>, Box<dyn ErasedSlot>> {
+        let single = self.0.as_deref().is_some_and(|h| h.one().is_some());
+        if single {
+            if i != 0 {
+                return Err(slot);
+            }
+            return match self.0.take().map(Holder::split) {
+                Some(Ok(old)) => {
+                    self.0 = Some(slot.into_holder());
+                    Ok(old)
+                }
+                Some(Err(values)) => {
+                    self.0 = Self::hold(values);
+                    Err(slot)
+                }
+                None => Err(slot),
+            };
+        }
+        match self.0.as_deref_mut().and_then(Holder::many_mut) {
+            Some(many) => match many.get_mut(i) {
+                Some(old) => Ok(std::mem::replace(old, slot)),
+                None => Err(slot),
+            },
+            None => Err(slot),
+        }
+    }
+
+    /// Takes out the value at `i` (as given by [`position`](Self::position)).
+    pub(crate) fn swap_remove(&mut self, i: usize) -> Option<Box<dyn ErasedSlot>> {
+        let mut values = self.take_all();
+        let taken = (i < values.len()).then(|| values.swap_remove(i));
+        self.0 = Self::hold(values);
+        taken
+    }
+
+    /// Takes every value out, leaving the session empty.
+    pub(crate) fn take_all(&mut self) -> Vec<Box<dyn ErasedSlot>> {
+        match self.0.take().map(Holder::split) {
+            None => Vec::new(),
+            Some(Ok(single)) => vec![single],
+            Some(Err(many)) => many,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{Key, take_value};
+
+    #[test]
+    fn slots_move_between_one_and_many() {
+        let keys: Vec<Key<u32>> = (0..3).map(|i| Key::new(format!("k{i}"))).collect();
+        let mut slots = Slots::default();
+        assert_eq!(slots.len(), 0);
+        for (i, key) in keys.iter().enumerate() {
+            slots.push(key.slot(i as u32));
+            assert_eq!(slots.len(), i + 1);
+        }
+        for (i, key) in keys.iter().enumerate() {
+            let at = slots.position(key.id()).unwrap();
+            let v = slots.get(at).unwrap().value().downcast_ref::<u32>();
+            assert_eq!(v, Some(&(i as u32)));
+        }
+        // Replacing hands the old value back, in a container and alone.
+        let at = slots.position(keys[1].id()).unwrap();
+        let old = slots.replace(at, keys[1].slot(10)).ok().unwrap();
+        assert_eq!(take_value::<u32>(old), Some(1));
+        // Back down to one value (no container) and to none.
+        let at = slots.position(keys[0].id()).unwrap();
+        assert!(slots.swap_remove(at).is_some());
+        let at = slots.position(keys[2].id()).unwrap();
+        assert!(slots.swap_remove(at).is_some());
+        assert_eq!(slots.len(), 1);
+        assert!(
+            slots.0.as_deref().unwrap().one().is_some(),
+            "one value is held directly"
+        );
+        let old = slots.replace(0, keys[1].slot(11)).ok().unwrap();
+        assert_eq!(take_value::<u32>(old), Some(10));
+        assert!(slots.replace(3, keys[1].slot(12)).is_err());
+        assert!(slots.swap_remove(5).is_none());
+        assert_eq!(slots.len(), 1, "an index past the end takes nothing");
+        *slots
+            .get_mut(0)
+            .unwrap()
+            .value_mut()
+            .downcast_mut::<u32>()
+            .unwrap() += 1;
+        assert_eq!(
+            slots.get(0).unwrap().value().downcast_ref::<u32>(),
+            Some(&12)
+        );
+        assert!(slots.swap_remove(0).is_some());
+        assert!(slots.0.is_none());
+        assert!(slots.take_all().is_empty());
+        slots.push(keys[0].slot(7));
+        slots.push(keys[1].slot(8));
+        assert_eq!(slots.take_all().len(), 2);
+        assert_eq!(slots.len(), 0);
+    }
+}
