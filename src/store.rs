@@ -780,7 +780,10 @@ impl StoreInner {
             }
             match self.eviction_victim() {
                 Some((attached, victim)) => {
-                    self.evict(&victim, attached);
+                    // Only while the store is still full: the victim was chosen
+                    // without the locks, and a sweep may have made room since.
+                    let full = || self.len.load(Ordering::Acquire) >= limit;
+                    self.evict(&victim, |rec| full() && (attached || rec.clients() == 0));
                 }
                 None => break,
             }
@@ -818,7 +821,7 @@ impl StoreInner {
             match victim {
                 Some(victim) => {
                     let attached = victim.clients() > 0;
-                    self.evict(&victim, attached);
+                    self.evict(&victim, |rec| attached || rec.clients() == 0);
                 }
                 None => break,
             }
@@ -948,14 +951,12 @@ impl StoreInner {
         }
     }
 
-    /// Ends `rec` as evicted. A victim chosen without a client (the choice is
-    /// made without the lock) is ended only if it still has none: checked and
-    /// claimed under the shard's write lock, so a concurrent `attach` is
-    /// either seen or refused, and a session that just got a client is spared.
-    fn evict(&self, rec: &Arc<Record>, attached: bool) -> bool {
-        self.end_if(rec, EndReason::Evicted, |rec| {
-            attached || rec.clients() == 0
-        })
+    /// Ends `rec` as evicted if `still` holds under its shard's write lock.
+    /// The victim is chosen without the locks, so the caller re-checks there
+    /// what made it the victim: that it has no client (a concurrent `attach`
+    /// is then either seen or refused) and that the store is still full.
+    fn evict(&self, rec: &Arc<Record>, still: impl Fn(&Record) -> bool) -> bool {
+        self.end_if(rec, EndReason::Evicted, still)
     }
 
     /// Ends the session for `reason` unless something else ended it first: takes
