@@ -9,7 +9,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 
-use crate::{EndReason, SessionId};
+use crate::id::SessionId;
+use crate::reason::EndReason;
 
 /// Something that happened to a session, as broadcast to every subscriber of
 /// [`Sessions::subscribe`](crate::Sessions::subscribe).

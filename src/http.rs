@@ -729,7 +729,7 @@ impl SessionManager {
             return true;
         };
         let max_age = session.idle_timeout().as_secs_f64();
-        let now = self.inner.sessions.inner().now_stamp();
+        let now = self.inner.sessions.now_stamp();
         let left = f64::from(issued) + max_age - f64::from(now);
         left < max_age * policy.refresh_below
     }
@@ -857,7 +857,7 @@ impl Started {
 
     /// The `Set-Cookie` value the response needs, if any: a new cookie after a
     /// create, a renew (through [`renew`](Self::renew) or directly through
-    /// [`Sessions::renew`]: the session's id is compared with the cookie's), a
+    /// [`Sessions::renew`](crate::Sessions::renew): the session's id is compared with the cookie's), a
     /// key rotation or when a persistent cookie is due for refresh; an expiring
     /// cookie when the presented session was refused or ended and no new one
     /// replaced it; nothing otherwise (and nothing for
@@ -875,7 +875,7 @@ impl Started {
                     return None;
                 }
                 if policy.persistent {
-                    let now = self.manager.inner.sessions.inner().now_stamp();
+                    let now = self.manager.inner.sessions.now_stamp();
                     let _ = s.set(&self.manager.inner.issued, now);
                 }
                 policy.issue(id, s.idle_timeout())

@@ -156,7 +156,6 @@ mod key;
 mod net;
 pub mod persist;
 mod reason;
-mod session;
 mod slots;
 mod store;
 
@@ -170,8 +169,10 @@ pub use id::{IdGenerator, ParseIdError, RandomIds, SESSION_ID_LEN, SessionId};
 pub use key::{Key, KeyBuilder, LoadKey, LoadedValue};
 pub use net::IpBinding;
 pub use reason::{DeleteCause, DeleteContext, EndReason};
-pub use session::{ClientGuard, Ended, Session, SessionEnded};
-pub use store::{CreateError, Iter, Refused, Sessions, SessionsBuilder, Stats, Sweeper, WhenFull};
+pub use store::{
+    ClientGuard, CreateError, Ended, Iter, Refused, Session, SessionEnded, Sessions,
+    SessionsBuilder, Stats, Sweeper, WhenFull,
+};
 
 /// The README's examples, compiled and run as doctests (they use every feature).
 #[cfg(all(doctest, feature = "axum", feature = "serde"))]

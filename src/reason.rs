@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::SessionId;
+use crate::id::SessionId;
 
 /// Why a session ended. Every end sends one [`Event::End`](crate::Event::End) with
 /// its reason, after the `on_delete` hook of every value in the session has run.
@@ -105,7 +105,7 @@ pub struct DeleteContext {
 impl DeleteContext {
     /// The reason the session ended, or `None` when the session lives on (only
     /// this value was dropped because the last client left) or never began here
-    /// ([`DeleteCause::NotRestored`]).
+    /// ([`DeleteCause::NotRestored`](crate::DeleteCause::NotRestored)).
     pub fn end_reason(&self) -> Option<EndReason> {
         match self.cause {
             DeleteCause::SessionEnded(r) => Some(r),

@@ -65,7 +65,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::http::{Rejection, SessionManager, Started, TrustedProxies};
-use crate::{ClientGuard, CreateError, Session, SessionEnded, SessionId};
+use crate::id::SessionId;
+use crate::store::{ClientGuard, CreateError, Session, SessionEnded};
 
 /// A tower layer that starts a session for every request (see
 /// [`SessionManager::start`]) and adds the `Set-Cookie` the response needs.

@@ -6,7 +6,6 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock, timeout_secs};
 use crate::id::{IdGenerator, RandomIds};
 use crate::net::IpBinding;
-use crate::store::Sessions;
 
 /// What `create` does when a capacity limit is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,7 +44,7 @@ pub enum Sweeper {
     /// Each `create` reclaims at most this many due sessions, from one shard
     /// in turn. No thread; hooks run on the creating thread.
     Passive(usize),
-    /// Only [`Sessions::sweep`] reclaims.
+    /// Only [`Sessions::sweep`](crate::Sessions::sweep) reclaims.
     Manual,
 }
 
@@ -71,7 +70,7 @@ pub(crate) struct Config {
     pub(crate) thread_context: Option<ThreadContext>,
 }
 
-/// Builds a [`Sessions`] store; every option has a default.
+/// Builds a [`Sessions`](crate::Sessions) store; every option has a default.
 ///
 /// ```
 /// use std::time::Duration;
@@ -205,7 +204,7 @@ impl SessionsBuilder {
     /// Saves a snapshot of every live session to `path` when the store shuts
     /// down or is dropped (before the sessions end), and every
     /// [`snapshot_every`](Self::snapshot_every) if set. Restore it at start-up
-    /// with [`Sessions::restore_from`]. Failures are counted in
+    /// with [`Sessions::restore_from`](crate::Sessions::restore_from). Failures are counted in
     /// [`Stats::snapshot_errors`](crate::Stats::snapshot_errors).
     pub fn snapshot_to(mut self, path: impl Into<std::path::PathBuf>) -> Self {
         self.config.snapshot_to = Some(path.into());
@@ -240,11 +239,5 @@ impl SessionsBuilder {
             body();
         }));
         self
-    }
-
-    /// Builds the store (and starts the sweeper thread, if chosen; should the
-    /// system refuse a thread, the store falls back to passive sweeping).
-    pub fn build(self) -> Sessions {
-        Sessions::from_builder(self)
     }
 }

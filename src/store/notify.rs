@@ -13,7 +13,7 @@ use std::task::Waker;
 use parking_lot::Mutex;
 
 use crate::events::Event;
-use crate::session::Record;
+use crate::store::record::Record;
 
 fn key(rec: &Arc<Record>) -> usize {
     Arc::as_ptr(rec) as usize

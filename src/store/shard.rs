@@ -6,8 +6,9 @@ use std::sync::{Arc, Weak};
 
 use hashbrown::HashTable;
 
-use crate::SessionId;
-use crate::session::Record;
+use crate::id::SessionId;
+use crate::reason::EndReason;
+use crate::store::record::Record;
 
 /// A scheduled expiry check: `rec` is due for a look at stamp `at`.
 ///
@@ -128,6 +129,63 @@ impl Shard {
         let all = self.table.drain().collect();
         self.table.shrink_to_fit(hash);
         all
+    }
+
+    /// Settles the top of the heap so that it names the session with the
+    /// nearest recheck time, dropping stale entries and moving late ones;
+    /// returns it.
+    pub(crate) fn settle_top(&mut self, now: u32) -> Option<(u32, Arc<Record>)> {
+        loop {
+            let top = self.heap.peek()?;
+            match self.live(top) {
+                Some(rec) => {
+                    let at = rec.recheck_at(now);
+                    if at == top.at {
+                        return Some((at, rec));
+                    }
+                    let Due { rec: weak, .. } = self.heap.pop()?;
+                    self.heap.push(Due { at, rec: weak });
+                }
+                None => {
+                    self.heap.pop();
+                }
+            }
+        }
+    }
+
+    /// Pops the entries due by `now` (at most `budget`), takes the sessions
+    /// that have expired out of the table, marks them ended and returns them
+    /// with their reason; reschedules the live ones. Also says whether more
+    /// entries are due.
+    pub(crate) fn take_due(
+        &mut self,
+        now: u32,
+        budget: usize,
+    ) -> (Vec<(Arc<Record>, EndReason)>, usize, bool) {
+        let mut expired = Vec::new();
+        let mut used = 0;
+        while used < budget && self.heap.peek().is_some_and(|d| d.at <= now) {
+            used += 1;
+            let Some(due) = self.heap.pop() else {
+                break;
+            };
+            let Some(rec) = self.live(&due) else {
+                continue;
+            };
+            match rec.expired(now) {
+                Some(reason) => {
+                    self.remove(&rec);
+                    rec.mark_ended(reason);
+                    expired.push((rec, reason));
+                }
+                None => self.heap.push(Due {
+                    at: rec.recheck_at(now),
+                    rec: due.rec,
+                }),
+            }
+        }
+        let more = self.heap.peek().is_some_and(|d| d.at <= now);
+        (expired, used, more)
     }
 
     /// Drops heap entries of sessions that are gone or moved (and duplicates),

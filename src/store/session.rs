@@ -1,187 +1,20 @@
-//! One live session: its record in the store, the `Session` handle and client guards.
+//! The `Session` handle, its client guards and the future of its end.
 
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering, fence};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use parking_lot::RwLock;
-
 use crate::borrow;
 use crate::clock::{NEVER, timeout_secs};
+use crate::id::SessionId;
 use crate::key::{Key, take_value};
-use crate::slots::Slots;
-use crate::store::StoreInner;
-use crate::{EndReason, SessionId};
-
-/// What the store keeps for one session. Times are whole seconds since the
-/// store's epoch (see `clock::Epoch`). 80 bytes, 96 with its `Arc` header on
-/// 64-bit targets.
-pub(crate) struct Record {
-    /// Seqlock guarding `id_hi`/`id_lo`: odd while a renew rewrites the id. 16
-    /// bits keep the record at 80 bytes; a reader would have to sleep through
-    /// 32,768 renews of one session between two loads to be fooled.
-    seq: AtomicU16,
-    id_hi: AtomicU64,
-    id_lo: AtomicU64,
-    created: u32,
-    last_access: AtomicU32,
-    /// Idle timeout in seconds.
-    idle: AtomicU32,
-    /// Absolute deadline (a stamp), `NEVER` for none.
-    absolute: AtomicU32,
-    clients: AtomicU32,
-    /// 0 while alive, `1 + EndReason::index()` once ended.
-    state: AtomicU8,
-    peer: Option<IpAddr>,
-    /// The values. Always taken through `crate::borrow`, which knows which of
-    /// these locks the current thread holds (see there).
-    pub(crate) slots: RwLock<Slots>,
-}
-
-impl Record {
-    pub(crate) fn new(
-        id: SessionId,
-        peer: Option<IpAddr>,
-        created: u32,
-        idle: u32,
-        absolute: u32,
-    ) -> Self {
-        let bits = id.as_u128();
-        Record {
-            seq: AtomicU16::new(0),
-            id_hi: AtomicU64::new((bits >> 64) as u64),
-            id_lo: AtomicU64::new(bits as u64),
-            created,
-            last_access: AtomicU32::new(created),
-            idle: AtomicU32::new(idle),
-            absolute: AtomicU32::new(absolute),
-            clients: AtomicU32::new(0),
-            state: AtomicU8::new(0),
-            peer,
-            slots: RwLock::new(Slots::default()),
-        }
-    }
-
-    /// The id, read consistently even while a renew rewrites it.
-    pub(crate) fn id(&self) -> SessionId {
-        loop {
-            let s1 = self.seq.load(Ordering::Acquire);
-            if s1 & 1 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let hi = self.id_hi.load(Ordering::Relaxed);
-            let lo = self.id_lo.load(Ordering::Relaxed);
-            fence(Ordering::Acquire);
-            if self.seq.load(Ordering::Relaxed) == s1 {
-                return SessionId::from_u128((u128::from(hi) << 64) | u128::from(lo));
-            }
-        }
-    }
-
-    /// Rewrites the id. Only the store calls it, with the write locks of the old
-    /// and the new shard held, so writers never race each other.
-    pub(crate) fn set_id(&self, id: SessionId) {
-        let bits = id.as_u128();
-        self.seq.fetch_add(1, Ordering::AcqRel);
-        fence(Ordering::Release);
-        self.id_hi.store((bits >> 64) as u64, Ordering::Relaxed);
-        self.id_lo.store(bits as u64, Ordering::Relaxed);
-        self.seq.fetch_add(1, Ordering::Release);
-    }
-
-    pub(crate) fn peer(&self) -> Option<IpAddr> {
-        self.peer
-    }
-
-    pub(crate) fn created(&self) -> u32 {
-        self.created
-    }
-
-    pub(crate) fn last_access(&self) -> u32 {
-        self.last_access.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn idle(&self) -> u32 {
-        self.idle.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn absolute(&self) -> u32 {
-        self.absolute.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set_idle(&self, secs: u32) {
-        self.idle.store(secs, Ordering::Relaxed);
-    }
-
-    pub(crate) fn set_absolute(&self, deadline: u32) {
-        self.absolute.store(deadline, Ordering::Relaxed);
-    }
-
-    pub(crate) fn clients(&self) -> u32 {
-        self.clients.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn add_client(&self) {
-        self.clients.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Counts a client out; `true` when it was the last one.
-    pub(crate) fn remove_client(&self) -> bool {
-        self.clients.fetch_sub(1, Ordering::AcqRel) == 1
-    }
-
-    /// Records an access at `now`; the store writes only when the second changed,
-    /// so a busy session does not bounce its cache line on every request.
-    pub(crate) fn touch(&self, now: u32) {
-        if self.last_access.load(Ordering::Relaxed) < now {
-            self.last_access.fetch_max(now, Ordering::Relaxed);
-        }
-    }
-
-    /// When the session expires and why; `NEVER` while a client is attached and
-    /// no absolute timeout is set.
-    pub(crate) fn due(&self) -> (u32, EndReason) {
-        let absolute = self.absolute();
-        let idle_due = if self.clients() > 0 {
-            NEVER
-        } else {
-            self.last_access()
-                .saturating_add(self.idle())
-                .min(NEVER - 1)
-        };
-        if absolute <= idle_due {
-            (absolute, EndReason::AbsoluteExpired)
-        } else {
-            (idle_due, EndReason::IdleExpired)
-        }
-    }
-
-    /// Why the session is expired at `now`, if it is.
-    pub(crate) fn expired(&self, now: u32) -> Option<EndReason> {
-        let (due, reason) = self.due();
-        (due != NEVER && now >= due).then_some(reason)
-    }
-
-    /// Marks the session ended. Only the thread that removed it from its shard
-    /// calls this, so it happens once.
-    pub(crate) fn mark_ended(&self, reason: EndReason) {
-        self.state
-            .store(1 + reason.index() as u8, Ordering::Release);
-    }
-
-    pub(crate) fn ended(&self) -> Option<EndReason> {
-        match self.state.load(Ordering::Acquire) {
-            0 => None,
-            n => EndReason::ALL.get(usize::from(n) - 1).copied(),
-        }
-    }
-}
+use crate::reason::EndReason;
+use crate::store::base::StoreInner;
+use crate::store::record::Record;
 
 /// A handle to one live session. Cheap to clone (two `Arc`s); every clone sees the
 /// same values, and follows the session through [`Sessions::renew`](crate::Sessions::renew).
@@ -427,12 +260,12 @@ impl Session {
 
     /// When the session was created (to the second).
     pub fn created(&self) -> SystemTime {
-        self.store.epoch().time(self.rec.created())
+        self.store.epoch.time(self.rec.created())
     }
 
     /// When the session was last used (to the second).
     pub fn last_access(&self) -> SystemTime {
-        self.store.epoch().time(self.rec.last_access())
+        self.store.epoch.time(self.rec.last_access())
     }
 
     /// When the session will expire if nothing touches it, or `None` while a
@@ -440,7 +273,7 @@ impl Session {
     pub fn expires_at(&self) -> Option<SystemTime> {
         match self.rec.due().0 {
             NEVER => None,
-            due => Some(self.store.epoch().time(due)),
+            due => Some(self.store.epoch.time(due)),
         }
     }
 
@@ -587,11 +420,12 @@ impl Future for Ended {
             return Poll::Ready(reason);
         }
         let this = &mut *self;
-        let token = this
-            .session
-            .store
-            .waiters
-            .register(&this.session.rec, this.token, cx.waker());
+        let token =
+            this.session
+                .store
+                .ending
+                .waiters
+                .register(&this.session.rec, this.token, cx.waker());
         this.token = Some(token);
         // Checked again after registering, so an end in between is not missed.
         match this.session.rec.ended() {
@@ -606,42 +440,9 @@ impl Drop for Ended {
         if let Some(token) = self.token {
             self.session
                 .store
+                .ending
                 .waiters
                 .unregister(&self.session.rec, token);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Pins the per-session layout the crate docs promise (80 bytes, 96 with the
-    /// `Arc` header), so a field added carelessly shows up here.
-    #[test]
-    fn record_stays_small() {
-        let size = std::mem::size_of::<Record>();
-        assert!(size <= 80, "Record grew to {size} bytes");
-    }
-
-    #[test]
-    fn id_survives_rewrite() {
-        let rec = Record::new(SessionId::from_u128(7), None, 0, 60, NEVER);
-        assert_eq!(rec.id(), SessionId::from_u128(7));
-        rec.set_id(SessionId::from_u128(u128::MAX - 3));
-        assert_eq!(rec.id(), SessionId::from_u128(u128::MAX - 3));
-    }
-
-    #[test]
-    fn due_prefers_the_earlier_deadline() {
-        let rec = Record::new(SessionId::from_u128(1), None, 100, 60, 130);
-        assert_eq!(rec.due(), (130, EndReason::AbsoluteExpired));
-        rec.set_absolute(NEVER);
-        assert_eq!(rec.due(), (160, EndReason::IdleExpired));
-        assert_eq!(rec.expired(159), None);
-        assert_eq!(rec.expired(160), Some(EndReason::IdleExpired));
-        rec.clients.store(1, Ordering::Relaxed);
-        assert_eq!(rec.due().0, NEVER);
-        assert_eq!(rec.expired(u32::MAX - 1), None);
     }
 }
