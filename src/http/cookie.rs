@@ -1,0 +1,445 @@
+//! The session cookie: its policy (name, attributes, the prefix rules),
+//! signing keys, and reading an id out of a presented value.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use cookie::{Cookie, CookieJar};
+use http::header::HeaderValue;
+
+use crate::id::SessionId;
+
+/// Why a presented cookie value yields no id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unreadable {
+    /// Not a session id (length, characters, encoding).
+    Malformed,
+    /// The signature does not verify with any configured key.
+    BadSignature,
+}
+
+/// The `SameSite` attribute of the session cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SameSite {
+    /// Sent only on same-site requests.
+    Strict,
+    /// Sent on same-site requests and top-level navigations (the default).
+    #[default]
+    Lax,
+    /// Sent on every request; browsers require `Secure` with it.
+    None,
+}
+
+/// A signing key for the session cookie, from at least 64 bytes of secret
+/// material (HMAC-SHA256 through the `cookie` crate's signed cookies).
+#[derive(Clone)]
+pub struct SigningKey(cookie::Key);
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey(..)")
+    }
+}
+
+/// The signing key material was too short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyTooShort {
+    /// How many bytes were given.
+    pub got: usize,
+}
+
+impl fmt::Display for KeyTooShort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a cookie signing key needs at least 64 bytes of secret material, got {}",
+            self.got
+        )
+    }
+}
+
+impl std::error::Error for KeyTooShort {}
+
+impl SigningKey {
+    /// A key from `material` (at least 64 bytes, secret and random).
+    ///
+    /// # Errors
+    /// [`KeyTooShort`] when `material` has fewer than 64 bytes.
+    pub fn from_bytes(material: &[u8]) -> Result<Self, KeyTooShort> {
+        cookie::Key::try_from(material)
+            .map(SigningKey)
+            .map_err(|_| KeyTooShort {
+                got: material.len(),
+            })
+    }
+
+    /// A fresh random key (sessions signed with it do not survive a restart).
+    pub fn generate() -> Self {
+        SigningKey(cookie::Key::generate())
+    }
+
+    fn sign(&self, name: &str, value: &str) -> String {
+        let mut jar = CookieJar::new();
+        jar.signed_mut(&self.0)
+            .add(Cookie::new(name.to_owned(), value.to_owned()));
+        jar.get(name)
+            .map(|c| c.value().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn verify(&self, name: &str, value: &str) -> Option<String> {
+        CookieJar::new()
+            .signed(&self.0)
+            .verify(Cookie::new(name.to_owned(), value.to_owned()))
+            .map(|c| c.value().to_owned())
+    }
+}
+
+/// How the session cookie looks. The defaults follow the OWASP session
+/// management cheat sheet: `HttpOnly`, `Secure`, `SameSite=Lax`, path `/`, a
+/// session cookie (no `Max-Age`), and a name that says nothing about the
+/// server's software: `__Host-id` whenever the policy allows the `__Host-`
+/// prefix (Secure, path `/`, no domain), `id` otherwise.
+///
+/// The `__Host-` prefix is the defence against cookie tossing: a browser
+/// accepts such a cookie only from the exact host, over HTTPS, for path `/`, so
+/// a sibling subdomain or a plain-HTTP page cannot plant one that shadows
+/// yours. A name with the `__Host-` or `__Secure-` prefix whose attributes
+/// break the prefix's rules (browsers silently drop such cookies) is refused by
+/// [`validate`](Self::validate) and [`SessionManager::new`](crate::http::SessionManager::new).
+///
+/// ```
+/// use keyed_session::http::{CookiePolicy, PolicyError, SameSite};
+/// assert_eq!(CookiePolicy::new().cookie_name(), "__Host-id");
+/// // Plain HTTP for local development: no `Secure`, so no prefix.
+/// assert_eq!(CookiePolicy::new().secure(false).cookie_name(), "id");
+///
+/// let policy = CookiePolicy::new()
+///     .name("sid")
+///     .path("/app")
+///     .same_site(SameSite::Strict)
+///     .persistent(true);
+/// assert_eq!(policy.cookie_name(), "sid");
+/// assert!(policy.validate().is_ok());
+///
+/// let broken = CookiePolicy::new().name("__Host-sid").path("/app");
+/// assert!(matches!(broken.validate(), Err(PolicyError::HostPrefix { .. })));
+/// ```
+#[derive(Debug, Clone)]
+pub struct CookiePolicy {
+    /// `None`: the default name, which depends on the other attributes.
+    name: Option<Cow<'static, str>>,
+    path: Cow<'static, str>,
+    domain: Option<Cow<'static, str>>,
+    secure: bool,
+    http_only: bool,
+    same_site: SameSite,
+    pub(crate) persistent: bool,
+    pub(crate) refresh_below: f64,
+    signing: Option<SigningKey>,
+    previous_keys: Vec<SigningKey>,
+}
+
+impl Default for CookiePolicy {
+    fn default() -> Self {
+        CookiePolicy {
+            name: None,
+            path: Cow::Borrowed("/"),
+            domain: None,
+            secure: true,
+            http_only: true,
+            same_site: SameSite::Lax,
+            persistent: false,
+            refresh_below: 0.5,
+            signing: None,
+            previous_keys: Vec::new(),
+        }
+    }
+}
+
+impl CookiePolicy {
+    /// The default policy.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The cookie's name (default `__Host-id`, or `id` when the policy does not
+    /// allow the prefix). Keep it to letters, digits, `-` and `_`; a `__Host-`
+    /// or `__Secure-` name must keep its prefix's rules (see above).
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The cookie's `Path` (default `/`). Requests outside it are not touched.
+    pub fn path(mut self, path: impl Into<Cow<'static, str>>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// The cookie's `Domain` (default none: the exact host only, the safest).
+    pub fn domain(mut self, domain: impl Into<Cow<'static, str>>) -> Self {
+        self.domain = Some(domain.into());
+        self
+    }
+
+    /// Whether the cookie is `Secure`, sent over HTTPS only (default `true`; turn
+    /// it off only for plain-HTTP development on localhost).
+    pub fn secure(mut self, secure: bool) -> Self {
+        self.secure = secure;
+        self
+    }
+
+    /// Whether the cookie is `HttpOnly`, hidden from scripts (default `true`).
+    pub fn http_only(mut self, http_only: bool) -> Self {
+        self.http_only = http_only;
+        self
+    }
+
+    /// The cookie's `SameSite` (default [`SameSite::Lax`]).
+    pub fn same_site(mut self, same_site: SameSite) -> Self {
+        self.same_site = same_site;
+        self
+    }
+
+    /// `false` (the default): a session cookie, gone when the browser closes.
+    /// `true`: a persistent cookie whose `Max-Age` is the session's idle timeout.
+    /// To know when to refresh it, the manager keeps the time it last sent the
+    /// cookie in the session, under a key named `keyed_session::cookie_issued`
+    /// (it shows in [`Session::keys`](crate::Session::keys)).
+    pub fn persistent(mut self, persistent: bool) -> Self {
+        self.persistent = persistent;
+        self
+    }
+
+    /// For persistent cookies: re-send the cookie once less than this fraction
+    /// of its `Max-Age` is left (default 0.5; clamped to 0..=1). Not on every
+    /// response, which would defeat caches and cost bytes.
+    pub fn refresh_below(mut self, fraction: f64) -> Self {
+        self.refresh_below = if fraction.is_nan() {
+            0.5
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
+        self
+    }
+
+    /// Signs the cookie with `key`; unsigned or wrongly signed cookies are
+    /// refused.
+    pub fn signing_key(mut self, key: SigningKey) -> Self {
+        self.signing = Some(key);
+        self
+    }
+
+    /// Keys that signed cookies before the current one and are still accepted; a
+    /// cookie signed with one of them is re-issued with the current key. Lets you
+    /// rotate keys without logging everyone out.
+    pub fn previous_keys(mut self, keys: impl IntoIterator<Item = SigningKey>) -> Self {
+        self.previous_keys = keys.into_iter().collect();
+        self
+    }
+
+    /// The cookie's name: the one set with [`name`](Self::name), or the default
+    /// (`__Host-id` when Secure, path `/` and no domain allow the prefix, else `id`).
+    pub fn cookie_name(&self) -> &str {
+        match &self.name {
+            Some(name) => name,
+            None if self.host_prefix_allowed() => "__Host-id",
+            None => "id",
+        }
+    }
+
+    fn host_prefix_allowed(&self) -> bool {
+        self.secure && self.path == "/" && self.domain.is_none()
+    }
+
+    /// Checks that the policy makes a cookie browsers keep and send back.
+    ///
+    /// # Errors
+    /// [`PolicyError`] says what is wrong: a name, path or domain a `Set-Cookie`
+    /// header cannot carry, a `__Host-` or `__Secure-` name whose attributes
+    /// break the prefix's rules, or `SameSite=None` without `Secure`.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let name = self.cookie_name();
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+        if !valid_name {
+            return Err(PolicyError::Name(name.to_owned()));
+        }
+        let attribute_ok = |v: &str| v.bytes().all(|b| b.is_ascii_graphic() && b != b';');
+        if !attribute_ok(&self.path) || !self.path.starts_with('/') {
+            return Err(PolicyError::Path(self.path.to_string()));
+        }
+        if let Some(domain) = &self.domain {
+            if domain.is_empty() || !attribute_ok(domain) {
+                return Err(PolicyError::Domain(domain.to_string()));
+            }
+        }
+        let has_prefix = |prefix: &str| {
+            name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+        };
+        if has_prefix("__Host-") {
+            let problem = if !self.secure {
+                Some("it must be Secure")
+            } else if self.path != "/" {
+                Some("its path must be `/`")
+            } else if self.domain.is_some() {
+                Some("it must not have a Domain")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(PolicyError::HostPrefix {
+                    name: name.to_owned(),
+                    problem,
+                });
+            }
+        }
+        if has_prefix("__Secure-") && !self.secure {
+            return Err(PolicyError::SecurePrefix {
+                name: name.to_owned(),
+            });
+        }
+        if self.same_site == SameSite::None && !self.secure {
+            return Err(PolicyError::SameSiteNoneWithoutSecure);
+        }
+        if self
+            .issue(SessionId::from_u128(0), Duration::from_secs(1))
+            .is_none()
+            || self.expire().is_none()
+        {
+            return Err(PolicyError::Name(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Whether `request_path` is inside the cookie's path (RFC 6265 §5.1.4).
+    pub fn covers(&self, request_path: &str) -> bool {
+        let cookie_path = self.path.as_ref();
+        let path = request_path.split(['?', '#']).next().unwrap_or("");
+        if path == cookie_path || cookie_path.is_empty() {
+            return true;
+        }
+        path.starts_with(cookie_path)
+            && (cookie_path.ends_with('/') || path.as_bytes().get(cookie_path.len()) == Some(&b'/'))
+    }
+
+    fn base_cookie(&self, value: String) -> Cookie<'static> {
+        let mut c = Cookie::new(self.cookie_name().to_owned(), value);
+        c.set_path(self.path.clone());
+        if let Some(domain) = &self.domain {
+            c.set_domain(domain.clone());
+        }
+        c.set_secure(self.secure);
+        c.set_http_only(self.http_only);
+        c.set_same_site(match self.same_site {
+            SameSite::Strict => cookie::SameSite::Strict,
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::None => cookie::SameSite::None,
+        });
+        c
+    }
+
+    /// The `Set-Cookie` value that gives the client `id`.
+    pub(crate) fn issue(&self, id: SessionId, max_age: Duration) -> Option<HeaderValue> {
+        let id = id.to_string();
+        let value = match &self.signing {
+            Some(key) => key.sign(self.cookie_name(), &id),
+            None => id,
+        };
+        let mut c = self.base_cookie(value);
+        if self.persistent {
+            let secs = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
+            c.set_max_age(cookie::time::Duration::seconds(secs));
+        }
+        HeaderValue::from_str(&c.to_string()).ok()
+    }
+
+    /// The `Set-Cookie` value that makes the client forget the cookie.
+    pub(crate) fn expire(&self) -> Option<HeaderValue> {
+        let mut c = self.base_cookie(String::new());
+        c.make_removal();
+        HeaderValue::from_str(&c.to_string()).ok()
+    }
+
+    /// Reads an id out of one presented cookie value; `Err` says why not.
+    pub(crate) fn read_value(&self, raw: &[u8]) -> Result<(SessionId, bool), Unreadable> {
+        let Some(key) = &self.signing else {
+            return SessionId::parse_bytes(raw)
+                .map(|id| (id, false))
+                .map_err(|_| Unreadable::Malformed);
+        };
+        let value = std::str::from_utf8(raw).map_err(|_| Unreadable::Malformed)?;
+        let keys = std::iter::once(key).chain(&self.previous_keys);
+        for (i, key) in keys.enumerate() {
+            if let Some(plain) = key.verify(self.cookie_name(), value) {
+                let id = plain.parse().map_err(|_| Unreadable::Malformed)?;
+                return Ok((id, i > 0));
+            }
+        }
+        Err(Unreadable::BadSignature)
+    }
+}
+
+/// Why a [`CookiePolicy`] cannot be used; from [`CookiePolicy::validate`] and
+/// [`SessionManager::new`](crate::http::SessionManager::new).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The cookie name is empty or has characters a cookie name cannot have.
+    Name(String),
+    /// The path does not start with `/`, or has characters (spaces, `;`,
+    /// controls) a `Set-Cookie` attribute cannot carry.
+    Path(String),
+    /// The domain is empty or has characters a `Set-Cookie` attribute cannot carry.
+    Domain(String),
+    /// A `__Host-` name with attributes browsers refuse for it.
+    HostPrefix {
+        /// The cookie name.
+        name: String,
+        /// Which rule is broken.
+        problem: &'static str,
+    },
+    /// A `__Secure-` name without `Secure`.
+    SecurePrefix {
+        /// The cookie name.
+        name: String,
+    },
+    /// `SameSite=None` without `Secure`: browsers drop such cookies.
+    SameSiteNoneWithoutSecure,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyError::Name(name) => write!(
+                f,
+                "the cookie name {name:?} is not a valid cookie name: use letters, digits, `-` and `_`"
+            ),
+            PolicyError::Path(path) => write!(
+                f,
+                "the cookie path {path:?} must start with `/` and have no spaces, `;` or control characters"
+            ),
+            PolicyError::Domain(domain) => write!(
+                f,
+                "the cookie domain {domain:?} must be non-empty and have no spaces, `;` or control characters"
+            ),
+            PolicyError::HostPrefix { name, problem } => write!(
+                f,
+                "the cookie {name:?} has the `__Host-` prefix, so {problem} (browsers drop it otherwise); fix the policy or choose another name"
+            ),
+            PolicyError::SecurePrefix { name } => write!(
+                f,
+                "the cookie {name:?} has the `__Secure-` prefix, so it must be Secure (browsers drop it otherwise)"
+            ),
+            PolicyError::SameSiteNoneWithoutSecure => {
+                f.write_str("a SameSite=None cookie must be Secure (browsers drop it otherwise)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
