@@ -250,6 +250,24 @@ pub(crate) fn read<'a, T>(lock: &'a RwLock<T>, what: &str) -> Borrowed<RwLockRea
     }
 }
 
+/// Shared access that does not wait behind writers queued for the lock (only
+/// for the holder of an active write): for snapshots, which hold the snapshot
+/// lock while they read, so that a thread holding this value lock and waiting
+/// for the snapshot lock (a shutdown inside `with`) cannot be stuck behind a
+/// writer queued after it.
+pub(crate) fn read_eagerly<'a, T>(
+    lock: &'a RwLock<T>,
+    what: &str,
+) -> Borrowed<RwLockReadGuard<'a, T>> {
+    if held(lock) == Some(Mode::Exclusive) {
+        reentry(what);
+    }
+    Borrowed {
+        guard: lock.read_recursive(),
+        track: Track::new(addr(lock), Mode::Shared),
+    }
+}
+
 /// Exclusive access; a panic naming `what` when this thread already holds `lock`.
 #[inline]
 pub(crate) fn write<'a, T>(lock: &'a RwLock<T>, what: &str) -> Borrowed<RwLockWriteGuard<'a, T>> {

@@ -21,7 +21,7 @@ use crate::store::record::Record;
 fn image(rec: &Record, epoch: Epoch, report: &mut SaveReport, ending: &Ending) -> SessionImage {
     let mut values = Vec::new();
     {
-        let slots = borrow::read(&rec.slots, "take a snapshot of it");
+        let slots = borrow::read_eagerly(&rec.slots, "take a snapshot of it");
         for slot in slots.iter() {
             let mut data = Vec::new();
             match catch_unwind(AssertUnwindSafe(|| slot.save(&mut data))) {
