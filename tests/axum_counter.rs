@@ -2,14 +2,16 @@
 //! by a real HTTP client with a cookie jar.
 #![cfg(feature = "axum")]
 
+mod common;
 #[allow(dead_code)]
 #[path = "../examples/counter.rs"]
 mod counter;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use common::{pair, set_cookie};
 use keyed_session::{EndReason, Sessions};
-use reqwest::header::{COOKIE, SET_COOKIE};
+use reqwest::header::COOKIE;
 
 struct Server {
     base: String,
@@ -63,16 +65,6 @@ async fn fetch(
         req = req.header(COOKIE, c);
     }
     req.send().await.unwrap()
-}
-
-fn set_cookie(resp: &reqwest::Response) -> Option<String> {
-    resp.headers()
-        .get(SET_COOKIE)
-        .map(|v| v.to_str().unwrap().to_owned())
-}
-
-fn pair(set_cookie: &str) -> String {
-    set_cookie.split(';').next().unwrap().to_owned()
 }
 
 #[tokio::test]

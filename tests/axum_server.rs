@@ -2,6 +2,7 @@
 //! axum on 127.0.0.1 (a free port) and talks to it with a real HTTP client.
 #![cfg(feature = "axum")]
 
+mod common;
 #[allow(dead_code)]
 #[path = "../examples/counter.rs"]
 mod counter;
@@ -12,11 +13,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use common::{pair, set_cookie};
 use keyed_session::http::{CookiePolicy, CreateMode, SessionManager, TrustedProxies};
 use keyed_session::integrations::axum::{RequestSession, SessionLayer};
 use keyed_session::{EndReason, IpBinding, Key, Sessions, Sweeper};
 use reqwest::StatusCode;
-use reqwest::header::{COOKIE, SET_COOKIE};
+use reqwest::header::COOKIE;
 
 static NOTES: LazyLock<Key<String>> = LazyLock::new(|| Key::new("notes"));
 
@@ -50,16 +52,6 @@ async fn serve(app: Router, connect_info: bool) -> String {
         }
     });
     format!("http://{addr}")
-}
-
-fn set_cookie(resp: &reqwest::Response) -> Option<String> {
-    resp.headers()
-        .get(SET_COOKIE)
-        .map(|v| v.to_str().unwrap().to_owned())
-}
-
-fn pair(set_cookie: &str) -> String {
-    set_cookie.split(';').next().unwrap().to_owned()
 }
 
 /// Writes a note into the session, or shows it.
