@@ -189,7 +189,8 @@ impl Shard {
     }
 
     /// Drops heap entries of sessions that are gone or moved (and duplicates),
-    /// once they clearly outnumber the live sessions, and gives back the heap's
+    /// once they outnumber the live sessions two to one (a stale entry's `Weak` also
+    /// keeps its record's allocation), and gives back the heap's
     /// spare capacity. With `shrink_table` (the sweeper's tidy), also gives back
     /// the table's when it is mostly empty.
     pub(crate) fn compact(&mut self, shrink_table: bool) {
@@ -200,13 +201,12 @@ impl Shard {
             return;
         }
         let mut entries = std::mem::take(&mut self.heap).into_vec();
-        // Earliest first, so that the entry kept for a record is its earliest.
-        entries.sort_unstable_by_key(|d| d.at);
-        let mut seen = std::collections::HashSet::with_capacity(self.table.len());
-        entries.retain(|d| {
-            self.live(d)
-                .is_some_and(|rec| seen.insert(Arc::as_ptr(&rec) as usize))
-        });
+        // Entries of records already freed go first, for a load each.
+        entries.retain(|d| d.rec.strong_count() > 0);
+        // One entry per record, its earliest: sorted by record, then time.
+        entries.sort_unstable_by_key(|d| (d.rec.as_ptr() as usize, d.at));
+        entries.dedup_by_key(|d| d.rec.as_ptr() as usize);
+        entries.retain(|d| self.live(d).is_some());
         // Room to grow back to the threshold without reallocating, no more.
         entries.shrink_to(2 * entries.len() + 64);
         self.heap = BinaryHeap::from(entries);
