@@ -171,7 +171,7 @@ pub use net::IpBinding;
 pub use reason::{DeleteCause, DeleteContext, EndReason};
 pub use store::{
     ClientGuard, CreateError, Ended, Iter, Refused, Session, SessionEnded, Sessions,
-    SessionsBuilder, Stats, Sweeper, WhenFull,
+    SessionsBuilder, Stats, Sweeper, WeakSessions, WhenFull,
 };
 
 /// The README's examples, compiled and run as doctests (they use every feature).

@@ -25,8 +25,8 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    /// Every reason, in the order of [`EndReason::index`].
-    pub const ALL: [EndReason; 6] = [
+    /// Every reason, in the order of `index` (internal: the enum may grow).
+    pub(crate) const ALL: [EndReason; 6] = [
         EndReason::IdleExpired,
         EndReason::AbsoluteExpired,
         EndReason::Deleted,
@@ -35,8 +35,8 @@ impl EndReason {
         EndReason::Shutdown,
     ];
 
-    /// A dense index (0..6) of the reason, for counting by reason.
-    pub const fn index(self) -> usize {
+    /// A dense index (0..6) of the reason, for counting by reason (internal).
+    pub(crate) const fn index(self) -> usize {
         match self {
             EndReason::IdleExpired => 0,
             EndReason::AbsoluteExpired => 1,
@@ -93,6 +93,7 @@ pub enum DeleteCause {
 
 /// What an `on_delete` hook is told besides the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeleteContext {
     /// The session the value was in.
     pub id: SessionId,

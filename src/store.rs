@@ -221,6 +221,13 @@ impl Sessions {
         self.inner.renew(&session.rec).ok_or(SessionEnded(()))
     }
 
+    /// A handle that does not keep the store alive; see [`WeakSessions`].
+    pub fn downgrade(&self) -> WeakSessions {
+        WeakSessions {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
     /// The store's IP binding policy.
     pub fn ip_binding(&self) -> IpBinding {
         self.inner.config.ip_binding
@@ -397,6 +404,52 @@ impl Sessions {
             store: Arc::clone(&self.inner),
             rec,
         }
+    }
+}
+
+/// A handle to a store that does not keep it alive, from
+/// [`Sessions::downgrade`]: for a key's hooks or a background task that need
+/// the store without owning it (a hook owning the store it lives in would keep
+/// it from ever shutting down by being dropped).
+///
+/// ```
+/// use keyed_session::{Key, Sessions, Sweeper};
+/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// let weak = sessions.downgrade();
+/// let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// let count = seen.clone();
+/// let key = Key::<u8>::builder("k")
+///     .on_delete(move |_, _| {
+///         // Still there during a delete; gone while the last handle drops.
+///         if let Some(store) = weak.upgrade() {
+///             count.store(store.len() + 1, std::sync::atomic::Ordering::SeqCst);
+///         }
+///     })
+///     .build();
+/// let s = sessions.create(None).unwrap();
+/// s.set(&key, 1).unwrap();
+/// sessions.delete(&s.id());
+/// assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+/// assert!(sessions.downgrade().upgrade().is_some());
+/// ```
+#[derive(Clone)]
+pub struct WeakSessions {
+    inner: Weak<StoreInner>,
+}
+
+impl WeakSessions {
+    /// The store, if any `Sessions`, `Session` or `ClientGuard` handle still
+    /// keeps it alive.
+    pub fn upgrade(&self) -> Option<Sessions> {
+        self.inner.upgrade().map(|inner| Sessions { inner })
+    }
+}
+
+impl fmt::Debug for WeakSessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakSessions")
+            .field("alive", &(self.inner.strong_count() > 0))
+            .finish()
     }
 }
 

@@ -571,3 +571,34 @@ fn sessions_being_ended_do_not_count_against_the_limit() {
         sessions.create(None).unwrap();
     }
 }
+
+/// #10.9: a hook holding the store through a `WeakSessions` neither keeps it
+/// alive nor fails when the store is being dropped.
+#[test]
+fn a_weak_handle_does_not_keep_the_store_alive() {
+    let (sessions, _clock) = store();
+    let weak = sessions.downgrade();
+    let upgraded = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&upgraded);
+    let hook_weak = weak.clone();
+    let key = Key::<u8>::builder("k")
+        .on_delete(move |_, ctx| {
+            seen.lock()
+                .push((ctx.end_reason(), hook_weak.upgrade().is_some()))
+        })
+        .build();
+    let a = sessions.create(None).unwrap();
+    a.set(&key, 1).unwrap();
+    sessions.delete(&a.id());
+    let b = sessions.create(None).unwrap();
+    b.set(&key, 2).unwrap();
+    drop((a, b, sessions));
+    assert!(weak.upgrade().is_none(), "the store is gone");
+    assert_eq!(
+        upgraded.lock().as_slice(),
+        &[
+            (Some(EndReason::Deleted), true),
+            (Some(EndReason::Shutdown), false)
+        ]
+    );
+}

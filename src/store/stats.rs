@@ -12,8 +12,8 @@ pub struct Stats {
     pub live: usize,
     /// Sessions created since the store was built.
     pub created: u64,
-    /// Sessions ended, by [`EndReason::index`].
-    pub ended: [u64; 6],
+    /// Sessions ended, by reason; read with [`ended_by`](Self::ended_by).
+    ended: [u64; 6],
     /// Lookups refused because the id was unknown.
     pub refused_not_found: u64,
     /// Lookups refused because the session had expired.
