@@ -79,6 +79,7 @@
 //! | `Shutdown` | [`Sessions::shutdown`], or the last handle of the store dropped | every value, once | — |
 //! | (the session lives on) | the last [`ClientGuard`] dropped | values whose `on_no_client` said `false`, with [`DeleteCause::NoClient`] | every value whose key has the hook, once per such moment |
 //! | (never began here) | a restored session was refused (its id is live, the store is full) | every value loaded for it, with [`DeleteCause::NotRestored`] | — |
+//! | (the session lives on) | [`Session::replace`] put a new value under a key | the old value, with [`DeleteCause::Replaced`] | — |
 //!
 //! Values taken out with [`Session::remove`] or replaced by [`Session::set`] are
 //! handed back to the caller; no hook runs for them. [`Event::End`] is sent after

@@ -89,6 +89,9 @@ pub enum DeleteCause {
     /// restored (a live session has its id, the store is full, or it is shut
     /// down): the session never began in this store.
     NotRestored,
+    /// [`Session::replace`](crate::Session::replace) put another value under
+    /// the key (a re-login, say); the session lives on.
+    Replaced,
 }
 
 /// What an `on_delete` hook is told besides the value.
@@ -110,7 +113,7 @@ impl DeleteContext {
     pub fn end_reason(&self) -> Option<EndReason> {
         match self.cause {
             DeleteCause::SessionEnded(r) => Some(r),
-            DeleteCause::NoClient | DeleteCause::NotRestored => None,
+            DeleteCause::NoClient | DeleteCause::NotRestored | DeleteCause::Replaced => None,
         }
     }
 }

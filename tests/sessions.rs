@@ -152,3 +152,32 @@ fn per_session_timeouts_override_the_store() {
         Some(keyed_session::EndReason::AbsoluteExpired)
     );
 }
+
+/// #10.7: `replace` hands the old value to `on_delete` (cause `Replaced`),
+/// once; `set` still hands it back; an ended session refuses both.
+#[test]
+fn replace_runs_the_old_values_hook() {
+    let (sessions, _clock) = store();
+    let (key, log) = tracked("conn");
+    let s = sessions.create(None).unwrap();
+    s.replace(&key, 1).unwrap();
+    assert!(log.lock().is_empty(), "nothing was replaced yet");
+    s.replace(&key, 2).unwrap();
+    assert_eq!(
+        log.lock().as_slice(),
+        &[(1, keyed_session::DeleteCause::Replaced)]
+    );
+    assert_eq!(
+        s.set(&key, 3).unwrap(),
+        Some(2),
+        "set hands the old value back"
+    );
+    assert_eq!(log.lock().len(), 1);
+    sessions.delete(&s.id());
+    assert_eq!(s.replace(&key, 4).unwrap_err().0, 4);
+    assert_eq!(
+        log.lock().len(),
+        2,
+        "3 went to on_delete when the session ended"
+    );
+}

@@ -12,7 +12,7 @@ use crate::borrow;
 use crate::clock::{NEVER, timeout_secs};
 use crate::id::SessionId;
 use crate::key::{Key, take_value};
-use crate::reason::EndReason;
+use crate::reason::{DeleteCause, DeleteContext, EndReason};
 use crate::store::base::StoreInner;
 use crate::store::record::Record;
 
@@ -110,8 +110,67 @@ impl Session {
         slots.get_mut(i)?.value_mut().downcast_mut::<T>().map(f)
     }
 
+    /// Stores `value` under `key` and hands the old value, if any, to the key's
+    /// `on_delete` hook with [`DeleteCause::Replaced`](crate::DeleteCause::Replaced)
+    /// (with no lock held, on this thread): for values that must be cleaned
+    /// up, such as a connection replaced at a re-login. [`set`](Self::set)
+    /// hands the old value back instead.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use keyed_session::{DeleteCause, Key, Sessions, Sweeper};
+    /// let closed = Arc::new(Mutex::new(Vec::new()));
+    /// let log = closed.clone();
+    /// let conn: Key<u32> = Key::builder("conn")
+    ///     .on_delete(move |c, ctx| log.lock().unwrap().push((c, ctx.cause)))
+    ///     .build();
+    /// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+    /// let s = sessions.create(None).unwrap();
+    /// s.replace(&conn, 1).unwrap();
+    /// s.replace(&conn, 2).unwrap();
+    /// assert_eq!(*closed.lock().unwrap(), [(1, DeleteCause::Replaced)]);
+    /// assert_eq!(s.get(&conn), Some(2));
+    /// ```
+    ///
+    /// # Errors
+    /// [`SessionEnded`] with `value` inside when the session has ended.
+    pub fn replace<T: Send + Sync + 'static>(
+        &self,
+        key: &Key<T>,
+        value: T,
+    ) -> Result<(), SessionEnded<T>> {
+        let old = {
+            let mut slots = borrow::write(&self.rec.slots, "replace a value");
+            if self.rec.ended().is_some() {
+                return Err(SessionEnded(value));
+            }
+            let new = key.slot(value);
+            match slots.position(key.id()) {
+                Some(i) => match slots.replace(i, new) {
+                    Ok(old) => Some(old),
+                    Err(new) => {
+                        return Err(SessionEnded(take_value(new).expect("a slot of this key")));
+                    }
+                },
+                None => {
+                    slots.push(new);
+                    None
+                }
+            }
+        };
+        if let Some(old) = old {
+            let ctx = DeleteContext {
+                id: self.rec.id(),
+                peer: self.rec.peer(),
+                cause: DeleteCause::Replaced,
+            };
+            self.store.ending.run_hook(|| old.delete(&ctx));
+        }
+        Ok(())
+    }
+
     /// Stores `value` under `key` and returns the value it replaces (no hook runs
-    /// for that one: it is yours).
+    /// for that one: it is yours; [`replace`](Self::replace) runs it).
     ///
     /// # Errors
     /// [`SessionEnded`] with `value` inside when the session has ended.
