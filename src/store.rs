@@ -393,10 +393,14 @@ impl Sessions {
         snapshot::not_restored(&rec, &inner.ending);
     }
 
-    /// The current stamp (seconds since the store's epoch), for the HTTP layer.
+    /// The store's clock in Unix seconds, for the HTTP layer.
     #[cfg(feature = "http")]
-    pub(crate) fn now_stamp(&self) -> u32 {
-        self.inner.now()
+    pub(crate) fn now_unix(&self) -> u64 {
+        self.inner
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
     }
 
     fn session(&self, rec: Arc<Record>) -> Session {

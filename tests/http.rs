@@ -245,10 +245,44 @@ fn persistent_cookies_are_refreshed_only_below_the_fraction() {
     let s = m.start(Some(cookie.as_bytes()), None, "/");
     let sc = set_cookie(&s).unwrap();
     assert!(sc.contains("Max-Age=60"), "{sc}");
-    clock.advance(secs(5)); // re-issued 5 s ago: no refresh again
+    // The browser now holds the refreshed cookie, issued 5 s ago: no refresh.
+    let refreshed = pair(&sc);
+    clock.advance(secs(5));
     assert_eq!(
-        m.start(Some(cookie.as_bytes()), None, "/").set_cookie(),
+        m.start(Some(refreshed.as_bytes()), None, "/").set_cookie(),
         None
+    );
+}
+
+/// #10.8: the issue time of a persistent cookie travels in the cookie, so it
+/// shows nowhere in the session: not in `keys()`, `len()`, `is_empty()`, nor
+/// in snapshot reports, and a one-value session stays one-valued.
+#[test]
+fn a_persistent_cookie_keeps_nothing_in_the_session() {
+    let policy = CookiePolicy::new().name("id").persistent(true);
+    let (m, _clock) = manager(policy, CreateMode::Auto);
+    let first = m.start(None, None, "/");
+    let session = first.session().unwrap().clone();
+    let sc = set_cookie(&first).unwrap();
+    assert!(
+        session.is_empty() && session.keys().is_empty(),
+        "{:?}",
+        session.keys()
+    );
+    let value = pair(&sc)["id=".len()..].to_owned();
+    let (id, issued) = value.split_once('.').expect("id.issued");
+    assert_eq!(id, session.id().to_string());
+    assert!(issued.parse::<u64>().is_ok());
+    let dir = std::env::temp_dir().join(format!("keyed-session-cookie-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = m.sessions().save_to(dir.join("s.snap")).unwrap();
+    assert!(report.unsaved.is_empty(), "{:?}", report.unsaved);
+    std::fs::remove_dir_all(&dir).unwrap();
+    // A tampered issue time is no session id.
+    let forged = format!("id={id}.12x");
+    assert_eq!(
+        m.start(Some(forged.as_bytes()), None, "/").rejected(),
+        Some(Rejection::Malformed)
     );
 }
 

@@ -10,6 +10,33 @@ use http::header::HeaderValue;
 
 use crate::id::SessionId;
 
+/// What a presented cookie says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Presented {
+    pub(crate) id: SessionId,
+    /// When it was issued (Unix seconds), for persistent cookies.
+    pub(crate) issued: Option<u64>,
+    /// Signed with a previous key: re-issue it with the current one.
+    pub(crate) resign: bool,
+}
+
+/// `<id>` or `<id>.<issued>`, strictly.
+fn parse_plain(plain: &str, resign: bool) -> Result<Presented, Unreadable> {
+    let (id, issued) = match plain.split_once('.') {
+        Some((id, issued)) => {
+            let digits = !issued.is_empty() && issued.bytes().all(|b| b.is_ascii_digit());
+            let issued: u64 = digits
+                .then(|| issued.parse().ok())
+                .flatten()
+                .ok_or(Unreadable::Malformed)?;
+            (id, Some(issued))
+        }
+        None => (plain, None),
+    };
+    let id = id.parse().map_err(|_| Unreadable::Malformed)?;
+    Ok(Presented { id, issued, resign })
+}
+
 /// Why a presented cookie value yields no id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Unreadable {
@@ -205,9 +232,9 @@ impl CookiePolicy {
 
     /// `false` (the default): a session cookie, gone when the browser closes.
     /// `true`: a persistent cookie whose `Max-Age` is the session's idle timeout.
-    /// To know when to refresh it, the manager keeps the time it last sent the
-    /// cookie in the session, under a key named `keyed_session::cookie_issued`
-    /// (it shows in [`Session::keys`](crate::Session::keys)).
+    /// To know when to refresh it, the time the cookie was issued travels in
+    /// the cookie's value after the id (`<id>.<unix seconds>`, inside the
+    /// signature when the cookie is signed); nothing is kept in the session.
     pub fn persistent(mut self, persistent: bool) -> Self {
         self.persistent = persistent;
         self
@@ -307,7 +334,7 @@ impl CookiePolicy {
             return Err(PolicyError::SameSiteNoneWithoutSecure);
         }
         if self
-            .issue(SessionId::from_u128(0), Duration::from_secs(1))
+            .issue(SessionId::from_u128(0), Duration::from_secs(1), 0)
             .is_none()
             || self.expire().is_none()
         {
@@ -343,12 +370,22 @@ impl CookiePolicy {
         c
     }
 
-    /// The `Set-Cookie` value that gives the client `id`.
-    pub(crate) fn issue(&self, id: SessionId, max_age: Duration) -> Option<HeaderValue> {
-        let id = id.to_string();
+    /// The `Set-Cookie` value that gives the client `id`, issued at `issued`
+    /// (Unix seconds; written into persistent cookies only).
+    pub(crate) fn issue(
+        &self,
+        id: SessionId,
+        max_age: Duration,
+        issued: u64,
+    ) -> Option<HeaderValue> {
+        let plain = if self.persistent {
+            format!("{id}.{issued}")
+        } else {
+            id.to_string()
+        };
         let value = match &self.signing {
-            Some(key) => key.sign(self.cookie_name(), &id),
-            None => id,
+            Some(key) => key.sign(self.cookie_name(), &plain),
+            None => plain,
         };
         let mut c = self.base_cookie(value);
         if self.persistent {
@@ -365,19 +402,18 @@ impl CookiePolicy {
         HeaderValue::from_str(&c.to_string()).ok()
     }
 
-    /// Reads an id out of one presented cookie value; `Err` says why not.
-    pub(crate) fn read_value(&self, raw: &[u8]) -> Result<(SessionId, bool), Unreadable> {
-        let Some(key) = &self.signing else {
-            return SessionId::parse_bytes(raw)
-                .map(|id| (id, false))
-                .map_err(|_| Unreadable::Malformed);
-        };
+    /// Reads one presented cookie value: the id, when the cookie was issued
+    /// (persistent cookies carry it), and whether it was signed with an older
+    /// key; `Err` says why not.
+    pub(crate) fn read_value(&self, raw: &[u8]) -> Result<Presented, Unreadable> {
         let value = std::str::from_utf8(raw).map_err(|_| Unreadable::Malformed)?;
+        let Some(key) = &self.signing else {
+            return parse_plain(value, false);
+        };
         let keys = std::iter::once(key).chain(&self.previous_keys);
         for (i, key) in keys.enumerate() {
             if let Some(plain) = key.verify(self.cookie_name(), value) {
-                let id = plain.parse().map_err(|_| Unreadable::Malformed)?;
-                return Ok((id, i > 0));
+                return parse_plain(&plain, i > 0);
             }
         }
         Err(Unreadable::BadSignature)

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 
-use crate::http::cookie::{CookiePolicy, PolicyError, Unreadable};
+use crate::http::cookie::{CookiePolicy, PolicyError, Presented, Unreadable};
 use crate::id::SessionId;
-use crate::key::Key;
 use crate::net::IpBinding;
 use crate::store::{
     ClientGuard, CreateError, NO_CLIENT_ADDRESS, Refused, Session, SessionEnded, Sessions,
@@ -92,8 +91,6 @@ struct ManagerInner {
     sessions: Sessions,
     policy: CookiePolicy,
     mode: CreateMode,
-    /// When the cookie was last sent (a stamp), for persistent cookies.
-    issued: Key<u32>,
 }
 
 impl fmt::Debug for SessionManager {
@@ -135,7 +132,6 @@ impl SessionManager {
                 sessions,
                 policy,
                 mode,
-                issued: Key::new("keyed_session::cookie_issued"),
             }),
         })
     }
@@ -220,17 +216,17 @@ impl SessionManager {
             let candidates = headers()
                 .flat_map(|h| cookie_values(h, name))
                 .take(MAX_DUPLICATE_COOKIES);
-            let mut found: Option<(Session, bool)> = None;
+            let mut found: Option<(Session, bool, Option<u64>)> = None;
             for raw in candidates {
                 match self.resolve(raw, peer) {
-                    Ok((session, resign)) => match &found {
-                        Some((first, _)) if first.same_as(&session) => {}
+                    Ok((session, resign, issued)) => match &found {
+                        Some((first, _, _)) if first.same_as(&session) => {}
                         Some(_) => {
                             started.rejected = Some(Rejection::Ambiguous);
                             found = None;
                             break;
                         }
-                        None => found = Some((session, resign)),
+                        None => found = Some((session, resign, issued)),
                     },
                     Err(why) => {
                         if found.is_none() {
@@ -239,8 +235,8 @@ impl SessionManager {
                     }
                 }
             }
-            if let Some((session, resign)) = found {
-                started.issue = resign || self.refresh_due(&session);
+            if let Some((session, resign, issued)) = found {
+                started.issue = resign || self.refresh_due(&session, issued);
                 started.presented = Some(session.id());
                 started.session = Some(session);
                 started.rejected = None;
@@ -257,31 +253,37 @@ impl SessionManager {
         started
     }
 
-    fn resolve(&self, raw: &[u8], peer: Option<IpAddr>) -> Result<(Session, bool), Rejection> {
-        let (id, resign) = self.inner.policy.read_value(raw).map_err(|e| match e {
-            Unreadable::Malformed => Rejection::Malformed,
-            Unreadable::BadSignature => Rejection::BadSignature,
-        })?;
+    fn resolve(
+        &self,
+        raw: &[u8],
+        peer: Option<IpAddr>,
+    ) -> Result<(Session, bool, Option<u64>), Rejection> {
+        let Presented { id, issued, resign } =
+            self.inner.policy.read_value(raw).map_err(|e| match e {
+                Unreadable::Malformed => Rejection::Malformed,
+                Unreadable::BadSignature => Rejection::BadSignature,
+            })?;
         let session = self
             .inner
             .sessions
             .get(&id, peer)
             .map_err(Rejection::Refused)?;
-        Ok((session, resign))
+        Ok((session, resign, issued))
     }
 
-    /// Whether a persistent cookie has less than the refresh fraction left.
-    fn refresh_due(&self, session: &Session) -> bool {
+    /// Whether a persistent cookie, issued at `issued`, has less than the
+    /// refresh fraction of its life left.
+    fn refresh_due(&self, session: &Session, issued: Option<u64>) -> bool {
         let policy = &self.inner.policy;
         if !policy.persistent {
             return false;
         }
-        let Some(issued) = session.get(&self.inner.issued) else {
+        let Some(issued) = issued else {
             return true;
         };
         let max_age = session.idle_timeout().as_secs_f64();
-        let now = self.inner.sessions.now_stamp();
-        let left = f64::from(issued) + max_age - f64::from(now);
+        let now = self.inner.sessions.now_unix();
+        let left = issued as f64 + max_age - now as f64;
         left < max_age * policy.refresh_below
     }
 }
@@ -425,11 +427,8 @@ impl Started {
                 if !self.issue && self.presented == Some(id) {
                     return None;
                 }
-                if policy.persistent {
-                    let now = self.manager.inner.sessions.now_stamp();
-                    let _ = s.set(&self.manager.inner.issued, now);
-                }
-                policy.issue(id, s.idle_timeout())
+                let now = self.manager.inner.sessions.now_unix();
+                policy.issue(id, s.idle_timeout(), now)
             }
             None if self.rejected == Some(Rejection::NoClientAddress) => None,
             None if self.ended || self.rejected.is_some() => policy.expire(),
