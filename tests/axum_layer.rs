@@ -253,3 +253,54 @@ async fn lazy_mode_sets_a_cookie_only_when_a_handler_opens_a_session() {
         "the cookie carries the renewed id: {sc}"
     );
 }
+
+/// #10.3: the crate's errors are responses, so handlers can use `?`.
+#[tokio::test]
+async fn errors_are_responses_for_handlers_using_question_marks() {
+    use axum::response::IntoResponse;
+    use keyed_session::{CreateError, Refused, SessionEnded};
+    let full = Sessions::builder()
+        .sweeper(Sweeper::Manual)
+        .max_sessions(0)
+        .build();
+    let handler = move || {
+        let full = full.clone();
+        async move {
+            let session = full.create(None)?;
+            Ok::<_, CreateError>(session.id().to_string())
+        }
+    };
+    let app = Router::new().route("/", get(handler));
+    let resp = app
+        .oneshot(request("/", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+    let text = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    assert!(String::from_utf8_lossy(&text).contains("max_sessions"));
+
+    let cases = [
+        (Refused::Expired.into_response(), StatusCode::UNAUTHORIZED),
+        (SessionEnded(5u8).into_response(), StatusCode::UNAUTHORIZED),
+        (
+            CreateError::PerIpFull { limit: 2 }.into_response(),
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        (
+            CreateError::NoClientAddress.into_response(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+        ),
+        (
+            keyed_session::http::Rejection::Malformed.into_response(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            keyed_session::RecvError::Closed.into_response(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+        ),
+    ];
+    for (response, status) in cases {
+        assert_eq!(response.status(), status);
+    }
+}

@@ -42,11 +42,24 @@
 //! it: take `RequestSession::attach()` and move the guard into the
 //! `on_upgrade` task.
 //!
+//! Every error type of the crate implements `IntoResponse` (with this
+//! feature), so a handler returning `Result<_, CreateError>` (or `Refused`,
+//! `SessionEnded`, …) can use `?`; the statuses are listed below.
+//!
+//! | error | status |
+//! | --- | --- |
+//! | `Refused`, `SessionEnded` | 401 Unauthorized |
+//! | `Rejection` | 400 unreadable or ambiguous cookie, 401 refused session, 500 no client address |
+//! | `CreateError` | 503 with `Retry-After: 1` (full, shut down), 429 (address at its limit), 500 (set-up mistake) |
+//! | `PolicyError`, `KeyTooShort`, `SnapshotError`, `RecvError` | 500 |
+//!
 //! A stream that should end when its session ends (a logout, an expiry, and
 //! [`Sessions::shutdown`](crate::Sessions::shutdown) at a graceful shutdown)
 //! selects on [`Session::ended`]: `axum::serve(..).with_graceful_shutdown(..)`
 //! waits for open streams, so call `shutdown()` inside the shutdown signal,
 //! before serve returns (the `counter` example does).
+
+mod responses;
 
 use std::fmt;
 use std::future::Future;
