@@ -164,7 +164,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{Event, RecvError, Subscription};
 /// Iterators of [`Subscription`].
 pub mod subscription {
-    pub use crate::events::{IntoIter, Iter, TryIter};
+    pub use crate::events::{IntoIter, Iter, Recv, TryIter};
 }
 pub use id::{IdGenerator, ParseIdError, RandomIds, SESSION_ID_LEN, SessionId};
 pub use key::{Key, KeyBuilder, LoadKey, LoadedValue};

@@ -176,14 +176,100 @@ fn a_subscription_closes_when_the_store_is_gone() {
     let s = sessions.create(None).unwrap();
     drop((sessions, s));
     // The store shut down on its last drop: Begin, then End, then closed.
-    assert!(matches!(events.recv(), Ok(Event::Begin { .. })));
+    assert!(matches!(events.blocking_recv(), Ok(Event::Begin { .. })));
     assert!(matches!(
-        events.recv(),
+        events.blocking_recv(),
         Ok(Event::End {
             reason: EndReason::Shutdown,
             ..
         })
     ));
-    assert_eq!(events.recv(), Err(keyed_session::RecvError::Closed));
+    assert_eq!(
+        events.blocking_recv(),
+        Err(keyed_session::RecvError::Closed)
+    );
     assert_eq!(events.try_recv(), Err(keyed_session::RecvError::Closed));
+}
+
+/// #10.2: `recv().await` waits without blocking a runtime thread, wakes when
+/// an event comes from another thread, and ends with `Closed` when the store
+/// is gone; a subscriber that fell behind learns how many events it missed.
+#[test]
+fn async_receiving_wakes_reports_lag_and_closes() {
+    use keyed_session::RecvError;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let (sessions, _clock) = common::store();
+    let events = sessions.subscribe();
+    let creator = {
+        let sessions = sessions.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            sessions.create(None).unwrap().id()
+        })
+    };
+    let got = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("woken by the send")
+    });
+    let id = creator.join().unwrap();
+    assert_eq!(got, Ok(Event::Begin { id, peer: None }));
+
+    // Lag: a buffer of 2, five events, read after.
+    let clock = ManualClock::new();
+    let small = builder(&clock).event_capacity(2).build();
+    let slow = small.subscribe();
+    let made: Vec<SessionId> = (0..5).map(|_| small.create(None).unwrap().id()).collect();
+    assert_eq!(
+        slow.try_recv(),
+        Ok(Event::Begin {
+            id: made[0],
+            peer: None
+        })
+    );
+    assert_eq!(
+        slow.try_recv(),
+        Ok(Event::Begin {
+            id: made[1],
+            peer: None
+        })
+    );
+    let late = small.create(None).unwrap().id();
+    assert_eq!(slow.try_recv(), Err(RecvError::Lagged(3)));
+    assert_eq!(
+        slow.try_recv(),
+        Ok(Event::Begin {
+            id: late,
+            peer: None
+        })
+    );
+    assert_eq!(small.stats().events_dropped, 3);
+
+    // The store goes while a task waits: it sees the session end, then the
+    // subscription closed.
+    let dropper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        drop(sessions);
+    });
+    let (end, closed) = runtime.block_on(async {
+        let wait = Duration::from_secs(30);
+        let end = tokio::time::timeout(wait, events.recv()).await;
+        let closed = tokio::time::timeout(wait, events.recv()).await;
+        (
+            end.expect("woken by the End"),
+            closed.expect("woken when the store went"),
+        )
+    });
+    dropper.join().unwrap();
+    assert!(matches!(
+        end,
+        Ok(Event::End {
+            reason: EndReason::Shutdown,
+            ..
+        })
+    ));
+    assert_eq!(closed, Err(RecvError::Closed));
 }
