@@ -12,6 +12,17 @@ use std::net::IpAddr;
 /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) count as their IPv4 address.
 /// A session created without an address is not bound; a bound session refuses a
 /// request that comes without one.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use keyed_session::IpBinding;
+/// let home: IpAddr = "192.0.2.10".parse().unwrap();
+/// let next_door: IpAddr = "192.0.2.77".parse().unwrap();
+/// assert!(!IpBinding::Exact.allows(Some(home), Some(next_door)));
+/// assert!(IpBinding::subnet().allows(Some(home), Some(next_door)));
+/// assert!(!IpBinding::Exact.allows(Some(home), None), "no address: refused");
+/// assert!(IpBinding::Off.allows(Some(home), None));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum IpBinding {

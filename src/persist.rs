@@ -70,6 +70,25 @@ use frame::{MAGIC, Reader, VERSION};
 pub(crate) use frame::{frame, records};
 
 /// Everything saved of one session.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use keyed_session::SessionId;
+/// use keyed_session::persist::SessionImage;
+/// let image = SessionImage {
+///     id: SessionId::from_u128(7),
+///     created: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+///     last_access: UNIX_EPOCH + Duration::from_secs(1_800_000_060),
+///     idle_timeout: Duration::from_secs(3600),
+///     absolute_deadline: None,
+///     peer: None,
+///     values: vec![("cart".into(), b"[1,2]".to_vec())],
+/// };
+/// let mut bytes = Vec::new();
+/// image.encode(&mut bytes);
+/// assert_eq!(SessionImage::decode(&bytes).unwrap(), image);
+/// assert!(SessionImage::decode(&bytes[..10]).is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionImage {
     /// The session's id.
@@ -181,6 +200,18 @@ impl SessionImage {
 }
 
 /// What [`Sessions::save_to`](crate::Sessions::save_to) wrote.
+///
+/// ```
+/// use keyed_session::{Key, Sessions, Sweeper};
+/// let path = std::env::temp_dir().join(format!("ks-save-report-{}.snap", std::process::id()));
+/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// let socket: Key<u8> = Key::new("socket"); // no save hook: memory only
+/// sessions.create(None).unwrap().set(&socket, 1).unwrap();
+/// let report = sessions.save_to(&path).unwrap();
+/// assert_eq!(report.sessions, 1);
+/// assert_eq!(report.unsaved.get("socket"), Some(&1));
+/// # std::fs::remove_file(&path).unwrap();
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SaveReport {
@@ -195,6 +226,19 @@ pub struct SaveReport {
 }
 
 /// What a restore brought back and what it skipped.
+///
+/// ```
+/// use keyed_session::{Key, Sessions, Sweeper};
+/// let path = std::env::temp_dir().join(format!("ks-restore-report-{}.snap", std::process::id()));
+/// let counter: Key<Vec<u32>> = Key::builder("counter").serde().build();
+/// let before = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// before.create(None).unwrap().set(&counter, vec![1]).unwrap();
+/// before.save_to(&path).unwrap();
+/// let after = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// let report = after.restore_from(&path, &[&counter]).unwrap();
+/// assert_eq!((report.restored, report.corrupt_records), (1, 0));
+/// # std::fs::remove_file(&path).unwrap();
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RestoreReport {

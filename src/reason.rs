@@ -7,6 +7,13 @@ use crate::id::SessionId;
 
 /// Why a session ended. Every end sends one [`Event::End`](crate::Event::End) with
 /// its reason, after the `on_delete` hook of every value in the session has run.
+///
+/// ```
+/// use keyed_session::EndReason;
+/// assert!(EndReason::IdleExpired.was_expired());
+/// assert!(EndReason::Evicted.was_evicted());
+/// assert_eq!(EndReason::IpMismatch.to_string(), "ip-mismatch");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum EndReason {
@@ -77,6 +84,21 @@ impl fmt::Display for EndReason {
 }
 
 /// Why a value was handed to its key's `on_delete` hook.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use keyed_session::{DeleteCause, EndReason, Key, Sessions, Sweeper};
+/// let causes = Arc::new(Mutex::new(Vec::new()));
+/// let log = causes.clone();
+/// let key: Key<u8> = Key::builder("k")
+///     .on_delete(move |_, ctx| log.lock().unwrap().push(ctx.cause))
+///     .build();
+/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// let s = sessions.create(None).unwrap();
+/// s.set(&key, 1).unwrap();
+/// sessions.delete(&s.id());
+/// assert_eq!(*causes.lock().unwrap(), [DeleteCause::SessionEnded(EndReason::Deleted)]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum DeleteCause {
@@ -95,6 +117,21 @@ pub enum DeleteCause {
 }
 
 /// What an `on_delete` hook is told besides the value.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use keyed_session::{EndReason, Key, Sessions, Sweeper};
+/// let seen = Arc::new(Mutex::new(None));
+/// let log = seen.clone();
+/// let key: Key<u8> = Key::builder("k")
+///     .on_delete(move |_, ctx| *log.lock().unwrap() = Some((ctx.id, ctx.end_reason())))
+///     .build();
+/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// let s = sessions.create(None).unwrap();
+/// s.set(&key, 1).unwrap();
+/// sessions.shutdown();
+/// assert_eq!(*seen.lock().unwrap(), Some((s.id(), Some(EndReason::Shutdown))));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DeleteContext {

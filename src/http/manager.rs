@@ -23,6 +23,16 @@ pub const MAX_COOKIE_HEADER: usize = 8 * 1024;
 pub const MAX_DUPLICATE_COOKIES: usize = 8;
 
 /// Whether a request without a session gets one at once.
+///
+/// ```
+/// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+/// use keyed_session::Sessions;
+/// let lazy = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
+/// let mut started = lazy.start(None, None, "/");
+/// assert!(started.session().is_none() && started.set_cookie().is_none());
+/// started.get_or_create().unwrap(); // the handler stores something
+/// assert!(started.set_cookie().is_some());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CreateMode {
     /// Every request in the cookie's path has a session: `start` creates one when
@@ -35,6 +45,17 @@ pub enum CreateMode {
 }
 
 /// Why the session cookie a request presented was not used.
+///
+/// ```
+/// use keyed_session::http::{CookiePolicy, CreateMode, Rejection, SessionManager};
+/// use keyed_session::{Refused, SessionId, Sessions};
+/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
+/// let garbage = manager.start(Some(b"__Host-id=garbage"), None, "/");
+/// assert_eq!(garbage.rejected(), Some(Rejection::Malformed));
+/// let unknown = format!("__Host-id={}", SessionId::random());
+/// let started = manager.start(Some(unknown.as_bytes()), None, "/");
+/// assert_eq!(started.rejected(), Some(Rejection::Refused(Refused::NotFound)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Rejection {
@@ -82,6 +103,17 @@ impl std::error::Error for Rejection {
 
 /// Turns requests into sessions and says which `Set-Cookie` each response
 /// needs. Cheap to clone.
+///
+/// ```
+/// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+/// use keyed_session::Sessions;
+/// let sessions = Sessions::default();
+/// let manager = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Auto)?;
+/// let started = manager.start(None, Some("192.0.2.1".parse().unwrap()), "/");
+/// assert!(started.session().is_some());
+/// assert_eq!(manager.sessions().len(), 1);
+/// # Ok::<(), keyed_session::http::PolicyError>(())
+/// ```
 #[derive(Clone)]
 pub struct SessionManager {
     inner: Arc<ManagerInner>,
@@ -310,6 +342,19 @@ pub(crate) fn cookie_values<'a>(
 
 /// One request's view of its session: what `start` found, what the handler did,
 /// and so which `Set-Cookie` the response needs.
+///
+/// ```
+/// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+/// use keyed_session::Sessions;
+/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Auto)?;
+/// let mut started = manager.start(None, None, "/");
+/// let old = started.session().unwrap().id();
+/// let new = started.renew().unwrap(); // after a login
+/// assert_ne!(old, new);
+/// let set_cookie = started.set_cookie().unwrap();
+/// assert!(set_cookie.to_str().unwrap().contains(&new.to_string()));
+/// # Ok::<(), keyed_session::http::PolicyError>(())
+/// ```
 pub struct Started {
     manager: SessionManager,
     peer: Option<IpAddr>,

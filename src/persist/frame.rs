@@ -10,6 +10,14 @@ const MARKER: &[u8; 4] = b"KSR1";
 const HEADER_LEN: usize = 12;
 
 /// Why a snapshot (or one record of it) could not be read.
+///
+/// ```
+/// use keyed_session::persist::SnapshotError;
+/// use keyed_session::{Sessions, Sweeper};
+/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// let error = sessions.restore_bytes(b"not a snapshot at all", &[]).unwrap_err();
+/// assert!(matches!(error, SnapshotError::NotASnapshot));
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum SnapshotError {

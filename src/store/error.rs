@@ -3,6 +3,14 @@
 use std::fmt;
 
 /// Why [`Sessions::get`](crate::Sessions::get) refused a session id.
+///
+/// ```
+/// use keyed_session::{Refused, SessionId, Sessions, Sweeper};
+/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// let unknown = SessionId::random();
+/// assert_eq!(sessions.get(&unknown, None).unwrap_err(), Refused::NotFound);
+/// assert!(Refused::NotFound.to_string().contains("start a new session"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Refused {
@@ -34,6 +42,15 @@ impl std::error::Error for Refused {}
 pub(crate) const NO_CLIENT_ADDRESS: &str = "sessions are bound to the client address (IpBinding is not Off), but this request has none: with axum, serve with `app.into_make_service_with_connect_info::<SocketAddr>()`; behind a proxy, configure `TrustedProxies`; with `SessionManager::start`, pass the client address";
 
 /// Why [`Sessions::create`](crate::Sessions::create) made no session.
+///
+/// ```
+/// use keyed_session::{CreateError, Sessions, Sweeper};
+/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).max_sessions(1).build();
+/// let _first = sessions.create(None).unwrap();
+/// assert_eq!(sessions.create(None).unwrap_err(), CreateError::Full { limit: 1 });
+/// sessions.shutdown();
+/// assert_eq!(sessions.create(None).unwrap_err(), CreateError::ShutDown);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CreateError {

@@ -46,6 +46,17 @@ use crate::store::record::Record;
 ///   every thread, or copy what you need out first.
 ///
 /// `on_delete` hooks never run with any lock of the store held.
+///
+/// ```
+/// use keyed_session::{Key, Sessions, Sweeper};
+/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// let cart: Key<Vec<String>> = Key::new("cart");
+/// let session = sessions.create(None).unwrap();
+/// session.update(&cart, Vec::new, |c| c.push("tea".into())).unwrap();
+/// let again = sessions.get(&session.id(), None).unwrap();
+/// assert!(again.same_as(&session));
+/// assert_eq!(again.with(&cart, |c| c.len()), Some(1));
+/// ```
 #[derive(Clone)]
 pub struct Session {
     pub(crate) store: Arc<StoreInner>,
@@ -54,6 +65,16 @@ pub struct Session {
 
 /// A value could not be stored because its session has ended; the value is handed
 /// back in `.0`.
+///
+/// ```
+/// use keyed_session::{Key, SessionEnded, Sessions, Sweeper};
+/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// let name: Key<String> = Key::new("name");
+/// let session = sessions.create(None).unwrap();
+/// sessions.delete(&session.id());
+/// let SessionEnded(back) = session.set(&name, "ada".into()).unwrap_err();
+/// assert_eq!(back, "ada");
+/// ```
 pub struct SessionEnded<T = ()>(pub T);
 
 impl<T> fmt::Debug for SessionEnded<T> {
@@ -430,6 +451,23 @@ impl fmt::Debug for Session {
 }
 
 /// Keeps a client attached to a session; see [`Session::attach`].
+///
+/// ```
+/// use std::time::Duration;
+/// use keyed_session::{ManualClock, Sessions, Sweeper};
+/// let clock = ManualClock::new();
+/// let sessions = Sessions::builder()
+///     .idle_timeout(Duration::from_secs(60))
+///     .clock(clock.clone())
+///     .sweeper(Sweeper::Manual)
+///     .build();
+/// let session = sessions.create(None).unwrap();
+/// let guard = session.attach().unwrap(); // a websocket opened
+/// clock.advance(Duration::from_secs(600));
+/// assert!(session.is_valid(), "no idle expiry while a client is attached");
+/// drop(guard);
+/// assert_eq!(session.clients(), 0);
+/// ```
 #[must_use = "the client is detached as soon as the guard is dropped"]
 pub struct ClientGuard {
     session: Session,
@@ -457,6 +495,16 @@ impl Drop for ClientGuard {
 }
 
 /// Resolves when its session ends; see [`Session::ended`].
+///
+/// ```
+/// use keyed_session::{EndReason, Sessions, Sweeper};
+/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// let session = sessions.create(None).unwrap();
+/// let ended = session.ended();
+/// sessions.shutdown();
+/// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// assert_eq!(runtime.block_on(ended), EndReason::Shutdown);
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct Ended {
     session: Session,

@@ -5,6 +5,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::reason::EndReason;
 
 /// Counters of a store, read with [`Sessions::stats`](crate::Sessions::stats).
+///
+/// ```
+/// use keyed_session::{EndReason, Sessions, Sweeper};
+/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// let s = sessions.create(None).unwrap();
+/// sessions.delete(&s.id());
+/// let stats = sessions.stats();
+/// assert_eq!((stats.created, stats.live), (1, 0));
+/// assert_eq!(stats.ended_by(EndReason::Deleted), 1);
+/// assert_eq!(stats.ended_total(), 1);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Stats {
