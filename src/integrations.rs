@@ -1,4 +1,17 @@
 //! Integrations with web frameworks, each behind a cargo feature.
+//!
+//! ```
+//! // With the `axum` feature: a tower layer and extractors.
+//! use keyed_session::integrations::axum::SessionLayer;
+//! use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+//! let manager = SessionManager::new(
+//!     keyed_session::Sessions::default(),
+//!     CookiePolicy::new(),
+//!     CreateMode::Lazy,
+//! ).unwrap();
+//! let layer = SessionLayer::new(manager);
+//! assert!(format!("{layer:?}").contains("SessionLayer"));
+//! ```
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]

@@ -7,6 +7,22 @@
 //! keys without `save` (sockets, channels, mutexes) are not written; the
 //! [`SaveReport`] counts them by key name.
 //!
+//! ```
+//! use keyed_session::{Key, Sessions, Sweeper};
+//! let path = std::env::temp_dir().join(format!("ks-persist-doc-{}.snap", std::process::id()));
+//! let cart: Key<Vec<String>> = Key::builder("cart").serde().build();
+//! let before = Sessions::builder().sweeper(Sweeper::Manual).build();
+//! let s = before.create(None).unwrap();
+//! s.set(&cart, vec!["tea".into()]).unwrap();
+//! before.save_to(&path).unwrap();
+//! drop((s, before)); // a restart
+//! let after = Sessions::builder().sweeper(Sweeper::Manual).build();
+//! after.restore_from(&path, &[&cart]).unwrap();
+//! let back = after.iter().next().unwrap();
+//! assert_eq!(back.get(&cart), Some(vec!["tea".to_string()]));
+//! # std::fs::remove_file(&path).unwrap();
+//! ```
+//!
 //! # The file format (version 1)
 //! All integers little-endian.
 //!

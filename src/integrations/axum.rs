@@ -83,6 +83,32 @@ use crate::store::{ClientGuard, CreateError, Session, SessionEnded};
 
 /// A tower layer that starts a session for every request (see
 /// [`SessionManager::start`]) and adds the `Set-Cookie` the response needs.
+///
+/// ```
+/// # use std::net::SocketAddr;
+/// # use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
+/// # use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+/// # use keyed_session::integrations::axum::*;
+/// # use keyed_session::Sessions;
+/// # use tower::ServiceExt;
+/// # fn request(path: &str, cookie: Option<&str>) -> http::Request<Body> {
+/// #     let mut b = http::Request::get(path);
+/// #     if let Some(c) = cookie { b = b.header("cookie", c); }
+/// #     let mut req = b.body(Body::empty()).unwrap();
+/// #     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
+/// #     req
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let sessions = Sessions::default();
+/// let manager = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Auto).unwrap();
+/// let app = Router::new()
+///     .route("/", get(|| async { "hi" }))
+///     .layer(SessionLayer::new(manager));
+/// let response = app.oneshot(request("/", None)).await.unwrap();
+/// assert!(response.headers().contains_key("set-cookie"));
+/// assert_eq!(sessions.len(), 1);
+/// # });
+/// ```
 #[derive(Clone, Debug)]
 pub struct SessionLayer {
     shared: Arc<Shared>,
@@ -129,6 +155,16 @@ impl<S> Layer<S> for SessionLayer {
 }
 
 /// The service made by [`SessionLayer`].
+///
+/// ```
+/// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+/// use keyed_session::integrations::axum::{SessionLayer, SessionService};
+/// use keyed_session::Sessions;
+/// use tower_layer::Layer;
+/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
+/// let service: SessionService<()> = SessionLayer::new(manager).layer(());
+/// assert!(format!("{service:?}").contains("SessionService"));
+/// ```
 #[derive(Clone, Debug)]
 pub struct SessionService<S> {
     inner: S,
@@ -212,6 +248,31 @@ fn is_event_stream(headers: &http::HeaderMap) -> bool {
 /// A response body that may hold a client attached to the session while it is
 /// being sent (server-sent events); otherwise just the inner body, or the
 /// layer's own error message.
+///
+/// ```
+/// # use std::net::SocketAddr;
+/// # use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
+/// # use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+/// # use keyed_session::integrations::axum::*;
+/// # use keyed_session::Sessions;
+/// # use tower::ServiceExt;
+/// # fn request(path: &str, cookie: Option<&str>) -> http::Request<Body> {
+/// #     let mut b = http::Request::get(path);
+/// #     if let Some(c) = cookie { b = b.header("cookie", c); }
+/// #     let mut req = b.body(Body::empty()).unwrap();
+/// #     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
+/// #     req
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Auto).unwrap();
+/// let app = Router::new()
+///     .route("/", get(|| async { "body" }))
+///     .layer(SessionLayer::new(manager));
+/// let response = app.oneshot(request("/", None)).await.unwrap();
+/// let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 64).await.unwrap();
+/// assert_eq!(&body[..], b"body");
+/// # });
+/// ```
 pub struct SessionBody<B> {
     inner: Option<B>,
     message: Option<&'static str>,
@@ -262,6 +323,39 @@ where
 
 /// The request's session state, as an extractor: the session if there is one,
 /// and the means to create, renew or end it. Cheap to clone.
+///
+/// ```
+/// # use std::net::SocketAddr;
+/// # use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
+/// # use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+/// # use keyed_session::integrations::axum::*;
+/// # use keyed_session::Sessions;
+/// # use tower::ServiceExt;
+/// # fn request(path: &str, cookie: Option<&str>) -> http::Request<Body> {
+/// #     let mut b = http::Request::get(path);
+/// #     if let Some(c) = cookie { b = b.header("cookie", c); }
+/// #     let mut req = b.body(Body::empty()).unwrap();
+/// #     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
+/// #     req
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let sessions = Sessions::default();
+/// let manager = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
+/// let app = Router::new()
+///     .route("/browse", get(|r: RequestSession| async move { format!("{}", r.session().is_some()) }))
+///     .route("/login", get(|r: RequestSession| async move {
+///         r.get_or_create().unwrap();
+///         r.renew().unwrap(); // a change of privilege: new id, new cookie
+///         "in"
+///     }))
+///     .layer(SessionLayer::new(manager));
+/// let browse = app.clone().oneshot(request("/browse", None)).await.unwrap();
+/// assert!(!browse.headers().contains_key("set-cookie"));
+/// let login = app.oneshot(request("/login", None)).await.unwrap();
+/// assert!(login.headers().contains_key("set-cookie"));
+/// assert_eq!(sessions.len(), 1);
+/// # });
+/// ```
 #[derive(Clone)]
 pub struct RequestSession(Arc<Mutex<Started>>);
 
@@ -308,6 +402,29 @@ impl RequestSession {
 }
 
 /// Why a session extractor failed.
+///
+/// ```
+/// # use std::net::SocketAddr;
+/// # use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
+/// # use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+/// # use keyed_session::integrations::axum::*;
+/// # use keyed_session::Sessions;
+/// # use tower::ServiceExt;
+/// # fn request(path: &str, cookie: Option<&str>) -> http::Request<Body> {
+/// #     let mut b = http::Request::get(path);
+/// #     if let Some(c) = cookie { b = b.header("cookie", c); }
+/// #     let mut req = b.body(Body::empty()).unwrap();
+/// #     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
+/// #     req
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// // A route using the extractor without the layer: a clear 500.
+/// let app = Router::new().route("/", get(|_: CurrentSession| async { "x" }));
+/// let response = app.oneshot(request("/", None)).await.unwrap();
+/// assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+/// assert!(SessionRejection::MissingLayer.to_string().contains("SessionLayer"));
+/// # });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SessionRejection {
@@ -373,6 +490,38 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestSession {
 
 /// The request's session, created if it has none: the extractor for routes that
 /// always use a session.
+///
+/// ```
+/// # use std::net::SocketAddr;
+/// # use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
+/// # use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+/// # use keyed_session::integrations::axum::*;
+/// # use keyed_session::Sessions;
+/// # use tower::ServiceExt;
+/// # fn request(path: &str, cookie: Option<&str>) -> http::Request<Body> {
+/// #     let mut b = http::Request::get(path);
+/// #     if let Some(c) = cookie { b = b.header("cookie", c); }
+/// #     let mut req = b.body(Body::empty()).unwrap();
+/// #     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
+/// #     req
+/// # }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use std::sync::LazyLock;
+/// use keyed_session::Key;
+/// static VISITS: LazyLock<Key<u64>> = LazyLock::new(|| Key::new("visits"));
+/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
+/// let app = Router::new()
+///     .route("/", get(|CurrentSession(s): CurrentSession| async move {
+///         s.update(&VISITS, || 0, |n| { *n += 1; *n }).unwrap().to_string()
+///     }))
+///     .layer(SessionLayer::new(manager));
+/// let first = app.clone().oneshot(request("/", None)).await.unwrap();
+/// let cookie = first.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+/// let second = app.oneshot(request("/", Some(&cookie))).await.unwrap();
+/// let body = axum::body::to_bytes(axum::body::Body::new(second.into_body()), 64).await.unwrap();
+/// assert_eq!(&body[..], b"2");
+/// # });
+/// ```
 #[derive(Clone, Debug)]
 pub struct CurrentSession(pub Session);
 
