@@ -568,3 +568,35 @@ fn binding_without_an_address_fails_closed() {
     assert!(started.session().is_none());
     assert!(bound.is_valid());
 }
+
+/// #10.6: "remember me" gives one session its own lifetime and a persistent
+/// cookie whose Max-Age follows it, kept across requests, while other
+/// sessions keep session cookies.
+#[test]
+fn remember_me_is_per_session() {
+    let (m, clock) = manager(CookiePolicy::new().name("id"), CreateMode::Auto);
+    let other = m.start(None, None, "/");
+    assert!(!set_cookie(&other).unwrap().contains("Max-Age"));
+    let mut login = m.start(None, None, "/");
+    login.remember(secs(600)).unwrap();
+    let sc = set_cookie(&login).unwrap();
+    assert!(sc.contains("Max-Age=600"), "{sc}");
+    let remembered = login.session().unwrap().clone();
+    assert_eq!(remembered.idle_timeout(), secs(600));
+    // Past the store's 60 s idle timeout, within its own.
+    clock.advance(secs(200));
+    let cookie = pair(&sc);
+    let next = m.start(Some(cookie.as_bytes()), None, "/");
+    assert!(next.session().unwrap().same_as(&remembered));
+    assert_eq!(next.set_cookie(), None, "not due for a refresh yet");
+    // Due: refreshed, still persistent.
+    clock.advance(secs(150));
+    let later = m.start(Some(cookie.as_bytes()), None, "/");
+    assert!(set_cookie(&later).unwrap().contains("Max-Age=600"));
+    assert_eq!(other.session().unwrap().end_reason(), None, "not swept yet");
+    assert!(
+        m.sessions()
+            .get(&other.session().unwrap().id(), None)
+            .is_err()
+    );
+}

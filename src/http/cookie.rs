@@ -334,7 +334,7 @@ impl CookiePolicy {
             return Err(PolicyError::SameSiteNoneWithoutSecure);
         }
         if self
-            .issue(SessionId::from_u128(0), Duration::from_secs(1), 0)
+            .issue(SessionId::from_u128(0), Duration::from_secs(1), 0, true)
             .is_none()
             || self.expire().is_none()
         {
@@ -371,14 +371,17 @@ impl CookiePolicy {
     }
 
     /// The `Set-Cookie` value that gives the client `id`, issued at `issued`
-    /// (Unix seconds; written into persistent cookies only).
+    /// (Unix seconds; written into persistent cookies only). `persistent`
+    /// makes it persistent even when the policy does not (a "remember me").
     pub(crate) fn issue(
         &self,
         id: SessionId,
         max_age: Duration,
         issued: u64,
+        persistent: bool,
     ) -> Option<HeaderValue> {
-        let plain = if self.persistent {
+        let persistent = persistent || self.persistent;
+        let plain = if persistent {
             format!("{id}.{issued}")
         } else {
             id.to_string()
@@ -388,7 +391,7 @@ impl CookiePolicy {
             None => plain,
         };
         let mut c = self.base_cookie(value);
-        if self.persistent {
+        if persistent {
             let secs = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
             c.set_max_age(cookie::time::Duration::seconds(secs));
         }

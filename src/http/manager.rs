@@ -231,6 +231,7 @@ impl SessionManager {
             presented: None,
             rejected: None,
             issue: false,
+            remembered: false,
             ended: false,
         };
         if !started.in_scope {
@@ -269,6 +270,7 @@ impl SessionManager {
             }
             if let Some((session, resign, issued)) = found {
                 started.issue = resign || self.refresh_due(&session, issued);
+                started.remembered = issued.is_some();
                 started.presented = Some(session.id());
                 started.session = Some(session);
                 started.rejected = None;
@@ -303,11 +305,12 @@ impl SessionManager {
         Ok((session, resign, issued))
     }
 
-    /// Whether a persistent cookie, issued at `issued`, has less than the
-    /// refresh fraction of its life left.
+    /// Whether a persistent cookie (by the policy, or one that carries its
+    /// issue time: a session remembered with `Started::remember`), issued at
+    /// `issued`, has less than the refresh fraction of its life left.
     fn refresh_due(&self, session: &Session, issued: Option<u64>) -> bool {
         let policy = &self.inner.policy;
-        if !policy.persistent {
+        if !policy.persistent && issued.is_none() {
             return false;
         }
         let Some(issued) = issued else {
@@ -368,6 +371,8 @@ pub struct Started {
     /// The response must carry a fresh cookie for `session` (a key rotation or
     /// a persistent cookie's refresh).
     issue: bool,
+    /// This session's cookie is persistent although the policy's is not.
+    remembered: bool,
     /// The handler ended the session: the response must expire the cookie.
     ended: bool,
 }
@@ -446,6 +451,38 @@ impl Started {
         self.manager.inner.sessions.delete(&session.id())
     }
 
+    /// "Remember me": gives this session its own idle timeout and a
+    /// persistent cookie whose `Max-Age` follows it (refreshed like any
+    /// persistent cookie), while other sessions keep the policy's cookie. The
+    /// cookie carries the fact (with its issue time), so later requests keep it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+    /// use keyed_session::Sessions;
+    /// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Auto)?;
+    /// let mut plain = manager.start(None, None, "/");
+    /// assert!(!plain.set_cookie().unwrap().to_str().unwrap().contains("Max-Age"));
+    /// let mut login = manager.start(None, None, "/");
+    /// login.remember(Duration::from_secs(30 * 24 * 3600)).unwrap();
+    /// let set_cookie = login.set_cookie().unwrap();
+    /// assert!(set_cookie.to_str().unwrap().contains("Max-Age=2592000"));
+    /// # Ok::<(), keyed_session::http::PolicyError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`SessionEnded`] when there is no session or it has ended.
+    pub fn remember(&mut self, idle: std::time::Duration) -> Result<(), SessionEnded> {
+        let session = self.session.as_ref().ok_or(SessionEnded(()))?;
+        if session.end_reason().is_some() {
+            return Err(SessionEnded(()));
+        }
+        session.set_idle_timeout(idle);
+        self.remembered = true;
+        self.issue = true;
+        Ok(())
+    }
+
     /// Attaches a client for a long-lived connection (a websocket, a stream):
     /// keep the guard for as long as the connection lives. `None` when there is
     /// no session, or it has ended or expired.
@@ -473,7 +510,7 @@ impl Started {
                     return None;
                 }
                 let now = self.manager.inner.sessions.now_unix();
-                policy.issue(id, s.idle_timeout(), now)
+                policy.issue(id, s.idle_timeout(), now, self.remembered)
             }
             None if self.rejected == Some(Rejection::NoClientAddress) => None,
             None if self.ended || self.rejected.is_some() => policy.expire(),

@@ -389,6 +389,15 @@ impl RequestSession {
         self.0.lock().renew()
     }
 
+    /// "Remember me": this session's own idle timeout and a persistent cookie
+    /// that follows it; see [`Started::remember`].
+    ///
+    /// # Errors
+    /// [`SessionEnded`] when there is no live session.
+    pub fn remember(&self, idle: std::time::Duration) -> Result<(), SessionEnded> {
+        self.0.lock().remember(idle)
+    }
+
     /// Ends the session and expires the cookie; see [`Started::end`].
     pub fn end(&self) -> bool {
         self.0.lock().end()
