@@ -30,9 +30,9 @@
 mod cookie;
 mod manager;
 mod proxy;
+mod started;
 
 pub use cookie::{CookiePolicy, KeyTooShort, PolicyError, SameSite, SigningKey};
-pub use manager::{
-    CreateMode, MAX_COOKIE_HEADER, MAX_DUPLICATE_COOKIES, Rejection, SessionManager, Started,
-};
+pub use manager::{MAX_COOKIE_HEADER, MAX_DUPLICATE_COOKIES, SessionManager};
 pub use proxy::{ForwardedHeader, TrustedProxies};
+pub use started::{CreateMode, Rejection, Started};

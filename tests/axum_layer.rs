@@ -304,3 +304,54 @@ async fn errors_are_responses_for_handlers_using_question_marks() {
         assert_eq!(response.status(), status);
     }
 }
+
+/// #10.4: the extractor releases its lock before store calls that run hooks:
+/// a hook that uses the same request's session handle (here, during a logout)
+/// gets an answer instead of a deadlock.
+#[test]
+fn hooks_may_use_the_request_handle_while_it_ends_the_session() {
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let handle: Arc<parking_lot::Mutex<Option<RequestSession>>> = Arc::default();
+        let seen = Arc::new(parking_lot::Mutex::new(None));
+        let (h, s) = (Arc::clone(&handle), Arc::clone(&seen));
+        let key = Key::<u8>::builder("socket")
+            .on_delete(move |_, _| {
+                let current = h.lock().clone();
+                if let Some(request) = current {
+                    *s.lock() = Some(request.session().is_some());
+                }
+            })
+            .build();
+        let manager = SessionManager::new(store(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
+        let app = Router::new()
+            .route(
+                "/logout",
+                get(move |r: RequestSession| {
+                    let (handle, key) = (Arc::clone(&handle), key.clone());
+                    async move {
+                        r.get_or_create().unwrap().set(&key, 1).unwrap();
+                        *handle.lock() = Some(r.clone());
+                        format!("{}", r.end())
+                    }
+                }),
+            )
+            .layer(SessionLayer::new(manager));
+        let resp = runtime
+            .block_on(app.oneshot(request("/logout", v4(127, 0, 0, 1), None)))
+            .unwrap();
+        let _ = done_tx.send((resp.status(), *seen.lock()));
+    });
+    let (status, seen) = done
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the logout finished: no deadlock");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        seen,
+        Some(false),
+        "the hook saw the session already taken out"
+    );
+}

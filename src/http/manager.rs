@@ -4,14 +4,12 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
+use http::header::{COOKIE, HeaderMap, HeaderValue};
 
 use crate::http::cookie::{CookiePolicy, PolicyError, Presented, Unreadable};
-use crate::id::SessionId;
+use crate::http::started::{CreateMode, ManagerInner, Rejection, Started};
 use crate::net::IpBinding;
-use crate::store::{
-    ClientGuard, CreateError, NO_CLIENT_ADDRESS, Refused, Session, SessionEnded, Sessions,
-};
+use crate::store::{Session, Sessions};
 
 /// The longest `Cookie` header (all of them together) that is read at all. Longer
 /// ones are refused without parsing: browsers send at most a few KiB.
@@ -21,85 +19,6 @@ pub const MAX_COOKIE_HEADER: usize = 8 * 1024;
 /// ignored (duplicates come from other paths or domains, or from an attacker
 /// tossing cookies from a sibling subdomain).
 pub const MAX_DUPLICATE_COOKIES: usize = 8;
-
-/// Whether a request without a session gets one at once.
-///
-/// ```
-/// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
-/// use keyed_session::Sessions;
-/// let lazy = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
-/// let mut started = lazy.start(None, None, "/");
-/// assert!(started.session().is_none() && started.set_cookie().is_none());
-/// started.get_or_create().unwrap(); // the handler stores something
-/// assert!(started.set_cookie().is_some());
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CreateMode {
-    /// Every request in the cookie's path has a session: `start` creates one when
-    /// none was presented (the default).
-    #[default]
-    Auto,
-    /// A session is created only when the handler asks for one
-    /// ([`Started::get_or_create`]): no cookie for visitors who never log in.
-    Lazy,
-}
-
-/// Why the session cookie a request presented was not used.
-///
-/// ```
-/// use keyed_session::http::{CookiePolicy, CreateMode, Rejection, SessionManager};
-/// use keyed_session::{Refused, SessionId, Sessions};
-/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
-/// let garbage = manager.start(Some(b"__Host-id=garbage"), None, "/");
-/// assert_eq!(garbage.rejected(), Some(Rejection::Malformed));
-/// let unknown = format!("__Host-id={}", SessionId::random());
-/// let started = manager.start(Some(unknown.as_bytes()), None, "/");
-/// assert_eq!(started.rejected(), Some(Rejection::Refused(Refused::NotFound)));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Rejection {
-    /// The value is not a session id (wrong length, characters, encoding), or the
-    /// header was oversized.
-    Malformed,
-    /// The signature does not verify with the current or any previous key.
-    BadSignature,
-    /// The store refused the id (unknown, expired, IP mismatch).
-    Refused(Refused),
-    /// The request presented several cookies of the session's name that name
-    /// different live sessions. One of them may have been planted by another
-    /// site (cookie tossing), and nothing tells which is the user's: none is
-    /// used. The `__Host-` prefix (the default name) prevents this.
-    Ambiguous,
-    /// The store binds sessions to the client address and the request has
-    /// none: a server set-up mistake. No session is looked up or created.
-    NoClientAddress,
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Rejection::Malformed => f.write_str("the session cookie is not a valid session id"),
-            Rejection::BadSignature => {
-                f.write_str("the session cookie's signature does not verify")
-            }
-            Rejection::Refused(r) => r.fmt(f),
-            Rejection::Ambiguous => f.write_str(
-                "the request presented several session cookies naming different sessions; none was used",
-            ),
-            Rejection::NoClientAddress => f.write_str(NO_CLIENT_ADDRESS),
-        }
-    }
-}
-
-impl std::error::Error for Rejection {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Rejection::Refused(r) => Some(r),
-            _ => None,
-        }
-    }
-}
 
 /// Turns requests into sessions and says which `Set-Cookie` each response
 /// needs. Cheap to clone.
@@ -117,12 +36,6 @@ impl std::error::Error for Rejection {
 #[derive(Clone)]
 pub struct SessionManager {
     inner: Arc<ManagerInner>,
-}
-
-struct ManagerInner {
-    sessions: Sessions,
-    policy: CookiePolicy,
-    mode: CreateMode,
 }
 
 impl fmt::Debug for SessionManager {
@@ -224,7 +137,7 @@ impl SessionManager {
         path: &str,
     ) -> Started {
         let mut started = Started {
-            manager: self.clone(),
+            inner: Arc::clone(&self.inner),
             peer,
             in_scope: self.inner.policy.covers(path),
             session: None,
@@ -341,187 +254,4 @@ pub(crate) fn cookie_values<'a>(
             v => v,
         })
     })
-}
-
-/// One request's view of its session: what `start` found, what the handler did,
-/// and so which `Set-Cookie` the response needs.
-///
-/// ```
-/// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
-/// use keyed_session::Sessions;
-/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Auto)?;
-/// let mut started = manager.start(None, None, "/");
-/// let old = started.session().unwrap().id();
-/// let new = started.renew().unwrap(); // after a login
-/// assert_ne!(old, new);
-/// let set_cookie = started.set_cookie().unwrap();
-/// assert!(set_cookie.to_str().unwrap().contains(&new.to_string()));
-/// # Ok::<(), keyed_session::http::PolicyError>(())
-/// ```
-pub struct Started {
-    manager: SessionManager,
-    peer: Option<IpAddr>,
-    in_scope: bool,
-    session: Option<Session>,
-    /// The id the client's cookie holds, when it named `session`: if the
-    /// session's id differs at response time (renewed through any API), the
-    /// response carries the new one.
-    presented: Option<SessionId>,
-    rejected: Option<Rejection>,
-    /// The response must carry a fresh cookie for `session` (a key rotation or
-    /// a persistent cookie's refresh).
-    issue: bool,
-    /// This session's cookie is persistent although the policy's is not.
-    remembered: bool,
-    /// The handler ended the session: the response must expire the cookie.
-    ended: bool,
-}
-
-impl fmt::Debug for Started {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Started")
-            .field("in_scope", &self.in_scope)
-            .field("session", &self.session)
-            .field("rejected", &self.rejected)
-            .field("issue", &self.issue)
-            .field("ended", &self.ended)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Started {
-    /// The request's session, if it has one.
-    pub fn session(&self) -> Option<&Session> {
-        self.session.as_ref()
-    }
-
-    /// Why the cookie the request presented was not used, if it presented one
-    /// that was refused.
-    pub fn rejected(&self) -> Option<Rejection> {
-        self.rejected
-    }
-
-    /// Whether the request is inside the cookie's path at all.
-    pub fn in_scope(&self) -> bool {
-        self.in_scope
-    }
-
-    /// The session, created now if the request has none (the explicit open of
-    /// [`CreateMode::Lazy`]). A client-supplied id is never adopted: a new
-    /// session always gets a fresh id.
-    ///
-    /// # Errors
-    /// [`CreateError`] when the store refuses a new session, and
-    /// [`CreateError::NoClientAddress`] when the store binds sessions to
-    /// addresses and the request has none.
-    pub fn get_or_create(&mut self) -> Result<Session, CreateError> {
-        if let Some(s) = &self.session {
-            return Ok(s.clone());
-        }
-        if self.rejected == Some(Rejection::NoClientAddress) {
-            return Err(CreateError::NoClientAddress);
-        }
-        let session = self.manager.inner.sessions.create(self.peer)?;
-        self.session = Some(session.clone());
-        self.issue = true;
-        self.ended = false;
-        Ok(session)
-    }
-
-    /// Gives the session a new id (keeping its values) and the response a new
-    /// cookie: call it after a login or any change of privilege.
-    ///
-    /// # Errors
-    /// [`SessionEnded`] when there is no session or it has ended.
-    pub fn renew(&mut self) -> Result<SessionId, SessionEnded> {
-        let session = self.session.as_ref().ok_or(SessionEnded(()))?;
-        let id = self.manager.inner.sessions.renew(session)?;
-        self.issue = true;
-        Ok(id)
-    }
-
-    /// Ends the session (a logout, reason [`Deleted`](crate::EndReason::Deleted))
-    /// and makes the response expire the cookie. `false` when there was none.
-    pub fn end(&mut self) -> bool {
-        let Some(session) = self.session.take() else {
-            return false;
-        };
-        self.ended = true;
-        self.issue = false;
-        self.manager.inner.sessions.delete(&session.id())
-    }
-
-    /// "Remember me": gives this session its own idle timeout and a
-    /// persistent cookie whose `Max-Age` follows it (refreshed like any
-    /// persistent cookie), while other sessions keep the policy's cookie. The
-    /// cookie carries the fact (with its issue time), so later requests keep it.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
-    /// use keyed_session::Sessions;
-    /// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Auto)?;
-    /// let mut plain = manager.start(None, None, "/");
-    /// assert!(!plain.set_cookie().unwrap().to_str().unwrap().contains("Max-Age"));
-    /// let mut login = manager.start(None, None, "/");
-    /// login.remember(Duration::from_secs(30 * 24 * 3600)).unwrap();
-    /// let set_cookie = login.set_cookie().unwrap();
-    /// assert!(set_cookie.to_str().unwrap().contains("Max-Age=2592000"));
-    /// # Ok::<(), keyed_session::http::PolicyError>(())
-    /// ```
-    ///
-    /// # Errors
-    /// [`SessionEnded`] when there is no session or it has ended.
-    pub fn remember(&mut self, idle: std::time::Duration) -> Result<(), SessionEnded> {
-        let session = self.session.as_ref().ok_or(SessionEnded(()))?;
-        if session.end_reason().is_some() {
-            return Err(SessionEnded(()));
-        }
-        session.set_idle_timeout(idle);
-        self.remembered = true;
-        self.issue = true;
-        Ok(())
-    }
-
-    /// Attaches a client for a long-lived connection (a websocket, a stream):
-    /// keep the guard for as long as the connection lives. `None` when there is
-    /// no session, or it has ended or expired.
-    pub fn attach(&self) -> Option<ClientGuard> {
-        self.session.as_ref().and_then(|s| s.attach().ok())
-    }
-
-    /// The `Set-Cookie` value the response needs, if any: a new cookie after a
-    /// create, a renew (through [`renew`](Self::renew) or directly through
-    /// [`Sessions::renew`](crate::Sessions::renew): the session's id is compared with the cookie's), a
-    /// key rotation or when a persistent cookie is due for refresh; an expiring
-    /// cookie when the presented session was refused or ended and no new one
-    /// replaced it; nothing otherwise (and nothing for
-    /// [`Rejection::NoClientAddress`], a server mistake the client cannot mend).
-    pub fn set_cookie(&self) -> Option<HeaderValue> {
-        if !self.in_scope {
-            return None;
-        }
-        let policy = &self.manager.inner.policy;
-        match &self.session {
-            Some(s) if s.end_reason().is_some() => policy.expire(),
-            Some(s) => {
-                let id = s.id();
-                if !self.issue && self.presented == Some(id) {
-                    return None;
-                }
-                let now = self.manager.inner.sessions.now_unix();
-                policy.issue(id, s.idle_timeout(), now, self.remembered)
-            }
-            None if self.rejected == Some(Rejection::NoClientAddress) => None,
-            None if self.ended || self.rejected.is_some() => policy.expire(),
-            None => None,
-        }
-    }
-
-    /// Appends the needed `Set-Cookie` (if any) to response headers.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        if let Some(value) = self.set_cookie() {
-            headers.append(SET_COOKIE, value);
-        }
-    }
 }

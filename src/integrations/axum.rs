@@ -55,10 +55,11 @@
 //!
 //! A stream that should end when its session ends (a logout, an expiry, and
 //! [`Sessions::shutdown`](crate::Sessions::shutdown) at a graceful shutdown)
-//! selects on [`Session::ended`]: `axum::serve(..).with_graceful_shutdown(..)`
+//! selects on [`Session::ended`](crate::Session::ended): `axum::serve(..).with_graceful_shutdown(..)`
 //! waits for open streams, so call `shutdown()` inside the shutdown signal,
 //! before serve returns (the `counter` example does).
 
+mod extract;
 mod responses;
 
 use std::fmt;
@@ -68,18 +69,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::response::{IntoResponse, Response};
-use http::request::Parts;
+use axum::extract::ConnectInfo;
 use http::{Request, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use parking_lot::Mutex;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::http::{Rejection, SessionManager, Started, TrustedProxies};
-use crate::id::SessionId;
-use crate::store::{ClientGuard, CreateError, Session, SessionEnded};
+use crate::http::{Rejection, SessionManager, TrustedProxies};
+use crate::store::ClientGuard;
 
 /// A tower layer that starts a session for every request (see
 /// [`SessionManager::start`]) and adds the `Set-Cookie` the response needs.
@@ -207,7 +204,7 @@ where
             *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             return Box::pin(async move { Ok(response) });
         }
-        let handle = RequestSession(Arc::new(Mutex::new(started)));
+        let handle = RequestSession::new(started);
         req.extensions_mut().insert(handle.clone());
         // The usual tower dance: call the instance that was polled ready.
         let clone = self.inner.clone();
@@ -216,7 +213,7 @@ where
             let response = inner.call(req).await?;
             let (mut parts, body) = response.into_parts();
             let guard = {
-                let started = handle.0.lock();
+                let started = handle.started();
                 started.apply(&mut parts.headers);
                 is_event_stream(&parts.headers)
                     .then(|| started.attach())
@@ -321,234 +318,4 @@ where
     }
 }
 
-/// The request's session state, as an extractor: the session if there is one,
-/// and the means to create, renew or end it. Cheap to clone.
-///
-/// ```
-/// # use std::net::SocketAddr;
-/// # use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
-/// # use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
-/// # use keyed_session::integrations::axum::*;
-/// # use keyed_session::Sessions;
-/// # use tower::ServiceExt;
-/// # fn request(path: &str, cookie: Option<&str>) -> http::Request<Body> {
-/// #     let mut b = http::Request::get(path);
-/// #     if let Some(c) = cookie { b = b.header("cookie", c); }
-/// #     let mut req = b.body(Body::empty()).unwrap();
-/// #     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
-/// #     req
-/// # }
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let sessions = Sessions::default();
-/// let manager = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
-/// let app = Router::new()
-///     .route("/browse", get(|r: RequestSession| async move { format!("{}", r.session().is_some()) }))
-///     .route("/login", get(|r: RequestSession| async move {
-///         r.get_or_create().unwrap();
-///         r.renew().unwrap(); // a change of privilege: new id, new cookie
-///         "in"
-///     }))
-///     .layer(SessionLayer::new(manager));
-/// let browse = app.clone().oneshot(request("/browse", None)).await.unwrap();
-/// assert!(!browse.headers().contains_key("set-cookie"));
-/// let login = app.oneshot(request("/login", None)).await.unwrap();
-/// assert!(login.headers().contains_key("set-cookie"));
-/// assert_eq!(sessions.len(), 1);
-/// # });
-/// ```
-#[derive(Clone)]
-pub struct RequestSession(Arc<Mutex<Started>>);
-
-impl fmt::Debug for RequestSession {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("RequestSession")
-            .field(&*self.0.lock())
-            .finish()
-    }
-}
-
-impl RequestSession {
-    /// The session, if the request has one.
-    pub fn session(&self) -> Option<Session> {
-        self.0.lock().session().cloned()
-    }
-
-    /// The session, created now if there is none (for [`CreateMode::Lazy`](crate::http::CreateMode::Lazy)).
-    ///
-    /// # Errors
-    /// [`CreateError`] when the store refuses a new session.
-    pub fn get_or_create(&self) -> Result<Session, CreateError> {
-        self.0.lock().get_or_create()
-    }
-
-    /// New id, same values, new cookie; see [`Started::renew`].
-    ///
-    /// # Errors
-    /// [`SessionEnded`] when there is no live session.
-    pub fn renew(&self) -> Result<SessionId, SessionEnded> {
-        self.0.lock().renew()
-    }
-
-    /// "Remember me": this session's own idle timeout and a persistent cookie
-    /// that follows it; see [`Started::remember`].
-    ///
-    /// # Errors
-    /// [`SessionEnded`] when there is no live session.
-    pub fn remember(&self, idle: std::time::Duration) -> Result<(), SessionEnded> {
-        self.0.lock().remember(idle)
-    }
-
-    /// Ends the session and expires the cookie; see [`Started::end`].
-    pub fn end(&self) -> bool {
-        self.0.lock().end()
-    }
-
-    /// Attaches a client for a websocket's lifetime: move the guard into the
-    /// upgraded connection's task.
-    pub fn attach(&self) -> Option<ClientGuard> {
-        self.0.lock().attach()
-    }
-}
-
-/// Why a session extractor failed.
-///
-/// ```
-/// # use std::net::SocketAddr;
-/// # use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
-/// # use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
-/// # use keyed_session::integrations::axum::*;
-/// # use keyed_session::Sessions;
-/// # use tower::ServiceExt;
-/// # fn request(path: &str, cookie: Option<&str>) -> http::Request<Body> {
-/// #     let mut b = http::Request::get(path);
-/// #     if let Some(c) = cookie { b = b.header("cookie", c); }
-/// #     let mut req = b.body(Body::empty()).unwrap();
-/// #     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
-/// #     req
-/// # }
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// // A route using the extractor without the layer: a clear 500.
-/// let app = Router::new().route("/", get(|_: CurrentSession| async { "x" }));
-/// let response = app.oneshot(request("/", None)).await.unwrap();
-/// assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
-/// assert!(SessionRejection::MissingLayer.to_string().contains("SessionLayer"));
-/// # });
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SessionRejection {
-    /// The route is not behind a [`SessionLayer`] (a server bug: 500).
-    MissingLayer,
-    /// The request is outside the session cookie's path (500).
-    OutOfScope,
-    /// No session could be created (503).
-    Create(CreateError),
-    /// The store binds sessions to client addresses and the request has none
-    /// (500, with the fix in the message).
-    NoClientAddress,
-}
-
-impl fmt::Display for SessionRejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SessionRejection::MissingLayer => f.write_str(
-                "no SessionLayer in front of this route: add `.layer(SessionLayer::new(..))`",
-            ),
-            SessionRejection::OutOfScope => {
-                f.write_str("this path is outside the session cookie's path")
-            }
-            SessionRejection::Create(e) => write!(f, "no session could be created: {e}"),
-            SessionRejection::NoClientAddress => f.write_str(crate::store::NO_CLIENT_ADDRESS),
-        }
-    }
-}
-
-impl std::error::Error for SessionRejection {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SessionRejection::Create(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl IntoResponse for SessionRejection {
-    fn into_response(self) -> Response {
-        let status = match self {
-            SessionRejection::Create(CreateError::NoClientAddress) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            SessionRejection::Create(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (status, self.to_string()).into_response()
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for RequestSession {
-    type Rejection = SessionRejection;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<RequestSession>()
-            .cloned()
-            .ok_or(SessionRejection::MissingLayer)
-    }
-}
-
-/// The request's session, created if it has none: the extractor for routes that
-/// always use a session.
-///
-/// ```
-/// # use std::net::SocketAddr;
-/// # use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
-/// # use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
-/// # use keyed_session::integrations::axum::*;
-/// # use keyed_session::Sessions;
-/// # use tower::ServiceExt;
-/// # fn request(path: &str, cookie: Option<&str>) -> http::Request<Body> {
-/// #     let mut b = http::Request::get(path);
-/// #     if let Some(c) = cookie { b = b.header("cookie", c); }
-/// #     let mut req = b.body(Body::empty()).unwrap();
-/// #     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
-/// #     req
-/// # }
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// use std::sync::LazyLock;
-/// use keyed_session::Key;
-/// static VISITS: LazyLock<Key<u64>> = LazyLock::new(|| Key::new("visits"));
-/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
-/// let app = Router::new()
-///     .route("/", get(|CurrentSession(s): CurrentSession| async move {
-///         s.update(&VISITS, || 0, |n| { *n += 1; *n }).unwrap().to_string()
-///     }))
-///     .layer(SessionLayer::new(manager));
-/// let first = app.clone().oneshot(request("/", None)).await.unwrap();
-/// let cookie = first.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
-/// let second = app.oneshot(request("/", Some(&cookie))).await.unwrap();
-/// let body = axum::body::to_bytes(axum::body::Body::new(second.into_body()), 64).await.unwrap();
-/// assert_eq!(&body[..], b"2");
-/// # });
-/// ```
-#[derive(Clone, Debug)]
-pub struct CurrentSession(pub Session);
-
-impl<S: Send + Sync> FromRequestParts<S> for CurrentSession {
-    type Rejection = SessionRejection;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let handle = RequestSession::from_request_parts(parts, state).await?;
-        let mut started = handle.0.lock();
-        if !started.in_scope() {
-            return Err(SessionRejection::OutOfScope);
-        }
-        if started.rejected() == Some(Rejection::NoClientAddress) {
-            return Err(SessionRejection::NoClientAddress);
-        }
-        started
-            .get_or_create()
-            .map(CurrentSession)
-            .map_err(SessionRejection::Create)
-    }
-}
+pub use extract::{CurrentSession, RequestSession, SessionRejection};

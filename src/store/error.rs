@@ -106,3 +106,31 @@ pub(crate) enum InsertError {
     /// The store is full (in total or for the session's address) or shut down.
     Refused,
 }
+
+/// A value could not be stored because its session has ended; the value is handed
+/// back in `.0`.
+///
+/// ```
+/// use keyed_session::{Key, SessionEnded, Sessions, Sweeper};
+/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+/// let name: Key<String> = Key::new("name");
+/// let session = sessions.create(None).unwrap();
+/// sessions.delete(&session.id());
+/// let SessionEnded(back) = session.set(&name, "ada".into()).unwrap_err();
+/// assert_eq!(back, "ada");
+/// ```
+pub struct SessionEnded<T = ()>(pub T);
+
+impl<T> fmt::Debug for SessionEnded<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionEnded(..)")
+    }
+}
+
+impl<T> fmt::Display for SessionEnded<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the session has ended (expired, deleted or evicted); start a new session to store values")
+    }
+}
+
+impl<T> std::error::Error for SessionEnded<T> {}

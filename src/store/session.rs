@@ -14,36 +14,24 @@ use crate::id::SessionId;
 use crate::key::{Key, take_value};
 use crate::reason::{DeleteCause, DeleteContext, EndReason};
 use crate::store::base::StoreInner;
+use crate::store::error::SessionEnded;
 use crate::store::record::Record;
 
 /// A handle to one live session. Cheap to clone (two `Arc`s); every clone sees the
 /// same values, and follows the session through [`Sessions::renew`](crate::Sessions::renew).
 ///
 /// # Locking
-/// Each session has one read-write lock around its values. [`get`](Self::get),
-/// [`with`](Self::with), [`contains`](Self::contains), [`keys`](Self::keys) and
-/// [`len`](Self::len) read-lock it; [`set`](Self::set), [`remove`](Self::remove),
-/// [`with_mut`](Self::with_mut) and [`update`](Self::update) write-lock it.
-///
-/// User code runs under that lock in exactly these places: the closures of
-/// `with` (read), `with_mut` and `update` (write, `init` included), a key's
-/// `save` hook during a snapshot (read) and its `on_no_client` hook (read; the
-/// write lock is taken after it returns to remove what it dropped). Inside them:
-/// - reading **the same session** again (`get`, `with`, `contains`, `keys`, a
-///   snapshot) works inside a read-locked closure or hook, and panics at once
-///   inside `with_mut` or `update`; writing it (`set`, `remove`, `update`,
-///   `with_mut`) panics at once everywhere. The panic message names the mistake.
-///   Nothing hangs.
-/// - ending the same session (`delete`, `shutdown`, `sweep`, an eviction by
-///   `create`, a lookup that finds it expired) completes: the session is gone at
-///   once, and its `on_delete` hooks and [`Event::End`](crate::Event::End) run
-///   on this thread as soon as the closure returns.
-/// - other sessions and the store are fine, with one rule: never have two
-///   threads each wait for a session the other one holds (thread A inside
-///   `with` on session 1 reads session 2 while thread B inside `with_mut` on
-///   session 2 reads session 1). Like any pair of locks, that deadlocks; when a
-///   closure must use other sessions, take them in a fixed order (by id, say) in
-///   every thread, or copy what you need out first.
+/// Each session has one read-write lock around its values: `get`, `with`,
+/// `contains`, `keys` and `len` read-lock it; `set`, `replace`, `remove`,
+/// `with_mut` and `update` write-lock it. User code runs under it only in the
+/// closures of `with` (read), `with_mut` and `update` (write), and a key's
+/// `save` and `on_no_client` hooks (read). Inside them, reading the same
+/// session works under a read lock, ending it completes (its hooks run when
+/// the closure returns), and anything else on it panics at once with a message
+/// naming the mistake: nothing hangs. Other sessions and the store are fine,
+/// except that two threads must never each wait for a session the other holds
+/// (take sessions in a fixed order, or copy out first). `ARCHITECTURE.md` has
+/// the whole table and the lock order.
 ///
 /// `on_delete` hooks never run with any lock of the store held.
 ///
@@ -62,34 +50,6 @@ pub struct Session {
     pub(crate) store: Arc<StoreInner>,
     pub(crate) rec: Arc<Record>,
 }
-
-/// A value could not be stored because its session has ended; the value is handed
-/// back in `.0`.
-///
-/// ```
-/// use keyed_session::{Key, SessionEnded, Sessions, Sweeper};
-/// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
-/// let name: Key<String> = Key::new("name");
-/// let session = sessions.create(None).unwrap();
-/// sessions.delete(&session.id());
-/// let SessionEnded(back) = session.set(&name, "ada".into()).unwrap_err();
-/// assert_eq!(back, "ada");
-/// ```
-pub struct SessionEnded<T = ()>(pub T);
-
-impl<T> fmt::Debug for SessionEnded<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SessionEnded(..)")
-    }
-}
-
-impl<T> fmt::Display for SessionEnded<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the session has ended (expired, deleted or evicted); start a new session to store values")
-    }
-}
-
-impl<T> std::error::Error for SessionEnded<T> {}
 
 impl Session {
     /// The session's current id.
@@ -136,22 +96,6 @@ impl Session {
     /// (with no lock held, on this thread): for values that must be cleaned
     /// up, such as a connection replaced at a re-login. [`set`](Self::set)
     /// hands the old value back instead.
-    ///
-    /// ```
-    /// use std::sync::{Arc, Mutex};
-    /// use keyed_session::{DeleteCause, Key, Sessions, Sweeper};
-    /// let closed = Arc::new(Mutex::new(Vec::new()));
-    /// let log = closed.clone();
-    /// let conn: Key<u32> = Key::builder("conn")
-    ///     .on_delete(move |c, ctx| log.lock().unwrap().push((c, ctx.cause)))
-    ///     .build();
-    /// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
-    /// let s = sessions.create(None).unwrap();
-    /// s.replace(&conn, 1).unwrap();
-    /// s.replace(&conn, 2).unwrap();
-    /// assert_eq!(*closed.lock().unwrap(), [(1, DeleteCause::Replaced)]);
-    /// assert_eq!(s.get(&conn), Some(2));
-    /// ```
     ///
     /// # Errors
     /// [`SessionEnded`] with `value` inside when the session has ended.
@@ -302,14 +246,11 @@ impl Session {
     /// sweep has reclaimed it yet; it is ended now (its hooks run on this thread).
     ///
     /// ```
-    /// # use keyed_session::{ManualClock, Sessions, Sweeper};
+    /// # use keyed_session::{ManualClock, Sessions};
     /// # use std::time::Duration;
     /// let clock = ManualClock::new();
-    /// let sessions = Sessions::builder()
-    ///     .idle_timeout(Duration::from_secs(60))
-    ///     .clock(clock.clone())
-    ///     .sweeper(Sweeper::Manual)
-    ///     .build();
+    /// let idle = Duration::from_secs(60);
+    /// let sessions = Sessions::builder().idle_timeout(idle).clock(clock.clone()).build();
     /// let session = sessions.create(None).unwrap();
     /// clock.advance(Duration::from_secs(30));
     /// assert!(session.touch().is_ok());
@@ -454,13 +395,10 @@ impl fmt::Debug for Session {
 ///
 /// ```
 /// use std::time::Duration;
-/// use keyed_session::{ManualClock, Sessions, Sweeper};
+/// use keyed_session::{ManualClock, Sessions};
 /// let clock = ManualClock::new();
-/// let sessions = Sessions::builder()
-///     .idle_timeout(Duration::from_secs(60))
-///     .clock(clock.clone())
-///     .sweeper(Sweeper::Manual)
-///     .build();
+/// let idle = Duration::from_secs(60);
+/// let sessions = Sessions::builder().idle_timeout(idle).clock(clock.clone()).build();
 /// let session = sessions.create(None).unwrap();
 /// let guard = session.attach().unwrap(); // a websocket opened
 /// clock.advance(Duration::from_secs(600));
