@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use crate::borrow;
 use crate::clock::{NEVER, timeout_secs};
 use crate::id::SessionId;
-use crate::key::{Key, take_value};
+use crate::key::{ErasedSlot, Key, take_value};
 use crate::reason::{DeleteCause, DeleteContext, EndReason};
 use crate::store::base::StoreInner;
 use crate::store::error::SessionEnded;
@@ -104,26 +104,7 @@ impl Session {
         key: &Key<T>,
         value: T,
     ) -> Result<(), SessionEnded<T>> {
-        let old = {
-            let mut slots = borrow::write(&self.rec.slots, "replace a value");
-            if self.rec.ended().is_some() {
-                return Err(SessionEnded(value));
-            }
-            let new = key.slot(value);
-            match slots.position(key.id()) {
-                Some(i) => match slots.replace(i, new) {
-                    Ok(old) => Some(old),
-                    Err(new) => {
-                        return Err(SessionEnded(take_value(new).expect("a slot of this key")));
-                    }
-                },
-                None => {
-                    slots.push(new);
-                    None
-                }
-            }
-        };
-        if let Some(old) = old {
+        if let Some(old) = self.put(key, value, "replace a value")? {
             let ctx = DeleteContext {
                 id: self.rec.id(),
                 peer: self.rec.peer(),
@@ -144,16 +125,27 @@ impl Session {
         key: &Key<T>,
         value: T,
     ) -> Result<Option<T>, SessionEnded<T>> {
-        let mut slots = borrow::write(&self.rec.slots, "set a value");
+        Ok(self.put(key, value, "set a value")?.and_then(take_value))
+    }
+
+    /// Puts `value` under `key` (write lock); the slot it replaces, if any.
+    fn put<T: Send + Sync + 'static>(
+        &self,
+        key: &Key<T>,
+        value: T,
+        what: &str,
+    ) -> Result<Option<Box<dyn ErasedSlot>>, SessionEnded<T>> {
+        let mut slots = borrow::write(&self.rec.slots, what);
         if self.rec.ended().is_some() {
             return Err(SessionEnded(value));
         }
         let new = key.slot(value);
         match slots.position(key.id()) {
-            Some(i) => match slots.replace(i, new) {
-                Ok(old) => Ok(take_value(old)),
-                Err(new) => Err(SessionEnded(take_value(new).expect("a slot of this key"))),
-            },
+            // `position` just found it, so the replace cannot miss.
+            Some(i) => slots
+                .replace(i, new)
+                .map(Some)
+                .map_err(|new| SessionEnded(take_value(new).expect("a slot made by this key"))),
             None => {
                 slots.push(new);
                 Ok(None)
