@@ -117,10 +117,22 @@ impl Slots {
     }
 
     /// Takes out the value at `i` (as given by [`position`](Self::position)).
+    /// Allocates nothing: a container left with one value gives way to it.
     pub(crate) fn swap_remove(&mut self, i: usize) -> Option<Box<dyn ErasedSlot>> {
-        let mut values = self.take_all();
-        let taken = (i < values.len()).then(|| values.swap_remove(i));
-        self.0 = Self::hold(values);
+        let single = self.0.as_deref().is_some_and(|h| h.one().is_some());
+        if single {
+            return if i == 0 {
+                self.0.take().and_then(|h| h.split().ok())
+            } else {
+                None
+            };
+        }
+        let many = self.0.as_deref_mut()?.many_mut()?;
+        let taken = (i < many.len()).then(|| many.swap_remove(i));
+        if many.len() < 2 {
+            let left = self.take_all();
+            self.0 = Self::hold(left);
+        }
         taken
     }
 
