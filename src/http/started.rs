@@ -171,17 +171,13 @@ impl Started {
     /// [`CreateError::NoClientAddress`] when the store binds sessions to
     /// addresses and the request has none.
     pub fn get_or_create(&mut self) -> Result<Session, CreateError> {
-        if let Some(s) = &self.session {
-            return Ok(s.clone());
-        }
-        if self.rejected == Some(Rejection::NoClientAddress) {
-            return Err(CreateError::NoClientAddress);
-        }
-        let session = self.inner.sessions.create(self.peer)?;
-        self.session = Some(session.clone());
-        self.issue = true;
-        self.ended = false;
-        Ok(session)
+        let (sessions, peer) = match self.session_or_creator()? {
+            Ok(session) => return Ok(session),
+            Err(creator) => creator,
+        };
+        let created = sessions.create(peer)?;
+        // With `&mut self` nothing can have set a session meanwhile.
+        Ok(self.adopt(created).unwrap_or_else(|(kept, _)| kept))
     }
 
     /// Gives the session a new id (keeping its values) and the response a new
