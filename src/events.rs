@@ -307,17 +307,22 @@ impl Drop for Subscription {
 #[derive(Debug)]
 pub struct Iter<'a>(&'a Subscription);
 
+/// The next event from `recv`, passing over lag reports; `None` at the end.
+fn skip_lags(mut recv: impl FnMut() -> Result<Event, RecvError>) -> Option<Event> {
+    loop {
+        match recv() {
+            Ok(event) => return Some(event),
+            Err(RecvError::Lagged(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
 impl Iterator for Iter<'_> {
     type Item = Event;
 
     fn next(&mut self) -> Option<Event> {
-        loop {
-            match self.0.blocking_recv() {
-                Ok(event) => return Some(event),
-                Err(RecvError::Lagged(_)) => continue,
-                Err(_) => return None,
-            }
-        }
+        skip_lags(|| self.0.blocking_recv())
     }
 }
 
@@ -329,13 +334,7 @@ impl Iterator for TryIter<'_> {
     type Item = Event;
 
     fn next(&mut self) -> Option<Event> {
-        loop {
-            match self.0.try_recv() {
-                Ok(event) => return Some(event),
-                Err(RecvError::Lagged(_)) => continue,
-                Err(_) => return None,
-            }
-        }
+        skip_lags(|| self.0.try_recv())
     }
 }
 
