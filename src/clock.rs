@@ -150,7 +150,8 @@ impl Epoch {
     }
 }
 
-fn unix_secs(t: SystemTime) -> u64 {
+/// Whole seconds since the Unix epoch (0 before it).
+pub(crate) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 

@@ -77,6 +77,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::RngExt;
 
+use crate::clock::unix_secs;
 use crate::id::SessionId;
 
 mod frame;
@@ -123,19 +124,15 @@ pub struct SessionImage {
     pub values: Vec<(String, Vec<u8>)>,
 }
 
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 impl SessionImage {
     /// Appends the image's bytes (the record payload of the format above).
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id.to_bytes());
-        out.extend_from_slice(&unix(self.created).to_le_bytes());
-        out.extend_from_slice(&unix(self.last_access).to_le_bytes());
+        out.extend_from_slice(&unix_secs(self.created).to_le_bytes());
+        out.extend_from_slice(&unix_secs(self.last_access).to_le_bytes());
         let idle = u32::try_from(self.idle_timeout.as_secs()).unwrap_or(u32::MAX);
         out.extend_from_slice(&idle.to_le_bytes());
-        let absolute = self.absolute_deadline.map_or(u64::MAX, unix);
+        let absolute = self.absolute_deadline.map_or(u64::MAX, unix_secs);
         out.extend_from_slice(&absolute.to_le_bytes());
         match self.peer {
             None => out.push(0),

@@ -396,11 +396,7 @@ impl Sessions {
     /// The store's clock in Unix seconds, for the HTTP layer.
     #[cfg(feature = "http")]
     pub(crate) fn now_unix(&self) -> u64 {
-        self.inner
-            .clock
-            .now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        crate::clock::unix_secs(self.inner.clock.now())
     }
 
     fn session(&self, rec: Arc<Record>) -> Session {
