@@ -11,7 +11,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::Router;
@@ -23,7 +22,7 @@ use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
 use keyed_session::integrations::axum::{CurrentSession, RequestSession, SessionLayer};
 use keyed_session::{IpBinding, Key, Sessions};
 
-static VISITS: LazyLock<Key<u64>> = LazyLock::new(|| Key::new("visits"));
+static VISITS: Key<u64> = Key::new("visits");
 
 /// The store as this example configures it.
 pub fn store() -> Sessions {

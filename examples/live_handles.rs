@@ -4,7 +4,6 @@
 //!
 //! `cargo run --example live_handles`
 
-use std::sync::LazyLock;
 use std::sync::mpsc::{self, Sender};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -13,14 +12,10 @@ use keyed_session::{Key, ManualClock, Sessions, Sweeper};
 
 /// The session's line to its worker. Not `Clone`-able into JSON, not saved:
 /// it lives only in memory, which is the point.
-static WORKER: LazyLock<Key<Sender<String>>> = LazyLock::new(|| {
-    Key::<Sender<String>>::builder("worker")
-        .on_delete(|tx, ctx| {
-            let reason = ctx.end_reason().map_or("?", |r| r.as_str());
-            let _ = tx.send(format!("session ended ({reason})"));
-            // Dropping `tx` here closes the channel: the worker's loop ends.
-        })
-        .build()
+static WORKER: Key<Sender<String>> = Key::new("worker").on_delete(|tx, ctx| {
+    let reason = ctx.end_reason().map_or("?", |r| r.as_str());
+    let _ = tx.send(format!("session ended ({reason})"));
+    // Dropping `tx` here closes the channel: the worker's loop ends.
 });
 
 fn spawn_worker(name: String) -> (Sender<String>, JoinHandle<usize>) {

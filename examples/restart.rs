@@ -5,7 +5,6 @@
 //!
 //! `cargo run --example restart`
 
-use std::sync::LazyLock;
 use std::sync::mpsc::{self, Sender};
 
 use keyed_session::{Key, SessionId, Sessions, Sweeper};
@@ -15,8 +14,8 @@ struct Cart {
     items: Vec<String>,
 }
 
-static CART: LazyLock<Key<Cart>> = LazyLock::new(|| Key::builder("cart").serde().build());
-static NOTIFY: LazyLock<Key<Sender<String>>> = LazyLock::new(|| Key::new("notify"));
+static CART: Key<Cart> = Key::new("cart").serde();
+static NOTIFY: Key<Sender<String>> = Key::new("notify");
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("keyed-session-restart-{}", std::process::id()));
@@ -52,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // After the restart.
     let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
-    let report = sessions.restore_from(&snapshot, &[&*CART])?;
+    let report = sessions.restore_from(&snapshot, &[&CART])?;
     println!(
         "restored {} sessions; skipped {} expired, {} corrupt",
         report.restored, report.expired, report.corrupt_records

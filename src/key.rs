@@ -1,67 +1,172 @@
 //! Typed keys and their lifecycle hooks.
+//!
+//! A [`Key`] is usually a plain `static`, built by `const fn`s with `fn` hooks
+//! (non-capturing closures coerce). Hooks that capture state go through
+//! [`KeyBuilder`]. Either way the hooks end up in one shared `KeyInner`, made
+//! on the key's first use, which every stored value points to.
 
-use std::any::Any;
+mod slot;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::marker::PhantomData;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::reason::DeleteContext;
+pub(crate) use slot::{ErasedSlot, Holder, take_value};
 
-type OnDelete<T> = Box<dyn Fn(T, &DeleteContext) + Send + Sync>;
-type OnNoClient<T> = Box<dyn Fn(&T) -> bool + Send + Sync>;
-type SaveFn<T> = Box<dyn Fn(&T, &mut dyn Write) -> io::Result<()> + Send + Sync>;
-type LoadFn<T> = Box<dyn Fn(&mut dyn Read) -> io::Result<T> + Send + Sync>;
+type DynOnDelete<T> = dyn Fn(T, &DeleteContext) + Send + Sync;
+type DynOnNoClient<T> = dyn Fn(&T) -> bool + Send + Sync;
+type DynSave<T> = dyn Fn(&T, &mut dyn Write) -> io::Result<()> + Send + Sync;
+type DynLoad<T> = dyn Fn(&mut dyn Read) -> io::Result<T> + Send + Sync;
 
 static NEXT_KEY_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The hooks as plain `fn`s: what `const` construction can set (it cannot
+/// drop anything, and these have nothing to drop).
+struct FnHooks<T: 'static> {
+    on_delete: Option<fn(T, &DeleteContext)>,
+    on_no_client: Option<fn(&T) -> bool>,
+    save: Option<SaveFn<T>>,
+    load: Option<LoadFn<T>>,
+}
+
+type SaveFn<T> = fn(&T, &mut dyn Write) -> io::Result<()>;
+type LoadFn<T> = fn(&mut dyn Read) -> io::Result<T>;
+
+impl<T> Clone for FnHooks<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for FnHooks<T> {}
+
+/// The hooks as closures with captured state, set by [`KeyBuilder`]. A hook
+/// set both ways runs the `fn` one.
+struct DynHooks<T: 'static> {
+    on_delete: Option<Arc<DynOnDelete<T>>>,
+    on_no_client: Option<Arc<DynOnNoClient<T>>>,
+    save: Option<Arc<DynSave<T>>>,
+    load: Option<Arc<DynLoad<T>>>,
+}
+
+impl<T> Clone for DynHooks<T> {
+    fn clone(&self) -> Self {
+        DynHooks {
+            on_delete: self.on_delete.clone(),
+            on_no_client: self.on_no_client.clone(),
+            save: self.save.clone(),
+            load: self.load.clone(),
+        }
+    }
+}
 
 /// A typed handle to one slot of every session, with the hooks that say what
 /// happens to its value when the session ends, when its last client leaves, and
 /// across a restart.
 ///
-/// A key is made once, usually in a `static` with [`std::sync::LazyLock`], and
-/// cloned cheaply (an `Arc` inside). Two keys are different keys even when they
-/// hold the same type: storage is by key, not by type.
+/// A key is usually a plain `static`, its type written once: [`Key::new`] and
+/// the hook setters are `const fn`s taking `fn` pointers, and a closure that
+/// captures nothing coerces to one. Hooks that need captured state (a counter,
+/// a channel) go through [`Key::builder`]. The static's type is all the
+/// compiler needs for the last setter of the chain; a closure in an earlier
+/// setter writes its argument type (`|n: &u64, out| ...`), a named `fn` never
+/// needs to. Two keys are different keys even
+/// when they hold the same type: storage is by key, not by type. Clones are
+/// the same key.
 ///
 /// `T` needs only `Send + Sync + 'static`: a channel sender, a socket or a
 /// `Mutex<Connection>` is a fine value.
 ///
 /// ```
-/// use std::sync::LazyLock;
 /// use std::sync::mpsc::Sender;
-/// use keyed_session::Key;
+/// use keyed_session::{DeleteContext, Key};
 ///
-/// static VISITS: LazyLock<Key<u64>> = LazyLock::new(|| Key::new("visits"));
-/// static OUTBOX: LazyLock<Key<Sender<String>>> = LazyLock::new(|| {
-///     Key::builder("outbox")
-///         .on_delete(|tx: Sender<String>, ctx| {
-///             let _ = tx.send(format!("session ended: {:?}", ctx.end_reason()));
-///         })
-///         .on_no_client(|_tx| false) // nobody listens any more: drop it
-///         .build()
-/// });
+/// fn say_goodbye(tx: Sender<String>, ctx: &DeleteContext) {
+///     let _ = tx.send(format!("session ended: {:?}", ctx.end_reason()));
+/// }
+///
+/// static VISITS: Key<u64> = Key::new("visits");
+/// static OUTBOX: Key<Sender<String>> = Key::new("outbox")
+///     .on_delete(say_goodbye)
+///     .on_no_client(|_tx| false); // nobody listens any more: drop it
+///
 /// assert_eq!(VISITS.name(), "visits");
 /// assert_ne!(VISITS.id(), OUTBOX.id());
+/// assert_eq!(VISITS.id(), VISITS.clone().id());
 /// ```
-pub struct Key<T> {
-    inner: Arc<KeyInner<T>>,
+pub struct Key<T: 'static> {
+    name: Cow<'static, str>,
+    fns: FnHooks<T>,
+    dyns: DynHooks<T>,
+    /// How many `const` setters have run: a setter on a key already in use
+    /// would be silently ignored, so `slot` refuses it (see `inner`).
+    edits: u32,
+    /// Made from the fields above on first use; its id is the key's identity,
+    /// shared by clones.
+    inner: OnceLock<Arc<KeyInner<T>>>,
 }
 
-pub(crate) struct KeyInner<T> {
+/// What a key is once used: its id, name and hooks, shared by every value
+/// stored under it.
+pub(crate) struct KeyInner<T: 'static> {
     id: u64,
     name: Cow<'static, str>,
-    on_delete: Option<OnDelete<T>>,
-    on_no_client: Option<OnNoClient<T>>,
-    save: Option<SaveFn<T>>,
-    load: Option<LoadFn<T>>,
+    fns: FnHooks<T>,
+    dyns: DynHooks<T>,
+    edits: u32,
+}
+
+impl<T> KeyInner<T> {
+    /// Hands the value to `on_delete`, or drops it when there is none.
+    fn delete(&self, value: T, ctx: &DeleteContext) {
+        match (self.fns.on_delete, &self.dyns.on_delete) {
+            (Some(hook), _) => hook(value, ctx),
+            (None, Some(hook)) => hook(value, ctx),
+            (None, None) => drop(value),
+        }
+    }
+
+    fn has_no_client_hook(&self) -> bool {
+        self.fns.on_no_client.is_some() || self.dyns.on_no_client.is_some()
+    }
+
+    /// `on_no_client`'s answer; `true` (keep) without a hook.
+    fn keep_without_client(&self, value: &T) -> bool {
+        match (self.fns.on_no_client, &self.dyns.on_no_client) {
+            (Some(hook), _) => hook(value),
+            (None, Some(hook)) => hook(value),
+            (None, None) => true,
+        }
+    }
+
+    fn save(&self, value: &T, out: &mut dyn Write) -> Option<io::Result<()>> {
+        match (self.fns.save, &self.dyns.save) {
+            (Some(hook), _) => Some(hook(value, out)),
+            (None, Some(hook)) => Some(hook(value, out)),
+            (None, None) => None,
+        }
+    }
+
+    fn load(&self, input: &mut dyn Read) -> Option<io::Result<T>> {
+        match (self.fns.load, &self.dyns.load) {
+            (Some(hook), _) => Some(hook(input)),
+            (None, Some(hook)) => Some(hook(input)),
+            (None, None) => None,
+        }
+    }
 }
 
 impl<T> Clone for Key<T> {
     fn clone(&self) -> Self {
         Key {
-            inner: Arc::clone(&self.inner),
+            name: self.name.clone(),
+            fns: self.fns,
+            dyns: self.dyns.clone(),
+            edits: self.edits,
+            inner: OnceLock::from(Arc::clone(self.inner())),
         }
     }
 }
@@ -69,54 +174,204 @@ impl<T> Clone for Key<T> {
 impl<T> fmt::Debug for Key<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Key")
-            .field("name", &self.inner.name)
-            .field("id", &self.inner.id)
-            .field("on_delete", &self.inner.on_delete.is_some())
-            .field("on_no_client", &self.inner.on_no_client.is_some())
-            .field("save", &self.inner.save.is_some())
-            .field("load", &self.inner.load.is_some())
+            .field("name", &self.name)
+            .field("id", &self.inner().id)
+            .field(
+                "on_delete",
+                &(self.fns.on_delete.is_some() || self.dyns.on_delete.is_some()),
+            )
+            .field(
+                "on_no_client",
+                &(self.fns.on_no_client.is_some() || self.dyns.on_no_client.is_some()),
+            )
+            .field("save", &self.can_save())
+            .field("load", &self.can_load())
             .finish()
+    }
+}
+
+impl<T> Key<T> {
+    /// The shared part, made on first use (one atomic load once made).
+    #[inline]
+    fn inner(&self) -> &Arc<KeyInner<T>> {
+        self.inner.get_or_init(|| {
+            Arc::new(KeyInner {
+                id: NEXT_KEY_ID.fetch_add(1, Ordering::Relaxed),
+                name: self.name.clone(),
+                fns: self.fns,
+                dyns: self.dyns.clone(),
+                edits: self.edits,
+            })
+        })
+    }
+
+    /// Whether values of this key are written to snapshots.
+    ///
+    /// ```
+    /// use keyed_session::Key;
+    /// assert!(!Key::<u8>::new("socket").can_save());
+    /// ```
+    pub fn can_save(&self) -> bool {
+        self.fns.save.is_some() || self.dyns.save.is_some()
+    }
+
+    /// Whether values of this key can be read back from snapshots.
+    ///
+    /// ```
+    /// use keyed_session::Key;
+    /// assert!(!Key::<u8>::new("socket").can_load());
+    /// ```
+    pub fn can_load(&self) -> bool {
+        self.fns.load.is_some() || self.dyns.load.is_some()
     }
 }
 
 impl<T: Send + Sync + 'static> Key<T> {
     /// A key with no hooks: its value is dropped when the session ends and is
-    /// never saved.
-    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
-        Self::builder(name).build()
-    }
-
-    /// Starts a key with hooks. The name is used in snapshots, events and `Debug`
-    /// output; keep it unique among the keys saved to one snapshot.
-    pub fn builder(name: impl Into<Cow<'static, str>>) -> KeyBuilder<T> {
-        KeyBuilder {
-            name: name.into(),
-            on_delete: None,
-            on_no_client: None,
-            save: None,
-            load: None,
-            _t: PhantomData,
+    /// never saved. Add hooks with the `const` setters below, where the key is
+    /// made: a key is fixed once used, and storing a value under a key whose
+    /// hooks changed after its first use panics.
+    ///
+    /// ```
+    /// use keyed_session::Key;
+    /// static VISITS: Key<u64> = Key::new("visits");
+    /// assert_eq!(VISITS.name(), "visits");
+    /// assert!(!VISITS.can_save());
+    /// ```
+    pub const fn new(name: &'static str) -> Self {
+        Key {
+            name: Cow::Borrowed(name),
+            fns: FnHooks {
+                on_delete: None,
+                on_no_client: None,
+                save: None,
+                load: None,
+            },
+            dyns: DynHooks {
+                on_delete: None,
+                on_no_client: None,
+                save: None,
+                load: None,
+            },
+            edits: 0,
+            inner: OnceLock::new(),
         }
     }
 
-    /// The key's process-unique number.
+    /// Runs when the value leaves the session for good without being handed
+    /// back to the application. See [`KeyBuilder::on_delete`] for when and on
+    /// which thread; this is the same hook as a plain `fn` (a closure that
+    /// captures nothing coerces), so the key can be a `static`.
+    ///
+    /// ```
+    /// use keyed_session::{DeleteContext, Key};
+    /// static SOCKET: Key<u32> = Key::new("socket")
+    ///     .on_delete(|fd, ctx| println!("closing {fd}: {:?}", ctx.cause));
+    /// assert!(format!("{SOCKET:?}").contains("on_delete: true"));
+    /// ```
+    #[must_use = "the setters return the key with the hook; the original is unchanged"]
+    pub const fn on_delete(mut self, hook: fn(T, &DeleteContext)) -> Self {
+        self.fns.on_delete = Some(hook);
+        self.edits = self.edits.wrapping_add(1);
+        self
+    }
+
+    /// Decides, when the last [`ClientGuard`](crate::ClientGuard) of a session
+    /// drops, whether the value stays (`true`) or goes to `on_delete`
+    /// (`false`). See [`KeyBuilder::on_no_client`] for the locking.
+    ///
+    /// ```
+    /// use keyed_session::Key;
+    /// static TAB: Key<u32> = Key::new("tab").on_no_client(|_| false);
+    /// assert!(format!("{TAB:?}").contains("on_no_client: true"));
+    /// ```
+    #[must_use = "the setters return the key with the hook; the original is unchanged"]
+    pub const fn on_no_client(mut self, hook: fn(&T) -> bool) -> Self {
+        self.fns.on_no_client = Some(hook);
+        self.edits = self.edits.wrapping_add(1);
+        self
+    }
+
+    /// How to write the value into a snapshot. Keys without it are
+    /// memory-only. See [`KeyBuilder::save`] for the locking.
+    ///
+    /// ```
+    /// use keyed_session::Key;
+    /// static HITS: Key<u64> = Key::new("hits")
+    ///     // Inference reaches only the last setter: closures before it name
+    ///     // their argument's type.
+    ///     .save(|n: &u64, out| out.write_all(&n.to_le_bytes()))
+    ///     .load(|input| {
+    ///         let mut bytes = [0; 8];
+    ///         input.read_exact(&mut bytes)?;
+    ///         Ok(u64::from_le_bytes(bytes))
+    ///     });
+    /// let mut image = Vec::new();
+    /// HITS.save_value(&7, &mut image).unwrap();
+    /// assert_eq!(HITS.load_value(&mut &image[..]).unwrap(), 7);
+    /// ```
+    #[must_use = "the setters return the key with the hook; the original is unchanged"]
+    pub const fn save(mut self, hook: fn(&T, &mut dyn Write) -> io::Result<()>) -> Self {
+        self.fns.save = Some(hook);
+        self.edits = self.edits.wrapping_add(1);
+        self
+    }
+
+    /// How to read the value back from a snapshot (see [`save`](Self::save)
+    /// for an example).
+    #[must_use = "the setters return the key with the hook; the original is unchanged"]
+    pub const fn load(mut self, hook: fn(&mut dyn Read) -> io::Result<T>) -> Self {
+        self.fns.load = Some(hook);
+        self.edits = self.edits.wrapping_add(1);
+        self
+    }
+
+    /// Starts a key whose hooks capture state (closures that are not plain
+    /// `fn`s), or whose name is made at run time. The name is used in
+    /// snapshots, events and `Debug` output; keep it unique among the keys
+    /// saved to one snapshot.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use keyed_session::Key;
+    ///
+    /// let ended = Arc::new(AtomicUsize::new(0));
+    /// let counted = Arc::clone(&ended);
+    /// let key: Key<u8> = Key::builder(format!("tab-{}", 3))
+    ///     .on_delete(move |_, _| { counted.fetch_add(1, Ordering::Relaxed); })
+    ///     .build();
+    /// assert_eq!(key.name(), "tab-3");
+    /// ```
+    pub fn builder(name: impl Into<Cow<'static, str>>) -> KeyBuilder<T> {
+        KeyBuilder {
+            key: Key {
+                name: name.into(),
+                ..Key::new("")
+            },
+        }
+    }
+
+    /// The key's process-unique number (clones share it).
+    ///
+    /// ```
+    /// use keyed_session::Key;
+    /// let (a, b): (Key<u8>, Key<u8>) = (Key::new("same"), Key::new("same"));
+    /// assert_ne!(a.id(), b.id());
+    /// assert_eq!(a.id(), a.clone().id());
+    /// ```
     pub fn id(&self) -> u64 {
-        self.inner.id
+        self.inner().id
     }
 
     /// The key's name.
+    ///
+    /// ```
+    /// use keyed_session::Key;
+    /// assert_eq!(Key::<u8>::new("cart").name(), "cart");
+    /// ```
     pub fn name(&self) -> &str {
-        &self.inner.name
-    }
-
-    /// Whether values of this key are written to snapshots.
-    pub fn can_save(&self) -> bool {
-        self.inner.save.is_some()
-    }
-
-    /// Whether values of this key can be read back from snapshots.
-    pub fn can_load(&self) -> bool {
-        self.inner.load.is_some()
+        &self.name
     }
 
     /// Writes `value` with the key's `save` hook.
@@ -124,11 +379,17 @@ impl<T: Send + Sync + 'static> Key<T> {
     /// # Errors
     /// The hook's own error, or [`io::ErrorKind::Unsupported`] when the key has no
     /// `save` hook.
+    ///
+    /// ```
+    /// use std::io::ErrorKind;
+    /// use keyed_session::Key;
+    /// let err = Key::<u8>::new("socket").save_value(&1, &mut Vec::new()).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Unsupported);
+    /// ```
     pub fn save_value(&self, value: &T, out: &mut dyn Write) -> io::Result<()> {
-        match &self.inner.save {
-            Some(save) => save(value, out),
-            None => Err(no_hook("save", &self.inner.name)),
-        }
+        self.inner()
+            .save(value, out)
+            .unwrap_or_else(|| Err(no_hook("save", &self.name)))
     }
 
     /// Reads a value with the key's `load` hook.
@@ -136,19 +397,69 @@ impl<T: Send + Sync + 'static> Key<T> {
     /// # Errors
     /// The hook's own error, or [`io::ErrorKind::Unsupported`] when the key has no
     /// `load` hook.
+    ///
+    /// ```
+    /// use std::io::ErrorKind;
+    /// use keyed_session::Key;
+    /// let err = Key::<u8>::new("socket").load_value(&mut &b""[..]).unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::Unsupported);
+    /// ```
     pub fn load_value(&self, input: &mut dyn Read) -> io::Result<T> {
-        match &self.inner.load {
-            Some(load) => load(input),
-            None => Err(no_hook("load", &self.inner.name)),
-        }
+        self.inner()
+            .load(input)
+            .unwrap_or_else(|| Err(no_hook("load", &self.name)))
     }
 
+    /// `value` in a slot of this key.
+    ///
+    /// # Panics
+    /// When a `const` setter ran on this key after its first use (the new hook
+    /// would be ignored for values already stored, and silently so).
+    #[inline]
     pub(crate) fn slot(&self, value: T) -> Box<dyn ErasedSlot> {
-        Box::new(TypedSlot {
-            key: Arc::clone(&self.inner),
-            value,
-        })
+        let inner = self.inner();
+        assert!(
+            inner.edits == self.edits,
+            "key `{}`: a hook was set after the key was first used; set hooks where the key is made",
+            self.name
+        );
+        slot::new_slot(Arc::clone(inner), value)
     }
+}
+
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+impl<T> Key<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    /// Sets `save` and `load` to write and read the value as JSON with serde.
+    ///
+    /// JSON is chosen over a compact binary format because snapshots outlive the
+    /// code that wrote them: a field added with `#[serde(default)]` still reads.
+    ///
+    /// ```
+    /// use keyed_session::Key;
+    /// static CART: Key<Vec<u32>> = Key::new("cart").serde();
+    /// let mut bytes = Vec::new();
+    /// CART.save_value(&vec![1, 2], &mut bytes).unwrap();
+    /// assert_eq!(bytes, b"[1,2]");
+    /// assert_eq!(CART.load_value(&mut &bytes[..]).unwrap(), vec![1, 2]);
+    /// ```
+    #[must_use = "the setters return the key with the hook; the original is unchanged"]
+    pub const fn serde(self) -> Self {
+        self.save(save_json::<T>).load(load_json::<T>)
+    }
+}
+
+#[cfg(feature = "serde")]
+fn save_json<T: serde::Serialize>(value: &T, out: &mut dyn Write) -> io::Result<()> {
+    serde_json::to_writer(out, value).map_err(io::Error::from)
+}
+
+#[cfg(feature = "serde")]
+fn load_json<T: serde::de::DeserializeOwned>(input: &mut dyn Read) -> io::Result<T> {
+    serde_json::from_reader(input).map_err(io::Error::from)
 }
 
 fn no_hook(which: &str, name: &str) -> io::Error {
@@ -161,6 +472,14 @@ fn no_hook(which: &str, name: &str) -> io::Error {
 /// A key as [`Sessions::restore_from`](crate::Sessions::restore_from) sees it:
 /// a name, and the means to load a value of its type. Implemented by every
 /// [`Key`]; pass keys as `&[&KEY_A, &KEY_B]`.
+///
+/// ```
+/// use keyed_session::{Key, LoadKey};
+/// static CART: Key<Vec<u32>> = Key::new("cart").serde();
+/// static NAME: Key<String> = Key::new("name").serde();
+/// let keys: &[&dyn LoadKey] = &[&CART, &NAME];
+/// assert_eq!(keys[1].name(), "name");
+/// ```
 pub trait LoadKey: Send + Sync + sealed::Sealed {
     /// The key's name, as written in snapshots.
     fn name(&self) -> &str;
@@ -172,6 +491,13 @@ pub trait LoadKey: Send + Sync + sealed::Sealed {
 }
 
 /// A value loaded by a [`LoadKey`], not yet in a session.
+///
+/// ```
+/// use keyed_session::{Key, LoadKey};
+/// static CART: Key<Vec<u32>> = Key::new("cart").serde();
+/// let loaded = CART.load_value_erased(&mut &b"[1]"[..]).unwrap();
+/// assert!(format!("{loaded:?}").contains("cart"));
+/// ```
 pub struct LoadedValue(pub(crate) Box<dyn ErasedSlot>);
 
 impl fmt::Debug for LoadedValue {
@@ -189,7 +515,7 @@ mod sealed {
 
 impl<T: Send + Sync + 'static> LoadKey for Key<T> {
     fn name(&self) -> &str {
-        &self.inner.name
+        &self.name
     }
 
     fn load_value_erased(&self, input: &mut dyn Read) -> io::Result<LoadedValue> {
@@ -197,25 +523,31 @@ impl<T: Send + Sync + 'static> LoadKey for Key<T> {
     }
 }
 
-/// Builds a [`Key`]; every hook is optional.
+/// Builds a [`Key`] whose hooks capture state; every hook is optional. Keys
+/// whose hooks are plain functions are simpler as a `static` (see [`Key`]).
+///
+/// ```
+/// use std::sync::mpsc;
+/// use keyed_session::Key;
+/// let (tx, rx) = mpsc::channel();
+/// let key: Key<u8> = Key::builder("tab")
+///     .on_delete(move |value, _| tx.send(value).unwrap())
+///     .build();
+/// assert_eq!(key.name(), "tab");
+/// # drop(rx);
+/// ```
 #[must_use = "a key builder does nothing until `build` is called"]
-pub struct KeyBuilder<T> {
-    name: Cow<'static, str>,
-    on_delete: Option<OnDelete<T>>,
-    on_no_client: Option<OnNoClient<T>>,
-    save: Option<SaveFn<T>>,
-    load: Option<LoadFn<T>>,
-    _t: PhantomData<fn() -> T>,
+pub struct KeyBuilder<T: 'static> {
+    key: Key<T>,
 }
 
 impl<T> fmt::Debug for KeyBuilder<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyBuilder")
-            .field("name", &self.name)
+            .field("name", &self.key.name)
             .finish_non_exhaustive()
     }
 }
-
 impl<T: Send + Sync + 'static> KeyBuilder<T> {
     /// Runs when the value leaves the session for good without being handed back
     /// to the application: the session ended (any [`EndReason`](crate::EndReason)),
@@ -235,7 +567,7 @@ impl<T: Send + Sync + 'static> KeyBuilder<T> {
     /// replaced by [`Session::set`](crate::Session::set) go back to the caller
     /// instead.
     pub fn on_delete(mut self, hook: impl Fn(T, &DeleteContext) + Send + Sync + 'static) -> Self {
-        self.on_delete = Some(Box::new(hook));
+        self.key.dyns.on_delete = Some(Arc::new(hook));
         self
     }
 
@@ -248,7 +580,7 @@ impl<T: Send + Sync + 'static> KeyBuilder<T> {
     /// hook may read the same session but not write it (that panics). A hook
     /// that panics keeps the value.
     pub fn on_no_client(mut self, hook: impl Fn(&T) -> bool + Send + Sync + 'static) -> Self {
-        self.on_no_client = Some(Box::new(hook));
+        self.key.dyns.on_no_client = Some(Arc::new(hook));
         self
     }
 
@@ -260,7 +592,7 @@ impl<T: Send + Sync + 'static> KeyBuilder<T> {
         mut self,
         hook: impl Fn(&T, &mut dyn Write) -> io::Result<()> + Send + Sync + 'static,
     ) -> Self {
-        self.save = Some(Box::new(hook));
+        self.key.dyns.save = Some(Arc::new(hook));
         self
     }
 
@@ -269,22 +601,13 @@ impl<T: Send + Sync + 'static> KeyBuilder<T> {
         mut self,
         hook: impl Fn(&mut dyn Read) -> io::Result<T> + Send + Sync + 'static,
     ) -> Self {
-        self.load = Some(Box::new(hook));
+        self.key.dyns.load = Some(Arc::new(hook));
         self
     }
 
     /// The key, with a fresh process-unique id.
     pub fn build(self) -> Key<T> {
-        Key {
-            inner: Arc::new(KeyInner {
-                id: NEXT_KEY_ID.fetch_add(1, Ordering::Relaxed),
-                name: self.name,
-                on_delete: self.on_delete,
-                on_no_client: self.on_no_client,
-                save: self.save,
-                load: self.load,
-            }),
-        }
+        self.key
     }
 }
 
@@ -301,7 +624,7 @@ where
     ///
     /// ```
     /// use keyed_session::Key;
-    /// let key: Key<Vec<u32>> = Key::builder("cart").serde().build();
+    /// let key: Key<Vec<u32>> = Key::new("cart").serde();
     /// let mut bytes = Vec::new();
     /// key.save_value(&vec![1, 2], &mut bytes).unwrap();
     /// assert_eq!(bytes, b"[1,2]");
@@ -310,123 +633,5 @@ where
     pub fn serde(self) -> Self {
         self.save(|value, out| serde_json::to_writer(out, value).map_err(io::Error::from))
             .load(|input| serde_json::from_reader(input).map_err(io::Error::from))
-    }
-}
-
-/// One value in a session together with its key: the type-erased face the
-/// session and the store work with.
-pub(crate) trait ErasedSlot: Send + Sync {
-    fn key_id(&self) -> u64;
-    fn key_name(&self) -> &str;
-    fn value(&self) -> &dyn Any;
-    fn value_mut(&mut self) -> &mut dyn Any;
-    fn into_any(self: Box<Self>) -> Box<dyn Any>;
-    fn has_no_client_hook(&self) -> bool;
-    /// Runs `on_no_client`; `true` when the value stays (also when there is no hook).
-    fn keep_without_client(&self) -> bool;
-    /// Hands the value to `on_delete`, or drops it when there is none.
-    fn delete(self: Box<Self>, ctx: &DeleteContext);
-    /// Writes the value with the key's `save` hook; `None` when it has none.
-    fn save(&self, out: &mut dyn Write) -> Option<io::Result<()>>;
-    /// The value as what a session's value slot holds (no allocation).
-    fn into_holder(self: Box<Self>) -> Box<dyn Holder>;
-}
-
-/// What a session's value slot holds: one value (a key's typed slot), or the
-/// container of two or more (see `slots`). Values and the container are
-/// different things: only a value has a key.
-pub(crate) trait Holder: Send + Sync {
-    /// The value, when this holds exactly one.
-    fn one(&self) -> Option<&dyn ErasedSlot> {
-        None
-    }
-    /// Mutable [`one`](Self::one).
-    fn one_mut(&mut self) -> Option<&mut (dyn ErasedSlot + 'static)> {
-        None
-    }
-    /// The values, when this is the container (empty otherwise).
-    fn many(&self) -> &[Box<dyn ErasedSlot>] {
-        &[]
-    }
-    /// The container's vector, when this is the container.
-    fn many_mut(&mut self) -> Option<&mut Vec<Box<dyn ErasedSlot>>> {
-        None
-    }
-    /// The one value, or the container's values.
-    fn split(self: Box<Self>) -> Result<Box<dyn ErasedSlot>, Vec<Box<dyn ErasedSlot>>>;
-}
-
-/// Takes the value out of a slot of key type `T` (no allocation).
-pub(crate) fn take_value<T: Send + Sync + 'static>(slot: Box<dyn ErasedSlot>) -> Option<T> {
-    slot.into_any()
-        .downcast::<TypedSlot<T>>()
-        .ok()
-        .map(|typed| typed.value)
-}
-
-struct TypedSlot<T> {
-    key: Arc<KeyInner<T>>,
-    value: T,
-}
-
-impl<T: Send + Sync + 'static> Holder for TypedSlot<T> {
-    fn one(&self) -> Option<&dyn ErasedSlot> {
-        Some(self)
-    }
-
-    fn one_mut(&mut self) -> Option<&mut (dyn ErasedSlot + 'static)> {
-        Some(self)
-    }
-
-    fn split(self: Box<Self>) -> Result<Box<dyn ErasedSlot>, Vec<Box<dyn ErasedSlot>>> {
-        Ok(self)
-    }
-}
-
-impl<T: Send + Sync + 'static> ErasedSlot for TypedSlot<T> {
-    fn key_id(&self) -> u64 {
-        self.key.id
-    }
-
-    fn key_name(&self) -> &str {
-        &self.key.name
-    }
-
-    fn value(&self) -> &dyn Any {
-        &self.value
-    }
-
-    fn value_mut(&mut self) -> &mut dyn Any {
-        &mut self.value
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
-    }
-
-    fn has_no_client_hook(&self) -> bool {
-        self.key.on_no_client.is_some()
-    }
-
-    fn keep_without_client(&self) -> bool {
-        match &self.key.on_no_client {
-            Some(hook) => hook(&self.value),
-            None => true,
-        }
-    }
-
-    fn save(&self, out: &mut dyn Write) -> Option<io::Result<()>> {
-        self.key.save.as_ref().map(|save| save(&self.value, out))
-    }
-
-    fn into_holder(self: Box<Self>) -> Box<dyn Holder> {
-        self
-    }
-
-    fn delete(self: Box<Self>, ctx: &DeleteContext) {
-        let TypedSlot { key, value } = *self;
-        if let Some(hook) = &key.on_delete {
-            hook(value, ctx);
-        }
     }
 }

@@ -9,18 +9,14 @@
 //!
 //! ```
 //! use std::net::{IpAddr, Ipv4Addr};
-//! use std::sync::LazyLock;
 //! use std::sync::mpsc;
 //! use std::time::Duration;
 //! use keyed_session::{EndReason, Event, IpBinding, Key, ManualClock, Refused, Sessions, Sweeper};
 //!
-//! static VISITS: LazyLock<Key<u64>> = LazyLock::new(|| Key::new("visits"));
-//! static WORKER: LazyLock<Key<mpsc::Sender<String>>> = LazyLock::new(|| {
-//!     Key::<mpsc::Sender<String>>::builder("worker")
-//!         // The session ended: tell the worker, whose channel then closes.
-//!         .on_delete(|tx, ctx| { let _ = tx.send(format!("bye ({:?})", ctx.end_reason())); })
-//!         .build()
-//! });
+//! static VISITS: Key<u64> = Key::new("visits");
+//! static WORKER: Key<mpsc::Sender<String>> = Key::new("worker")
+//!     // The session ended: tell the worker, whose channel then closes.
+//!     .on_delete(|tx, ctx| { let _ = tx.send(format!("bye ({:?})", ctx.end_reason())); });
 //!
 //! let clock = ManualClock::new();
 //! let sessions = Sessions::builder()
@@ -54,8 +50,9 @@
 //! ```
 //!
 //! # The pieces
-//! - [`Key`]: a typed slot with its hooks, made once (a `static` with
-//!   [`LazyLock`](std::sync::LazyLock)). Two keys of one type are different keys.
+//! - [`Key`]: a typed slot with its hooks, made once (a plain `static`, built by
+//!   `const fn`s; [`Key::builder`] for hooks with captured state). Two keys of
+//!   one type are different keys.
 //! - [`Session`]: a cheap handle to one live session — `get`, `with`, `with_mut`,
 //!   `set`, `update`, `remove`, `contains`, `keys`, `touch`, `attach`, `ended`.
 //! - [`Sessions`]: the store — `create`, `get`, `delete`, `renew`, `iter`,

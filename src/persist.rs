@@ -10,7 +10,7 @@
 //! ```
 //! use keyed_session::{Key, Sessions, Sweeper};
 //! let path = std::env::temp_dir().join(format!("ks-persist-doc-{}.snap", std::process::id()));
-//! let cart: Key<Vec<String>> = Key::builder("cart").serde().build();
+//! let cart: Key<Vec<String>> = Key::new("cart").serde();
 //! let before = Sessions::builder().sweeper(Sweeper::Manual).build();
 //! let s = before.create(None).unwrap();
 //! s.set(&cart, vec!["tea".into()]).unwrap();
@@ -243,7 +243,7 @@ pub struct SaveReport {
 /// ```
 /// use keyed_session::{Key, Sessions, Sweeper};
 /// let path = std::env::temp_dir().join(format!("ks-restore-report-{}.snap", std::process::id()));
-/// let counter: Key<Vec<u32>> = Key::builder("counter").serde().build();
+/// let counter: Key<Vec<u32>> = Key::new("counter").serde();
 /// let before = Sessions::builder().sweeper(Sweeper::Manual).build();
 /// before.create(None).unwrap().set(&counter, vec![1]).unwrap();
 /// before.save_to(&path).unwrap();

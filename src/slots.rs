@@ -153,7 +153,9 @@ mod tests {
 
     #[test]
     fn slots_move_between_one_and_many() {
-        let keys: Vec<Key<u32>> = (0..3).map(|i| Key::new(format!("k{i}"))).collect();
+        let keys: Vec<Key<u32>> = (0..3)
+            .map(|i| Key::builder(format!("k{i}")).build())
+            .collect();
         let mut slots = Slots::default();
         assert_eq!(slots.len(), 0);
         for (i, key) in keys.iter().enumerate() {

@@ -8,7 +8,6 @@ mod common;
 mod counter;
 
 use std::net::SocketAddr;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::Router;
@@ -20,7 +19,7 @@ use keyed_session::{EndReason, IpBinding, Key, Sessions, Sweeper};
 use reqwest::StatusCode;
 use reqwest::header::COOKIE;
 
-static NOTES: LazyLock<Key<String>> = LazyLock::new(|| Key::new("notes"));
+static NOTES: Key<String> = Key::new("notes");
 
 fn store(binding: IpBinding) -> Sessions {
     Sessions::builder()

@@ -4,14 +4,15 @@ mod common;
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{LazyLock, Mutex};
 
 use common::store;
-use keyed_session::Key;
+use keyed_session::{DeleteCause, DeleteContext, Key};
 
-static COUNTER: LazyLock<Key<u64>> = LazyLock::new(|| Key::new("counter"));
-static OTHER_COUNTER: LazyLock<Key<u64>> = LazyLock::new(|| Key::new("other-counter"));
+static COUNTER: Key<u64> = Key::new("counter");
+static OTHER_COUNTER: Key<u64> = Key::new("other-counter");
 
 #[test]
 fn two_keys_of_one_type_are_independent() {
@@ -23,7 +24,7 @@ fn two_keys_of_one_type_are_independent() {
     assert_eq!(s.get(&OTHER_COUNTER), Some(2));
     assert_eq!(s.remove(&COUNTER), Some(1));
     assert_eq!(s.get(&OTHER_COUNTER), Some(2));
-    assert!(!s.contains(&*COUNTER));
+    assert!(!s.contains(&COUNTER));
     assert_ne!(COUNTER.id(), OTHER_COUNTER.id());
     // A clone of a key is the same key.
     let clone = OTHER_COUNTER.clone();
@@ -109,7 +110,7 @@ fn serde_shortcut_saves_and_loads() {
     struct Cart {
         items: Vec<String>,
     }
-    let key: Key<Cart> = Key::builder("cart").serde().build();
+    let key: Key<Cart> = Key::new("cart").serde();
     let mut bytes = Vec::new();
     key.save_value(
         &Cart {
@@ -136,4 +137,79 @@ fn debug_shows_name_and_hooks_not_values() {
         text.contains("\"flag\"") && text.contains("on_no_client: true"),
         "{text}"
     );
+}
+
+/// The sum of the values `DOOR` handed to its `on_delete` hook.
+static CLOSED: AtomicU64 = AtomicU64::new(0);
+
+fn close_door(value: u64, ctx: &DeleteContext) {
+    assert_eq!(
+        ctx.cause,
+        DeleteCause::SessionEnded(keyed_session::EndReason::Deleted)
+    );
+    CLOSED.fetch_add(value, Ordering::SeqCst);
+}
+
+/// A key written as one `static` line, with a `fn` hook and a non-capturing
+/// closure, runs its hooks like a built one.
+static DOOR: Key<u64> = Key::new("door")
+    .on_delete(close_door)
+    .on_no_client(|n| *n > 10);
+
+#[test]
+fn static_keys_with_fn_hooks_run_them() {
+    let (sessions, _clock) = store();
+    let s = sessions.create(None).unwrap();
+    s.set(&DOOR, 5).unwrap();
+    assert!(format!("{DOOR:?}").contains("on_no_client: true"));
+    sessions.delete(&s.id());
+    assert_eq!(CLOSED.load(Ordering::SeqCst), 5);
+    // The same key, cloned, is the same key with the same hooks.
+    let s = sessions.create(None).unwrap();
+    s.set(&DOOR.clone(), 2).unwrap();
+    assert_eq!(s.get(&DOOR), Some(2));
+    sessions.delete(&s.id());
+    assert_eq!(CLOSED.load(Ordering::SeqCst), 7);
+}
+
+#[cfg(feature = "serde")]
+static SAVED_CART: Key<Vec<String>> = Key::new("cart").serde();
+
+/// `restore_from` takes plain statics as `&[&KEY]`.
+#[cfg(feature = "serde")]
+#[test]
+fn static_serde_keys_restore_without_deref() {
+    let dir = std::env::temp_dir().join(format!("ks-static-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("snap");
+    let (before, _clock) = store();
+    let s = before.create(None).unwrap();
+    s.set(&SAVED_CART, vec!["tea".to_string()]).unwrap();
+    before.save_to(&path).unwrap();
+    let (after, _clock) = store();
+    let report = after.restore_from(&path, &[&SAVED_CART]).unwrap();
+    assert_eq!(report.restored, 1);
+    let restored = after.get(&s.id(), None).unwrap();
+    assert_eq!(restored.get(&SAVED_CART), Some(vec!["tea".to_string()]));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A hook set on a key that is already in use would be ignored for the
+/// values stored before; storing under the changed key says so instead.
+#[test]
+fn a_hook_set_after_first_use_is_refused_loudly() {
+    let (sessions, _clock) = store();
+    let s = sessions.create(None).unwrap();
+    let key: Key<u8> = Key::new("late");
+    s.set(&key, 1).unwrap();
+    let changed = key.clone().on_delete(|_, _| {});
+    let err =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.set(&changed, 2))).unwrap_err();
+    let text = err.downcast_ref::<String>().unwrap();
+    assert!(
+        text.contains("`late`") && text.contains("first used"),
+        "{text}"
+    );
+    // The session is untouched by the refused write.
+    assert_eq!(s.get(&key), Some(1));
 }

@@ -7,7 +7,7 @@
 //! use keyed_session::integrations::axum::{CurrentSession, SessionLayer};
 //! use keyed_session::{Key, Sessions};
 //!
-//! static VISITS: std::sync::LazyLock<Key<u64>> = std::sync::LazyLock::new(|| Key::new("visits"));
+//! static VISITS: Key<u64> = Key::new("visits");
 //!
 //! async fn page(CurrentSession(session): CurrentSession) -> String {
 //!     let n = session.update(&VISITS, || 0, |n| { *n += 1; *n }).unwrap_or(0);

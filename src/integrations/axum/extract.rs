@@ -244,9 +244,8 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestSession {
 /// #     req
 /// # }
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// use std::sync::LazyLock;
 /// use keyed_session::Key;
-/// static VISITS: LazyLock<Key<u64>> = LazyLock::new(|| Key::new("visits"));
+/// static VISITS: Key<u64> = Key::new("visits");
 /// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
 /// let app = Router::new()
 ///     .route("/", get(|CurrentSession(s): CurrentSession| async move {
