@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use keyed_session::http::{CookiePolicy, CreateMode, SessionManager, SigningKey};
+use keyed_session::http::{CookiePolicy, SessionManager, SigningKey};
 use keyed_session::{IpBinding, Key, SessionId, Sessions, Sweeper};
 use parking_lot::RwLock;
 use tower_sessions::SessionStore;
@@ -204,7 +204,7 @@ fn bench(c: &mut Criterion) {
             CookiePolicy::new().signing_key(SigningKey::from_bytes(&[3; 64]).unwrap()),
         ),
     ] {
-        let manager = SessionManager::new(f.sessions.clone(), policy, CreateMode::Lazy).unwrap();
+        let manager = SessionManager::new(f.sessions.clone(), policy).unwrap();
         let headers: Vec<Vec<u8>> = (0..1000)
             .map(|_| {
                 let mut started = manager.start(None, Some(PEER), "/");

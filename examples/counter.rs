@@ -1,28 +1,50 @@
-//! A page that counts your visits in this session, like the CHICKEN http-session
-//! example: `/` shows the count and a "Next" link, `/renew` gives the session a
-//! new id (the count stays), `/logout` ends the session, and `/events` is a
-//! server-sent event stream that says when the session ends.
+//! A page that counts your visits in this session and shows the session's life
+//! as it happens.
+//!
+//! - `GET /` counts the visit (the first one creates the session and its
+//!   cookie), and shows the count as the page's `<h1>`, the session's short id,
+//!   and the latest begin/renew/end events of every session on this server,
+//!   kept live by a subscriber;
+//! - `POST /renew` gives the session a new id (the count stays), `POST /logout`
+//!   ends it: both are forms on the page, so no `GET` changes anything;
+//! - `GET /events` is the server-sent event stream the page listens to; it
+//!   ends when the visitor's session ends.
 //!
 //! `cargo run --example counter --features axum`, then open http://127.0.0.1:3000
 //! (another port with `PORT=8080`). Ctrl-C shuts it down gracefully: the
 //! shutdown signal ends every session, which ends the open event streams, so the
 //! server can finish.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::response::Html;
+use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, Sse};
-use axum::routing::get;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
 use futures_util::stream::{self, Stream, StreamExt};
-use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
-use keyed_session::integrations::axum::{CurrentSession, RequestSession, SessionLayer};
-use keyed_session::{IpBinding, Key, Sessions};
+use keyed_session::http::{CookiePolicy, SessionManager};
+use keyed_session::integrations::axum::{RequestSession, SessionLayer};
+use keyed_session::{Error, Event, IpBinding, Key, RecvError, SessionId, Sessions};
 
 static VISITS: Key<u64> = Key::new("visits");
+
+/// How many events the page lists.
+const RECENT: usize = 8;
+
+/// The latest session events, newest first, as the page shows them.
+type Recent = Arc<Mutex<VecDeque<String>>>;
+
+#[derive(Clone)]
+struct AppState {
+    sessions: Sessions,
+    recent: Recent,
+}
 
 /// The store as this example configures it.
 pub fn store() -> Sessions {
@@ -33,19 +55,24 @@ pub fn store() -> Sessions {
         .build()
 }
 
-/// The router, over `sessions`.
+/// The router, over `sessions`. Call it inside a tokio runtime: it starts the
+/// task that keeps the list of recent events.
 pub fn app(sessions: Sessions) -> Router {
     // Plain-HTTP-friendly cookies for localhost. For production, behind HTTPS:
-    // drop `.secure(false)` (the default is `Secure`), keep `HttpOnly` and
-    // `SameSite=Lax`, and consider `.signing_key(..)` with a secret of 64+ bytes.
+    // drop `.secure(false)` (the default is `Secure`, with the `__Host-` name),
+    // and consider `.signing_key(..)` with a secret of 64+ bytes.
     let policy = CookiePolicy::new().name("id").secure(false);
-    let manager =
-        SessionManager::new(sessions, policy, CreateMode::Auto).expect("a valid cookie policy");
+    // The default mode: no session (and no cookie) until a handler stores
+    // something.
+    let manager = SessionManager::new(sessions.clone(), policy).expect("a valid cookie policy");
+    let recent = Recent::default();
+    tokio::spawn(keep_recent(sessions.clone(), Arc::clone(&recent)));
     Router::new()
         .route("/", get(index))
-        .route("/renew", get(renew))
-        .route("/logout", get(logout))
+        .route("/renew", post(renew))
+        .route("/logout", post(logout))
         .route("/events", get(events))
+        .with_state(AppState { sessions, recent })
         .layer(SessionLayer::new(manager))
 }
 
@@ -68,48 +95,140 @@ pub async fn serve_until(
         .await
 }
 
-async fn index(CurrentSession(session): CurrentSession) -> Html<String> {
-    let n = session
-        .update(
-            &VISITS,
-            || 0,
-            |n| {
-                *n += 1;
-                *n
-            },
-        )
-        .unwrap_or(0);
-    Html(format!(
-        "<!doctype html><title>Counter</title><h1>{n}</h1>\
-         <p><a href=\"/\">Next</a> · <a href=\"/renew\">New session id</a> · \
-         <a href=\"/logout\">Log out</a></p>"
-    ))
+/// The first characters of an id: enough to tell sessions apart on the page,
+/// too few to use as a cookie.
+fn short(id: &SessionId) -> String {
+    id.to_string().chars().take(6).collect()
 }
 
-async fn renew(session: RequestSession) -> Html<String> {
-    let text = match session.renew() {
-        Ok(_) => "A new session id was issued; the count is kept.",
-        Err(_) => "There was no session to renew.",
-    };
-    Html(format!(
-        "<!doctype html><p>{text}</p><p><a href=\"/\">Next</a></p>"
-    ))
+/// One line of the event list.
+fn describe(event: &Event) -> String {
+    match event {
+        Event::Begin { id, .. } => format!("begin {}", short(id)),
+        Event::Restored { id, .. } => format!("restored {}", short(id)),
+        Event::Renewed { old, new } => format!("renew {} → {}", short(old), short(new)),
+        Event::End { id, reason, .. } => format!("end {} ({})", short(id), reason.as_str()),
+        _ => "another event".to_owned(),
+    }
 }
 
-/// One event now, and one when the session ends (for whatever reason), then
-/// the stream ends.
-async fn events(
-    CurrentSession(session): CurrentSession,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let hello = SseEvent::default().data(format!("watching session {:?}", session.id()));
-    let ended = session.ended();
-    let end = async move { Ok(SseEvent::default().event("end").data(ended.await.as_str())) };
-    Sse::new(stream::once(async { Ok(hello) }).chain(stream::once(end)))
+/// Subscribes to the store and keeps the latest [`RECENT`] events.
+async fn keep_recent(sessions: Sessions, recent: Recent) {
+    let events = sessions.subscribe();
+    drop(sessions); // the subscription must not keep the store alive
+    loop {
+        let line = match events.recv().await {
+            Ok(event) => describe(&event),
+            Err(RecvError::Lagged(n)) => format!("({n} events missed)"),
+            Err(_) => return, // the store is gone
+        };
+        let mut recent = recent.lock().unwrap();
+        recent.push_front(line);
+        recent.truncate(RECENT);
+    }
+}
+
+async fn index(
+    State(state): State<AppState>,
+    session: RequestSession,
+) -> Result<Html<String>, Error> {
+    // The write creates the session on the first visit.
+    let n = session.update(
+        &VISITS,
+        || 0,
+        |n| {
+            *n += 1;
+            *n
+        },
+    )?;
+    let id = session.id().map(|id| short(&id)).unwrap_or_default();
+    let items: String = state
+        .recent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|line| format!("<li>{line}</li>"))
+        .collect();
+    Ok(Html(format!(
+        r#"<!doctype html>
+<html lang="en">
+<meta charset="utf-8">
+<title>Visit counter · keyed-session</title>
+<style>
+  body {{ font: 16px/1.5 system-ui, sans-serif; max-width: 34em; margin: 2em auto; padding: 0 1em; }}
+  h1 {{ font-size: 4em; margin: 0; }}
+  form {{ display: inline; }}
+  #events {{ font-family: ui-monospace, monospace; }}
+</style>
+<p>Visits in this session</p>
+<h1>{n}</h1>
+<p>Session <code>{id}…</code> · <a href="/">Count again</a></p>
+<form method="post" action="/renew"><button>New session id (keep the count)</button></form>
+<form method="post" action="/logout"><button>Log out (end the session)</button></form>
+<h2>Session events</h2>
+<p>The latest begin, renew and end of every session on this server, live (ids shortened).</p>
+<ul id="events">{items}</ul>
+<script>
+  const list = document.getElementById("events");
+  const source = new EventSource("/events");
+  source.addEventListener("session", (e) => {{
+    const item = document.createElement("li");
+    item.textContent = e.data;
+    list.prepend(item);
+    while (list.children.length > {RECENT}) list.lastElementChild.remove();
+  }});
+  source.addEventListener("end", () => source.close());
+</script>
+</html>
+"#
+    )))
+}
+
+async fn renew(session: RequestSession) -> Response {
+    match session.renew() {
+        // Post/redirect/get: the page shows the new id.
+        Ok(_) => Redirect::to("/").into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn logout(session: RequestSession) -> Html<&'static str> {
     session.end();
-    Html("<!doctype html><p>Logged out.</p><p><a href=\"/\">Start again</a></p>")
+    Html(
+        "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Logged out</title>\
+         <p>Logged out: the session ended.</p><p><a href=\"/\">Start again</a></p></html>",
+    )
+}
+
+/// A greeting, then every session event of the store, until this visitor's
+/// session ends (for whatever reason: the last event says which).
+async fn events(
+    State(state): State<AppState>,
+    session: RequestSession,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Error> {
+    // Watching a session needs one.
+    let session = session.get_or_create()?;
+    let hello = SseEvent::default()
+        .event("hello")
+        .data(format!("watching session {}", short(&session.id())));
+    let feed = stream::unfold(state.sessions.subscribe(), |events| async move {
+        let line = match events.recv().await {
+            Ok(event) => describe(&event),
+            Err(RecvError::Lagged(n)) => format!("({n} events missed)"),
+            Err(_) => return None,
+        };
+        Some((Ok(SseEvent::default().event("session").data(line)), events))
+    });
+    let ended = session.ended();
+    let end = async move { Ok(SseEvent::default().event("end").data(ended.await.as_str())) };
+    let feed = feed.take_until(Box::pin(async move {
+        session.ended().await;
+    }));
+    Ok(Sse::new(
+        stream::once(async { Ok(hello) })
+            .chain(feed)
+            .chain(stream::once(end)),
+    ))
 }
 
 #[tokio::main]

@@ -6,10 +6,10 @@
 //! use keyed_session::{Key, Sessions, Sweeper};
 //!
 //! let visits: Key<u64> = Key::new("visits");
-//! let manager = SessionManager::new(
+//! let manager = SessionManager::with_mode(
 //!     Sessions::builder().sweeper(Sweeper::Manual).build(),
 //!     CookiePolicy::new().name("sid"),
-//!     CreateMode::Auto,
+//!     CreateMode::Eager,
 //! )?;
 //!
 //! // First request: no cookie. A session is created and the response sets it.
@@ -32,7 +32,8 @@ mod manager;
 mod proxy;
 mod started;
 
+pub use crate::error::Rejection;
 pub use cookie::{CookiePolicy, KeyTooShort, PolicyError, SameSite, SigningKey};
 pub use manager::{MAX_COOKIE_HEADER, MAX_DUPLICATE_COOKIES, SessionManager};
 pub use proxy::{ForwardedHeader, TrustedProxies};
-pub use started::{CreateMode, Rejection, Started};
+pub use started::{CreateMode, Started};

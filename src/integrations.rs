@@ -3,12 +3,8 @@
 //! ```
 //! // With the `axum` feature: a tower layer and extractors.
 //! use keyed_session::integrations::axum::SessionLayer;
-//! use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
-//! let manager = SessionManager::new(
-//!     keyed_session::Sessions::default(),
-//!     CookiePolicy::new(),
-//!     CreateMode::Lazy,
-//! ).unwrap();
+//! use keyed_session::http::{CookiePolicy, SessionManager};
+//! let manager = SessionManager::new(keyed_session::Sessions::default(), CookiePolicy::new()).unwrap();
 //! let layer = SessionLayer::new(manager);
 //! assert!(format!("{layer:?}").contains("SessionLayer"));
 //! ```

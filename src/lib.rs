@@ -132,7 +132,7 @@
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
 //! | `serde` | yes | [`KeyBuilder::serde`]: `save` / `load` as JSON for serde types |
-//! | `axum` | no | [`integrations::axum`]: a tower `SessionLayer` and the `CurrentSession` / `RequestSession` extractors |
+//! | `axum` | no | [`integrations::axum`]: a tower `SessionLayer` and the `RequestSession` extractor |
 //! | `http` | yes | [`http`]: cookie policy, `SessionManager::start`, `Set-Cookie` decisions (crates `http`, `cookie`) |
 //! | `tokio` | no (on with `axum`) | [`SessionsBuilder::tokio_handle`]: the background threads run inside a tokio runtime |
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -142,6 +142,7 @@
 
 mod borrow;
 mod clock;
+mod error;
 mod events;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
@@ -158,6 +159,7 @@ mod slots;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Rejection};
 pub use events::{Event, RecvError, Subscription};
 /// Iterators of [`Subscription`].
 pub mod subscription {

@@ -8,10 +8,12 @@ mod common;
 mod counter;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use common::{pair, set_cookie};
 use keyed_session::{EndReason, Sessions};
 use reqwest::header::COOKIE;
+use reqwest::{Method, StatusCode};
 
 struct Server {
     base: String,
@@ -37,30 +39,37 @@ async fn serve() -> Server {
     }
 }
 
+/// A client with a cookie jar that does not follow redirects (so the tests
+/// see each response's `Set-Cookie`).
 fn client_from(local: Option<IpAddr>) -> reqwest::Client {
-    let mut b = reqwest::Client::builder().cookie_store(true);
+    let mut b = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none());
     if let Some(ip) = local {
         b = b.local_address(ip);
     }
     b.build().unwrap()
 }
 
-/// The number in `<h1>N</h1>`.
+/// The number in `<h1>N</h1>` of the page at `url`.
 async fn count(client: &reqwest::Client, url: &str) -> u64 {
     let body = client.get(url).send().await.unwrap().text().await.unwrap();
-    let start = body.find("<h1>").expect("a count") + 4;
-    let end = body[start..].find("</h1>").unwrap() + start;
-    body[start..end].parse().unwrap()
+    count_in(&body)
 }
 
-/// GET `path` from the server, with an optional `Cookie` header set by hand.
+/// GET `path` from the server (POST for the forms' `/renew` and `/logout`),
+/// with an optional `Cookie` header set by hand.
 async fn fetch(
     client: &reqwest::Client,
     server: &Server,
     path: &str,
     cookie: Option<&str>,
 ) -> reqwest::Response {
-    let mut req = client.get(format!("{}{path}", server.base));
+    let method = match path {
+        "/renew" | "/logout" => Method::POST,
+        _ => Method::GET,
+    };
+    let mut req = client.request(method, format!("{}{path}", server.base));
     if let Some(c) = cookie {
         req = req.header(COOKIE, c);
     }
@@ -162,4 +171,116 @@ async fn a_cookie_from_another_address_is_refused_and_ends_the_session() {
     assert_eq!(server.sessions.stats().refused_ip_mismatch, 1);
     // The owner's session is gone: the next visit starts over.
     assert_eq!(count(&owner, &format!("{}/", server.base)).await, 1);
+}
+
+/// The text of `GET {base}{path}`, retried until `check` holds (the event
+/// list is filled by a task, a moment after the request that caused the
+/// event); at most 60 s, a bound against a hang.
+async fn page_until(client: &reqwest::Client, url: &str, check: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = client.get(url).send().await.unwrap().text().await.unwrap();
+        if check(&text) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The number in the page's one `<h1>`.
+fn count_in(page: &str) -> u64 {
+    assert_eq!(page.matches("<h1").count(), 1, "{page}");
+    let start = page.find("<h1>").unwrap() + 4;
+    let end = page[start..].find("</h1>").unwrap() + start;
+    page[start..end].parse().unwrap()
+}
+
+/// The short id the page shows.
+fn short_id(page: &str) -> String {
+    let start = page.find("Session <code>").unwrap() + "Session <code>".len();
+    page[start..].split('…').next().unwrap().to_owned()
+}
+
+/// The counter example as a browser uses it, over a real socket: the count
+/// in the one `<h1>`, the short id, renew and logout as POST forms (a `GET`
+/// changes nothing), and the event list showing begin, renew and end.
+#[tokio::test]
+async fn the_counter_page_counts_renews_and_logs_out() {
+    let sessions = counter::store();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(counter::serve_until(listener, sessions.clone(), async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
+
+    let first = client.get(format!("{base}/")).send().await.unwrap();
+    assert!(set_cookie(&first).is_some());
+    let first = first.text().await.unwrap();
+    assert_eq!(count_in(&first), 1);
+    assert!(first.contains("<title>") && first.contains("Visits in this session"));
+    assert!(first.contains(r#"<form method="post" action="/renew">"#));
+    assert!(first.contains(r#"<form method="post" action="/logout">"#));
+    let id = short_id(&first);
+    assert_eq!(id.len(), 6);
+    let session = sessions.iter().next().unwrap();
+    assert!(session.id().to_string().starts_with(&id));
+
+    let second = page_until(&client, &format!("{base}/"), |p| {
+        p.contains(&format!("begin {id}"))
+    })
+    .await;
+    assert!(count_in(&second) >= 2);
+    let counted = count_in(&second);
+
+    // No state change on GET.
+    let get_renew = client.get(format!("{base}/renew")).send().await.unwrap();
+    assert_eq!(get_renew.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(session.id().to_string()[..6], id);
+
+    // POST /renew redirects to the page: same count (plus this visit), new id.
+    let renewed = client.post(format!("{base}/renew")).send().await.unwrap();
+    assert_eq!(renewed.status(), StatusCode::OK);
+    let renewed = renewed.text().await.unwrap();
+    assert_eq!(count_in(&renewed), counted + 1);
+    let new_id = short_id(&renewed);
+    assert_ne!(new_id, id);
+    let listed = page_until(&client, &format!("{base}/"), |p| {
+        p.contains(&format!("renew {id} → {new_id}"))
+    })
+    .await;
+    assert!(
+        listed.contains(&format!("renew {id} → {new_id}")),
+        "{listed}"
+    );
+
+    let out = client.post(format!("{base}/logout")).send().await.unwrap();
+    assert!(out.text().await.unwrap().contains("Logged out"));
+    assert_eq!(session.end_reason(), Some(EndReason::Deleted));
+    assert_eq!(sessions.len(), 0);
+    let fresh = client.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(
+        count_in(&fresh.text().await.unwrap()),
+        1,
+        "a new session starts from one"
+    );
+    let again = page_until(&client, &format!("{base}/"), |p| {
+        p.contains(&format!("end {new_id} (deleted)"))
+    })
+    .await;
+    assert!(
+        again.contains(&format!("end {new_id} (deleted)")),
+        "{again}"
+    );
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("serve returned")
+        .unwrap()
+        .unwrap();
 }

@@ -17,7 +17,7 @@ use common::v4;
 use keyed_session::http::{
     CookiePolicy, CreateMode, ForwardedHeader, SessionManager, TrustedProxies,
 };
-use keyed_session::integrations::axum::{CurrentSession, RequestSession, SessionLayer};
+use keyed_session::integrations::axum::{RequestSession, SessionLayer};
 use keyed_session::{IpBinding, Key, Sessions, Sweeper};
 use tower::ServiceExt;
 
@@ -45,7 +45,8 @@ async fn peer_of(req: RequestSession) -> String {
 
 #[tokio::test]
 async fn the_peer_comes_from_connect_info_or_a_trusted_proxy() {
-    let manager = SessionManager::new(store(), CookiePolicy::new(), CreateMode::Auto).unwrap();
+    let manager =
+        SessionManager::with_mode(store(), CookiePolicy::new(), CreateMode::Eager).unwrap();
     let proxies = TrustedProxies::new().trust(v4(10, 0, 0, 0), 8);
     let app = Router::new()
         .route("/", get(peer_of))
@@ -88,7 +89,7 @@ async fn the_peer_comes_from_connect_info_or_a_trusted_proxy() {
     // A proxy configured to write `Forwarded`: that one, and only that one.
     let rfc7239 = Router::new().route("/", get(peer_of)).layer(
         SessionLayer::new(
-            SessionManager::new(store(), CookiePolicy::new(), CreateMode::Auto).unwrap(),
+            SessionManager::with_mode(store(), CookiePolicy::new(), CreateMode::Eager).unwrap(),
         )
         .trusted_proxies(
             TrustedProxies::new()
@@ -119,18 +120,19 @@ async fn server_sent_events_attach_a_client_for_the_body_and_requests_do_not() {
         })
         .build();
     let (k1, k2) = (key.clone(), key.clone());
-    let manager = SessionManager::new(store(), CookiePolicy::new(), CreateMode::Auto).unwrap();
+    let manager =
+        SessionManager::with_mode(store(), CookiePolicy::new(), CreateMode::Eager).unwrap();
     let app = Router::new()
         .route(
             "/page",
-            get(move |CurrentSession(s): CurrentSession| async move {
+            get(move |s: RequestSession| async move {
                 s.set(&k1, 1).unwrap();
                 "page"
             }),
         )
         .route(
             "/events",
-            get(move |CurrentSession(s): CurrentSession| async move {
+            get(move |s: RequestSession| async move {
                 s.set(&k2, 1).unwrap();
                 (
                     [(header::CONTENT_TYPE, "text/event-stream")],
@@ -168,10 +170,18 @@ async fn server_sent_events_attach_a_client_for_the_body_and_requests_do_not() {
     );
 }
 
+static MARK: Key<u8> = Key::new("mark");
+
+/// A handler whose write creates the session: its errors are responses.
+async fn store_something(s: RequestSession) -> Result<&'static str, keyed_session::Error> {
+    s.set(&MARK, 1)?;
+    Ok("x")
+}
+
 #[tokio::test]
 async fn extractors_reject_clearly() {
     // No layer at all.
-    let app = Router::new().route("/", get(|_: CurrentSession| async { "x" }));
+    let app = Router::new().route("/", get(|_: RequestSession| async { "x" }));
     let resp = app
         .oneshot(request("/", v4(127, 0, 0, 1), None))
         .await
@@ -185,21 +195,28 @@ async fn extractors_reject_clearly() {
         .sweeper(Sweeper::Manual)
         .max_sessions(0)
         .build();
-    let manager = SessionManager::new(full, CookiePolicy::new(), CreateMode::Lazy).unwrap();
+    let manager = SessionManager::new(full, CookiePolicy::new()).unwrap();
     let app = Router::new()
-        .route("/", get(|_: CurrentSession| async { "x" }))
+        .route("/", get(store_something))
         .layer(SessionLayer::new(manager));
     let resp = app
         .oneshot(request("/", v4(127, 0, 0, 1), None))
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+    let text = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&text).contains("no session could be created"),
+        "{text:?}"
+    );
 
     // Outside the cookie's path.
     let manager =
-        SessionManager::new(store(), CookiePolicy::new().path("/app"), CreateMode::Auto).unwrap();
+        SessionManager::with_mode(store(), CookiePolicy::new().path("/app"), CreateMode::Eager)
+            .unwrap();
     let app = Router::new()
-        .route("/other", get(|_: CurrentSession| async { "x" }))
+        .route("/other", get(store_something))
         .layer(SessionLayer::new(manager));
     let resp = app
         .oneshot(request("/other", v4(127, 0, 0, 1), None))
@@ -207,13 +224,56 @@ async fn extractors_reject_clearly() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    let text = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    assert!(String::from_utf8_lossy(&text).contains("outside the session cookie's path"));
+}
+
+/// The default (lazy) mode: reading, a 404 and a handler that stores nothing
+/// create no session and set no cookie; the first write does both, and the
+/// next request reads what it wrote through the same extractor.
+#[tokio::test]
+async fn by_default_only_a_write_creates_a_session() {
+    let sessions = store();
+    let manager = SessionManager::new(sessions.clone(), CookiePolicy::new()).unwrap();
+    let app = Router::new()
+        .route(
+            "/read",
+            get(|s: RequestSession| async move { format!("{:?}", s.get(&MARK)) }),
+        )
+        .route("/write", get(store_something))
+        .layer(SessionLayer::new(manager));
+    for path in ["/read", "/missing"] {
+        let resp = app
+            .clone()
+            .oneshot(request(path, v4(127, 0, 0, 1), None))
+            .await
+            .unwrap();
+        assert!(resp.headers().get(header::SET_COOKIE).is_none(), "{path}");
+    }
+    assert_eq!(sessions.len(), 0);
+    let resp = app
+        .clone()
+        .oneshot(request("/write", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    assert_eq!(sessions.len(), 1);
+    let cookie = resp.headers()[header::SET_COOKIE].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let resp = app
+        .clone()
+        .oneshot(request("/read", v4(127, 0, 0, 1), Some(&cookie)))
+        .await
+        .unwrap();
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    let text = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    assert_eq!(&text[..], b"Some(1)");
+    assert_eq!(sessions.len(), 1);
 }
 
 #[tokio::test]
 async fn lazy_mode_sets_a_cookie_only_when_a_handler_opens_a_session() {
     let sessions = store();
-    let manager =
-        SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
+    let manager = SessionManager::new(sessions.clone(), CookiePolicy::new()).unwrap();
     let app = Router::new()
         .route(
             "/browse",
@@ -326,7 +386,7 @@ fn hooks_may_use_the_request_handle_while_it_ends_the_session() {
                 }
             })
             .build();
-        let manager = SessionManager::new(store(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
+        let manager = SessionManager::new(store(), CookiePolicy::new()).unwrap();
         let app = Router::new()
             .route(
                 "/logout",

@@ -30,7 +30,7 @@ fn store(binding: IpBinding) -> Sessions {
 
 fn manager(sessions: &Sessions) -> SessionManager {
     let policy = CookiePolicy::new().secure(false);
-    SessionManager::new(sessions.clone(), policy, CreateMode::Auto).unwrap()
+    SessionManager::with_mode(sessions.clone(), policy, CreateMode::Eager).unwrap()
 }
 
 /// Serves `app` on a free port; with `connect_info` as the docs say, without

@@ -13,7 +13,10 @@ use keyed_session::{EndReason, IpBinding, Key, ManualClock, Refused, SessionId};
 
 fn manager(policy: CookiePolicy, mode: CreateMode) -> (SessionManager, ManualClock) {
     let (sessions, clock) = store();
-    (SessionManager::new(sessions, policy, mode).unwrap(), clock)
+    (
+        SessionManager::with_mode(sessions, policy, mode).unwrap(),
+        clock,
+    )
 }
 
 fn set_cookie(started: &Started) -> Option<String> {
@@ -39,7 +42,7 @@ fn key(byte: u8) -> SigningKey {
 
 #[test]
 fn defaults_follow_owasp() {
-    let (m, _clock) = manager(CookiePolicy::new(), CreateMode::Auto);
+    let (m, _clock) = manager(CookiePolicy::new(), CreateMode::Eager);
     let started = m.start(None, None, "/");
     let sc = set_cookie(&started).unwrap();
     assert!(sc.starts_with("__Host-id="), "{sc}");
@@ -65,7 +68,7 @@ fn every_attribute_is_configurable() {
         .http_only(false)
         .same_site(SameSite::Strict)
         .persistent(true);
-    let (m, _clock) = manager(policy, CreateMode::Auto);
+    let (m, _clock) = manager(policy, CreateMode::Eager);
     let sc = set_cookie(&m.start(None, None, "/app/page")).unwrap();
     let a = attrs(&sc);
     assert!(sc.starts_with("sid="));
@@ -79,7 +82,7 @@ fn every_attribute_is_configurable() {
     }
     assert!(!a.iter().any(|x| x == "Secure" || x == "HttpOnly"), "{sc}");
     let none = CookiePolicy::new().same_site(SameSite::None);
-    let (m, _clock) = manager(none, CreateMode::Auto);
+    let (m, _clock) = manager(none, CreateMode::Eager);
     assert!(
         set_cookie(&m.start(None, None, "/"))
             .unwrap()
@@ -89,7 +92,7 @@ fn every_attribute_is_configurable() {
 
 #[test]
 fn a_known_session_needs_no_set_cookie_and_is_refreshed() {
-    let (m, clock) = manager(CookiePolicy::new().name("id"), CreateMode::Auto);
+    let (m, clock) = manager(CookiePolicy::new().name("id"), CreateMode::Eager);
     let first = m.start(None, None, "/");
     let cookie = pair(&set_cookie(&first).unwrap());
     let id = first.session().unwrap().id();
@@ -125,7 +128,7 @@ fn lazy_mode_creates_only_when_asked() {
 #[test]
 fn requests_outside_the_path_are_not_touched() {
     let policy = CookiePolicy::new().name("id").path("/app");
-    let (m, _clock) = manager(policy.clone(), CreateMode::Auto);
+    let (m, _clock) = manager(policy.clone(), CreateMode::Eager);
     for path in ["/", "/application", "/other/app", "/ap"] {
         let started = m.start(None, None, path);
         assert!(!started.in_scope(), "{path}");
@@ -142,14 +145,15 @@ fn requests_outside_the_path_are_not_touched() {
 fn refused_sessions_get_an_expiring_cookie_in_lazy_mode_and_a_new_one_in_auto() {
     let clock = ManualClock::new();
     let sessions = builder(&clock).ip_binding(IpBinding::Exact).build();
-    let lazy = SessionManager::new(
+    let lazy = SessionManager::with_mode(
         sessions.clone(),
         CookiePolicy::new().name("id"),
         CreateMode::Lazy,
     )
     .unwrap();
     let auto =
-        SessionManager::new(sessions, CookiePolicy::new().name("id"), CreateMode::Auto).unwrap();
+        SessionManager::with_mode(sessions, CookiePolicy::new().name("id"), CreateMode::Eager)
+            .unwrap();
 
     let expiring = |started: &Started| {
         let sc = set_cookie(started).unwrap();
@@ -190,7 +194,7 @@ fn refused_sessions_get_an_expiring_cookie_in_lazy_mode_and_a_new_one_in_auto() 
 
 #[test]
 fn end_deletes_the_session_and_expires_the_cookie() {
-    let (m, _clock) = manager(CookiePolicy::new().name("id"), CreateMode::Auto);
+    let (m, _clock) = manager(CookiePolicy::new().name("id"), CreateMode::Eager);
     let first = m.start(None, None, "/");
     let cookie = pair(&set_cookie(&first).unwrap());
     let session = first.session().unwrap().clone();
@@ -233,7 +237,7 @@ fn persistent_cookies_are_refreshed_only_below_the_fraction() {
         .name("id")
         .persistent(true)
         .refresh_below(0.5);
-    let (m, clock) = manager(policy, CreateMode::Auto);
+    let (m, clock) = manager(policy, CreateMode::Eager);
     let first = m.start(None, None, "/");
     let cookie = pair(&set_cookie(&first).unwrap());
     clock.advance(secs(20)); // 40 of 60 s left: no refresh
@@ -260,7 +264,7 @@ fn persistent_cookies_are_refreshed_only_below_the_fraction() {
 #[test]
 fn a_persistent_cookie_keeps_nothing_in_the_session() {
     let policy = CookiePolicy::new().name("id").persistent(true);
-    let (m, _clock) = manager(policy, CreateMode::Auto);
+    let (m, _clock) = manager(policy, CreateMode::Eager);
     let first = m.start(None, None, "/");
     let session = first.session().unwrap().clone();
     let sc = set_cookie(&first).unwrap();
@@ -290,13 +294,13 @@ fn a_persistent_cookie_keeps_nothing_in_the_session() {
 fn signed_cookies_verify_and_rotate() {
     let (old_key, new_key, stranger) = (key(1), key(2), key(3));
     let (sessions, _clock) = store();
-    let before = SessionManager::new(
+    let before = SessionManager::with_mode(
         sessions.clone(),
         CookiePolicy::new().name("id").signing_key(old_key.clone()),
         CreateMode::Lazy,
     )
     .unwrap();
-    let after = SessionManager::new(
+    let after = SessionManager::with_mode(
         sessions.clone(),
         CookiePolicy::new()
             .name("id")
@@ -305,7 +309,7 @@ fn signed_cookies_verify_and_rotate() {
         CreateMode::Lazy,
     )
     .unwrap();
-    let foreign = SessionManager::new(
+    let foreign = SessionManager::with_mode(
         sessions,
         CookiePolicy::new().name("id").signing_key(stranger),
         CreateMode::Lazy,
@@ -443,7 +447,7 @@ fn several_cookie_headers_are_all_read() {
 fn bad_policies_are_refused_with_a_reason() {
     let (sessions, _clock) = store();
     let refuse = |policy: CookiePolicy| {
-        SessionManager::new(sessions.clone(), policy, CreateMode::Auto).unwrap_err()
+        SessionManager::with_mode(sessions.clone(), policy, CreateMode::Eager).unwrap_err()
     };
     assert!(matches!(
         refuse(CookiePolicy::new().name("session id")),
@@ -492,7 +496,7 @@ fn ordinary_policies_are_accepted() {
     for name in ["id", "__Secure-id", "sid_2", "a.b"] {
         let (m, _clock) = manager(
             CookiePolicy::new().name(name).domain("example.test"),
-            CreateMode::Auto,
+            CreateMode::Eager,
         );
         assert!(m.start(None, None, "/").set_cookie().is_some(), "{name}");
     }
@@ -504,7 +508,7 @@ fn ordinary_policies_are_accepted() {
         (CookiePolicy::new().domain("example.test"), "id"),
     ] {
         assert_eq!(policy.cookie_name(), name);
-        let (m, _clock) = manager(policy, CreateMode::Auto);
+        let (m, _clock) = manager(policy, CreateMode::Eager);
         let sc = set_cookie(&m.start(None, None, "/app")).unwrap();
         assert!(sc.starts_with(&format!("{name}=")), "{sc}");
     }
@@ -531,7 +535,7 @@ fn junk_duplicates_ahead_of_the_real_cookie_do_not_hide_it() {
 /// is used.
 #[test]
 fn duplicates_naming_different_sessions_are_both_refused() {
-    let (m, _clock) = manager(CookiePolicy::new().name("id"), CreateMode::Auto);
+    let (m, _clock) = manager(CookiePolicy::new().name("id"), CreateMode::Eager);
     let victim = m.start(None, None, "/").session().unwrap().clone();
     let attacker = m.start(None, None, "/").session().unwrap().clone();
     let header = format!("id={}; id={}", attacker.id(), victim.id());
@@ -551,13 +555,14 @@ fn duplicates_naming_different_sessions_are_both_refused() {
 fn binding_without_an_address_fails_closed() {
     let clock = ManualClock::new();
     let sessions = builder(&clock).ip_binding(IpBinding::Exact).build();
-    let m = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Auto).unwrap();
+    let m = SessionManager::with_mode(sessions.clone(), CookiePolicy::new(), CreateMode::Eager)
+        .unwrap();
     let mut started = m.start(None, None, "/");
     assert_eq!(started.rejected(), Some(Rejection::NoClientAddress));
     assert!(started.session().is_none());
     assert_eq!(
         started.get_or_create().unwrap_err(),
-        keyed_session::CreateError::NoClientAddress
+        keyed_session::Error::Create(keyed_session::CreateError::NoClientAddress)
     );
     assert_eq!(started.set_cookie(), None);
     assert_eq!(sessions.len(), 0);
@@ -574,7 +579,7 @@ fn binding_without_an_address_fails_closed() {
 /// sessions keep session cookies.
 #[test]
 fn remember_me_is_per_session() {
-    let (m, clock) = manager(CookiePolicy::new().name("id"), CreateMode::Auto);
+    let (m, clock) = manager(CookiePolicy::new().name("id"), CreateMode::Eager);
     let other = m.start(None, None, "/");
     assert!(!set_cookie(&other).unwrap().contains("Max-Age"));
     let mut login = m.start(None, None, "/");

@@ -50,7 +50,8 @@ fn the_request_path_does_not_allocate() {
         })
         .collect();
     let manager =
-        SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Auto).unwrap();
+        SessionManager::with_mode(sessions.clone(), CookiePolicy::new(), CreateMode::Eager)
+            .unwrap();
     let headers: Vec<String> = ids
         .iter()
         .map(|id| format!("a=b; __Host-id={id}"))

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use http::header::{COOKIE, HeaderMap, HeaderValue};
 
+use crate::error::Rejection;
 use crate::http::cookie::{CookiePolicy, PolicyError, Presented, Unreadable};
-use crate::http::started::{CreateMode, ManagerInner, Rejection, Started};
+use crate::http::started::{CreateMode, ManagerInner, Started};
 use crate::net::IpBinding;
 use crate::store::{Session, Sessions};
 
@@ -27,7 +28,7 @@ pub const MAX_DUPLICATE_COOKIES: usize = 8;
 /// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
 /// use keyed_session::Sessions;
 /// let sessions = Sessions::default();
-/// let manager = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Auto)?;
+/// let manager = SessionManager::with_mode(sessions.clone(), CookiePolicy::new(), CreateMode::Eager)?;
 /// let started = manager.start(None, Some("192.0.2.1".parse().unwrap()), "/");
 /// assert!(started.session().is_some());
 /// assert_eq!(manager.sessions().len(), 1);
@@ -48,16 +49,17 @@ impl fmt::Debug for SessionManager {
 }
 
 impl SessionManager {
-    /// A manager over `sessions` with a cookie `policy` and a create `mode`.
+    /// A manager over `sessions` with a cookie `policy` that creates a session
+    /// only when a request stores something ([`CreateMode::Lazy`]).
     ///
     /// ```
     /// use keyed_session::http::{CookiePolicy, CreateMode, PolicyError, SessionManager};
     /// use keyed_session::Sessions;
     /// let sessions = Sessions::default();
-    /// let manager = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Lazy);
+    /// let manager = SessionManager::new(sessions.clone(), CookiePolicy::new());
     /// assert!(manager.is_ok());
     /// let bad = CookiePolicy::new().name("__Host-id").domain("example.com");
-    /// let refused = SessionManager::new(sessions, bad, CreateMode::Lazy).unwrap_err();
+    /// let refused = SessionManager::new(sessions, bad).unwrap_err();
     /// assert!(matches!(refused, PolicyError::HostPrefix { .. }));
     /// assert!(refused.to_string().contains("Domain"));
     /// ```
@@ -66,7 +68,24 @@ impl SessionManager {
     /// [`PolicyError`] when the policy cannot make a cookie browsers keep (see
     /// [`CookiePolicy::validate`]): a configuration mistake that would otherwise
     /// leave every response without a working cookie.
-    pub fn new(
+    pub fn new(sessions: Sessions, policy: CookiePolicy) -> Result<Self, PolicyError> {
+        Self::with_mode(sessions, policy, CreateMode::Lazy)
+    }
+
+    /// Like [`new`](Self::new), with a chosen [`CreateMode`]
+    /// ([`CreateMode::Eager`]: a session for every request).
+    ///
+    /// ```
+    /// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+    /// use keyed_session::Sessions;
+    /// let eager = SessionManager::with_mode(Sessions::default(), CookiePolicy::new(), CreateMode::Eager)?;
+    /// assert!(eager.start(None, None, "/").session().is_some());
+    /// # Ok::<(), keyed_session::http::PolicyError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`PolicyError`] as for [`new`](Self::new).
+    pub fn with_mode(
         sessions: Sessions,
         policy: CookiePolicy,
         mode: CreateMode,
@@ -101,7 +120,7 @@ impl SessionManager {
     ///
     /// Finds the session named by the cookie and checks it (signature, expiry, IP
     /// binding; a refused session is ended by the store as documented there),
-    /// which also refreshes it. Creates one in [`CreateMode::Auto`] when none is
+    /// which also refreshes it. Creates one in [`CreateMode::Eager`] when none is
     /// usable. A request outside the policy's path is left alone. Never panics
     /// on any header bytes: anything unreadable counts as no valid session.
     ///
@@ -190,7 +209,7 @@ impl SessionManager {
             }
         }
         if started.session.is_none()
-            && self.inner.mode == CreateMode::Auto
+            && self.inner.mode == CreateMode::Eager
             && started.rejected != Some(Rejection::Ambiguous)
         {
             // A failed create leaves the request without a session; the handler

@@ -7,89 +7,37 @@ use std::sync::Arc;
 
 use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 
+use crate::error::{Error, Rejection};
 use crate::http::cookie::CookiePolicy;
 use crate::id::SessionId;
-use crate::store::{
-    ClientGuard, CreateError, NO_CLIENT_ADDRESS, Refused, Session, SessionEnded, Sessions,
-};
+use crate::store::{ClientGuard, CreateError, Session, SessionEnded, Sessions};
 
 /// Whether a request without a session gets one at once.
 ///
 /// ```
 /// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
 /// use keyed_session::Sessions;
-/// let lazy = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
+/// let lazy = SessionManager::new(Sessions::default(), CookiePolicy::new()).unwrap();
+/// assert_eq!(lazy.mode(), CreateMode::Lazy);
 /// let mut started = lazy.start(None, None, "/");
 /// assert!(started.session().is_none() && started.set_cookie().is_none());
 /// started.get_or_create().unwrap(); // the handler stores something
 /// assert!(started.set_cookie().is_some());
+///
+/// let eager = SessionManager::with_mode(Sessions::default(), CookiePolicy::new(), CreateMode::Eager).unwrap();
+/// assert!(eager.start(None, None, "/").set_cookie().is_some());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CreateMode {
-    /// Every request in the cookie's path has a session: `start` creates one when
-    /// none was presented (the default).
+    /// A session is created only when the handler stores something (the axum
+    /// extractor's writes) or asks for one ([`Started::get_or_create`]): a
+    /// request that stores nothing creates nothing and sets no cookie — no
+    /// sessions for 404s, bots and visitors who never log in. The default.
     #[default]
-    Auto,
-    /// A session is created only when the handler asks for one
-    /// ([`Started::get_or_create`]): no cookie for visitors who never log in.
     Lazy,
-}
-
-/// Why the session cookie a request presented was not used.
-///
-/// ```
-/// use keyed_session::http::{CookiePolicy, CreateMode, Rejection, SessionManager};
-/// use keyed_session::{Refused, SessionId, Sessions};
-/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
-/// let garbage = manager.start(Some(b"__Host-id=garbage"), None, "/");
-/// assert_eq!(garbage.rejected(), Some(Rejection::Malformed));
-/// let unknown = format!("__Host-id={}", SessionId::random());
-/// let started = manager.start(Some(unknown.as_bytes()), None, "/");
-/// assert_eq!(started.rejected(), Some(Rejection::Refused(Refused::NotFound)));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Rejection {
-    /// The value is not a session id (wrong length, characters, encoding), or the
-    /// header was oversized.
-    Malformed,
-    /// The signature does not verify with the current or any previous key.
-    BadSignature,
-    /// The store refused the id (unknown, expired, IP mismatch).
-    Refused(Refused),
-    /// The request presented several cookies of the session's name that name
-    /// different live sessions. One of them may have been planted by another
-    /// site (cookie tossing), and nothing tells which is the user's: none is
-    /// used. The `__Host-` prefix (the default name) prevents this.
-    Ambiguous,
-    /// The store binds sessions to the client address and the request has
-    /// none: a server set-up mistake. No session is looked up or created.
-    NoClientAddress,
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Rejection::Malformed => f.write_str("the session cookie is not a valid session id"),
-            Rejection::BadSignature => {
-                f.write_str("the session cookie's signature does not verify")
-            }
-            Rejection::Refused(r) => r.fmt(f),
-            Rejection::Ambiguous => f.write_str(
-                "the request presented several session cookies naming different sessions; none was used",
-            ),
-            Rejection::NoClientAddress => f.write_str(NO_CLIENT_ADDRESS),
-        }
-    }
-}
-
-impl std::error::Error for Rejection {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Rejection::Refused(r) => Some(r),
-            _ => None,
-        }
-    }
+    /// Every request in the cookie's path has a session: `start` creates one
+    /// when none was presented.
+    Eager,
 }
 
 /// What a manager and its requests share.
@@ -105,7 +53,7 @@ pub(crate) struct ManagerInner {
 /// ```
 /// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
 /// use keyed_session::Sessions;
-/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Auto)?;
+/// let manager = SessionManager::with_mode(Sessions::default(), CookiePolicy::new(), CreateMode::Eager)?;
 /// let mut started = manager.start(None, None, "/");
 /// let old = started.session().unwrap().id();
 /// let new = started.renew().unwrap(); // after a login
@@ -167,10 +115,12 @@ impl Started {
     /// session always gets a fresh id.
     ///
     /// # Errors
-    /// [`CreateError`] when the store refuses a new session, and
-    /// [`CreateError::NoClientAddress`] when the store binds sessions to
-    /// addresses and the request has none.
-    pub fn get_or_create(&mut self) -> Result<Session, CreateError> {
+    /// [`Error::Create`] when the store refuses a new session
+    /// ([`CreateError::NoClientAddress`] when the store binds sessions to
+    /// addresses and the request has none), and [`Error::OutOfScope`] when the
+    /// request is outside the cookie's path (its session could never be sent
+    /// back).
+    pub fn get_or_create(&mut self) -> Result<Session, Error> {
         let (sessions, peer) = match self.session_or_creator()? {
             Ok(session) => return Ok(session),
             Err(creator) => creator,
@@ -220,15 +170,18 @@ impl Started {
     /// client address), for a caller that creates it with no lock held.
     ///
     /// # Errors
-    /// [`CreateError::NoClientAddress`] as for [`get_or_create`](Self::get_or_create).
+    /// As for [`get_or_create`](Self::get_or_create).
     pub(crate) fn session_or_creator(
         &self,
-    ) -> Result<Result<Session, (Sessions, Option<IpAddr>)>, CreateError> {
+    ) -> Result<Result<Session, (Sessions, Option<IpAddr>)>, Error> {
         if let Some(s) = &self.session {
             return Ok(Ok(s.clone()));
         }
+        if !self.in_scope {
+            return Err(Error::OutOfScope);
+        }
         if self.rejected == Some(Rejection::NoClientAddress) {
-            return Err(CreateError::NoClientAddress);
+            return Err(Error::Create(CreateError::NoClientAddress));
         }
         Ok(Err((self.inner.sessions.clone(), self.peer)))
     }
@@ -254,7 +207,7 @@ impl Started {
     /// use std::time::Duration;
     /// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
     /// use keyed_session::Sessions;
-    /// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Auto)?;
+    /// let manager = SessionManager::with_mode(Sessions::default(), CookiePolicy::new(), CreateMode::Eager)?;
     /// let mut plain = manager.start(None, None, "/");
     /// assert!(!plain.set_cookie().unwrap().to_str().unwrap().contains("Max-Age"));
     /// let mut login = manager.start(None, None, "/");

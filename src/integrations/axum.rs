@@ -1,21 +1,22 @@
-//! A tower [`Layer`] and axum extractors over [`SessionManager`].
+//! A tower [`Layer`] and the axum extractor [`RequestSession`] over
+//! [`SessionManager`].
 //!
 //! ```no_run
 //! use std::net::SocketAddr;
 //! use axum::{Router, routing::get};
-//! use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
-//! use keyed_session::integrations::axum::{CurrentSession, SessionLayer};
-//! use keyed_session::{Key, Sessions};
+//! use keyed_session::http::{CookiePolicy, SessionManager};
+//! use keyed_session::integrations::axum::{RequestSession, SessionLayer};
+//! use keyed_session::{Error, Key, Sessions};
 //!
 //! static VISITS: Key<u64> = Key::new("visits");
 //!
-//! async fn page(CurrentSession(session): CurrentSession) -> String {
-//!     let n = session.update(&VISITS, || 0, |n| { *n += 1; *n }).unwrap_or(0);
-//!     format!("visit {n}")
+//! async fn page(session: RequestSession) -> Result<String, Error> {
+//!     let n = session.update(&VISITS, || 0, |n| { *n += 1; *n })?;
+//!     Ok(format!("visit {n}"))
 //! }
 //!
 //! # async fn run() {
-//! let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Auto)
+//! let manager = SessionManager::new(Sessions::default(), CookiePolicy::new())
 //!     .expect("a valid cookie policy");
 //! let app = Router::new().route("/", get(page)).layer(SessionLayer::new(manager));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
@@ -43,11 +44,13 @@
 //! `on_upgrade` task.
 //!
 //! Every error type of the crate implements `IntoResponse` (with this
-//! feature), so a handler returning `Result<_, CreateError>` (or `Refused`,
-//! `SessionEnded`, …) can use `?`; the statuses are listed below.
+//! feature). A handler returning `Result<_, keyed_session::Error>` can use `?`
+//! on every session operation (each error converts into [`Error`](crate::Error));
+//! the statuses are listed below.
 //!
 //! | error | status |
 //! | --- | --- |
+//! | `Error` | that of the error it holds; 500 for `OutOfScope`, `MissingLayer` |
 //! | `Refused`, `SessionEnded` | 401 Unauthorized |
 //! | `Rejection` | 400 unreadable or ambiguous cookie, 401 refused session, 500 no client address |
 //! | `CreateError` | 503 with `Retry-After: 1` (full, shut down), 429 (address at its limit), 500 (set-up mistake) |
@@ -97,7 +100,7 @@ use crate::store::ClientGuard;
 /// # }
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
 /// let sessions = Sessions::default();
-/// let manager = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Auto).unwrap();
+/// let manager = SessionManager::with_mode(sessions.clone(), CookiePolicy::new(), CreateMode::Eager).unwrap();
 /// let app = Router::new()
 ///     .route("/", get(|| async { "hi" }))
 ///     .layer(SessionLayer::new(manager));
@@ -158,7 +161,7 @@ impl<S> Layer<S> for SessionLayer {
 /// use keyed_session::integrations::axum::{SessionLayer, SessionService};
 /// use keyed_session::Sessions;
 /// use tower_layer::Layer;
-/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
+/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new()).unwrap();
 /// let service: SessionService<()> = SessionLayer::new(manager).layer(());
 /// assert!(format!("{service:?}").contains("SessionService"));
 /// ```
@@ -261,7 +264,7 @@ fn is_event_stream(headers: &http::HeaderMap) -> bool {
 /// #     req
 /// # }
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Auto).unwrap();
+/// let manager = SessionManager::with_mode(Sessions::default(), CookiePolicy::new(), CreateMode::Eager).unwrap();
 /// let app = Router::new()
 ///     .route("/", get(|| async { "body" }))
 ///     .layer(SessionLayer::new(manager));
@@ -318,4 +321,4 @@ where
     }
 }
 
-pub use extract::{CurrentSession, RequestSession, SessionRejection};
+pub use extract::RequestSession;

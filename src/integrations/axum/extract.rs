@@ -1,21 +1,36 @@
-//! The extractors: `RequestSession` (the request's session state) and
-//! `CurrentSession` (a session, created if need be), and why they may fail.
+//! The extractor: `RequestSession`, the request's session state, which reads,
+//! writes (creating the session on the first write), renews and ends.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
-use axum::response::{IntoResponse, Response};
-use http::StatusCode;
 use http::request::Parts;
 use parking_lot::Mutex;
 
-use crate::http::{Rejection, Started};
+use crate::error::Error;
+use crate::http::Started;
 use crate::id::SessionId;
-use crate::store::{ClientGuard, CreateError, Session, SessionEnded};
+use crate::key::Key;
+use crate::store::{ClientGuard, Session};
 
-/// The request's session state, as an extractor: the session if there is one,
-/// and the means to create, renew or end it. Cheap to clone.
+/// The request's session, as the one extractor a handler needs: read values
+/// (no session: `None`), write them (the first write creates the session and
+/// the response sets its cookie), renew it after a login, end it at a logout,
+/// attach a websocket. Cheap to clone; every clone is the same request's state.
+///
+/// With the default [`CreateMode::Lazy`](crate::http::CreateMode::Lazy), a
+/// request that stores nothing creates nothing and sets no cookie. Every
+/// fallible method returns the crate's [`Error`], which is a response, so
+/// handlers use `?`.
+///
+/// Locking: the handle's own mutex is held only to read or update the
+/// request's state, never while the store runs user code (`on_delete` hooks of
+/// a session ended or evicted by `end`, `renew` or the create behind a write),
+/// so those hooks may use this handle. Value closures (`with`, `with_mut`,
+/// `update`) run under the session's value lock as
+/// [`Session::with`](crate::Session::with) documents.
 ///
 /// ```
 /// # use std::net::SocketAddr;
@@ -32,18 +47,23 @@ use crate::store::{ClientGuard, CreateError, Session, SessionEnded};
 /// #     req
 /// # }
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use keyed_session::Key;
+/// static USER: Key<String> = Key::new("user");
 /// let sessions = Sessions::default();
-/// let manager = SessionManager::new(sessions.clone(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
+/// let manager = SessionManager::new(sessions.clone(), CookiePolicy::new()).unwrap();
 /// let app = Router::new()
-///     .route("/browse", get(|r: RequestSession| async move { format!("{}", r.session().is_some()) }))
-///     .route("/login", get(|r: RequestSession| async move {
-///         r.get_or_create().unwrap();
-///         r.renew().unwrap(); // a change of privilege: new id, new cookie
-///         "in"
+///     .route("/", get(|s: RequestSession| async move {
+///         s.get(&USER).unwrap_or_else(|| "stranger".into())
+///     }))
+///     .route("/login", get(|s: RequestSession| async move {
+///         s.set(&USER, "ada".into())?; // creates the session
+///         s.renew()?; // a change of privilege: new id, new cookie
+///         Ok::<_, keyed_session::Error>("in")
 ///     }))
 ///     .layer(SessionLayer::new(manager));
-/// let browse = app.clone().oneshot(request("/browse", None)).await.unwrap();
+/// let browse = app.clone().oneshot(request("/", None)).await.unwrap();
 /// assert!(!browse.headers().contains_key("set-cookie"));
+/// assert_eq!(sessions.len(), 0); // nothing stored, nothing created
 /// let login = app.oneshot(request("/login", None)).await.unwrap();
 /// assert!(login.headers().contains_key("set-cookie"));
 /// assert_eq!(sessions.len(), 1);
@@ -70,16 +90,98 @@ impl RequestSession {
         self.0.lock()
     }
 
-    /// The session, if the request has one.
+    /// The session, if the request has one (never creates one).
     pub fn session(&self) -> Option<Session> {
         self.0.lock().session().cloned()
     }
 
-    /// The session, created now if there is none (for [`CreateMode::Lazy`](crate::http::CreateMode::Lazy)).
+    /// The session's id, if the request has a session.
+    pub fn id(&self) -> Option<SessionId> {
+        self.session().map(|s| s.id())
+    }
+
+    /// A clone of the value under `key`; `None` without a session or value.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
+        self.session()?.get(key)
+    }
+
+    /// Runs `f` on the value under `key`; `None` without a session or value.
+    pub fn with<T: Send + Sync + 'static, R>(
+        &self,
+        key: &Key<T>,
+        f: impl FnOnce(&T) -> R,
+    ) -> Option<R> {
+        self.session()?.with(key, f)
+    }
+
+    /// Runs `f` on the value under `key`, mutably; `None` without a session
+    /// or value (it creates neither).
+    pub fn with_mut<T: Send + Sync + 'static, R>(
+        &self,
+        key: &Key<T>,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Option<R> {
+        self.session()?.with_mut(key, f)
+    }
+
+    /// Whether the session holds a value under `key` (`false` without one).
+    pub fn contains<T: Send + Sync + 'static>(&self, key: &Key<T>) -> bool {
+        self.session().is_some_and(|s| s.contains(key))
+    }
+
+    /// Stores `value` under `key`, creating the session if the request has
+    /// none, and hands back the value it replaced; see
+    /// [`Session::set`](crate::Session::set).
     ///
     /// # Errors
-    /// [`CreateError`] when the store refuses a new session.
-    pub fn get_or_create(&self) -> Result<Session, CreateError> {
+    /// As for [`get_or_create`](Self::get_or_create), and [`Error::Ended`]
+    /// when the session ended meanwhile (the value is dropped: use
+    /// [`session`](Self::session) and `Session::set` to get it back).
+    pub fn set<T: Send + Sync + 'static>(
+        &self,
+        key: &Key<T>,
+        value: T,
+    ) -> Result<Option<T>, Error> {
+        Ok(self.get_or_create()?.set(key, value)?)
+    }
+
+    /// Stores `value` under `key` (creating the session if need be) and runs
+    /// the old value's `on_delete` with cause
+    /// [`Replaced`](crate::DeleteCause::Replaced); see
+    /// [`Session::replace`](crate::Session::replace).
+    ///
+    /// # Errors
+    /// As for [`set`](Self::set).
+    pub fn replace<T: Send + Sync + 'static>(&self, key: &Key<T>, value: T) -> Result<(), Error> {
+        Ok(self.get_or_create()?.replace(key, value)?)
+    }
+
+    /// Runs `f` on the value under `key`, made by `init` if absent, creating
+    /// the session if need be; see [`Session::update`](crate::Session::update).
+    ///
+    /// # Errors
+    /// As for [`set`](Self::set).
+    pub fn update<T: Send + Sync + 'static, R>(
+        &self,
+        key: &Key<T>,
+        init: impl FnOnce() -> T,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, Error> {
+        Ok(self.get_or_create()?.update(key, init, f)?)
+    }
+
+    /// Takes the value under `key` out of the session, without running its
+    /// `on_delete`; `None` without a session or value.
+    pub fn remove<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
+        self.session()?.remove(key)
+    }
+
+    /// The session, created now if the request has none.
+    ///
+    /// # Errors
+    /// [`Error::Create`] when the store refuses a new session,
+    /// [`Error::OutOfScope`] when the request is outside the cookie's path.
+    pub fn get_or_create(&self) -> Result<Session, Error> {
         // The create runs with this handle's lock released: an eviction it
         // causes runs hooks, which may use this request's session handle.
         let (sessions, peer) = match self.0.lock().session_or_creator()? {
@@ -97,34 +199,35 @@ impl RequestSession {
         }
     }
 
-    /// New id, same values, new cookie; see [`Started::renew`].
+    /// New id, same values, new cookie: call it after a login or any change
+    /// of privilege; see [`Started::renew`].
     ///
     /// # Errors
-    /// [`SessionEnded`] when there is no live session.
-    pub fn renew(&self) -> Result<SessionId, SessionEnded> {
+    /// [`Error::Ended`] when there is no live session.
+    pub fn renew(&self) -> Result<SessionId, Error> {
         // No lock held while the store works (a renew of an expired session
         // ends it, running hooks); the response compares the ids anyway.
         let (session, sessions) = {
             let started = self.0.lock();
-            let session = started.session().cloned().ok_or(SessionEnded(()))?;
+            let session = started.session().cloned().ok_or(Error::Ended)?;
             (session, started.sessions().clone())
         };
-        sessions.renew(&session)
+        Ok(sessions.renew(&session)?)
     }
 
     /// "Remember me": this session's own idle timeout and a persistent cookie
     /// that follows it; see [`Started::remember`].
     ///
     /// # Errors
-    /// [`SessionEnded`] when there is no live session.
-    pub fn remember(&self, idle: std::time::Duration) -> Result<(), SessionEnded> {
-        self.0.lock().remember(idle)
+    /// [`Error::Ended`] when there is no live session.
+    pub fn remember(&self, idle: Duration) -> Result<(), Error> {
+        Ok(self.0.lock().remember(idle)?)
     }
 
-    /// Ends the session and expires the cookie; see [`Started::end`].
+    /// Ends the session (reason [`Deleted`](crate::EndReason::Deleted)) and
+    /// expires the cookie; `false` when there was none. Its `on_delete` hooks
+    /// run on this thread before it returns, with no lock of this handle held.
     pub fn end(&self) -> bool {
-        // Deleted with this handle's lock released: the hooks that run may
-        // use this request's session handle.
         let (session, sessions) = {
             let mut started = self.0.lock();
             (started.take_for_end(), started.sessions().clone())
@@ -133,152 +236,20 @@ impl RequestSession {
     }
 
     /// Attaches a client for a websocket's lifetime: move the guard into the
-    /// upgraded connection's task.
+    /// upgraded connection's task. `None` without a live session.
     pub fn attach(&self) -> Option<ClientGuard> {
         self.0.lock().attach()
     }
 }
 
-/// Why a session extractor failed.
-///
-/// ```
-/// # use std::net::SocketAddr;
-/// # use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
-/// # use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
-/// # use keyed_session::integrations::axum::*;
-/// # use keyed_session::Sessions;
-/// # use tower::ServiceExt;
-/// # fn request(path: &str, cookie: Option<&str>) -> http::Request<Body> {
-/// #     let mut b = http::Request::get(path);
-/// #     if let Some(c) = cookie { b = b.header("cookie", c); }
-/// #     let mut req = b.body(Body::empty()).unwrap();
-/// #     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
-/// #     req
-/// # }
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// // A route using the extractor without the layer: a clear 500.
-/// let app = Router::new().route("/", get(|_: CurrentSession| async { "x" }));
-/// let response = app.oneshot(request("/", None)).await.unwrap();
-/// assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
-/// assert!(SessionRejection::MissingLayer.to_string().contains("SessionLayer"));
-/// # });
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SessionRejection {
-    /// The route is not behind a [`SessionLayer`](crate::integrations::axum::SessionLayer) (a server bug: 500).
-    MissingLayer,
-    /// The request is outside the session cookie's path (500).
-    OutOfScope,
-    /// No session could be created (503).
-    Create(CreateError),
-    /// The store binds sessions to client addresses and the request has none
-    /// (500, with the fix in the message).
-    NoClientAddress,
-}
-
-impl fmt::Display for SessionRejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SessionRejection::MissingLayer => f.write_str(
-                "no SessionLayer in front of this route: add `.layer(SessionLayer::new(..))`",
-            ),
-            SessionRejection::OutOfScope => {
-                f.write_str("this path is outside the session cookie's path")
-            }
-            SessionRejection::Create(e) => write!(f, "no session could be created: {e}"),
-            SessionRejection::NoClientAddress => f.write_str(crate::store::NO_CLIENT_ADDRESS),
-        }
-    }
-}
-
-impl std::error::Error for SessionRejection {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SessionRejection::Create(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl IntoResponse for SessionRejection {
-    fn into_response(self) -> Response {
-        let status = match self {
-            SessionRejection::Create(CreateError::NoClientAddress) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            SessionRejection::Create(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (status, self.to_string()).into_response()
-    }
-}
-
 impl<S: Send + Sync> FromRequestParts<S> for RequestSession {
-    type Rejection = SessionRejection;
+    type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         parts
             .extensions
             .get::<RequestSession>()
             .cloned()
-            .ok_or(SessionRejection::MissingLayer)
-    }
-}
-
-/// The request's session, created if it has none: the extractor for routes that
-/// always use a session.
-///
-/// ```
-/// # use std::net::SocketAddr;
-/// # use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
-/// # use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
-/// # use keyed_session::integrations::axum::*;
-/// # use keyed_session::Sessions;
-/// # use tower::ServiceExt;
-/// # fn request(path: &str, cookie: Option<&str>) -> http::Request<Body> {
-/// #     let mut b = http::Request::get(path);
-/// #     if let Some(c) = cookie { b = b.header("cookie", c); }
-/// #     let mut req = b.body(Body::empty()).unwrap();
-/// #     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
-/// #     req
-/// # }
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// use keyed_session::Key;
-/// static VISITS: Key<u64> = Key::new("visits");
-/// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new(), CreateMode::Lazy).unwrap();
-/// let app = Router::new()
-///     .route("/", get(|CurrentSession(s): CurrentSession| async move {
-///         s.update(&VISITS, || 0, |n| { *n += 1; *n }).unwrap().to_string()
-///     }))
-///     .layer(SessionLayer::new(manager));
-/// let first = app.clone().oneshot(request("/", None)).await.unwrap();
-/// let cookie = first.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
-/// let second = app.oneshot(request("/", Some(&cookie))).await.unwrap();
-/// let body = axum::body::to_bytes(axum::body::Body::new(second.into_body()), 64).await.unwrap();
-/// assert_eq!(&body[..], b"2");
-/// # });
-/// ```
-#[derive(Clone, Debug)]
-pub struct CurrentSession(pub Session);
-
-impl<S: Send + Sync> FromRequestParts<S> for CurrentSession {
-    type Rejection = SessionRejection;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let handle = RequestSession::from_request_parts(parts, state).await?;
-        {
-            let started = handle.0.lock();
-            if !started.in_scope() {
-                return Err(SessionRejection::OutOfScope);
-            }
-            if started.rejected() == Some(Rejection::NoClientAddress) {
-                return Err(SessionRejection::NoClientAddress);
-            }
-        }
-        handle
-            .get_or_create()
-            .map(CurrentSession)
-            .map_err(SessionRejection::Create)
+            .ok_or(Error::MissingLayer)
     }
 }

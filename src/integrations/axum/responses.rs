@@ -2,6 +2,7 @@
 //!
 //! | error | status |
 //! | --- | --- |
+//! | `Error` | the status of the error it holds; 500 for `OutOfScope` and `MissingLayer` (set-up mistakes) |
 //! | `Refused`, `SessionEnded` | 401 Unauthorized: the session is not usable, start a new one |
 //! | `Rejection` | 400 for an unreadable or ambiguous cookie, 401 for a refused session, 500 without a client address |
 //! | `CreateError` | 503 (with `Retry-After: 1`) when the store is full or shut down, 429 when the address is at its limit, 500 for a set-up mistake |
@@ -13,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use http::header::RETRY_AFTER;
 
+use crate::error::Error;
 use crate::events::RecvError;
 use crate::http::{KeyTooShort, PolicyError, Rejection};
 use crate::persist::SnapshotError;
@@ -20,6 +22,25 @@ use crate::store::{CreateError, Refused, SessionEnded};
 
 fn respond(status: StatusCode, message: String) -> Response {
     (status, message).into_response()
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match self {
+            Error::Refused(e) => e.into_response(),
+            Error::Create(e) => {
+                let mut response = e.into_response();
+                // The message says what was being done.
+                *response.body_mut() = axum::body::Body::from(self.to_string());
+                response
+            }
+            Error::Ended => SessionEnded(()).into_response(),
+            Error::Rejected(e) => e.into_response(),
+            Error::OutOfScope | Error::MissingLayer => {
+                respond(StatusCode::INTERNAL_SERVER_ERROR, self.to_string())
+            }
+        }
+    }
 }
 
 impl IntoResponse for Refused {
