@@ -59,15 +59,3 @@ pub fn saved_u64(name: &'static str) -> KeyBuilder<u64> {
             Ok(u64::from_le_bytes(b))
         })
 }
-
-/// The `Set-Cookie` of a response, as text.
-pub fn set_cookie(resp: &reqwest::Response) -> Option<String> {
-    resp.headers()
-        .get(reqwest::header::SET_COOKIE)
-        .map(|v| v.to_str().unwrap().to_owned())
-}
-
-/// The `name=value` part of a `Set-Cookie`, as a browser sends it back.
-pub fn pair(set_cookie: &str) -> String {
-    set_cookie.split(';').next().unwrap().to_owned()
-}

@@ -1,10 +1,9 @@
 //! The counter example's router on a real server (127.0.0.1, a free port), driven
 //! by a real HTTP client with a cookie jar.
-#![cfg(feature = "axum")]
 
 mod common;
 #[allow(dead_code)]
-#[path = "../examples/counter.rs"]
+#[path = "../../examples/counter.rs"]
 mod counter;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -1,10 +1,9 @@
 //! Regression tests of the hardening issue that need a real server: each starts
 //! axum on 127.0.0.1 (a free port) and talks to it with a real HTTP client.
-#![cfg(feature = "axum")]
 
 mod common;
 #[allow(dead_code)]
-#[path = "../examples/counter.rs"]
+#[path = "../../examples/counter.rs"]
 mod counter;
 
 use std::net::SocketAddr;

@@ -1,0 +1,1 @@
+//! Nothing: this package holds benchmarks and tests only.
