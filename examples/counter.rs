@@ -133,14 +133,16 @@ async fn index(
     session: RequestSession,
 ) -> Result<Html<String>, Error> {
     // The write creates the session on the first visit.
-    let n = session.update(
-        &VISITS,
-        || 0,
-        |n| {
-            *n += 1;
-            *n
-        },
-    )?;
+    let n = session
+        .update(
+            &VISITS,
+            || 0,
+            |n| {
+                *n += 1;
+                *n
+            },
+        )
+        .await?;
     let id = session.id().map(|id| short(&id)).unwrap_or_default();
     let items: String = state
         .recent
@@ -185,7 +187,7 @@ async fn index(
 }
 
 async fn renew(session: RequestSession) -> Response {
-    match session.renew() {
+    match session.renew().await {
         // Post/redirect/get: the page shows the new id.
         Ok(_) => Redirect::to("/").into_response(),
         Err(e) => e.into_response(),
@@ -193,7 +195,7 @@ async fn renew(session: RequestSession) -> Response {
 }
 
 async fn logout(session: RequestSession) -> Html<&'static str> {
-    session.end();
+    session.end().await;
     Html(
         "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Logged out</title>\
          <p>Logged out: the session ended.</p><p><a href=\"/\">Start again</a></p></html>",
@@ -207,7 +209,7 @@ async fn events(
     session: RequestSession,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Error> {
     // Watching a session needs one.
-    let session = session.get_or_create()?;
+    let session = session.get_or_create().await?;
     let hello = SseEvent::default()
         .event("hello")
         .data(format!("watching session {}", short(&session.id())));

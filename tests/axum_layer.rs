@@ -126,14 +126,14 @@ async fn server_sent_events_attach_a_client_for_the_body_and_requests_do_not() {
         .route(
             "/page",
             get(move |s: RequestSession| async move {
-                s.set(&k1, 1).unwrap();
+                s.set(&k1, 1).await.unwrap();
                 "page"
             }),
         )
         .route(
             "/events",
             get(move |s: RequestSession| async move {
-                s.set(&k2, 1).unwrap();
+                s.set(&k2, 1).await.unwrap();
                 (
                     [(header::CONTENT_TYPE, "text/event-stream")],
                     "data: hi\n\n",
@@ -174,7 +174,7 @@ static MARK: Key<u8> = Key::new("mark");
 
 /// A handler whose write creates the session: its errors are responses.
 async fn store_something(s: RequestSession) -> Result<&'static str, keyed_session::Error> {
-    s.set(&MARK, 1)?;
+    s.set(&MARK, 1).await?;
     Ok("x")
 }
 
@@ -282,8 +282,8 @@ async fn lazy_mode_sets_a_cookie_only_when_a_handler_opens_a_session() {
         .route(
             "/login",
             get(|r: RequestSession| async move {
-                r.get_or_create().unwrap();
-                r.renew().unwrap();
+                r.get_or_create().await.unwrap();
+                r.renew().await.unwrap();
                 "in"
             }),
         )
@@ -393,9 +393,9 @@ fn hooks_may_use_the_request_handle_while_it_ends_the_session() {
                 get(move |r: RequestSession| {
                     let (handle, key) = (Arc::clone(&handle), key.clone());
                     async move {
-                        r.get_or_create().unwrap().set(&key, 1).unwrap();
+                        r.get_or_create().await.unwrap().set(&key, 1).unwrap();
                         *handle.lock() = Some(r.clone());
-                        format!("{}", r.end())
+                        format!("{}", r.end().await)
                     }
                 }),
             )

@@ -11,7 +11,7 @@
 //! static VISITS: Key<u64> = Key::new("visits");
 //!
 //! async fn page(session: RequestSession) -> Result<String, Error> {
-//!     let n = session.update(&VISITS, || 0, |n| { *n += 1; *n })?;
+//!     let n = session.update(&VISITS, || 0, |n| { *n += 1; *n }).await?;
 //!     Ok(format!("visit {n}"))
 //! }
 //!

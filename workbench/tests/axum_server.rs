@@ -58,7 +58,7 @@ fn notes_app(sessions: &Sessions, proxies: TrustedProxies) -> Router {
         .route(
             "/write",
             get(|r: RequestSession| async move {
-                let s = r.get_or_create().unwrap();
+                let s = r.get_or_create().await.unwrap();
                 s.set(&NOTES, "secret".into()).unwrap();
                 "written"
             }),

@@ -25,6 +25,13 @@ use crate::store::{ClientGuard, Session};
 /// fallible method returns the crate's [`Error`], which is a response, so
 /// handlers use `?`.
 ///
+/// The methods that write, renew or end are `async` and the reads are not:
+/// over the in-memory store the futures are ready at once; the shape is the
+/// one a store shared by many processes needs (a write is a round trip), so a
+/// handler does not change when the store does. A closure given to `update`
+/// or `with_mut` is `FnMut` for the same reason: a shared store re-runs it when
+/// another process changed the value first.
+///
 /// Locking: the handle's own mutex is held only to read or update the
 /// request's state, never while the store runs user code (`on_delete` hooks of
 /// a session ended or evicted by `end`, `renew` or the create behind a write),
@@ -56,8 +63,8 @@ use crate::store::{ClientGuard, Session};
 ///         s.get(&USER).unwrap_or_else(|| "stranger".into())
 ///     }))
 ///     .route("/login", get(|s: RequestSession| async move {
-///         s.set(&USER, "ada".into())?; // creates the session
-///         s.renew()?; // a change of privilege: new id, new cookie
+///         s.set(&USER, "ada".into()).await?; // creates the session
+///         s.renew().await?; // a change of privilege: new id, new cookie
 ///         Ok::<_, keyed_session::Error>("in")
 ///     }))
 ///     .layer(SessionLayer::new(manager));
@@ -116,10 +123,10 @@ impl RequestSession {
 
     /// Runs `f` on the value under `key`, mutably; `None` without a session
     /// or value (it creates neither).
-    pub fn with_mut<T: Send + Sync + 'static, R>(
+    pub async fn with_mut<T: Send + Sync + 'static, R>(
         &self,
         key: &Key<T>,
-        f: impl FnOnce(&mut T) -> R,
+        f: impl FnMut(&mut T) -> R,
     ) -> Option<R> {
         self.session()?.with_mut(key, f)
     }
@@ -137,12 +144,12 @@ impl RequestSession {
     /// As for [`get_or_create`](Self::get_or_create), and [`Error::Ended`]
     /// when the session ended meanwhile (the value is dropped: use
     /// [`session`](Self::session) and `Session::set` to get it back).
-    pub fn set<T: Send + Sync + 'static>(
+    pub async fn set<T: Send + Sync + 'static>(
         &self,
         key: &Key<T>,
         value: T,
     ) -> Result<Option<T>, Error> {
-        Ok(self.get_or_create()?.set(key, value)?)
+        Ok(self.get_or_create().await?.set(key, value)?)
     }
 
     /// Stores `value` under `key` (creating the session if need be) and runs
@@ -152,8 +159,12 @@ impl RequestSession {
     ///
     /// # Errors
     /// As for [`set`](Self::set).
-    pub fn replace<T: Send + Sync + 'static>(&self, key: &Key<T>, value: T) -> Result<(), Error> {
-        Ok(self.get_or_create()?.replace(key, value)?)
+    pub async fn replace<T: Send + Sync + 'static>(
+        &self,
+        key: &Key<T>,
+        value: T,
+    ) -> Result<(), Error> {
+        Ok(self.get_or_create().await?.replace(key, value)?)
     }
 
     /// Runs `f` on the value under `key`, made by `init` if absent, creating
@@ -161,27 +172,29 @@ impl RequestSession {
     ///
     /// # Errors
     /// As for [`set`](Self::set).
-    pub fn update<T: Send + Sync + 'static, R>(
+    pub async fn update<T: Send + Sync + 'static, R>(
         &self,
         key: &Key<T>,
-        init: impl FnOnce() -> T,
-        f: impl FnOnce(&mut T) -> R,
+        init: impl FnMut() -> T,
+        f: impl FnMut(&mut T) -> R,
     ) -> Result<R, Error> {
-        Ok(self.get_or_create()?.update(key, init, f)?)
+        Ok(self.get_or_create().await?.update(key, init, f)?)
     }
 
     /// Takes the value under `key` out of the session, without running its
     /// `on_delete`; `None` without a session or value.
-    pub fn remove<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
+    pub async fn remove<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
         self.session()?.remove(key)
     }
 
-    /// The session, created now if the request has none.
+    /// The session, created now if the request has none. This handle's
+    /// writes call it; call it directly for a session that must exist before
+    /// anything is stored (an event stream, say).
     ///
     /// # Errors
     /// [`Error::Create`] when the store refuses a new session,
     /// [`Error::OutOfScope`] when the request is outside the cookie's path.
-    pub fn get_or_create(&self) -> Result<Session, Error> {
+    pub async fn get_or_create(&self) -> Result<Session, Error> {
         // The create runs with this handle's lock released: an eviction it
         // causes runs hooks, which may use this request's session handle.
         let (sessions, peer) = match self.0.lock().session_or_creator()? {
@@ -204,7 +217,7 @@ impl RequestSession {
     ///
     /// # Errors
     /// [`Error::Ended`] when there is no live session.
-    pub fn renew(&self) -> Result<SessionId, Error> {
+    pub async fn renew(&self) -> Result<SessionId, Error> {
         // No lock held while the store works (a renew of an expired session
         // ends it, running hooks); the response compares the ids anyway.
         let (session, sessions) = {
@@ -220,14 +233,14 @@ impl RequestSession {
     ///
     /// # Errors
     /// [`Error::Ended`] when there is no live session.
-    pub fn remember(&self, idle: Duration) -> Result<(), Error> {
+    pub async fn remember(&self, idle: Duration) -> Result<(), Error> {
         Ok(self.0.lock().remember(idle)?)
     }
 
     /// Ends the session (reason [`Deleted`](crate::EndReason::Deleted)) and
     /// expires the cookie; `false` when there was none. Its `on_delete` hooks
     /// run on this thread before it returns, with no lock of this handle held.
-    pub fn end(&self) -> bool {
+    pub async fn end(&self) -> bool {
         let (session, sessions) = {
             let mut started = self.0.lock();
             (started.take_for_end(), started.sessions().clone())
