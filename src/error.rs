@@ -107,6 +107,15 @@ pub enum Error {
     /// The route is not behind the session layer (with axum:
     /// `SessionLayer`): a server set-up mistake.
     MissingLayer,
+    /// The shared session store (Redis) did not answer in time; nothing was
+    /// assumed in its place. Try again shortly.
+    Unavailable,
+    /// A value shared by several processes kept changing under an update;
+    /// try again.
+    Contended,
+    /// The shared store holds something this crate cannot read, or a shared
+    /// key's `save`/`load` hook failed: a server-side problem.
+    Store,
 }
 
 impl fmt::Display for Error {
@@ -121,6 +130,15 @@ impl fmt::Display for Error {
             ),
             Error::MissingLayer => f.write_str(
                 "no session layer in front of this route: add `.layer(SessionLayer::new(..))`",
+            ),
+            Error::Unavailable => {
+                f.write_str("the session store is unavailable; try again shortly")
+            }
+            Error::Contended => f.write_str(
+                "the session's value kept changing under the update; try again",
+            ),
+            Error::Store => f.write_str(
+                "the session store holds a value that could not be read or written",
             ),
         }
     }

@@ -414,6 +414,13 @@ impl<T: Send + Sync + 'static> Key<T> {
             .unwrap_or_else(|| Err(no_hook("load", &self.name)))
     }
 
+    /// Hands `value` to the key's `on_delete`, or drops it without one (for a
+    /// value that was never in a local slot: a shared value's last bytes).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn run_on_delete(&self, value: T, ctx: &DeleteContext) {
+        self.inner().delete(value, ctx);
+    }
+
     /// `value` in a slot of this key.
     ///
     /// # Panics

@@ -155,6 +155,9 @@ mod key;
 mod net;
 pub mod persist;
 mod reason;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod slots;
 mod store;
 

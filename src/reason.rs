@@ -64,6 +64,13 @@ impl EndReason {
         matches!(self, EndReason::Evicted)
     }
 
+    /// The reason named by [`as_str`](Self::as_str)'s text (internal: how
+    /// reasons travel through Redis).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn from_name(name: &str) -> Option<EndReason> {
+        Self::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     /// A short lower-case name (`"idle-expired"`, `"deleted"`…).
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -152,6 +152,7 @@ impl Started {
     }
 
     /// The store.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn sessions(&self) -> &Sessions {
         &self.inner.sessions
     }

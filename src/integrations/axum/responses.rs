@@ -2,7 +2,7 @@
 //!
 //! | error | status |
 //! | --- | --- |
-//! | `Error` | the status of the error it holds; 500 for `OutOfScope` and `MissingLayer` (set-up mistakes) |
+//! | `Error` | the status of the error it holds; 503 with `Retry-After: 1` for `Unavailable` and `Contended`; 500 for `OutOfScope`, `MissingLayer` (set-up mistakes) and `Store` |
 //! | `Refused`, `SessionEnded` | 401 Unauthorized: the session is not usable, start a new one |
 //! | `Rejection` | 400 for an unreadable or ambiguous cookie, 401 for a refused session, 500 without a client address |
 //! | `CreateError` | 503 (with `Retry-After: 1`) when the store is full or shut down, 429 when the address is at its limit, 500 for a set-up mistake |
@@ -36,9 +36,14 @@ impl IntoResponse for Error {
             }
             Error::Ended => SessionEnded(()).into_response(),
             Error::Rejected(e) => e.into_response(),
-            Error::OutOfScope | Error::MissingLayer => {
-                respond(StatusCode::INTERNAL_SERVER_ERROR, self.to_string())
+            Error::Unavailable | Error::Contended => {
+                let mut response = respond(StatusCode::SERVICE_UNAVAILABLE, self.to_string());
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
+                response
             }
+            _ => respond(StatusCode::INTERNAL_SERVER_ERROR, self.to_string()),
         }
     }
 }

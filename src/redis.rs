@@ -1,0 +1,406 @@
+//! Many processes, one set of sessions: a store shared through Redis (or
+//! Valkey) 7.0+, with the same promises as the in-memory one across
+//! processes — hooks exactly once, no lost update, events with reasons, IP
+//! binding, limits.
+//!
+//! A key with both `save` and `load` is **shared**: its value lives in Redis
+//! under the key's name and every process sees it; `update` is a
+//! compare-and-set on its revision, so concurrent increments from many
+//! processes all count. Every other key is **local**: its value (a channel, a
+//! connection) lives only in the process that set it.
+//!
+//! | hook | runs |
+//! | --- | --- |
+//! | a local key's `on_delete` | once in each process that holds a value of it, when the session ends anywhere |
+//! | a shared key's `on_delete` (registered with [`RedisSessionsBuilder::shared`]) | once in the whole cluster, in the process that ended the session (its `delete`, the lookup that found it expired, its sweep) |
+//!
+//! Every change is one atomic Lua script that first checks the session is
+//! alive, so no write, touch or renew recreates a session another process
+//! ended. A lookup is one round trip (expiry check, a touch at most every
+//! `touch_every`, and the shared values). Ends travel through one Redis
+//! stream per shard that every process reads, resuming after a reconnect.
+//! There are no keyspace notifications and no `CONFIG SET`; run Redis with
+//! `maxmemory-policy noeviction`, since an evicted session hash would be a
+//! session lost.
+//!
+//! When Redis does not answer within the response timeout (250 ms by
+//! default), operations fail with [`SharedError::Unavailable`]: never a fresh
+//! session or an expiring cookie in its place.
+//!
+//! ```no_run
+//! use keyed_session::Key;
+//! use keyed_session::redis::RedisSessions;
+//!
+//! static VISITS: Key<u64> = Key::new("visits").serde(); // shared
+//!
+//! # async fn run() -> Result<(), keyed_session::redis::SharedError> {
+//! let sessions = RedisSessions::builder("redis://127.0.0.1:6379").build().await?;
+//! let session = sessions.create(None).await?;
+//! session.update(&VISITS, || 0, |n| *n += 1).await?;
+//! // Another process, or this one later:
+//! let again = sessions.get(&session.id(), None).await?;
+//! assert_eq!(again.get(&VISITS), Some(1));
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod engine;
+mod error;
+mod reader;
+mod reply;
+mod scripts;
+mod session;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{Notify, watch};
+
+use crate::events::{Broadcaster, Subscription};
+use crate::id::SessionId;
+use crate::net::per_ip_key;
+use crate::reason::EndReason;
+use crate::redis::config::Config;
+use crate::redis::engine::{Counters, Engine};
+use crate::store::{CreateError, Refused};
+
+pub use config::RedisSessionsBuilder;
+pub use error::SharedError;
+pub use session::RedisSession;
+
+/// A session store shared by every process that builds one over the same
+/// Redis and namespace. Cheap to clone; see the [module docs](self).
+///
+/// Dropping the last clone stops this process's background tasks;
+/// [`shutdown`](Self::shutdown) also runs this process's local hooks, and
+/// leaves the shared sessions alive for the other processes.
+#[derive(Clone)]
+pub struct RedisSessions {
+    engine: Arc<Engine>,
+}
+
+impl fmt::Debug for RedisSessions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSessions")
+            .field("namespace", &self.engine.config.namespace)
+            .field("local_parts", &self.engine.locals.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSessions {
+    /// Starts a builder for a store over the Redis at `url`
+    /// (`redis://host:port/db`).
+    pub fn builder(url: &str) -> RedisSessionsBuilder {
+        RedisSessionsBuilder::new(url)
+    }
+
+    async fn start(config: Config) -> Result<RedisSessions, SharedError> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.response_timeout))
+            .set_connection_timeout(Some(config.response_timeout))
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
+        let event_capacity = config.event_capacity;
+        let sweep_every = config.sweep_every;
+        let engine = Arc::new(Engine {
+            config,
+            conn,
+            locals: Mutex::new(HashMap::new()),
+            events: Arc::new(Broadcaster::new(event_capacity)),
+            counters: Counters::default(),
+            ending: Mutex::new(Default::default()),
+            ended: Notify::new(),
+            waiting: Mutex::new(HashMap::new()),
+            stop: watch::channel(false).0,
+        });
+        // Events from now on (by the clock of the machine; a few
+        // milliseconds of skew only replays events this process ignores).
+        let start_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+            .saturating_sub(1000);
+        tokio::spawn(reader::read_events(
+            Arc::downgrade(&engine),
+            client,
+            format!("{start_ms}-0"),
+            engine.stop.subscribe(),
+        ));
+        if let Some(every) = sweep_every {
+            tokio::spawn(reader::sweep(
+                Arc::downgrade(&engine),
+                every,
+                engine.stop.subscribe(),
+            ));
+        }
+        Ok(RedisSessions { engine })
+    }
+
+    /// Creates a session for a client at `peer` (`None` when there is no
+    /// address or binding is off).
+    ///
+    /// # Errors
+    /// [`SharedError::Create`] when a limit refuses it (counted across every
+    /// process), [`SharedError::Unavailable`] when Redis does not answer.
+    pub async fn create(
+        &self,
+        peer: impl Into<Option<IpAddr>>,
+    ) -> Result<RedisSession, SharedError> {
+        let peer = peer.into();
+        let e = &self.engine;
+        let ip = peer.map(|p| p.to_string()).unwrap_or_default();
+        let ip_key = peer
+            .filter(|_| e.config.max_per_ip > 0)
+            .map(|p| per_ip_key(p).to_string())
+            .unwrap_or_default();
+        for _ in 0..8 {
+            let id = SessionId::random();
+            let k = e.keys(&id);
+            let id_text = id.to_string();
+            let mut call = scripts::CREATE.prepare_invoke();
+            call.key(&k.hash)
+                .key(&k.due)
+                .key(&k.events)
+                .key(&k.tomb)
+                .key(&k.count)
+                .key(&k.per_ip)
+                .arg(e.now_arg())
+                .arg(Engine::millis(e.config.idle))
+                .arg(e.config.absolute.map_or(0, Engine::millis))
+                .arg(&ip)
+                .arg(&ip_key)
+                .arg(e.config.max_sessions)
+                .arg(e.config.max_per_ip)
+                .arg(&id_text)
+                .arg(Engine::millis(e.config.retention))
+                .arg(Engine::millis(Config::SLACK));
+            let answer = e.run(&call).await?;
+            let limit = || answer.get(1).and_then(reply::int).unwrap_or(0) as usize;
+            match reply::tag(&answer) {
+                "ok" => return Ok(self.handle(id, peer, HashMap::new())),
+                "taken" => continue,
+                "full" => return Err(SharedError::Create(CreateError::Full { limit: limit() })),
+                "ipfull" => {
+                    return Err(SharedError::Create(CreateError::PerIpFull {
+                        limit: limit(),
+                    }));
+                }
+                other => return Err(SharedError::protocol(format!("create answered {other:?}"))),
+            }
+        }
+        Err(SharedError::Create(CreateError::IdCollision))
+    }
+
+    fn handle(
+        &self,
+        id: SessionId,
+        peer: Option<IpAddr>,
+        shared: HashMap<String, reply::Field>,
+    ) -> RedisSession {
+        RedisSession {
+            engine: Arc::clone(&self.engine),
+            id: Mutex::new(id),
+            peer,
+            shared: Mutex::new(shared),
+        }
+    }
+
+    /// Looks a session up for a request from `peer`: one round trip that
+    /// checks expiry (ending an expired session, with its hooks), touches it
+    /// at most every `touch_every`, and brings its shared values.
+    ///
+    /// # Errors
+    /// [`SharedError::Refused`]: `NotFound` (unknown, ended, or renewed to
+    /// another id), `Expired`, `IpMismatch` (the session is then ended
+    /// everywhere); [`SharedError::Unavailable`].
+    pub async fn get(
+        &self,
+        id: &SessionId,
+        peer: impl Into<Option<IpAddr>>,
+    ) -> Result<RedisSession, SharedError> {
+        let peer = peer.into();
+        let e = &self.engine;
+        let k = e.keys(id);
+        let id_text = id.to_string();
+        let mut call = scripts::LOAD.prepare_invoke();
+        call.key(&k.hash)
+            .key(&k.due)
+            .key(&k.events)
+            .key(&k.tomb)
+            .key(&k.count)
+            .key(&k.per_ip)
+            .arg(e.now_arg())
+            .arg(Engine::millis(e.config.touch_every()))
+            .arg("-1")
+            .arg(&id_text)
+            .arg(Engine::millis(e.config.retention))
+            .arg(Engine::millis(Config::SLACK));
+        let answer = e.run(&call).await?;
+        match reply::tag(&answer) {
+            "ok" => {}
+            "expired" => {
+                let reason = answer
+                    .get(1)
+                    .and_then(reply::text)
+                    .and_then(EndReason::from_name)
+                    .unwrap_or(EndReason::IdleExpired);
+                if let Some(all) = answer.get(2) {
+                    e.claimed(*id, reason, all).await;
+                }
+                return Err(SharedError::Refused(Refused::Expired));
+            }
+            "gone" | "missing" => return Err(SharedError::Refused(Refused::NotFound)),
+            other => return Err(SharedError::protocol(format!("load answered {other:?}"))),
+        }
+        let bound: Option<IpAddr> = answer
+            .get(5)
+            .and_then(reply::text)
+            .and_then(|t| t.parse().ok());
+        if !e.config.binding.allows(bound, peer) {
+            e.end(id, EndReason::IpMismatch).await?;
+            return Err(SharedError::Refused(Refused::IpMismatch));
+        }
+        let shared = answer.get(8).map(reply::fields).unwrap_or_default();
+        Ok(self.handle(*id, bound, shared))
+    }
+
+    /// Ends session `id` (reason [`Deleted`](EndReason::Deleted)) in every
+    /// process: `true` when this call ended it. Returns once this process's
+    /// hooks for it ran; the other processes run theirs as they read the
+    /// event.
+    ///
+    /// # Errors
+    /// [`SharedError::Unavailable`].
+    pub async fn delete(&self, id: &SessionId) -> Result<bool, SharedError> {
+        self.engine.end(id, EndReason::Deleted).await
+    }
+
+    /// Gives the session a new id, keeping its values: the old id is refused
+    /// at once by every process, and local values follow in each.
+    ///
+    /// # Errors
+    /// [`SharedError::Ended`] when the session has ended;
+    /// [`SharedError::Unavailable`].
+    pub async fn renew(&self, session: &RedisSession) -> Result<SessionId, SharedError> {
+        let e = &self.engine;
+        let old = session.id();
+        let shard = e.shard(&old);
+        for _ in 0..64 {
+            // The new id must fall in the same shard (one script, one slot):
+            // a few draws, 124 random bits left.
+            let new = loop {
+                let id = SessionId::random();
+                if e.shard(&id) == shard {
+                    break id;
+                }
+            };
+            let (ko, kn) = (e.keys(&old), e.keys(&new));
+            let mut call = scripts::RENEW.prepare_invoke();
+            call.key(&ko.hash)
+                .key(&kn.hash)
+                .key(&ko.due)
+                .key(&ko.events)
+                .key(&ko.tomb)
+                .key(&kn.tomb)
+                .arg(old.to_string())
+                .arg(new.to_string())
+                .arg(Engine::millis(e.config.retention));
+            let answer = e.run(&call).await?;
+            match reply::tag(&answer) {
+                "ok" => {
+                    e.rekey(&old, new);
+                    *session.id.lock() = new;
+                    return Ok(new);
+                }
+                "taken" => continue,
+                "gone" => return Err(SharedError::Ended),
+                other => return Err(SharedError::protocol(format!("renew answered {other:?}"))),
+            }
+        }
+        Err(SharedError::Create(CreateError::IdCollision))
+    }
+
+    /// Every process's begin, renew and end events, each `End` after this
+    /// process's hooks for it ran.
+    pub fn subscribe(&self) -> Subscription {
+        Broadcaster::subscribe(&self.engine.events)
+    }
+
+    /// Ends every session whose deadline passed, in every shard (the
+    /// background sweeper does one shard per tick); returns how many this
+    /// call ended.
+    ///
+    /// # Errors
+    /// [`SharedError::Unavailable`].
+    pub async fn sweep(&self) -> Result<usize, SharedError> {
+        let mut ended = 0;
+        for shard in 0..self.engine.config.shards {
+            ended += sweep_shard(&self.engine, shard).await?;
+        }
+        Ok(ended)
+    }
+
+    /// Stops this process's background tasks and runs its local hooks (reason
+    /// [`Shutdown`](EndReason::Shutdown)); the sessions stay alive in Redis
+    /// for the other processes (and for this one after a restart). Returns
+    /// how many local parts it ended.
+    pub async fn shutdown(&self) -> usize {
+        let _ = self.engine.stop.send(true);
+        let ids: Vec<SessionId> = self.engine.locals.lock().keys().copied().collect();
+        for id in &ids {
+            self.engine.end_locally(*id, EndReason::Shutdown).await;
+        }
+        ids.len()
+    }
+
+    /// How many `on_delete` hooks panicked in this process (caught).
+    pub fn hook_panics(&self) -> u64 {
+        self.engine
+            .counters
+            .hook_panics
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Ends what is due in one shard; runs the shared hooks of what it ended.
+pub(crate) async fn sweep_shard(e: &Engine, shard: u64) -> Result<usize, SharedError> {
+    let p = e.prefix(shard);
+    let mut call = scripts::SWEEP.prepare_invoke();
+    call.key(format!("{p}due"))
+        .key(format!("{p}ev"))
+        .key(format!("{}:n", e.config.namespace))
+        .key(format!("{}:ipn", e.config.namespace))
+        .arg(e.now_arg())
+        .arg(256)
+        .arg(&p)
+        .arg(Engine::millis(e.config.retention));
+    let ended = e.run(&call).await?;
+    let mut count = 0;
+    for item in &ended {
+        let redis::Value::Array(parts) = item else {
+            continue;
+        };
+        let (Some(id), Some(reason)) = (
+            parts
+                .first()
+                .and_then(reply::text)
+                .and_then(|t| t.parse::<SessionId>().ok()),
+            parts
+                .get(1)
+                .and_then(reply::text)
+                .and_then(EndReason::from_name),
+        ) else {
+            continue;
+        };
+        if let Some(all) = parts.get(2) {
+            e.claimed(id, reason, all).await;
+        }
+        count += 1;
+    }
+    Ok(count)
+}

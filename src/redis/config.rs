@@ -1,0 +1,230 @@
+//! Building a [`RedisSessions`]: where Redis is, the timeouts and limits, and
+//! which keys are shared.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::key::Key;
+use crate::net::IpBinding;
+use crate::reason::DeleteContext;
+use crate::redis::RedisSessions;
+use crate::redis::error::SharedError;
+
+/// Runs a shared key's `on_delete` on the value's last bytes.
+pub(crate) type SharedHook = Arc<dyn Fn(&[u8], &DeleteContext) + Send + Sync>;
+
+/// The settings every part of the store reads.
+pub(crate) struct Config {
+    pub(crate) url: String,
+    pub(crate) namespace: String,
+    pub(crate) shards: u64,
+    pub(crate) idle: Duration,
+    pub(crate) absolute: Option<Duration>,
+    pub(crate) touch_every: Option<Duration>,
+    pub(crate) binding: IpBinding,
+    pub(crate) max_sessions: u64,
+    pub(crate) max_per_ip: u64,
+    pub(crate) response_timeout: Duration,
+    pub(crate) retention: Duration,
+    pub(crate) sweep_every: Option<Duration>,
+    pub(crate) clock: Option<Arc<dyn Clock>>,
+    pub(crate) update_attempts: u32,
+    pub(crate) event_capacity: usize,
+    pub(crate) shared: HashMap<String, SharedHook>,
+}
+
+impl Config {
+    /// How long a session's hash outlives its deadline in Redis: a safety
+    /// net for a store whose sweepers all stopped, never the expiry itself.
+    pub(crate) const SLACK: Duration = Duration::from_secs(300);
+
+    /// How often a lookup writes the last access: at most every `touch_every`
+    /// (default idle/16, at most 60 s).
+    pub(crate) fn touch_every(&self) -> Duration {
+        self.touch_every
+            .unwrap_or_else(|| (self.idle / 16).min(Duration::from_secs(60)))
+    }
+}
+
+/// Builds a [`RedisSessions`]; see [`RedisSessions::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use keyed_session::redis::RedisSessions;
+/// let builder = RedisSessions::builder("redis://127.0.0.1:6379")
+///     .namespace("shop")
+///     .idle_timeout(Duration::from_secs(1800))
+///     .response_timeout(Duration::from_millis(250));
+/// assert!(format!("{builder:?}").contains("shop"));
+/// ```
+#[must_use = "a builder does nothing until `build` is awaited"]
+pub struct RedisSessionsBuilder {
+    pub(crate) config: Config,
+}
+
+impl fmt::Debug for RedisSessionsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSessionsBuilder")
+            .field("namespace", &self.config.namespace)
+            .field("shards", &self.config.shards)
+            .field("idle", &self.config.idle)
+            .field("shared_keys", &self.config.shared.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisSessionsBuilder {
+    pub(crate) fn new(url: &str) -> Self {
+        RedisSessionsBuilder {
+            config: Config {
+                url: url.to_owned(),
+                namespace: "ks".to_owned(),
+                shards: 16,
+                idle: Duration::from_secs(30 * 60),
+                absolute: None,
+                touch_every: None,
+                binding: IpBinding::Off,
+                max_sessions: 0,
+                max_per_ip: 0,
+                response_timeout: Duration::from_millis(250),
+                retention: Duration::from_secs(3600),
+                sweep_every: Some(Duration::from_secs(1)),
+                clock: None,
+                update_attempts: 16,
+                event_capacity: 1024,
+                shared: HashMap::new(),
+            },
+        }
+    }
+
+    /// The prefix of every Redis key of this store (default `ks`): stores with
+    /// different namespaces share a server without seeing each other.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.config.namespace = namespace.into();
+        self
+    }
+
+    /// How many shards (default 16): each has its deadline index and event
+    /// stream, and every script touches one shard (one Cluster slot).
+    pub fn shards(mut self, shards: u16) -> Self {
+        self.config.shards = u64::from(shards.max(1));
+        self
+    }
+
+    /// Ends sessions unused for this long (default 30 minutes).
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.config.idle = idle;
+        self
+    }
+
+    /// Ends sessions this long after their creation, however busy.
+    pub fn absolute_timeout(mut self, absolute: Duration) -> Self {
+        self.config.absolute = Some(absolute);
+        self
+    }
+
+    /// How often a lookup writes the last access (default idle/16, at most
+    /// 60 s): a session may idle out up to this much early, and most requests
+    /// write nothing.
+    pub fn touch_every(mut self, every: Duration) -> Self {
+        self.config.touch_every = Some(every);
+        self
+    }
+
+    /// Binds each session to the address that created it (see [`IpBinding`]).
+    pub fn ip_binding(mut self, binding: IpBinding) -> Self {
+        self.config.binding = binding;
+        self
+    }
+
+    /// At most this many sessions across every process; `create` refuses more.
+    pub fn max_sessions(mut self, max: usize) -> Self {
+        self.config.max_sessions = max as u64;
+        self
+    }
+
+    /// At most this many sessions per client address (a /64 for IPv6).
+    pub fn max_sessions_per_ip(mut self, max: usize) -> Self {
+        self.config.max_per_ip = max as u64;
+        self
+    }
+
+    /// How long to wait for Redis before an operation fails with
+    /// [`SharedError::Unavailable`] (default 250 ms).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.config.response_timeout = timeout;
+        self
+    }
+
+    /// How long events and tombstones are kept in Redis (default 1 hour): a
+    /// process that was away for less catches up on every end.
+    pub fn event_retention(mut self, retention: Duration) -> Self {
+        self.config.retention = retention;
+        self
+    }
+
+    /// How often this process sweeps one shard for expired sessions (default
+    /// every second, with jitter); `None`: only [`RedisSessions::sweep`] and
+    /// lookups end expired sessions.
+    pub fn sweep_every(mut self, every: Option<Duration>) -> Self {
+        self.config.sweep_every = every;
+        self
+    }
+
+    /// The clock (default: Redis' own `TIME`, the same for every process).
+    /// A [`ManualClock`](crate::ManualClock) makes tests exact; every process
+    /// of one store must use the same one.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.config.clock = Some(Arc::new(clock));
+        self
+    }
+
+    /// How many times `update` runs its closure against a value other
+    /// processes keep changing before it gives up (default 16).
+    pub fn update_attempts(mut self, attempts: u32) -> Self {
+        self.config.update_attempts = attempts.max(1);
+        self
+    }
+
+    /// Registers a shared key (one with `save` and `load`) so that its
+    /// `on_delete` runs, once in the whole cluster, when a session ends: by
+    /// the process that ended it (its delete, its lookup, its sweep), on the
+    /// value's last bytes. Keys without `on_delete` need no registration.
+    ///
+    /// # Panics
+    /// When the key has no `save` or `load` hook (it is local, and its
+    /// `on_delete` runs in the process that holds its value anyway), or when
+    /// another key of the same name was registered.
+    pub fn shared<T: Send + Sync + 'static>(mut self, key: &Key<T>) -> Self {
+        assert!(
+            key.can_save() && key.can_load(),
+            "key `{}` has no save/load hook: it is local to each process, and needs no registration",
+            key.name()
+        );
+        let name = key.name().to_owned();
+        let key = key.clone();
+        let hook: SharedHook = Arc::new(move |bytes: &[u8], ctx: &DeleteContext| {
+            if let Ok(value) = key.load_value(&mut &bytes[..]) {
+                key.run_on_delete(value, ctx);
+            }
+        });
+        let clash = self.config.shared.insert(name.clone(), hook);
+        assert!(clash.is_none(), "two shared keys are named `{name}`");
+        self
+    }
+
+    /// Connects (lazily: Redis may be down now and come up later) and starts
+    /// this process's event reader and sweeper on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`SharedError::Unavailable`] when the URL is not a Redis URL.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub async fn build(self) -> Result<RedisSessions, SharedError> {
+        RedisSessions::start(self.config).await
+    }
+}

@@ -1,0 +1,280 @@
+//! The engine of the Redis store: key names, script calls with a deadline,
+//! this process's local parts, and ending a session exactly once.
+//!
+//! Who runs which hook: the process whose script ended a session (its
+//! `delete`, the lookup that found it expired, its sweep) runs the shared
+//! keys' `on_delete` on the bytes the script handed back — once in the whole
+//! cluster, since only one script can end it. Every process's event reader
+//! sees the `End`, claims its local part (once: it leaves the map) and runs
+//! the local values' `on_delete`, then sends `End` to its subscribers.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use redis::aio::ConnectionManager;
+use redis::{ScriptInvocation, Value};
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::clock::unix_secs;
+use crate::events::Broadcaster;
+use crate::id::SessionId;
+use crate::reason::{DeleteCause, DeleteContext, EndReason};
+use crate::redis::config::Config;
+use crate::redis::error::SharedError;
+use crate::redis::reply::{self, Field};
+use crate::redis::scripts;
+use crate::slots::Slots;
+
+/// What one process keeps of a session it touched: the values of its local
+/// keys (a channel, a connection), which never leave the process.
+pub(crate) struct LocalPart {
+    pub(crate) peer: Option<IpAddr>,
+    pub(crate) values: RwLock<Slots>,
+}
+
+/// Counters of the shared store, for this process.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) hook_panics: AtomicU64,
+    pub(crate) cas_retries: AtomicU64,
+    pub(crate) redis_errors: AtomicU64,
+}
+
+pub(crate) struct Engine {
+    pub(crate) config: Config,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) locals: Mutex<HashMap<SessionId, Arc<LocalPart>>>,
+    pub(crate) events: Arc<Broadcaster>,
+    pub(crate) counters: Counters,
+    /// Ends this process claimed whose shared hooks are still running: the
+    /// reader holds their `End` back until they are done.
+    pub(crate) ending: Mutex<HashSet<SessionId>>,
+    pub(crate) ended: Notify,
+    /// Callers of `delete` waiting for the reader to have run this process's
+    /// local hooks for an id.
+    pub(crate) waiting: Mutex<HashMap<SessionId, Vec<oneshot::Sender<()>>>>,
+    /// Changed (or dropped with the engine) to stop the background tasks.
+    pub(crate) stop: watch::Sender<bool>,
+}
+
+/// The Redis keys of one session.
+pub(crate) struct Keys {
+    pub(crate) hash: String,
+    pub(crate) due: String,
+    pub(crate) events: String,
+    pub(crate) tomb: String,
+    pub(crate) count: String,
+    pub(crate) per_ip: String,
+}
+
+impl Engine {
+    pub(crate) fn shard(&self, id: &SessionId) -> u64 {
+        id.mix() % self.config.shards
+    }
+
+    /// `P:{s}:` — the prefix of every key of shard `s`.
+    pub(crate) fn prefix(&self, shard: u64) -> String {
+        format!("{}:{{{shard}}}:", self.config.namespace)
+    }
+
+    pub(crate) fn keys(&self, id: &SessionId) -> Keys {
+        let p = self.prefix(self.shard(id));
+        Keys {
+            hash: format!("{p}h:{id}"),
+            due: format!("{p}due"),
+            events: format!("{p}ev"),
+            tomb: format!("{p}t:{id}"),
+            count: format!("{}:n", self.config.namespace),
+            per_ip: format!("{}:ipn", self.config.namespace),
+        }
+    }
+
+    /// The scripts' `now`: the configured clock in milliseconds, or 0 for
+    /// Redis' own `TIME`.
+    pub(crate) fn now_arg(&self) -> u64 {
+        self.config.clock.as_ref().map_or(0, |clock| {
+            let now = clock.now();
+            let ms = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_millis());
+            unix_secs(now) * 1000 + u64::from(ms)
+        })
+    }
+
+    pub(crate) fn millis(d: std::time::Duration) -> u64 {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs a script, failing with `Unavailable` after the response timeout.
+    pub(crate) async fn run(&self, call: &ScriptInvocation<'_>) -> Result<Vec<Value>, SharedError> {
+        let mut conn = self.conn.clone();
+        let answer =
+            tokio::time::timeout(self.config.response_timeout, call.invoke_async(&mut conn))
+                .await
+                .map_err(|_| timeout_error())
+                .and_then(|r| r.map_err(SharedError::from));
+        if answer.is_err() {
+            self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        reply::array(answer?)
+    }
+
+    /// Ends session `id` with `reason` if it is alive: this call's claim runs
+    /// the shared hooks; returns once this process's local hooks ran too.
+    pub(crate) async fn end(&self, id: &SessionId, reason: EndReason) -> Result<bool, SharedError> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting.lock().entry(*id).or_default().push(tx);
+        let k = self.keys(id);
+        let id_text = id.to_string();
+        let mut call = scripts::END.prepare_invoke();
+        call.key(&k.hash)
+            .key(&k.due)
+            .key(&k.events)
+            .key(&k.tomb)
+            .key(&k.count)
+            .key(&k.per_ip)
+            .arg(&id_text)
+            .arg(reason.as_str())
+            .arg(Self::millis(self.config.retention));
+        let answer = match self.run(&call).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.waiting.lock().remove(id);
+                return Err(e);
+            }
+        };
+        if reply::tag(&answer) != "ok" {
+            self.waiting.lock().remove(id);
+            return Ok(false);
+        }
+        let all = answer.get(1).cloned().unwrap_or(Value::Nil);
+        self.claimed(*id, reason, &all).await;
+        // The reader runs the local hooks when it sees the End; should it be
+        // cut off from Redis, this process runs them itself after a while.
+        let wait = self
+            .config
+            .response_timeout
+            .max(std::time::Duration::from_secs(2))
+            * 4;
+        if tokio::time::timeout(wait, rx).await.is_err() {
+            self.waiting.lock().remove(id);
+            self.end_locally(*id, reason).await;
+        }
+        Ok(true)
+    }
+
+    /// This process ended session `id` (its fields are `all`): runs every
+    /// registered shared key's `on_delete` on the value's last bytes, off the
+    /// runtime's threads, with the reader's `End` held back meanwhile.
+    pub(crate) async fn claimed(&self, id: SessionId, reason: EndReason, all: &Value) {
+        let peer = reply::meta(all, "ip")
+            .and_then(reply::text)
+            .and_then(|t| t.parse().ok());
+        let jobs: Vec<(crate::redis::config::SharedHook, Vec<u8>)> = reply::fields(all)
+            .into_iter()
+            .filter_map(|(name, Field { bytes, .. })| {
+                let hook = self.config.shared.get(&name)?;
+                Some((Arc::clone(hook), bytes?))
+            })
+            .collect();
+        if jobs.is_empty() {
+            return;
+        }
+        self.ending.lock().insert(id);
+        let ctx = DeleteContext {
+            id,
+            peer,
+            cause: DeleteCause::SessionEnded(reason),
+        };
+        let panics = tokio::task::spawn_blocking(move || {
+            jobs.iter()
+                .filter(|(hook, bytes)| {
+                    catch_unwind(AssertUnwindSafe(|| hook(bytes, &ctx))).is_err()
+                })
+                .count() as u64
+        })
+        .await
+        .unwrap_or(0);
+        self.counters
+            .hook_panics
+            .fetch_add(panics, Ordering::Relaxed);
+        self.ending.lock().remove(&id);
+        self.ended.notify_waiters();
+    }
+
+    /// Claims this process's local part of `id` (once) and runs its values'
+    /// `on_delete` off the runtime's threads.
+    pub(crate) async fn end_locally(&self, id: SessionId, reason: EndReason) {
+        let Some(part) = self.locals.lock().remove(&id) else {
+            return;
+        };
+        let values = part.values.write().take_all();
+        if values.is_empty() {
+            return;
+        }
+        let ctx = DeleteContext {
+            id,
+            peer: part.peer,
+            cause: DeleteCause::SessionEnded(reason),
+        };
+        let panics = tokio::task::spawn_blocking(move || {
+            values
+                .into_iter()
+                .map(|slot| catch_unwind(AssertUnwindSafe(|| slot.delete(&ctx))).is_err())
+                .filter(|&panicked| panicked)
+                .count() as u64
+        })
+        .await
+        .unwrap_or(0);
+        self.counters
+            .hook_panics
+            .fetch_add(panics, Ordering::Relaxed);
+    }
+
+    /// Waits until no claimed end of `id` is still running its shared hooks.
+    pub(crate) async fn settled(&self, id: &SessionId) {
+        loop {
+            let notified = self.ended.notified();
+            if !self.ending.lock().contains(id) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Wakes the `delete` calls waiting for `id`'s local hooks.
+    pub(crate) fn handled(&self, id: &SessionId) {
+        for tx in self.waiting.lock().remove(id).unwrap_or_default() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// The local part of `id`, made when first needed.
+    pub(crate) fn local(&self, id: SessionId, peer: Option<IpAddr>) -> Arc<LocalPart> {
+        Arc::clone(self.locals.lock().entry(id).or_insert_with(|| {
+            Arc::new(LocalPart {
+                peer,
+                values: RwLock::new(Slots::default()),
+            })
+        }))
+    }
+
+    /// Moves the local part of `old` to `new` (a renew, here or elsewhere).
+    pub(crate) fn rekey(&self, old: &SessionId, new: SessionId) {
+        let mut locals = self.locals.lock();
+        if let Some(part) = locals.remove(old) {
+            locals.insert(new, part);
+        }
+    }
+}
+
+pub(crate) fn timeout_error() -> SharedError {
+    SharedError::Unavailable(redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer from Redis within the response timeout",
+    )))
+}

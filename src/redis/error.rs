@@ -1,0 +1,99 @@
+//! What can go wrong with a store shared through Redis.
+
+use std::fmt;
+use std::io;
+
+use crate::error::Error;
+use crate::store::{CreateError, Refused};
+
+/// Why an operation of [`RedisSessions`](crate::redis::RedisSessions) failed.
+/// Converts into the crate's [`Error`] (and so into a response under `axum`).
+///
+/// ```
+/// use keyed_session::redis::SharedError;
+/// use keyed_session::{Error, Refused};
+/// let refused = SharedError::Refused(Refused::NotFound);
+/// assert_eq!(Error::from(refused), Error::Refused(Refused::NotFound));
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SharedError {
+    /// Redis did not answer within the response timeout, or the connection
+    /// is down. Nothing was assumed: no fresh session, no expired cookie. The
+    /// connection is re-established in the background; try again.
+    Unavailable(redis::RedisError),
+    /// The session id was refused (unknown, expired, another address).
+    Refused(Refused),
+    /// No session could be created.
+    Create(CreateError),
+    /// The session ended (here or in another process) before the write.
+    Ended,
+    /// `update` found the value changed by another writer on every one of its
+    /// attempts.
+    Contended {
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// A shared key's `save` or `load` hook failed on the value.
+    Value(io::Error),
+    /// Redis answered something the scripts never send (a different
+    /// version of this crate's scripts, or data written by something else
+    /// under the namespace).
+    Protocol(String),
+}
+
+impl SharedError {
+    pub(crate) fn protocol(what: impl Into<String>) -> Self {
+        SharedError::Protocol(what.into())
+    }
+}
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SharedError::Unavailable(e) => {
+                write!(f, "the session store (Redis) is unavailable: {e}")
+            }
+            SharedError::Refused(r) => r.fmt(f),
+            SharedError::Create(e) => write!(f, "no session could be created: {e}"),
+            SharedError::Ended => f.write_str("the session has ended (here or in another process)"),
+            SharedError::Contended { attempts } => write!(
+                f,
+                "the value kept changing under {attempts} attempts to update it; try again"
+            ),
+            SharedError::Value(e) => write!(f, "a shared key's save or load hook failed: {e}"),
+            SharedError::Protocol(what) => write!(f, "unexpected answer from Redis: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SharedError::Unavailable(e) => Some(e),
+            SharedError::Refused(e) => Some(e),
+            SharedError::Create(e) => Some(e),
+            SharedError::Value(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<redis::RedisError> for SharedError {
+    fn from(e: redis::RedisError) -> Self {
+        SharedError::Unavailable(e)
+    }
+}
+
+impl From<SharedError> for Error {
+    fn from(e: SharedError) -> Self {
+        match e {
+            SharedError::Unavailable(_) => Error::Unavailable,
+            SharedError::Refused(r) => Error::Refused(r),
+            SharedError::Create(c) => Error::Create(c),
+            SharedError::Ended => Error::Ended,
+            SharedError::Contended { .. } => Error::Contended,
+            SharedError::Value(_) | SharedError::Protocol(_) => Error::Store,
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! This process's background tasks: the event reader (every process's
+//! begin/renew/end, local hooks on an end, events to subscribers) and the
+//! sweeper (expired sessions, one shard per tick, with jitter).
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::watch;
+
+use crate::events::Event;
+use crate::id::SessionId;
+use crate::reason::EndReason;
+use crate::redis::engine::Engine;
+use crate::redis::reply;
+
+/// How long one `XREAD` blocks: also how long a stop or a dropped store
+/// waits for the reader at most.
+const BLOCK_MS: u64 = 500;
+
+/// Reads every shard's event stream from `start` (a stream id) on, resuming
+/// where it left off after a reconnect, until the store stops or is dropped.
+pub(crate) async fn read_events(
+    engine: Weak<Engine>,
+    client: redis::Client,
+    start: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(streams) = engine.upgrade().map(|e| {
+        (0..e.config.shards)
+            .map(|s| format!("{}ev", e.prefix(s)))
+            .collect::<Vec<_>>()
+    }) else {
+        return;
+    };
+    let mut last: Vec<String> = vec![start; streams.len()];
+    let mut conn: Option<MultiplexedConnection> = None;
+    loop {
+        if conn.is_none() {
+            match client.get_multiplexed_async_connection().await {
+                Ok(c) => conn = Some(c),
+                Err(_) => {
+                    if pause(&mut stop, Duration::from_millis(100)).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(256)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS");
+        cmd.arg(&streams).arg(&last);
+        let read: Result<Value, _> = tokio::select! {
+            r = cmd.query_async(c) => r,
+            _ = stop.changed() => return,
+        };
+        let batches = match read {
+            Ok(v) => v,
+            Err(_) => {
+                conn = None;
+                if pause(&mut stop, Duration::from_millis(100)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        for (stream, entries) in stream_entries(batches) {
+            let Some(at) = streams.iter().position(|s| *s == stream) else {
+                continue;
+            };
+            for (entry_id, fields) in entries {
+                handle(&engine, &fields).await;
+                last[at] = entry_id;
+            }
+        }
+    }
+}
+
+/// Sleeps `d` unless the store stops or is dropped first (its sender
+/// changes or goes away); `true` when it did.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => false,
+        _ = stop.changed() => true,
+    }
+}
+
+/// One event of the stream: run what this process owes it, then tell the
+/// subscribers.
+async fn handle(engine: &Engine, fields: &[(String, String)]) {
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let id = get("id").and_then(|t| t.parse::<SessionId>().ok());
+    let peer = get("ip").and_then(|t| t.parse().ok());
+    match (get("e"), id) {
+        (Some("begin"), Some(id)) => engine.events.send(Event::Begin { id, peer }),
+        (Some("renew"), Some(new)) => {
+            if let Some(old) = get("old").and_then(|t| t.parse::<SessionId>().ok()) {
+                engine.rekey(&old, new);
+                engine.events.send(Event::Renewed { old, new });
+            }
+        }
+        (Some("end"), Some(id)) => {
+            let reason = get("r")
+                .and_then(EndReason::from_name)
+                .unwrap_or(EndReason::Deleted);
+            engine.settled(&id).await;
+            engine.end_locally(id, reason).await;
+            engine.events.send(Event::End { id, peer, reason });
+            engine.handled(&id);
+        }
+        _ => {}
+    }
+}
+
+/// One stream entry: its id and its fields.
+type Entry = (String, Vec<(String, String)>);
+
+/// The entries of an `XREAD` reply, per stream.
+fn stream_entries(v: Value) -> Vec<(String, Vec<Entry>)> {
+    let pairs: Vec<(Value, Value)> = match v {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                Value::Array(mut kv) if kv.len() == 2 => {
+                    let entries = kv.pop()?;
+                    Some((kv.pop()?, entries))
+                }
+                _ => None,
+            })
+            .collect(),
+        Value::Map(map) => map,
+        _ => return Vec::new(),
+    };
+    pairs
+        .into_iter()
+        .filter_map(|(name, entries)| {
+            let name = reply::text(&name)?.to_owned();
+            let Value::Array(entries) = entries else {
+                return None;
+            };
+            let entries = entries
+                .into_iter()
+                .filter_map(|entry| {
+                    let Value::Array(parts) = entry else {
+                        return None;
+                    };
+                    let id = reply::text(parts.first()?)?.to_owned();
+                    let Value::Array(flat) = parts.get(1)? else {
+                        return None;
+                    };
+                    let fields = flat
+                        .chunks_exact(2)
+                        .filter_map(|kv| {
+                            Some((
+                                reply::text(&kv[0])?.to_owned(),
+                                reply::text(&kv[1])?.to_owned(),
+                            ))
+                        })
+                        .collect();
+                    Some((id, fields))
+                })
+                .collect();
+            Some((name, entries))
+        })
+        .collect()
+}
+
+/// Sweeps one shard per tick, in turn, each tick `every` ± a quarter of it at
+/// random (so processes do not sweep in step), until the store stops.
+pub(crate) async fn sweep(engine: Weak<Engine>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut shard = 0;
+    loop {
+        let jitter = every.mul_f64(0.75 + rand::random::<f64>() / 2.0);
+        if pause(&mut stop, jitter).await {
+            return;
+        }
+        let Some(e) = engine.upgrade() else { return };
+        let _ = crate::redis::sweep_shard(&e, shard).await;
+        shard = (shard + 1) % e.config.shards;
+    }
+}

@@ -1,0 +1,83 @@
+//! Reading the scripts' replies: tags, numbers, and a session hash's fields.
+
+use std::collections::HashMap;
+
+use redis::Value;
+
+use crate::redis::error::SharedError;
+
+/// The reply as an array (the scripts always answer with one).
+pub(crate) fn array(v: Value) -> Result<Vec<Value>, SharedError> {
+    match v {
+        Value::Array(items) => Ok(items),
+        other => Err(SharedError::protocol(format!(
+            "expected an array, got {other:?}"
+        ))),
+    }
+}
+
+/// A bulk or simple string's bytes.
+pub(crate) fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// A string (the scripts' tags, ids, reasons).
+pub(crate) fn text(v: &Value) -> Option<&str> {
+    bytes(v).and_then(|b| std::str::from_utf8(b).ok())
+}
+
+/// An integer, whether Redis sent it as one or as its decimal text.
+pub(crate) fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(n) => Some(*n),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// The first element's text: which answer a script gave.
+pub(crate) fn tag(items: &[Value]) -> &str {
+    items.first().and_then(text).unwrap_or("")
+}
+
+/// One shared key's state in a session hash: its revision and bytes (`None`
+/// when absent).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Field {
+    pub(crate) rev: u64,
+    pub(crate) bytes: Option<Vec<u8>>,
+}
+
+/// The shared keys' fields of a flat `HGETALL` reply (`v:<name>` and
+/// `r:<name>`), by key name.
+pub(crate) fn fields(all: &Value) -> HashMap<String, Field> {
+    let mut out: HashMap<String, Field> = HashMap::new();
+    let Value::Array(flat) = all else {
+        return out;
+    };
+    for pair in flat.chunks_exact(2) {
+        let (Some(name), value) = (text(&pair[0]), &pair[1]) else {
+            continue;
+        };
+        if let Some(key) = name.strip_prefix("v:") {
+            out.entry(key.to_owned()).or_default().bytes = bytes(value).map(<[u8]>::to_vec);
+        } else if let Some(key) = name.strip_prefix("r:") {
+            out.entry(key.to_owned()).or_default().rev =
+                int(value).and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        }
+    }
+    out
+}
+
+/// One metadata field of a flat `HGETALL` reply.
+pub(crate) fn meta<'a>(all: &'a Value, name: &str) -> Option<&'a Value> {
+    let Value::Array(flat) = all else {
+        return None;
+    };
+    flat.chunks_exact(2)
+        .find(|pair| text(&pair[0]) == Some(name))
+        .map(|pair| &pair[1])
+}

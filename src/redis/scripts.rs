@@ -1,0 +1,284 @@
+//! The Lua scripts: every change to a session is one of them, atomic, and
+//! each first checks that the session is alive, so no write or touch ever
+//! recreates a deleted session.
+//!
+//! Keys of one shard share the hash tag `{s}` (`P:{s}:h:<id>` the session
+//! hash, `P:{s}:due` the deadlines, `P:{s}:ev` the event stream,
+//! `P:{s}:t:<id>` tombstones); `P:n` and `P:ipn` count sessions for the
+//! limits. Times are milliseconds; an argument `now` of 0 means Redis `TIME`.
+//! The Redis TTL of a hash (its deadline plus a slack, a safety net only) is
+//! set relative to `now`, so a store clock unlike Redis' own never expires
+//! a hash early.
+//!
+//! The session hash: `c` created, `la` last access, `it` idle timeout, `ab`
+//! absolute deadline (0: none), `ip` the bound address, `ik` the address's
+//! key for the per-address limit, `rev` bumped by every value write, `prev`
+//! the id before a renew; per shared key `v:<name>` its bytes, `r:<name>` its
+//! revision (it only grows, removals included, so a stale compare-and-set
+//! never succeeds) and `k:<name>` the token of the write that set it (so a
+//! write resent after a lost reply is recognised, not applied twice).
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Helpers every script starts with.
+const PRELUDE: &str = r#"
+local function now_ms(arg)
+  local n = tonumber(arg)
+  if n and n > 0 then return n end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function trim_id(retention)
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - retention
+  if ms < 0 then ms = 0 end
+  return string.format('%d-0', ms)
+end
+local function field(all, name)
+  for i = 1, #all, 2 do
+    if all[i] == name then return all[i + 1] end
+  end
+  return nil
+end
+local function deadline(la, it, ab)
+  local d = la + it
+  if ab > 0 and ab < d then d = ab end
+  return d
+end
+local function expiry_reason(now, ab)
+  if ab > 0 and now >= ab then return 'absolute-expired' end
+  return 'idle-expired'
+end
+-- Ends a session: the one claim (DEL), its deadline, the counters, a
+-- tombstone with the reason, the End event. Returns the hash's fields, or
+-- nil when it was already gone.
+local function end_session(h, due, ev, tomb, n, ipn, id, reason, retention)
+  local all = redis.call('HGETALL', h)
+  if #all == 0 then return nil end
+  redis.call('DEL', h)
+  redis.call('ZREM', due, id)
+  redis.call('DECR', n)
+  local ik = field(all, 'ik')
+  if ik and ik ~= '' then
+    if redis.call('HINCRBY', ipn, ik, -1) <= 0 then redis.call('HDEL', ipn, ik) end
+  end
+  redis.call('SET', tomb, reason, 'PX', retention)
+  redis.call('XADD', ev, 'MINID', '~', trim_id(retention), '*',
+    'e', 'end', 'id', id, 'ip', field(all, 'ip') or '', 'r', reason)
+  return all
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+/// KEYS: h due ev tomb n ipn. ARGV: now idle_ms absolute_ms ip ip_key
+/// max_sessions max_per_ip id retention_ms slack_ms.
+/// Reply: `{'ok', now}`, `{'taken'}`, `{'full', limit}`, `{'ipfull', limit}`.
+pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = now_ms(ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then
+  return {'taken'}
+end
+local max = tonumber(ARGV[6])
+if max > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= max then
+  return {'full', max}
+end
+local ipmax = tonumber(ARGV[7])
+if ipmax > 0 and ARGV[5] ~= '' and tonumber(redis.call('HGET', KEYS[6], ARGV[5]) or '0') >= ipmax then
+  return {'ipfull', ipmax}
+end
+local it = tonumber(ARGV[2])
+local ab = 0
+if tonumber(ARGV[3]) > 0 then ab = now + tonumber(ARGV[3]) end
+redis.call('HSET', KEYS[1], 'c', now, 'la', now, 'it', it, 'ab', ab,
+  'ip', ARGV[4], 'ik', ARGV[5], 'rev', 0)
+local d = deadline(now, it, ab)
+redis.call('PEXPIRE', KEYS[1], d - now + tonumber(ARGV[10]))
+redis.call('ZADD', KEYS[2], d, ARGV[8])
+redis.call('INCR', KEYS[5])
+if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[6], ARGV[5], 1) end
+redis.call('XADD', KEYS[3], 'MINID', '~', trim_id(tonumber(ARGV[9])), '*',
+  'e', 'begin', 'id', ARGV[8], 'ip', ARGV[4])
+return {'ok', now}
+"#,
+    )
+});
+
+/// KEYS: h due ev tomb n ipn. ARGV: now touch_every_ms known_rev id
+/// retention_ms slack_ms.
+/// Reply: `{'ok', c, la, it, ab, ip, rev, prev [, fields]}` (the fields only
+/// when `rev` differs from `known_rev`), `{'expired', reason, fields}` (this
+/// call ended it), `{'gone', tombstone}`, `{'missing'}`.
+pub(crate) static LOAD: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = now_ms(ARGV[1])
+local all = redis.call('HGETALL', KEYS[1])
+if #all == 0 then
+  local t = redis.call('GET', KEYS[4])
+  if t then return {'gone', t} end
+  return {'missing'}
+end
+local la = tonumber(field(all, 'la'))
+local it = tonumber(field(all, 'it'))
+local ab = tonumber(field(all, 'ab'))
+if now >= deadline(la, it, ab) then
+  local reason = expiry_reason(now, ab)
+  end_session(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[4], reason, tonumber(ARGV[5]))
+  return {'expired', reason, all}
+end
+if now - la >= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'la', now)
+  local d = deadline(now, it, ab)
+  redis.call('ZADD', KEYS[2], d, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], d - now + tonumber(ARGV[6]))
+  la = now
+end
+local rev = field(all, 'rev')
+local head = {'ok', field(all, 'c'), string.format('%d', la), field(all, 'it'), field(all, 'ab'),
+  field(all, 'ip') or '', rev, field(all, 'prev') or ''}
+if rev ~= ARGV[3] then table.insert(head, all) end
+return head
+"#,
+    )
+});
+
+/// KEYS: h. ARGV: name bytes token. Reply: `{'ok', r}`, `{'gone'}`.
+pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+local r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
+redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[2], 'k:' .. ARGV[1], ARGV[3])
+return {'ok', r}
+"#,
+    )
+});
+
+/// KEYS: h. ARGV: name expected_r bytes token.
+/// Reply: `{'ok', r}`, `{'conflict', r [, bytes]}`, `{'gone'}`.
+pub(crate) static CAS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+local r = tonumber(redis.call('HGET', KEYS[1], 'r:' .. ARGV[1]) or '0')
+if redis.call('HGET', KEYS[1], 'k:' .. ARGV[1]) == ARGV[4] then return {'ok', r} end
+if r ~= tonumber(ARGV[2]) then
+  return {'conflict', r, redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])}
+end
+r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
+redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[3], 'k:' .. ARGV[1], ARGV[4])
+return {'ok', r}
+"#,
+    )
+});
+
+/// KEYS: h. ARGV: name. Reply: `{'ok', r [, old bytes]}`, `{'gone'}`.
+pub(crate) static REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+local old = redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])
+if not old then
+  return {'ok', tonumber(redis.call('HGET', KEYS[1], 'r:' .. ARGV[1]) or '0')}
+end
+redis.call('HDEL', KEYS[1], 'v:' .. ARGV[1], 'k:' .. ARGV[1])
+local r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
+redis.call('HINCRBY', KEYS[1], 'rev', 1)
+return {'ok', r, old}
+"#,
+    )
+});
+
+/// KEYS: h due ev tomb n ipn. ARGV: id reason retention_ms.
+/// Reply: `{'ok', fields}` (this call ended it), `{'gone'}`.
+pub(crate) static END: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local all = end_session(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[2], tonumber(ARGV[3]))
+if not all then return {'gone'} end
+return {'ok', all}
+"#,
+    )
+});
+
+/// KEYS: h_old h_new due ev tomb_old tomb_new. ARGV: old new retention_ms.
+/// Reply: `{'ok'}`, `{'gone'}`, `{'taken'}`.
+pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[6]) == 1 then return {'taken'} end
+local score = redis.call('ZSCORE', KEYS[3], ARGV[1])
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[2], 'prev', ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if score then redis.call('ZADD', KEYS[3], score, ARGV[2]) end
+local retention = tonumber(ARGV[3])
+redis.call('SET', KEYS[5], 'renewed:' .. ARGV[2], 'PX', retention)
+redis.call('XADD', KEYS[4], 'MINID', '~', trim_id(retention), '*',
+  'e', 'renew', 'id', ARGV[2], 'old', ARGV[1])
+return {'ok'}
+"#,
+    )
+});
+
+/// KEYS: h due. ARGV: now id slack_ms. Marks the session used now (a client
+/// is attached). Reply: 1, or 0 when it is gone.
+pub(crate) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local all = redis.call('HGETALL', KEYS[1])
+if #all == 0 then return 0 end
+local now = now_ms(ARGV[1])
+local it = tonumber(field(all, 'it'))
+local ab = tonumber(field(all, 'ab'))
+if now >= deadline(tonumber(field(all, 'la')), it, ab) then return 0 end
+redis.call('HSET', KEYS[1], 'la', now)
+local d = deadline(now, it, ab)
+redis.call('ZADD', KEYS[2], d, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], d - now + tonumber(ARGV[3]))
+return 1
+"#,
+    )
+});
+
+/// KEYS: due ev n ipn. ARGV: now limit prefix retention_ms. Ends up to
+/// `limit` sessions whose deadline passed (re-checked on each hash).
+/// Reply: `{{id, reason, fields}, ...}`.
+pub(crate) static SWEEP: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local now = now_ms(ARGV[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, id in ipairs(ids) do
+  local h = ARGV[3] .. 'h:' .. id
+  local all = redis.call('HGETALL', h)
+  if #all == 0 then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    local it = tonumber(field(all, 'it'))
+    local ab = tonumber(field(all, 'ab'))
+    local d = deadline(tonumber(field(all, 'la')), it, ab)
+    if now >= d then
+      local reason = expiry_reason(now, ab)
+      end_session(h, KEYS[1], KEYS[2], ARGV[3] .. 't:' .. id, KEYS[3], KEYS[4], id, reason, tonumber(ARGV[4]))
+      table.insert(out, {id, reason, all})
+    else
+      redis.call('ZADD', KEYS[1], d, id)
+    end
+  end
+end
+return out
+"#,
+    )
+});

@@ -1,0 +1,335 @@
+//! `RedisSession`: one request's view of a shared session. Reads are sync, on
+//! what the lookup brought (shared keys) and on this process's local part
+//! (local keys); writes are awaited, one script each.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use parking_lot::Mutex;
+
+use crate::borrow;
+use crate::id::SessionId;
+use crate::key::{Key, take_value};
+use crate::redis::engine::{Engine, LocalPart};
+use crate::redis::error::SharedError;
+use crate::redis::reply::{self, Field};
+use crate::redis::scripts;
+
+/// A session of a [`RedisSessions`](crate::redis::RedisSessions) store, as
+/// one request sees it.
+///
+/// A key with both `save` and `load` is *shared*: its value lives in Redis,
+/// every process sees it, and `update` never loses another process's write.
+/// Every other key is *local*: its value (a channel, a connection) lives in
+/// the process that set it, and its `on_delete` runs there when the session
+/// ends, wherever it was ended.
+///
+/// Shared values are read from what the lookup brought: a write by another
+/// process after this lookup shows at the next lookup (or in the conflict an
+/// `update` resolves).
+pub struct RedisSession {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) id: Mutex<SessionId>,
+    pub(crate) peer: Option<IpAddr>,
+    pub(crate) shared: Mutex<HashMap<String, Field>>,
+}
+
+impl fmt::Debug for RedisSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSession")
+            .field("id", &*self.id.lock())
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_shared<T: Send + Sync + 'static>(key: &Key<T>) -> bool {
+    key.can_save() && key.can_load()
+}
+
+impl RedisSession {
+    /// The session's id (the new one after a renew through this handle).
+    pub fn id(&self) -> SessionId {
+        *self.id.lock()
+    }
+
+    /// The address the session was created for.
+    pub fn peer(&self) -> Option<IpAddr> {
+        self.peer
+    }
+
+    fn local(&self) -> Option<Arc<LocalPart>> {
+        self.engine.locals.lock().get(&self.id()).cloned()
+    }
+
+    /// A clone of the value under `key`.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
+        self.with(key, T::clone)
+    }
+
+    /// Runs `f` on the value under `key`: a shared value is decoded from what
+    /// the lookup brought (a value whose `load` fails reads as absent), a
+    /// local one is read under this process's value lock.
+    pub fn with<T: Send + Sync + 'static, R>(
+        &self,
+        key: &Key<T>,
+        f: impl FnOnce(&T) -> R,
+    ) -> Option<R> {
+        if is_shared(key) {
+            let bytes = self.shared.lock().get(key.name())?.bytes.clone()?;
+            return key.load_value(&mut &bytes[..]).ok().as_ref().map(f);
+        }
+        let part = self.local()?;
+        let slots = borrow::read(&part.values, "read a value");
+        let i = slots.position(key.id())?;
+        slots.get(i)?.value().downcast_ref::<T>().map(f)
+    }
+
+    /// Whether the session holds a value under `key`.
+    pub fn contains<T: Send + Sync + 'static>(&self, key: &Key<T>) -> bool {
+        if is_shared(key) {
+            return self
+                .shared
+                .lock()
+                .get(key.name())
+                .is_some_and(|f| f.bytes.is_some());
+        }
+        self.local().is_some_and(|part| {
+            borrow::read(&part.values, "read it (contains)")
+                .position(key.id())
+                .is_some()
+        })
+    }
+
+    /// Stores `value` under `key`: last writer wins for this key (never for
+    /// the whole session).
+    ///
+    /// # Errors
+    /// [`SharedError::Ended`] when the session ended (anywhere) before the
+    /// write, which then leaves nothing behind; `Unavailable`; `Value` when
+    /// a shared key's `save` fails.
+    pub async fn set<T: Send + Sync + 'static>(
+        &self,
+        key: &Key<T>,
+        value: T,
+    ) -> Result<(), SharedError> {
+        if !is_shared(key) {
+            return self.set_local(key, value).await;
+        }
+        let mut bytes = Vec::new();
+        key.save_value(&value, &mut bytes)
+            .map_err(SharedError::Value)?;
+        let token = SessionId::random().to_string();
+        let id = self.id();
+        let mut call = scripts::PUT.prepare_invoke();
+        call.key(self.engine.keys(&id).hash)
+            .arg(key.name())
+            .arg(&bytes)
+            .arg(&token);
+        let answer = self.engine.run(&call).await?;
+        match reply::tag(&answer) {
+            "ok" => {
+                let rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
+                let field = Field {
+                    rev,
+                    bytes: Some(bytes),
+                };
+                self.shared.lock().insert(key.name().to_owned(), field);
+                Ok(())
+            }
+            "gone" => Err(SharedError::Ended),
+            other => Err(SharedError::protocol(format!("put answered {other:?}"))),
+        }
+    }
+
+    async fn set_local<T: Send + Sync + 'static>(
+        &self,
+        key: &Key<T>,
+        value: T,
+    ) -> Result<(), SharedError> {
+        let id = self.id();
+        let mut conn = self.engine.conn.clone();
+        let alive: bool = tokio::time::timeout(
+            self.engine.config.response_timeout,
+            redis::cmd("EXISTS")
+                .arg(self.engine.keys(&id).hash)
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| crate::redis::engine::timeout_error())??;
+        if !alive {
+            return Err(SharedError::Ended);
+        }
+        let part = self.engine.local(id, self.peer);
+        let old = {
+            let mut slots = borrow::write(&part.values, "set a value");
+            let new = key.slot(value);
+            match slots.position(key.id()) {
+                Some(i) => slots.replace(i, new).ok(),
+                None => {
+                    slots.push(new);
+                    None
+                }
+            }
+        };
+        drop(old.and_then(take_value::<T>));
+        Ok(())
+    }
+
+    /// Runs `f` on the value under `key` (made by `init` when absent) and
+    /// stores the result. For a shared key this is a compare-and-set on the
+    /// key's revision: when another process wrote it first, `f` runs again
+    /// on its value (so `f` and `init` are `FnMut`), so no update is lost.
+    ///
+    /// # Errors
+    /// As for [`set`](Self::set), and [`SharedError::Contended`] after the
+    /// configured number of attempts.
+    pub async fn update<T: Send + Sync + 'static, R>(
+        &self,
+        key: &Key<T>,
+        mut init: impl FnMut() -> T,
+        mut f: impl FnMut(&mut T) -> R,
+    ) -> Result<R, SharedError> {
+        if !is_shared(key) {
+            if !self.contains(key) {
+                self.set_local(key, init()).await?;
+            }
+            let part = self.local().ok_or(SharedError::Ended)?;
+            let mut slots = borrow::write(&part.values, "update a value");
+            let i = slots.position(key.id()).ok_or(SharedError::Ended)?;
+            let value = slots.get_mut(i).ok_or(SharedError::Ended)?;
+            return value
+                .value_mut()
+                .downcast_mut::<T>()
+                .map(&mut f)
+                .ok_or(SharedError::Ended);
+        }
+        let token = SessionId::random().to_string();
+        let attempts = self.engine.config.update_attempts;
+        let (mut rev, mut bytes) = {
+            let shared = self.shared.lock();
+            let field = shared.get(key.name()).cloned().unwrap_or_default();
+            (field.rev, field.bytes)
+        };
+        for attempt in 0..attempts {
+            let mut value = match &bytes {
+                Some(b) => key.load_value(&mut &b[..]).map_err(SharedError::Value)?,
+                None => init(),
+            };
+            let result = f(&mut value);
+            let mut out = Vec::new();
+            key.save_value(&value, &mut out)
+                .map_err(SharedError::Value)?;
+            let id = self.id();
+            let mut call = scripts::CAS.prepare_invoke();
+            call.key(self.engine.keys(&id).hash)
+                .arg(key.name())
+                .arg(rev)
+                .arg(&out)
+                .arg(&token);
+            let answer = self.engine.run(&call).await?;
+            match reply::tag(&answer) {
+                "ok" => {
+                    let rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
+                    let field = Field {
+                        rev,
+                        bytes: Some(out),
+                    };
+                    self.shared.lock().insert(key.name().to_owned(), field);
+                    return Ok(result);
+                }
+                "conflict" => {
+                    if attempt + 1 < attempts {
+                        self.engine
+                            .counters
+                            .cas_retries
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
+                    bytes = answer.get(2).and_then(reply::bytes).map(<[u8]>::to_vec);
+                    let field = Field {
+                        rev,
+                        bytes: bytes.clone(),
+                    };
+                    self.shared.lock().insert(key.name().to_owned(), field);
+                }
+                "gone" => return Err(SharedError::Ended),
+                other => return Err(SharedError::protocol(format!("cas answered {other:?}"))),
+            }
+        }
+        Err(SharedError::Contended { attempts })
+    }
+
+    /// Marks the session used now, whatever `touch_every` says: what a
+    /// process holding an attached client (a websocket) does every
+    /// `touch_every`, so the session does not idle out while it is in use.
+    ///
+    /// # Errors
+    /// [`SharedError::Ended`] when the session has ended or expired.
+    pub async fn touch(&self) -> Result<(), SharedError> {
+        let id = self.id();
+        let k = self.engine.keys(&id);
+        let mut call = scripts::TOUCH.prepare_invoke();
+        call.key(&k.hash)
+            .key(&k.due)
+            .arg(self.engine.now_arg())
+            .arg(id.to_string())
+            .arg(Engine::millis(crate::redis::config::Config::SLACK));
+        let mut conn = self.engine.conn.clone();
+        let touched: i64 = tokio::time::timeout(
+            self.engine.config.response_timeout,
+            call.invoke_async(&mut conn),
+        )
+        .await
+        .map_err(|_| crate::redis::engine::timeout_error())??;
+        if touched == 1 {
+            Ok(())
+        } else {
+            Err(SharedError::Ended)
+        }
+    }
+
+    /// Takes the value under `key` out of the session (no `on_delete`).
+    ///
+    /// # Errors
+    /// As for [`set`](Self::set).
+    pub async fn remove<T: Send + Sync + 'static>(
+        &self,
+        key: &Key<T>,
+    ) -> Result<Option<T>, SharedError> {
+        if !is_shared(key) {
+            let Some(part) = self.local() else {
+                return Ok(None);
+            };
+            let slot = {
+                let mut slots = borrow::write(&part.values, "remove a value");
+                slots.position(key.id()).and_then(|i| slots.swap_remove(i))
+            };
+            return Ok(slot.and_then(take_value));
+        }
+        let id = self.id();
+        let mut call = scripts::REMOVE.prepare_invoke();
+        call.key(self.engine.keys(&id).hash).arg(key.name());
+        let answer = self.engine.run(&call).await?;
+        match reply::tag(&answer) {
+            "ok" => {
+                let rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
+                self.shared
+                    .lock()
+                    .insert(key.name().to_owned(), Field { rev, bytes: None });
+                match answer.get(2).and_then(reply::bytes) {
+                    Some(old) => key
+                        .load_value(&mut &old[..])
+                        .map(Some)
+                        .map_err(SharedError::Value),
+                    None => Ok(None),
+                }
+            }
+            "gone" => Err(SharedError::Ended),
+            other => Err(SharedError::protocol(format!("remove answered {other:?}"))),
+        }
+    }
+}

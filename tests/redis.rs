@@ -1,0 +1,398 @@
+//! The Redis-backed store against a real `redis-server` (started by the test
+//! on a free port): two stores in one process stand for two processes.
+#![cfg(feature = "redis")]
+
+mod common;
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use keyed_session::redis::{RedisSessions, RedisSessionsBuilder, SharedError};
+use keyed_session::{EndReason, Event, IpBinding, Key, ManualClock, Refused, Subscription};
+use redis_server::RedisServer;
+
+static COUNTER: Key<u64> = Key::new("counter").serde();
+static NAME: Key<String> = Key::new("name").serde();
+static CHANNEL: Key<mpsc::Sender<u8>> = Key::new("channel");
+
+/// A builder over `server` in a namespace of its own, with manual sweeping.
+fn builder(server: &RedisServer, ns: &str) -> RedisSessionsBuilder {
+    RedisSessions::builder(&server.url())
+        .namespace(ns)
+        .sweep_every(None)
+        .response_timeout(Duration::from_secs(2))
+}
+
+/// Two stores over one server: two processes as far as the store can tell.
+async fn pair(server: &RedisServer, ns: &str) -> (RedisSessions, RedisSessions) {
+    (
+        builder(server, ns).build().await.unwrap(),
+        builder(server, ns).build().await.unwrap(),
+    )
+}
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
+}
+
+/// Waits (at most 60 s, a bound against a hang) until `check` holds.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The next event of `events` (at most 60 s).
+async fn next(events: &Subscription) -> Event {
+    tokio::time::timeout(Duration::from_secs(60), events.recv())
+        .await
+        .expect("an event within 60 s")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_share_sessions_and_keep_local_keys_apart() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = pair(&server, "share").await;
+    let s = a.create(None).await.unwrap();
+    s.set(&COUNTER, 5).await.unwrap();
+    let (tx, rx) = mpsc::channel();
+    s.set(&CHANNEL, tx).await.unwrap();
+    s.with(&CHANNEL, |tx| tx.send(1).unwrap()).unwrap();
+    assert_eq!(rx.recv().unwrap(), 1);
+
+    let seen = b.get(&s.id(), None).await.unwrap();
+    assert_eq!(seen.get(&COUNTER), Some(5));
+    assert!(
+        !seen.contains(&CHANNEL),
+        "a local value stays in its process"
+    );
+    seen.set(&NAME, "ada".into()).await.unwrap();
+
+    let again = a.get(&s.id(), None).await.unwrap();
+    assert_eq!(again.get(&NAME).as_deref(), Some("ada"));
+    assert!(
+        again.contains(&CHANNEL),
+        "still there in the process that set it"
+    );
+    assert_eq!(seen.remove(&COUNTER).await.unwrap(), Some(5));
+    assert_eq!(a.get(&s.id(), None).await.unwrap().get(&COUNTER), None);
+}
+
+/// 2 stores × 8 tasks × 2,000 increments of one shared key: exactly 32,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_updates_from_two_stores_lose_nothing() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let make = || builder(&server, "cas").update_attempts(100_000).build();
+    let (a, b) = (make().await.unwrap(), make().await.unwrap());
+    let id = a.create(None).await.unwrap().id();
+    let mut tasks = Vec::new();
+    for store in [a.clone(), b.clone()] {
+        for _ in 0..8 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let s = store.get(&id, None).await.unwrap();
+                for _ in 0..2_000 {
+                    s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(b.get(&id, None).await.unwrap().get(&COUNTER), Some(32_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_after_another_stores_delete_fail_cleanly() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = pair(&server, "gone").await;
+    let s = a.create(None).await.unwrap();
+    let seen = b.get(&s.id(), None).await.unwrap();
+    assert!(a.delete(&s.id()).await.unwrap());
+    assert!(!a.delete(&s.id()).await.unwrap(), "ended once");
+
+    assert!(matches!(
+        seen.set(&NAME, "x".into()).await,
+        Err(SharedError::Ended)
+    ));
+    assert!(matches!(
+        seen.update(&COUNTER, || 0, |n| *n += 1).await,
+        Err(SharedError::Ended)
+    ));
+    let (tx, _rx) = mpsc::channel();
+    assert!(matches!(
+        seen.set(&CHANNEL, tx).await,
+        Err(SharedError::Ended)
+    ));
+    assert!(matches!(seen.touch().await, Err(SharedError::Ended)));
+    assert!(matches!(
+        b.get(&s.id(), None).await,
+        Err(SharedError::Refused(Refused::NotFound))
+    ));
+    // Nothing was recreated: no session hash is left under the namespace.
+    assert_eq!(server.cli(&["--scan", "--pattern", "gone:*h:*"]), "");
+    assert_eq!(server.cli(&["GET", "gone:n"]), "0");
+}
+
+/// A local key's `on_delete` runs once in each store holding a value; a
+/// shared key's once in all; each store's subscriber gets one `End`, after
+/// that store's hooks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ends_run_local_hooks_in_each_store_and_shared_hooks_once() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let local_ends = Arc::new(AtomicUsize::new(0));
+    let shared_ends = Arc::new(AtomicUsize::new(0));
+    let l = Arc::clone(&local_ends);
+    let socket: Key<u8> = Key::builder("socket")
+        .on_delete(move |_, ctx| {
+            assert_eq!(ctx.end_reason(), Some(EndReason::Deleted));
+            l.fetch_add(1, Ordering::SeqCst);
+        })
+        .build();
+    let sh = Arc::clone(&shared_ends);
+    let cart: Key<Vec<u32>> = Key::builder("cart")
+        .serde()
+        .on_delete(move |cart, _| {
+            assert_eq!(cart, vec![1, 2]);
+            sh.fetch_add(1, Ordering::SeqCst);
+        })
+        .build();
+    let a = builder(&server, "ends")
+        .shared(&cart)
+        .build()
+        .await
+        .unwrap();
+    let b = builder(&server, "ends")
+        .shared(&cart)
+        .build()
+        .await
+        .unwrap();
+    let (events_a, events_b) = (a.subscribe(), b.subscribe());
+    let s = a.create(None).await.unwrap();
+    s.set(&socket, 1).await.unwrap();
+    s.set(&cart, vec![1, 2]).await.unwrap();
+    let seen = b.get(&s.id(), None).await.unwrap();
+    seen.set(&socket, 2).await.unwrap();
+
+    assert!(a.delete(&s.id()).await.unwrap());
+    // `delete` returns once this store's hooks ran.
+    assert!(local_ends.load(Ordering::SeqCst) >= 1);
+    assert_eq!(shared_ends.load(Ordering::SeqCst), 1);
+    eventually("both stores ran their local hook", || {
+        local_ends.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    for events in [&events_a, &events_b] {
+        assert!(matches!(next(events).await, Event::Begin { id, .. } if id == s.id()));
+        match next(events).await {
+            Event::End { id, reason, .. } => {
+                assert_eq!((id, reason), (s.id(), EndReason::Deleted));
+            }
+            other => panic!("expected End, got {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(local_ends.load(Ordering::SeqCst), 2, "once per store");
+    assert_eq!(shared_ends.load(Ordering::SeqCst), 1, "once in all");
+    assert!(events_a.try_recv().is_err() && events_b.try_recv().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_by_lookup_and_by_sweep() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let clock = ManualClock::new();
+    let make = || {
+        builder(&server, "expiry")
+            .clock(clock.clone())
+            .idle_timeout(Duration::from_secs(60))
+            .absolute_timeout(Duration::from_secs(600))
+            .build()
+    };
+    let (a, b) = (make().await.unwrap(), make().await.unwrap());
+    let events = b.subscribe();
+
+    let looked_up = a.create(None).await.unwrap();
+    clock.advance(Duration::from_secs(59));
+    // Touched at 59 s: alive until 119 s.
+    b.get(&looked_up.id(), None).await.unwrap();
+    clock.advance(Duration::from_secs(59));
+    b.get(&looked_up.id(), None).await.unwrap();
+    clock.advance(Duration::from_secs(61));
+    assert!(matches!(
+        b.get(&looked_up.id(), None).await,
+        Err(SharedError::Refused(Refused::Expired))
+    ));
+
+    let swept = a.create(None).await.unwrap();
+    assert_eq!(a.sweep().await.unwrap(), 0, "nothing due");
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(b.sweep().await.unwrap(), 1);
+    assert!(matches!(
+        a.get(&swept.id(), None).await,
+        Err(SharedError::Refused(Refused::NotFound))
+    ));
+
+    // However busy, the absolute timeout ends it.
+    let busy = a.create(None).await.unwrap();
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(55));
+        busy.touch().await.unwrap();
+    }
+    clock.advance(Duration::from_secs(55));
+    assert!(matches!(busy.touch().await, Err(SharedError::Ended)));
+    assert_eq!(a.sweep().await.unwrap(), 1);
+
+    let mut reasons = Vec::new();
+    while reasons.len() < 3 {
+        if let Event::End { reason, .. } = next(&events).await {
+            reasons.push(reason);
+        }
+    }
+    assert_eq!(
+        reasons,
+        [
+            EndReason::IdleExpired,
+            EndReason::IdleExpired,
+            EndReason::AbsoluteExpired
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_is_seen_by_both_stores_and_local_values_follow() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = pair(&server, "renew").await;
+    let events = b.subscribe();
+    let s = a.create(None).await.unwrap();
+    let (tx, _rx) = mpsc::channel();
+    s.set(&CHANNEL, tx).await.unwrap();
+    s.set(&COUNTER, 7).await.unwrap();
+    let old = s.id();
+    let new = a.renew(&s).await.unwrap();
+    assert_ne!(old, new);
+    assert_eq!(s.id(), new);
+    assert!(s.contains(&CHANNEL), "the local value followed the new id");
+    assert!(matches!(
+        b.get(&old, None).await,
+        Err(SharedError::Refused(Refused::NotFound))
+    ));
+    assert_eq!(b.get(&new, None).await.unwrap().get(&COUNTER), Some(7));
+    assert!(matches!(next(&events).await, Event::Begin { .. }));
+    assert_eq!(next(&events).await, Event::Renewed { old, new });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_mismatch_ends_the_session_everywhere() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let make = || builder(&server, "ip").ip_binding(IpBinding::Exact).build();
+    let (a, b) = (make().await.unwrap(), make().await.unwrap());
+    let s = a.create(ip(1)).await.unwrap();
+    assert!(b.get(&s.id(), ip(1)).await.is_ok());
+    assert!(matches!(
+        b.get(&s.id(), ip(9)).await,
+        Err(SharedError::Refused(Refused::IpMismatch))
+    ));
+    assert!(matches!(
+        a.get(&s.id(), ip(1)).await,
+        Err(SharedError::Refused(Refused::NotFound))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_across_stores() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let make = || {
+        builder(&server, "limits")
+            .max_sessions(3)
+            .max_sessions_per_ip(2)
+            .build()
+    };
+    let (a, b) = (make().await.unwrap(), make().await.unwrap());
+    a.create(ip(1)).await.unwrap();
+    b.create(ip(1)).await.unwrap();
+    assert!(matches!(
+        a.create(ip(1)).await,
+        Err(SharedError::Create(keyed_session::CreateError::PerIpFull {
+            limit: 2
+        }))
+    ));
+    let third = a.create(ip(2)).await.unwrap();
+    assert!(matches!(
+        b.create(ip(3)).await,
+        Err(SharedError::Create(keyed_session::CreateError::Full {
+            limit: 3
+        }))
+    ));
+    b.delete(&third.id()).await.unwrap();
+    b.create(ip(3)).await.unwrap();
+}
+
+/// Redis stopped: errors, no panic, no fresh session. Restarted: service
+/// resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_fails_cleanly_and_service_resumes() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let store = builder(&server, "outage")
+        .response_timeout(Duration::from_millis(250))
+        .build()
+        .await
+        .unwrap();
+    let s = store.create(None).await.unwrap();
+    server.stop();
+    assert!(matches!(
+        store.get(&s.id(), None).await,
+        Err(SharedError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.create(None).await,
+        Err(SharedError::Unavailable(_))
+    ));
+    assert!(matches!(
+        s.set(&COUNTER, 1).await,
+        Err(SharedError::Unavailable(_))
+    ));
+    server.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let fresh = loop {
+        match store.create(None).await {
+            Ok(fresh) => break fresh,
+            Err(SharedError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    fresh.set(&COUNTER, 1).await.unwrap();
+    // The old session's data went with the old server.
+    assert!(matches!(
+        store.get(&s.id(), None).await,
+        Err(SharedError::Refused(Refused::NotFound))
+    ));
+}
