@@ -30,7 +30,7 @@ use axum::routing::{get, post};
 use futures_util::stream::{self, Stream, StreamExt};
 use keyed_session::http::{CookiePolicy, SessionManager};
 use keyed_session::integrations::axum::{RequestSession, SessionLayer};
-use keyed_session::{Error, Event, IpBinding, Key, RecvError, SessionId, Sessions};
+use keyed_session::{Error, Event, IpBinding, Key, RecvError, SessionId, Sessions, Subscription};
 
 static VISITS: Key<u64> = Key::new("visits");
 
@@ -40,9 +40,12 @@ const RECENT: usize = 8;
 /// The latest session events, newest first, as the page shows them.
 type Recent = Arc<Mutex<VecDeque<String>>>;
 
+/// Where the event stream's subscriptions come from (either store).
+pub type Subscribe = Arc<dyn Fn() -> Subscription + Send + Sync>;
+
 #[derive(Clone)]
 struct AppState {
-    sessions: Sessions,
+    subscribe: Subscribe,
     recent: Recent,
 }
 
@@ -65,15 +68,29 @@ pub fn app(sessions: Sessions) -> Router {
     // The default mode: no session (and no cookie) until a handler stores
     // something.
     let manager = SessionManager::new(sessions.clone(), policy).expect("a valid cookie policy");
+    let weak = sessions.downgrade();
+    let subscribe: Subscribe = Arc::new(move || {
+        weak.upgrade()
+            .expect("the store outlives its server")
+            .subscribe()
+    });
+    routes(SessionLayer::new(manager), subscribe)
+}
+
+/// The page's routes over any session layer (the `redis_counter` example
+/// serves the same ones over a store shared by many processes). Call it
+/// inside a tokio runtime: it starts the task that keeps the list of recent
+/// events.
+pub fn routes(layer: SessionLayer, subscribe: Subscribe) -> Router {
     let recent = Recent::default();
-    tokio::spawn(keep_recent(sessions.clone(), Arc::clone(&recent)));
+    tokio::spawn(keep_recent(subscribe(), Arc::clone(&recent)));
     Router::new()
         .route("/", get(index))
         .route("/renew", post(renew))
         .route("/logout", post(logout))
         .route("/events", get(events))
-        .with_state(AppState { sessions, recent })
-        .layer(SessionLayer::new(manager))
+        .with_state(AppState { subscribe, recent })
+        .layer(layer)
 }
 
 /// Serves `app(sessions)` until `signal` resolves, then shuts the store down
@@ -112,10 +129,8 @@ fn describe(event: &Event) -> String {
     }
 }
 
-/// Subscribes to the store and keeps the latest [`RECENT`] events.
-async fn keep_recent(sessions: Sessions, recent: Recent) {
-    let events = sessions.subscribe();
-    drop(sessions); // the subscription must not keep the store alive
+/// Keeps the latest [`RECENT`] events of `events`.
+async fn keep_recent(events: Subscription, recent: Recent) {
     loop {
         let line = match events.recv().await {
             Ok(event) => describe(&event),
@@ -194,12 +209,12 @@ async fn renew(session: RequestSession) -> Response {
     }
 }
 
-async fn logout(session: RequestSession) -> Html<&'static str> {
-    session.end().await;
-    Html(
+async fn logout(session: RequestSession) -> Result<Html<&'static str>, Error> {
+    session.end().await?;
+    Ok(Html(
         "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Logged out</title>\
          <p>Logged out: the session ended.</p><p><a href=\"/\">Start again</a></p></html>",
-    )
+    ))
 }
 
 /// A greeting, then every session event of the store, until this visitor's
@@ -209,11 +224,11 @@ async fn events(
     session: RequestSession,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Error> {
     // Watching a session needs one.
-    let session = session.get_or_create().await?;
+    let id = session.open().await?;
     let hello = SseEvent::default()
         .event("hello")
-        .data(format!("watching session {}", short(&session.id())));
-    let feed = stream::unfold(state.sessions.subscribe(), |events| async move {
+        .data(format!("watching session {}", short(&id)));
+    let feed = stream::unfold((state.subscribe)(), |events| async move {
         let line = match events.recv().await {
             Ok(event) => describe(&event),
             Err(RecvError::Lagged(n)) => format!("({n} events missed)"),
@@ -221,8 +236,11 @@ async fn events(
         };
         Some((Ok(SseEvent::default().event("session").data(line)), events))
     });
-    let ended = session.ended();
-    let end = async move { Ok(SseEvent::default().event("end").data(ended.await.as_str())) };
+    let watched = session.clone();
+    let end = async move {
+        let reason = watched.ended().await.map_or("ended", |r| r.as_str());
+        Ok(SseEvent::default().event("end").data(reason))
+    };
     let feed = feed.take_until(Box::pin(async move {
         session.ended().await;
     }));

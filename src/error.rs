@@ -116,6 +116,9 @@ pub enum Error {
     /// The shared store holds something this crate cannot read, or a shared
     /// key's `save`/`load` hook failed: a server-side problem.
     Store,
+    /// The operation is not offered by the store behind the layer (named in
+    /// the message): a server-side mistake.
+    Unsupported(&'static str),
 }
 
 impl fmt::Display for Error {
@@ -140,6 +143,7 @@ impl fmt::Display for Error {
             Error::Store => f.write_str(
                 "the session store holds a value that could not be read or written",
             ),
+            Error::Unsupported(what) => write!(f, "not supported: {what}"),
         }
     }
 }

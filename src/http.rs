@@ -27,10 +27,10 @@
 //! # Ok::<(), keyed_session::http::PolicyError>(())
 //! ```
 
-mod cookie;
-mod manager;
+pub(crate) mod cookie;
+pub(crate) mod manager;
 mod proxy;
-mod started;
+pub(crate) mod started;
 
 pub use crate::error::Rejection;
 pub use cookie::{CookiePolicy, KeyTooShort, PolicyError, SameSite, SigningKey};

@@ -50,6 +50,8 @@ mod reader;
 mod reply;
 mod scripts;
 mod session;
+#[cfg(feature = "axum")]
+mod web;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -71,6 +73,11 @@ use crate::store::{CreateError, Refused};
 pub use config::RedisSessionsBuilder;
 pub use error::SharedError;
 pub use session::RedisSession;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use web::RedisManager;
+#[cfg(feature = "axum")]
+pub(crate) use web::RedisStarted;
 
 /// A session store shared by every process that builds one over the same
 /// Redis and namespace. Cheap to clone; see the [module docs](self).
@@ -356,6 +363,41 @@ impl RedisSessions {
             self.engine.end_locally(*id, EndReason::Shutdown).await;
         }
         ids.len()
+    }
+
+    /// Resolves when session `id` ends, anywhere, with the reason (following
+    /// it through renews); `None` when it is not alive now. Needs a subscriber
+    /// slot for as long as it waits.
+    ///
+    /// # Errors
+    /// [`SharedError::Unavailable`] when Redis does not answer the first
+    /// check.
+    pub async fn ended(&self, id: &SessionId) -> Result<Option<EndReason>, SharedError> {
+        let events = self.subscribe();
+        let mut id = *id;
+        let k = self.engine.keys(&id);
+        let mut conn = self.engine.conn.clone();
+        let alive: bool = tokio::time::timeout(
+            self.engine.config.response_timeout,
+            redis::cmd("EXISTS").arg(&k.hash).query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| crate::redis::engine::timeout_error())??;
+        if !alive {
+            return Ok(None);
+        }
+        loop {
+            match events.recv().await {
+                Ok(crate::events::Event::End {
+                    id: ended, reason, ..
+                }) if ended == id => {
+                    return Ok(Some(reason));
+                }
+                Ok(crate::events::Event::Renewed { old, new }) if old == id => id = new,
+                Ok(_) | Err(crate::events::RecvError::Lagged(_)) => {}
+                Err(_) => return Ok(Some(EndReason::Shutdown)),
+            }
+        }
     }
 
     /// How many `on_delete` hooks panicked in this process (caught).

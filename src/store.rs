@@ -26,7 +26,6 @@ use std::time::Duration;
 use parking_lot::{Mutex, ReentrantMutex, RwLock};
 
 pub use config::{SessionsBuilder, Sweeper, WhenFull};
-#[cfg(feature = "http")]
 pub(crate) use error::NO_CLIENT_ADDRESS;
 pub use error::{CreateError, Refused, SessionEnded};
 pub use session::{ClientGuard, Ended, Session};

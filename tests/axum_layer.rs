@@ -395,7 +395,7 @@ fn hooks_may_use_the_request_handle_while_it_ends_the_session() {
                     async move {
                         r.get_or_create().await.unwrap().set(&key, 1).unwrap();
                         *handle.lock() = Some(r.clone());
-                        format!("{}", r.end().await)
+                        format!("{}", r.end().await.unwrap())
                     }
                 }),
             )

@@ -64,6 +64,7 @@
 
 mod extract;
 mod responses;
+mod state;
 
 use std::fmt;
 use std::future::Future;
@@ -73,12 +74,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::ConnectInfo;
+use http::header::RETRY_AFTER;
 use http::{Request, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::http::{Rejection, SessionManager, TrustedProxies};
+use crate::integrations::axum::state::{Backend, State};
 use crate::store::ClientGuard;
 
 /// A tower layer that starts a session for every request (see
@@ -116,16 +119,30 @@ pub struct SessionLayer {
 
 #[derive(Debug)]
 struct Shared {
-    manager: SessionManager,
+    backend: Backend,
     proxies: TrustedProxies,
 }
 
 impl SessionLayer {
-    /// A layer over `manager`, trusting no proxy.
+    /// A layer over the in-memory store of `manager`, trusting no proxy.
     pub fn new(manager: SessionManager) -> Self {
+        Self::over(Backend::Memory(manager))
+    }
+
+    /// A layer over a store shared by many processes through Redis: the
+    /// handlers stay the same as over [`new`](Self::new). When Redis does not
+    /// answer, the request gets `503 Service Unavailable` with `Retry-After`,
+    /// never a fresh session or an expiring cookie.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis(manager: crate::redis::RedisManager) -> Self {
+        Self::over(Backend::Redis(manager))
+    }
+
+    fn over(backend: Backend) -> Self {
         SessionLayer {
             shared: Arc::new(Shared {
-                manager,
+                backend,
                 proxies: TrustedProxies::new(),
             }),
         }
@@ -136,7 +153,7 @@ impl SessionLayer {
     pub fn trusted_proxies(self, proxies: TrustedProxies) -> Self {
         SessionLayer {
             shared: Arc::new(Shared {
-                manager: self.shared.manager.clone(),
+                backend: self.shared.backend.clone(),
                 proxies,
             }),
         }
@@ -157,7 +174,7 @@ impl<S> Layer<S> for SessionLayer {
 /// The service made by [`SessionLayer`].
 ///
 /// ```
-/// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+/// use keyed_session::http::{CookiePolicy, SessionManager};
 /// use keyed_session::integrations::axum::{SessionLayer, SessionService};
 /// use keyed_session::Sessions;
 /// use tower_layer::Layer;
@@ -169,6 +186,22 @@ impl<S> Layer<S> for SessionLayer {
 pub struct SessionService<S> {
     inner: S,
     shared: Arc<Shared>,
+}
+
+/// The layer's own answer, without calling the handler.
+fn refuse<B>(status: StatusCode, message: &'static str) -> http::Response<SessionBody<B>> {
+    let mut response = http::Response::new(SessionBody {
+        inner: None,
+        message: Some(message),
+        _client: None,
+    });
+    *response.status_mut() = status;
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
+    }
+    response
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
@@ -193,45 +226,73 @@ where
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
         let peer = self.shared.proxies.client_ip(direct, req.headers());
-        let started = self
-            .shared
-            .manager
-            .start_headers(req.headers(), peer, req.uri().path());
-        if started.rejected() == Some(Rejection::NoClientAddress) {
-            // Binding would fail open: refuse loudly instead.
-            let mut response = http::Response::new(SessionBody {
-                inner: None,
-                message: Some(crate::store::NO_CLIENT_ADDRESS),
-                _client: None,
-            });
-            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            return Box::pin(async move { Ok(response) });
-        }
-        let handle = RequestSession::new(started);
-        req.extensions_mut().insert(handle.clone());
         // The usual tower dance: call the instance that was polled ready.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let response = inner.call(req).await?;
-            let (mut parts, body) = response.into_parts();
-            let guard = {
-                let started = handle.started();
-                started.apply(&mut parts.headers);
-                is_event_stream(&parts.headers)
-                    .then(|| started.attach())
-                    .flatten()
-            };
-            Ok(http::Response::from_parts(
-                parts,
-                SessionBody {
-                    inner: Some(body),
-                    message: None,
-                    _client: guard,
-                },
-            ))
-        })
+        let inner = std::mem::replace(&mut self.inner, clone);
+        match &self.shared.backend {
+            Backend::Memory(manager) => {
+                let started = manager.start_headers(req.headers(), peer, req.uri().path());
+                let handle = RequestSession::new(State::Memory(started));
+                req.extensions_mut().insert(handle.clone());
+                Box::pin(respond(inner, req, handle))
+            }
+            #[cfg(feature = "redis")]
+            Backend::Redis(manager) => {
+                let manager = manager.clone();
+                Box::pin(async move {
+                    let path = req.uri().path().to_owned();
+                    let started = match manager.start(req.headers(), peer, &path).await {
+                        Ok(started) => started,
+                        Err(_) => {
+                            return Ok(refuse(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "the session store is unavailable; try again shortly",
+                            ));
+                        }
+                    };
+                    let handle = RequestSession::new(State::Redis(started));
+                    req.extensions_mut().insert(handle.clone());
+                    respond(inner, req, handle).await
+                })
+            }
+        }
     }
+}
+
+/// Calls the handler and adds what the response needs: the `Set-Cookie`, and
+/// an attached client for an event stream's lifetime.
+async fn respond<S, ReqBody, ResBody>(
+    mut inner: S,
+    req: Request<ReqBody>,
+    handle: RequestSession,
+) -> Result<http::Response<SessionBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = http::Response<ResBody>>,
+{
+    if handle.state().rejected() == Some(Rejection::NoClientAddress) {
+        // Binding would fail open: refuse loudly instead.
+        return Ok(refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            crate::store::NO_CLIENT_ADDRESS,
+        ));
+    }
+    let response = inner.call(req).await?;
+    let (mut parts, body) = response.into_parts();
+    let guard = {
+        let state = handle.state();
+        state.apply(&mut parts.headers);
+        is_event_stream(&parts.headers)
+            .then(|| state.attach())
+            .flatten()
+    };
+    Ok(http::Response::from_parts(
+        parts,
+        SessionBody {
+            inner: Some(body),
+            message: None,
+            _client: guard,
+        },
+    ))
 }
 
 fn is_event_stream(headers: &http::HeaderMap) -> bool {

@@ -15,8 +15,9 @@
 //! key for the per-address limit, `rev` bumped by every value write, `prev`
 //! the id before a renew; per shared key `v:<name>` its bytes, `r:<name>` its
 //! revision (it only grows, removals included, so a stale compare-and-set
-//! never succeeds) and `k:<name>` the token of the write that set it (so a
-//! write resent after a lost reply is recognised, not applied twice).
+//! never succeeds) and `k:<name>` the tokens of its last four writes (so a
+//! write resent after a lost reply is recognised, not applied twice, even when
+//! a few other writes came between).
 
 use std::sync::LazyLock;
 
@@ -46,6 +47,20 @@ local function deadline(la, it, ab)
   local d = la + it
   if ab > 0 and ab < d then d = ab end
   return d
+end
+-- The tokens of the last few writes of a key, newest first, with `token`
+-- added: how a write resent after a lost reply is recognised.
+local function remember(seen, token)
+  local kept, n = {token}, 1
+  for t in string.gmatch(seen or '', '%S+') do
+    if n >= 4 then break end
+    n = n + 1
+    kept[n] = t
+  end
+  return table.concat(kept, ' ')
+end
+local function seen_token(seen, token)
+  return string.find(' ' .. (seen or '') .. ' ', ' ' .. token .. ' ', 1, true) ~= nil
 end
 local function expiry_reason(now, ab)
   if ab > 0 and now >= ab then return 'absolute-expired' end
@@ -149,15 +164,18 @@ return head
     )
 });
 
-/// KEYS: h. ARGV: name bytes token. Reply: `{'ok', r}`, `{'gone'}`.
+/// KEYS: h. ARGV: name bytes token.
+/// Reply: `{'ok', r [, old bytes]}`, `{'gone'}`.
 pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+local old = redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])
 local r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
-redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[2], 'k:' .. ARGV[1], ARGV[3])
-return {'ok', r}
+redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[2], 'k:' .. ARGV[1],
+  remember(redis.call('HGET', KEYS[1], 'k:' .. ARGV[1]), ARGV[3]))
+return {'ok', r, old}
 "#,
     )
 });
@@ -169,13 +187,14 @@ pub(crate) static CAS: LazyLock<Script> = LazyLock::new(|| {
         r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
 local r = tonumber(redis.call('HGET', KEYS[1], 'r:' .. ARGV[1]) or '0')
-if redis.call('HGET', KEYS[1], 'k:' .. ARGV[1]) == ARGV[4] then return {'ok', r} end
+local seen = redis.call('HGET', KEYS[1], 'k:' .. ARGV[1])
+if seen_token(seen, ARGV[4]) then return {'ok', r} end
 if r ~= tonumber(ARGV[2]) then
   return {'conflict', r, redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])}
 end
 r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
-redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[3], 'k:' .. ARGV[1], ARGV[4])
+redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[3], 'k:' .. ARGV[1], remember(seen, ARGV[4]))
 return {'ok', r}
 "#,
     )

@@ -105,7 +105,8 @@ impl RedisSession {
     }
 
     /// Stores `value` under `key`: last writer wins for this key (never for
-    /// the whole session).
+    /// the whole session). The value it replaced is dropped without its
+    /// `on_delete` (see [`replace`](Self::replace)).
     ///
     /// # Errors
     /// [`SharedError::Ended`] when the session ended (anywhere) before the
@@ -116,6 +117,39 @@ impl RedisSession {
         key: &Key<T>,
         value: T,
     ) -> Result<(), SharedError> {
+        self.put(key, value).await.map(drop)
+    }
+
+    /// Stores `value` under `key` and runs the old value's `on_delete` with
+    /// cause [`Replaced`](crate::DeleteCause::Replaced) (a re-login), off the
+    /// runtime's threads.
+    ///
+    /// # Errors
+    /// As for [`set`](Self::set).
+    pub async fn replace<T: Send + Sync + 'static>(
+        &self,
+        key: &Key<T>,
+        value: T,
+    ) -> Result<(), SharedError> {
+        let Some(old) = self.put(key, value).await? else {
+            return Ok(());
+        };
+        let ctx = crate::reason::DeleteContext {
+            id: self.id(),
+            peer: self.peer,
+            cause: crate::reason::DeleteCause::Replaced,
+        };
+        let key = key.clone();
+        let _ = tokio::task::spawn_blocking(move || key.run_on_delete(old, &ctx)).await;
+        Ok(())
+    }
+
+    /// Stores `value`, handing back the value it replaced.
+    async fn put<T: Send + Sync + 'static>(
+        &self,
+        key: &Key<T>,
+        value: T,
+    ) -> Result<Option<T>, SharedError> {
         if !is_shared(key) {
             return self.set_local(key, value).await;
         }
@@ -138,7 +172,10 @@ impl RedisSession {
                     bytes: Some(bytes),
                 };
                 self.shared.lock().insert(key.name().to_owned(), field);
-                Ok(())
+                Ok(answer
+                    .get(2)
+                    .and_then(reply::bytes)
+                    .and_then(|old| key.load_value(&mut &old[..]).ok()))
             }
             "gone" => Err(SharedError::Ended),
             other => Err(SharedError::protocol(format!("put answered {other:?}"))),
@@ -149,7 +186,7 @@ impl RedisSession {
         &self,
         key: &Key<T>,
         value: T,
-    ) -> Result<(), SharedError> {
+    ) -> Result<Option<T>, SharedError> {
         let id = self.id();
         let mut conn = self.engine.conn.clone();
         let alive: bool = tokio::time::timeout(
@@ -175,8 +212,7 @@ impl RedisSession {
                 }
             }
         };
-        drop(old.and_then(take_value::<T>));
-        Ok(())
+        Ok(old.and_then(take_value::<T>))
     }
 
     /// Runs `f` on the value under `key` (made by `init` when absent) and
@@ -190,22 +226,49 @@ impl RedisSession {
     pub async fn update<T: Send + Sync + 'static, R>(
         &self,
         key: &Key<T>,
-        mut init: impl FnMut() -> T,
-        mut f: impl FnMut(&mut T) -> R,
+        init: impl FnMut() -> T,
+        f: impl FnMut(&mut T) -> R,
     ) -> Result<R, SharedError> {
+        self.modify(key, Some(init), f)
+            .await?
+            .ok_or(SharedError::Ended)
+    }
+
+    /// Runs `f` on the value under `key` if there is one, and stores the
+    /// result (a compare-and-set for a shared key, as in
+    /// [`update`](Self::update)); `None` when there is no value.
+    ///
+    /// # Errors
+    /// As for [`update`](Self::update).
+    pub async fn with_mut<T: Send + Sync + 'static, R>(
+        &self,
+        key: &Key<T>,
+        f: impl FnMut(&mut T) -> R,
+    ) -> Result<Option<R>, SharedError> {
+        self.modify(key, None::<fn() -> T>, f).await
+    }
+
+    async fn modify<T: Send + Sync + 'static, R>(
+        &self,
+        key: &Key<T>,
+        mut init: Option<impl FnMut() -> T>,
+        mut f: impl FnMut(&mut T) -> R,
+    ) -> Result<Option<R>, SharedError> {
         if !is_shared(key) {
-            if !self.contains(key) {
+            if let Some(init) = init.as_mut().filter(|_| !self.contains(key)) {
                 self.set_local(key, init()).await?;
             }
-            let part = self.local().ok_or(SharedError::Ended)?;
+            let Some(part) = self.local() else {
+                return Ok(None);
+            };
             let mut slots = borrow::write(&part.values, "update a value");
-            let i = slots.position(key.id()).ok_or(SharedError::Ended)?;
-            let value = slots.get_mut(i).ok_or(SharedError::Ended)?;
-            return value
-                .value_mut()
-                .downcast_mut::<T>()
-                .map(&mut f)
-                .ok_or(SharedError::Ended);
+            let Some(i) = slots.position(key.id()) else {
+                return Ok(None);
+            };
+            return Ok(slots
+                .get_mut(i)
+                .and_then(|slot| slot.value_mut().downcast_mut::<T>())
+                .map(&mut f));
         }
         let token = SessionId::random().to_string();
         let attempts = self.engine.config.update_attempts;
@@ -215,9 +278,10 @@ impl RedisSession {
             (field.rev, field.bytes)
         };
         for attempt in 0..attempts {
-            let mut value = match &bytes {
-                Some(b) => key.load_value(&mut &b[..]).map_err(SharedError::Value)?,
-                None => init(),
+            let mut value = match (&bytes, init.as_mut()) {
+                (Some(b), _) => key.load_value(&mut &b[..]).map_err(SharedError::Value)?,
+                (None, Some(init)) => init(),
+                (None, None) => return Ok(None),
             };
             let result = f(&mut value);
             let mut out = Vec::new();
@@ -230,7 +294,13 @@ impl RedisSession {
                 .arg(rev)
                 .arg(&out)
                 .arg(&token);
-            let answer = self.engine.run(&call).await?;
+            // A reply lost with the connection: the same write once more,
+            // with the same token, which the script recognises if it was
+            // applied.
+            let answer = match self.engine.run(&call).await {
+                Err(SharedError::Unavailable(_)) => self.engine.run(&call).await?,
+                answer => answer?,
+            };
             match reply::tag(&answer) {
                 "ok" => {
                     let rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
@@ -239,7 +309,7 @@ impl RedisSession {
                         bytes: Some(out),
                     };
                     self.shared.lock().insert(key.name().to_owned(), field);
-                    return Ok(result);
+                    return Ok(Some(result));
                 }
                 "conflict" => {
                     if attempt + 1 < attempts {

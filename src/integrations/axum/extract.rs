@@ -10,9 +10,10 @@ use http::request::Parts;
 use parking_lot::Mutex;
 
 use crate::error::Error;
-use crate::http::Started;
 use crate::id::SessionId;
+use crate::integrations::axum::state::{Current, State};
 use crate::key::Key;
+use crate::reason::EndReason;
 use crate::store::{ClientGuard, Session};
 
 /// The request's session, as the one extractor a handler needs: read values
@@ -31,6 +32,13 @@ use crate::store::{ClientGuard, Session};
 /// handler does not change when the store does. A closure given to `update`
 /// or `with_mut` is `FnMut` for the same reason: a shared store re-runs it when
 /// another process changed the value first.
+///
+/// The same handler runs over the in-memory store
+/// ([`SessionLayer::new`](crate::integrations::axum::SessionLayer::new)) and,
+/// with the `redis` feature, over one shared by many processes
+/// ([`SessionLayer::redis`](crate::integrations::axum::SessionLayer)): only
+/// [`session`](Self::session), [`attach`](Self::attach) and
+/// [`remember`](Self::remember) are the in-memory store's alone.
 ///
 /// Locking: the handle's own mutex is held only to read or update the
 /// request's state, never while the store runs user code (`on_delete` hooks of
@@ -77,7 +85,7 @@ use crate::store::{ClientGuard, Session};
 /// # });
 /// ```
 #[derive(Clone)]
-pub struct RequestSession(Arc<Mutex<Started>>);
+pub struct RequestSession(Arc<Mutex<State>>);
 
 impl fmt::Debug for RequestSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -87,29 +95,49 @@ impl fmt::Debug for RequestSession {
     }
 }
 
+/// Runs `$body` with `$s` bound to the session handle of either store.
+macro_rules! either {
+    ($current:expr, $s:ident => $body:expr) => {
+        match $current {
+            Current::Memory($s) => $body,
+            #[cfg(feature = "redis")]
+            Current::Redis($s) => $body,
+        }
+    };
+}
+
 impl RequestSession {
-    pub(crate) fn new(started: Started) -> Self {
-        RequestSession(Arc::new(Mutex::new(started)))
+    pub(crate) fn new(state: State) -> Self {
+        RequestSession(Arc::new(Mutex::new(state)))
     }
 
     /// The request's state, for the layer's response.
-    pub(crate) fn started(&self) -> parking_lot::MutexGuard<'_, Started> {
+    pub(crate) fn state(&self) -> parking_lot::MutexGuard<'_, State> {
         self.0.lock()
     }
 
-    /// The session, if the request has one (never creates one).
+    fn current(&self) -> Option<Current> {
+        self.0.lock().current()
+    }
+
+    /// The in-memory store's session handle, if the request has a session
+    /// (never creates one; `None` over a Redis store).
     pub fn session(&self) -> Option<Session> {
-        self.0.lock().session().cloned()
+        match self.current()? {
+            Current::Memory(s) => Some(s),
+            #[cfg(feature = "redis")]
+            Current::Redis(_) => None,
+        }
     }
 
     /// The session's id, if the request has a session.
     pub fn id(&self) -> Option<SessionId> {
-        self.session().map(|s| s.id())
+        self.current().map(|s| s.id())
     }
 
     /// A clone of the value under `key`; `None` without a session or value.
     pub fn get<T: Clone + Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
-        self.session()?.get(key)
+        either!(self.current()?, s => s.get(key))
     }
 
     /// Runs `f` on the value under `key`; `None` without a session or value.
@@ -118,38 +146,27 @@ impl RequestSession {
         key: &Key<T>,
         f: impl FnOnce(&T) -> R,
     ) -> Option<R> {
-        self.session()?.with(key, f)
-    }
-
-    /// Runs `f` on the value under `key`, mutably; `None` without a session
-    /// or value (it creates neither).
-    pub async fn with_mut<T: Send + Sync + 'static, R>(
-        &self,
-        key: &Key<T>,
-        f: impl FnMut(&mut T) -> R,
-    ) -> Option<R> {
-        self.session()?.with_mut(key, f)
+        either!(self.current()?, s => s.with(key, f))
     }
 
     /// Whether the session holds a value under `key` (`false` without one).
     pub fn contains<T: Send + Sync + 'static>(&self, key: &Key<T>) -> bool {
-        self.session().is_some_and(|s| s.contains(key))
+        self.current()
+            .is_some_and(|c| either!(c, s => s.contains(key)))
     }
 
     /// Stores `value` under `key`, creating the session if the request has
-    /// none, and hands back the value it replaced; see
-    /// [`Session::set`](crate::Session::set).
+    /// none. The value it replaces is dropped (see [`replace`](Self::replace)).
     ///
     /// # Errors
-    /// As for [`get_or_create`](Self::get_or_create), and [`Error::Ended`]
-    /// when the session ended meanwhile (the value is dropped: use
-    /// [`session`](Self::session) and `Session::set` to get it back).
-    pub async fn set<T: Send + Sync + 'static>(
-        &self,
-        key: &Key<T>,
-        value: T,
-    ) -> Result<Option<T>, Error> {
-        Ok(self.get_or_create().await?.set(key, value)?)
+    /// As for [`open`](Self::open), and [`Error::Ended`] when the session
+    /// ended meanwhile (the value is dropped).
+    pub async fn set<T: Send + Sync + 'static>(&self, key: &Key<T>, value: T) -> Result<(), Error> {
+        match self.open_current().await? {
+            Current::Memory(s) => s.set(key, value).map(drop).map_err(Error::from),
+            #[cfg(feature = "redis")]
+            Current::Redis(s) => Ok(s.set(key, value).await?),
+        }
     }
 
     /// Stores `value` under `key` (creating the session if need be) and runs
@@ -164,92 +181,180 @@ impl RequestSession {
         key: &Key<T>,
         value: T,
     ) -> Result<(), Error> {
-        Ok(self.get_or_create().await?.replace(key, value)?)
+        match self.open_current().await? {
+            Current::Memory(s) => s.replace(key, value).map_err(Error::from),
+            #[cfg(feature = "redis")]
+            Current::Redis(s) => Ok(s.replace(key, value).await?),
+        }
     }
 
     /// Runs `f` on the value under `key`, made by `init` if absent, creating
     /// the session if need be; see [`Session::update`](crate::Session::update).
+    /// Over a shared store a write by another process first makes `f` run
+    /// again on its value: no update is lost.
     ///
     /// # Errors
-    /// As for [`set`](Self::set).
+    /// As for [`set`](Self::set); [`Error::Contended`] when a shared value
+    /// kept changing.
     pub async fn update<T: Send + Sync + 'static, R>(
         &self,
         key: &Key<T>,
         init: impl FnMut() -> T,
         f: impl FnMut(&mut T) -> R,
     ) -> Result<R, Error> {
-        Ok(self.get_or_create().await?.update(key, init, f)?)
+        match self.open_current().await? {
+            Current::Memory(s) => Ok(s.update(key, init, f)?),
+            #[cfg(feature = "redis")]
+            Current::Redis(s) => Ok(s.update(key, init, f).await?),
+        }
+    }
+
+    /// Runs `f` on the value under `key`, mutably; `Ok(None)` without a
+    /// session or value (it creates neither).
+    ///
+    /// # Errors
+    /// Over a shared store, as for [`update`](Self::update).
+    pub async fn with_mut<T: Send + Sync + 'static, R>(
+        &self,
+        key: &Key<T>,
+        f: impl FnMut(&mut T) -> R,
+    ) -> Result<Option<R>, Error> {
+        match self.current() {
+            None => Ok(None),
+            Some(Current::Memory(s)) => Ok(s.with_mut(key, f)),
+            #[cfg(feature = "redis")]
+            Some(Current::Redis(s)) => Ok(s.with_mut(key, f).await?),
+        }
     }
 
     /// Takes the value under `key` out of the session, without running its
-    /// `on_delete`; `None` without a session or value.
-    pub async fn remove<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
-        self.session()?.remove(key)
+    /// `on_delete`; `Ok(None)` without a session or value.
+    ///
+    /// # Errors
+    /// Over a shared store, [`Error::Ended`] or [`Error::Unavailable`].
+    pub async fn remove<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Result<Option<T>, Error> {
+        match self.current() {
+            None => Ok(None),
+            Some(Current::Memory(s)) => Ok(s.remove(key)),
+            #[cfg(feature = "redis")]
+            Some(Current::Redis(s)) => Ok(s.remove(key).await?),
+        }
     }
 
-    /// The session, created now if the request has none. This handle's
-    /// writes call it; call it directly for a session that must exist before
-    /// anything is stored (an event stream, say).
+    /// Makes sure the request has a session (creating it now if need be) and
+    /// returns its id: for a page that needs a session before anything is
+    /// stored (an event stream, say). The writes call it themselves.
     ///
     /// # Errors
     /// [`Error::Create`] when the store refuses a new session,
-    /// [`Error::OutOfScope`] when the request is outside the cookie's path.
+    /// [`Error::OutOfScope`] when the request is outside the cookie's path,
+    /// [`Error::Unavailable`] when a shared store does not answer.
+    pub async fn open(&self) -> Result<SessionId, Error> {
+        Ok(self.open_current().await?.id())
+    }
+
+    /// The in-memory store's session, created now if need be (see
+    /// [`open`](Self::open) for either store).
+    ///
+    /// # Errors
+    /// As for [`open`](Self::open); [`Error::Unsupported`] over a Redis
+    /// store.
     pub async fn get_or_create(&self) -> Result<Session, Error> {
+        match self.open_current().await? {
+            Current::Memory(s) => Ok(s),
+            #[cfg(feature = "redis")]
+            Current::Redis(_) => Err(Error::Unsupported(
+                "get_or_create over a Redis store; use open",
+            )),
+        }
+    }
+
+    async fn open_current(&self) -> Result<Current, Error> {
         // The create runs with this handle's lock released: an eviction it
         // causes runs hooks, which may use this request's session handle.
-        let (sessions, peer) = match self.0.lock().session_or_creator()? {
-            Ok(session) => return Ok(session),
+        let creator = match self.0.lock().current_or_creator()? {
+            Ok(current) => return Ok(current),
             Err(creator) => creator,
         };
-        let created = sessions.create(peer)?;
+        let store = self.0.lock().store();
+        let created = creator.create().await?;
         let adopted = self.0.lock().adopt(created);
         match adopted {
-            Ok(session) => Ok(session),
+            Ok(current) => Ok(current),
             Err((kept, extra)) => {
-                sessions.delete(&extra.id());
+                store.delete(&extra.id()).await?;
                 Ok(kept)
             }
         }
     }
 
     /// New id, same values, new cookie: call it after a login or any change
-    /// of privilege; see [`Started::renew`].
+    /// of privilege.
     ///
     /// # Errors
     /// [`Error::Ended`] when there is no live session.
     pub async fn renew(&self) -> Result<SessionId, Error> {
         // No lock held while the store works (a renew of an expired session
         // ends it, running hooks); the response compares the ids anyway.
-        let (session, sessions) = {
-            let started = self.0.lock();
-            let session = started.session().cloned().ok_or(Error::Ended)?;
-            (session, started.sessions().clone())
+        let (current, store) = {
+            let state = self.0.lock();
+            (state.current().ok_or(Error::Ended)?, state.store())
         };
-        Ok(sessions.renew(&session)?)
+        store.renew(&current).await
     }
 
     /// "Remember me": this session's own idle timeout and a persistent cookie
-    /// that follows it; see [`Started::remember`].
+    /// that follows it; see [`Started::remember`](crate::http::Started::remember).
     ///
     /// # Errors
-    /// [`Error::Ended`] when there is no live session.
+    /// [`Error::Ended`] when there is no live session;
+    /// [`Error::Unsupported`] over a Redis store.
     pub async fn remember(&self, idle: Duration) -> Result<(), Error> {
-        Ok(self.0.lock().remember(idle)?)
+        match &mut *self.0.lock() {
+            State::Memory(s) => Ok(s.remember(idle)?),
+            #[cfg(feature = "redis")]
+            State::Redis(_) => Err(Error::Unsupported("remember over a Redis store")),
+        }
     }
 
     /// Ends the session (reason [`Deleted`](crate::EndReason::Deleted)) and
-    /// expires the cookie; `false` when there was none. Its `on_delete` hooks
-    /// run on this thread before it returns, with no lock of this handle held.
-    pub async fn end(&self) -> bool {
-        let (session, sessions) = {
-            let mut started = self.0.lock();
-            (started.take_for_end(), started.sessions().clone())
+    /// expires the cookie; `Ok(false)` when there was none. This process's
+    /// `on_delete` hooks ran when it returns, with no lock of this handle held.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when a shared store does not answer (the
+    /// cookie is expired anyway).
+    pub async fn end(&self) -> Result<bool, Error> {
+        let (current, store) = {
+            let mut state = self.0.lock();
+            (state.take_for_end(), state.store())
         };
-        session.is_some_and(|s| sessions.delete(&s.id()))
+        match current {
+            Some(current) => store.delete(&current.id()).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Resolves with the reason when the request's session ends, wherever it
+    /// is ended; `None` when the request has no live session.
+    pub async fn ended(&self) -> Option<EndReason> {
+        match self.current()? {
+            Current::Memory(s) => Some(s.ended().await),
+            #[cfg(feature = "redis")]
+            Current::Redis(s) => {
+                let store = match self.0.lock().store() {
+                    crate::integrations::axum::state::Store::Redis(store) => store,
+                    crate::integrations::axum::state::Store::Memory(_) => return None,
+                };
+                store.ended(&s.id()).await.ok().flatten()
+            }
+        }
     }
 
     /// Attaches a client for a websocket's lifetime: move the guard into the
-    /// upgraded connection's task. `None` without a live session.
+    /// upgraded connection's task. `None` without a live session, and over a
+    /// Redis store (there, [`RedisSession::touch`](crate::redis::RedisSession::touch)
+    /// keeps a session in use alive).
     pub fn attach(&self) -> Option<ClientGuard> {
         self.0.lock().attach()
     }
