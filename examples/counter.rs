@@ -32,7 +32,9 @@ use keyed_session::http::{CookiePolicy, SessionManager};
 use keyed_session::integrations::axum::{RequestSession, SessionLayer};
 use keyed_session::{Error, Event, IpBinding, Key, RecvError, SessionId, Sessions, Subscription};
 
-static VISITS: Key<u64> = Key::new("visits");
+/// The count: `save`/`load` (here by serde) make it survive a restart, and
+/// make it *shared* over a store of many processes (`redis_counter`).
+static VISITS: Key<u64> = Key::new("visits").serde();
 
 /// How many events the page lists.
 const RECENT: usize = 8;

@@ -366,28 +366,55 @@ impl RedisSessions {
     }
 
     /// Resolves when session `id` ends, anywhere, with the reason (following
-    /// it through renews); `None` when it is not alive now. Needs a subscriber
-    /// slot for as long as it waits.
+    /// it through renews), or with [`Shutdown`](EndReason::Shutdown) when this
+    /// process's store shuts down. A session that already ended gives its
+    /// reason while its tombstone lasts (the event retention); `None` for an
+    /// id Redis knows nothing of.
     ///
     /// # Errors
     /// [`SharedError::Unavailable`] when Redis does not answer the first
     /// check.
     pub async fn ended(&self, id: &SessionId) -> Result<Option<EndReason>, SharedError> {
         let events = self.subscribe();
+        let mut stop = self.engine.stop.subscribe();
+        if *stop.borrow_and_update() {
+            return Ok(Some(EndReason::Shutdown));
+        }
         let mut id = *id;
-        let k = self.engine.keys(&id);
-        let mut conn = self.engine.conn.clone();
-        let alive: bool = tokio::time::timeout(
-            self.engine.config.response_timeout,
-            redis::cmd("EXISTS").arg(&k.hash).query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| crate::redis::engine::timeout_error())??;
-        if !alive {
-            return Ok(None);
+        // Subscribed first, then checked: an end in between is in both.
+        for _ in 0..16 {
+            let k = self.engine.keys(&id);
+            let mut conn = self.engine.conn.clone();
+            let (alive, tomb): (bool, Option<String>) = tokio::time::timeout(
+                self.engine.config.response_timeout,
+                redis::pipe()
+                    .exists(&k.hash)
+                    .get(&k.tomb)
+                    .query_async(&mut conn),
+            )
+            .await
+            .map_err(|_| crate::redis::engine::timeout_error())??;
+            if alive {
+                break;
+            }
+            // Gone: its tombstone says why (while events are retained), or
+            // where a renew took it.
+            match tomb.as_deref().map(|t| t.strip_prefix("renewed:").ok_or(t)) {
+                Some(Ok(new)) => match new.parse() {
+                    Ok(new) => id = new,
+                    Err(_) => return Ok(None),
+                },
+                Some(Err(reason)) => return Ok(EndReason::from_name(reason)),
+                None => return Ok(None),
+            }
         }
         loop {
-            match events.recv().await {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                // This process shuts down: for it, the session is over.
+                _ = stop.changed() => return Ok(Some(EndReason::Shutdown)),
+            };
+            match event {
                 Ok(crate::events::Event::End {
                     id: ended, reason, ..
                 }) if ended == id => {

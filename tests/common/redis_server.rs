@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! A real `redis-server` for a test: its own free port on 127.0.0.1, no
 //! persistence, killed on drop, restartable.
 //!

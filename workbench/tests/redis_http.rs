@@ -1,0 +1,118 @@
+//! The `redis_counter` example: two servers (two stores, as two processes
+//! would have) over one real `redis-server`, driven over real sockets by one
+//! browser-like client.
+
+mod common;
+#[allow(dead_code)]
+#[path = "../../examples/redis_counter.rs"]
+mod redis_counter;
+#[path = "../../tests/common/redis_server.rs"]
+mod redis_server;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::set_cookie;
+use keyed_session::IpBinding;
+use keyed_session::redis::RedisSessions;
+use redis_server::RedisServer;
+use reqwest::StatusCode;
+
+async fn serve(sessions: &RedisSessions) -> String {
+    let app = redis_counter::app(sessions);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    format!("http://{addr}")
+}
+
+/// The number in the page's one `<h1>`.
+fn count(page: &str) -> u64 {
+    assert_eq!(page.matches("<h1").count(), 1, "{page}");
+    let start = page.find("<h1>").unwrap() + 4;
+    let end = page[start..].find("</h1>").unwrap() + start;
+    page[start..end].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_over_one_redis_share_count_renew_and_logout() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let store = || {
+        RedisSessions::builder(&server.url())
+            .namespace("http")
+            .ip_binding(IpBinding::Exact)
+            .sweep_every(None)
+            .build()
+    };
+    let (one, two) = (store().await.unwrap(), store().await.unwrap());
+    let (a, b) = (serve(&one).await, serve(&two).await);
+    // One cookie jar for both: cookies do not depend on the port.
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = |base: &str| {
+        let client = client.clone();
+        let url = format!("{base}/");
+        async move { client.get(url).send().await.unwrap() }
+    };
+
+    let first = page(&a).await;
+    assert!(
+        set_cookie(&first).is_some(),
+        "the first write creates the session"
+    );
+    assert_eq!(count(&first.text().await.unwrap()), 1);
+    assert_eq!(count(&page(&b).await.text().await.unwrap()), 2);
+    assert_eq!(count(&page(&a).await.text().await.unwrap()), 3);
+
+    let renewed = client.post(format!("{b}/renew")).send().await.unwrap();
+    assert_eq!(renewed.status(), StatusCode::SEE_OTHER);
+    assert!(set_cookie(&renewed).is_some(), "the new id is sent");
+    assert_eq!(
+        count(&page(&a).await.text().await.unwrap()),
+        4,
+        "the other server follows"
+    );
+
+    let out = client.post(format!("{a}/logout")).send().await.unwrap();
+    assert!(set_cookie(&out).unwrap().contains("Max-Age=0"));
+    assert!(out.text().await.unwrap().contains("Logged out"));
+    assert_eq!(
+        count(&page(&b).await.text().await.unwrap()),
+        1,
+        "a fresh session"
+    );
+
+    // Redis gone: 503 with Retry-After, no cookie, no fresh session.
+    server.stop();
+    let down = page(&b).await;
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(down.headers()["retry-after"], "1");
+    assert!(set_cookie(&down).is_none());
+    // Back: service resumes by itself (the data went with the old server).
+    server.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = page(&a).await;
+        if resp.status() == StatusCode::OK {
+            assert_eq!(count(&resp.text().await.unwrap()), 1);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service never resumed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
