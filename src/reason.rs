@@ -29,17 +29,22 @@ pub enum EndReason {
     IpMismatch,
     /// [`Sessions::shutdown`](crate::Sessions::shutdown), or the store was dropped.
     Shutdown,
+    /// A store shared through Redis lost the session's data (a restart
+    /// without persistence, a failover, `FLUSHDB`, eviction under memory
+    /// pressure): found missing, with no trace of how it ended.
+    Vanished,
 }
 
 impl EndReason {
     /// Every reason, in the order of `index` (internal: the enum may grow).
-    pub(crate) const ALL: [EndReason; 6] = [
+    pub(crate) const ALL: [EndReason; 7] = [
         EndReason::IdleExpired,
         EndReason::AbsoluteExpired,
         EndReason::Deleted,
         EndReason::Evicted,
         EndReason::IpMismatch,
         EndReason::Shutdown,
+        EndReason::Vanished,
     ];
 
     /// A dense index (0..6) of the reason, for counting by reason (internal).
@@ -51,6 +56,7 @@ impl EndReason {
             EndReason::Evicted => 3,
             EndReason::IpMismatch => 4,
             EndReason::Shutdown => 5,
+            EndReason::Vanished => 6,
         }
     }
 
@@ -80,6 +86,7 @@ impl EndReason {
             EndReason::Evicted => "evicted",
             EndReason::IpMismatch => "ip-mismatch",
             EndReason::Shutdown => "shutdown",
+            EndReason::Vanished => "vanished",
         }
     }
 }

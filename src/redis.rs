@@ -115,6 +115,7 @@ impl RedisSessions {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
         let event_capacity = config.event_capacity;
         let sweep_every = config.sweep_every;
+        let reconcile_every = config.reconcile_every;
         let engine = Arc::new(Engine {
             config,
             conn,
@@ -124,6 +125,7 @@ impl RedisSessions {
             ending: Mutex::new(Default::default()),
             ended: Notify::new(),
             waiting: Mutex::new(HashMap::new()),
+            reconciled: Mutex::new(Default::default()),
             stop: watch::channel(false).0,
         });
         // Events from now on (by the clock of the machine; a few
@@ -138,6 +140,13 @@ impl RedisSessions {
             format!("{start_ms}-0"),
             engine.stop.subscribe(),
         ));
+        if let Some(every) = reconcile_every {
+            tokio::spawn(reader::reconcile(
+                Arc::downgrade(&engine),
+                every,
+                engine.stop.subscribe(),
+            ));
+        }
         if let Some(every) = sweep_every {
             tokio::spawn(reader::sweep(
                 Arc::downgrade(&engine),
@@ -425,6 +434,18 @@ impl RedisSessions {
                 Err(_) => return Ok(Some(EndReason::Shutdown)),
             }
         }
+    }
+
+    /// Checks this process's local parts against Redis now (the background
+    /// task does it every `reconcile_every`): ends the ones whose session
+    /// ended unseen (with the reason its tombstone keeps) or whose data Redis
+    /// lost ([`EndReason::Vanished`]), re-keys the ones renewed unseen.
+    /// Returns how many it ended.
+    ///
+    /// # Errors
+    /// [`SharedError::Unavailable`].
+    pub async fn reconcile(&self) -> Result<usize, SharedError> {
+        self.engine.reconcile().await
     }
 
     /// How many `on_delete` hooks panicked in this process (caught).

@@ -396,3 +396,74 @@ async fn an_outage_fails_cleanly_and_service_resumes() {
         Err(SharedError::Refused(Refused::NotFound))
     ));
 }
+
+/// Redis restarted without persistence: a session this process held local
+/// values of is gone without a trace. Reconciliation ends it here with
+/// `Vanished`, its local hooks once, one `End`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_lost_with_redis_end_as_vanished() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let reasons = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&reasons);
+    let socket: Key<u8> = Key::builder("socket")
+        .on_delete(move |_, ctx| seen.lock().push(ctx.end_reason()))
+        .build();
+    let store = builder(&server, "vanish")
+        .reconcile_every(None)
+        .build()
+        .await
+        .unwrap();
+    let events = store.subscribe();
+    let kept = store.create(None).await.unwrap();
+    kept.set(&socket, 1).await.unwrap();
+    assert!(matches!(next(&events).await, Event::Begin { .. }));
+    assert_eq!(store.reconcile().await.unwrap(), 0, "alive: nothing to do");
+
+    server.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let ended = loop {
+        match store.reconcile().await {
+            Ok(n) => break n,
+            Err(SharedError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(ended, 1);
+    assert_eq!(*reasons.lock(), [Some(EndReason::Vanished)]);
+    match next(&events).await {
+        Event::End { id, reason, .. } => assert_eq!((id, reason), (kept.id(), EndReason::Vanished)),
+        other => panic!("expected End, got {other:?}"),
+    }
+    assert_eq!(store.reconcile().await.unwrap(), 0, "once");
+    assert_eq!(reasons.lock().len(), 1);
+}
+
+/// A renew this store did not see (its reader is not told) is found by
+/// reconciliation through the tombstone: the local value follows the new id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_follows_a_renew_through_its_tombstone() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = pair(&server, "rekey").await;
+    let s = a.create(None).await.unwrap();
+    let (tx, _rx) = mpsc::channel();
+    let seen = b.get(&s.id(), None).await.unwrap();
+    seen.set(&CHANNEL, tx).await.unwrap();
+    let new = a.renew(&s).await.unwrap();
+    // Whichever comes first, the event or reconciliation, b's local value
+    // ends up under the new id, and nothing is ended.
+    assert_eq!(b.reconcile().await.unwrap(), 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !b.get(&new, None).await.unwrap().contains(&CHANNEL) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the local value never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

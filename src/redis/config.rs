@@ -30,6 +30,7 @@ pub(crate) struct Config {
     pub(crate) response_timeout: Duration,
     pub(crate) retention: Duration,
     pub(crate) sweep_every: Option<Duration>,
+    pub(crate) reconcile_every: Option<Duration>,
     pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) update_attempts: u32,
     pub(crate) event_capacity: usize,
@@ -92,6 +93,7 @@ impl RedisSessionsBuilder {
                 response_timeout: Duration::from_millis(250),
                 retention: Duration::from_secs(3600),
                 sweep_every: Some(Duration::from_secs(1)),
+                reconcile_every: Some(Duration::from_secs(60)),
                 clock: None,
                 update_attempts: 16,
                 event_capacity: 1024,
@@ -171,6 +173,16 @@ impl RedisSessionsBuilder {
     /// lookups end expired sessions.
     pub fn sweep_every(mut self, every: Option<Duration>) -> Self {
         self.config.sweep_every = every;
+        self
+    }
+
+    /// How often this process checks its local parts against Redis (default
+    /// every 60 s, with jitter): the backstop for an event it missed, and how
+    /// a session whose data Redis lost ends, with
+    /// [`EndReason::Vanished`](crate::EndReason::Vanished). `None`: only
+    /// [`RedisSessions::reconcile`].
+    pub fn reconcile_every(mut self, every: Option<Duration>) -> Self {
+        self.config.reconcile_every = every;
         self
     }
 

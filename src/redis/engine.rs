@@ -57,6 +57,9 @@ pub(crate) struct Engine {
     /// Callers of `delete` waiting for the reader to have run this process's
     /// local hooks for an id.
     pub(crate) waiting: Mutex<HashMap<SessionId, Vec<oneshot::Sender<()>>>>,
+    /// Ends that reconciliation found and handled (hooks, `End`) before the
+    /// reader saw their event, if it ever does: the reader then skips it.
+    pub(crate) reconciled: Mutex<HashSet<SessionId>>,
     /// Changed (or dropped with the engine) to stop the background tasks.
     pub(crate) stop: watch::Sender<bool>,
 }
@@ -261,6 +264,60 @@ impl Engine {
                 values: RwLock::new(Slots::default()),
             })
         }))
+    }
+
+    /// Checks every local part against Redis (pipelined): a session renewed
+    /// or ended whose event this process missed is re-keyed or ended with the
+    /// reason its tombstone keeps; one with no trace at all ends with
+    /// [`EndReason::Vanished`]. Returns how many it ended.
+    pub(crate) async fn reconcile(&self) -> Result<usize, SharedError> {
+        let ids: Vec<SessionId> = self.locals.lock().keys().copied().collect();
+        let mut ended = 0;
+        for chunk in ids.chunks(256) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                let k = self.keys(id);
+                pipe.exists(&k.hash).get(&k.tomb);
+            }
+            let mut conn = self.conn.clone();
+            let found: Vec<Value> = tokio::time::timeout(
+                self.config.response_timeout * 4,
+                pipe.query_async(&mut conn),
+            )
+            .await
+            .map_err(|_| timeout_error())??;
+            for (id, pair) in chunk.iter().zip(found.chunks_exact(2)) {
+                if reply::int(&pair[0]) == Some(1) {
+                    continue;
+                }
+                let tomb = reply::text(&pair[1]);
+                if let Some(new) = tomb.and_then(|t| t.strip_prefix("renewed:")) {
+                    if let Ok(new) = new.parse::<SessionId>() {
+                        self.rekey(id, new);
+                        continue;
+                    }
+                }
+                let reason = tomb
+                    .and_then(EndReason::from_name)
+                    .unwrap_or(EndReason::Vanished);
+                let peer = self.locals.lock().get(id).and_then(|p| p.peer);
+                self.reconciled.lock().insert(*id);
+                self.end_locally(*id, reason).await;
+                self.events.send(crate::events::Event::End {
+                    id: *id,
+                    peer,
+                    reason,
+                });
+                self.handled(id);
+                ended += 1;
+            }
+        }
+        // Entries whose event never came are forgotten after a while.
+        let mut reconciled = self.reconciled.lock();
+        if reconciled.len() > 10_000 {
+            reconciled.clear();
+        }
+        Ok(ended)
     }
 
     /// Moves the local part of `old` to `new` (a renew, here or elsewhere).

@@ -114,6 +114,11 @@ async fn handle(engine: &Engine, fields: &[(String, String)]) {
             }
         }
         (Some("end"), Some(id)) => {
+            if engine.reconciled.lock().remove(&id) {
+                // Reconciliation found this end first and did its part.
+                engine.handled(&id);
+                return;
+            }
             let reason = get("r")
                 .and_then(EndReason::from_name)
                 .unwrap_or(EndReason::Deleted);
@@ -177,6 +182,23 @@ fn stream_entries(v: Value) -> Vec<(String, Vec<Entry>)> {
             Some((name, entries))
         })
         .collect()
+}
+
+/// Reconciles this process's local parts with Redis every `every` (± a
+/// quarter), until the store stops.
+pub(crate) async fn reconcile(
+    engine: Weak<Engine>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let jitter = every.mul_f64(0.75 + rand::random::<f64>() / 2.0);
+        if pause(&mut stop, jitter).await {
+            return;
+        }
+        let Some(e) = engine.upgrade() else { return };
+        let _ = e.reconcile().await;
+    }
 }
 
 /// Sweeps one shard per tick, in turn, each tick `every` ± a quarter of it at

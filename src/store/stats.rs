@@ -24,7 +24,7 @@ pub struct Stats {
     /// Sessions created since the store was built.
     pub created: u64,
     /// Sessions ended, by reason; read with [`ended_by`](Self::ended_by).
-    ended: [u64; 6],
+    ended: [u64; 7],
     /// Lookups refused because the id was unknown.
     pub refused_not_found: u64,
     /// Lookups refused because the session had expired.
@@ -68,7 +68,7 @@ impl Stats {
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) created: AtomicU64,
-    pub(crate) ended: [AtomicU64; 6],
+    pub(crate) ended: [AtomicU64; 7],
     pub(crate) refused: [AtomicU64; 3],
     pub(crate) create_refused: AtomicU64,
     pub(crate) hook_panics: AtomicU64,
