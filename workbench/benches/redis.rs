@@ -165,7 +165,7 @@ async fn main() {
         .await
         .unwrap();
     let pool = Pool::new(Config::from_url(&url).unwrap(), None, None, None, 6).unwrap();
-    let _ = pool.connect();
+    drop(pool.connect()); // the connection task runs on its own
     pool.wait_for_connect().await.unwrap();
     let tower = RedisStore::new(pool);
 
@@ -374,7 +374,7 @@ async fn main() {
     }
     let keyed_kept = keyed.get(&id, None).await.unwrap().get(&COUNTER).unwrap();
     let pool_two = Pool::new(Config::from_url(&url).unwrap(), None, None, None, 6).unwrap();
-    let _ = pool_two.connect();
+    drop(pool_two.connect());
     pool_two.wait_for_connect().await.unwrap();
     let tower_two = RedisStore::new(pool_two);
     let mut r = record(Id::default(), 0);
