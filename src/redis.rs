@@ -126,6 +126,7 @@ impl RedisSessions {
             ended: Notify::new(),
             waiting: Mutex::new(HashMap::new()),
             reconciled: Mutex::new(Default::default()),
+            seen: Mutex::new(HashMap::new()),
             stop: watch::channel(false).0,
         });
         // Events from now on (by the clock of the machine; a few
@@ -243,6 +244,7 @@ impl RedisSessions {
         let e = &self.engine;
         let k = e.keys(id);
         let id_text = id.to_string();
+        let known = e.seen.lock().get(id).map(|(rev, _)| rev.clone());
         let mut call = scripts::LOAD.prepare_invoke();
         call.key(&k.hash)
             .key(&k.due)
@@ -252,7 +254,7 @@ impl RedisSessions {
             .key(&k.per_ip)
             .arg(e.now_arg())
             .arg(Engine::millis(e.config.touch_every()))
-            .arg("-1")
+            .arg(known.as_deref().unwrap_or("-1"))
             .arg(&id_text)
             .arg(Engine::millis(e.config.retention))
             .arg(Engine::millis(Config::SLACK));
@@ -281,8 +283,20 @@ impl RedisSessions {
             e.end(id, EndReason::IpMismatch).await?;
             return Err(SharedError::Refused(Refused::IpMismatch));
         }
-        let shared = answer.get(8).map(reply::fields).unwrap_or_default();
-        Ok(self.handle(*id, bound, shared))
+        let rev = answer.get(6).and_then(reply::text).unwrap_or("").to_owned();
+        let shared = match answer.get(8) {
+            // Changed since this process last looked (or never seen).
+            Some(all) => {
+                let fields = Arc::new(reply::fields(all));
+                e.seen.lock().insert(*id, (rev, Arc::clone(&fields)));
+                fields
+            }
+            None => match e.seen.lock().get(id) {
+                Some((_, fields)) => Arc::clone(fields),
+                None => Arc::default(),
+            },
+        };
+        Ok(self.handle(*id, bound, (*shared).clone()))
     }
 
     /// Ends session `id` (reason [`Deleted`](EndReason::Deleted)) in every

@@ -467,3 +467,48 @@ async fn reconciliation_follows_a_renew_through_its_tombstone() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Every connection of the stores is cut (`CLIENT KILL`) and an end happens
+/// while they reconnect: the event reader resumes where it left off, and the
+/// local hook runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_cut_off_catches_up_with_hooks_exactly_once() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let ends = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&ends);
+    let socket: Key<u8> = Key::builder("socket")
+        .on_delete(move |_, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        })
+        .build();
+    let (a, b) = pair(&server, "cut").await;
+    let events = a.subscribe();
+    let s = a.create(None).await.unwrap();
+    s.set(&socket, 1).await.unwrap();
+    assert!(matches!(next(&events).await, Event::Begin { .. }));
+    server.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+    // `b` reconnects by itself for the delete; `a`'s reader was cut.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match b.delete(&s.id()).await {
+            Ok(ended) => {
+                assert!(ended);
+                break;
+            }
+            Err(SharedError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    match next(&events).await {
+        Event::End { id, reason, .. } => assert_eq!((id, reason), (s.id(), EndReason::Deleted)),
+        other => panic!("expected End, got {other:?}"),
+    }
+    assert_eq!(ends.load(Ordering::SeqCst), 1);
+    assert_eq!(a.reconcile().await.unwrap(), 0, "nothing left to catch up");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ends.load(Ordering::SeqCst), 1, "once");
+}

@@ -57,6 +57,10 @@ pub(crate) struct Engine {
     /// Callers of `delete` waiting for the reader to have run this process's
     /// local hooks for an id.
     pub(crate) waiting: Mutex<HashMap<SessionId, Vec<oneshot::Sender<()>>>>,
+    /// The shared values of each session as this process last loaded them,
+    /// with the session's revision: a lookup whose revision is unchanged
+    /// brings no values. Dropped at the session's end.
+    pub(crate) seen: Mutex<HashMap<SessionId, (String, Arc<HashMap<String, Field>>)>>,
     /// Ends that reconciliation found and handled (hooks, `End`) before the
     /// reader saw their event, if it ever does: the reader then skips it.
     pub(crate) reconciled: Mutex<HashSet<SessionId>>,
@@ -212,6 +216,7 @@ impl Engine {
     /// Claims this process's local part of `id` (once) and runs its values'
     /// `on_delete` off the runtime's threads.
     pub(crate) async fn end_locally(&self, id: SessionId, reason: EndReason) {
+        self.seen.lock().remove(&id);
         let Some(part) = self.locals.lock().remove(&id) else {
             return;
         };
@@ -325,6 +330,11 @@ impl Engine {
         let mut locals = self.locals.lock();
         if let Some(part) = locals.remove(old) {
             locals.insert(new, part);
+        }
+        drop(locals);
+        let mut seen = self.seen.lock();
+        if let Some(entry) = seen.remove(old) {
+            seen.insert(new, entry);
         }
     }
 }

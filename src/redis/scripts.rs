@@ -140,9 +140,11 @@ if #all == 0 then
   if t then return {'gone', t} end
   return {'missing'}
 end
-local la = tonumber(field(all, 'la'))
-local it = tonumber(field(all, 'it'))
-local ab = tonumber(field(all, 'ab'))
+local m = {}
+for i = 1, #all, 2 do m[all[i]] = all[i + 1] end
+local la = tonumber(m['la'])
+local it = tonumber(m['it'])
+local ab = tonumber(m['ab'])
 if now >= deadline(la, it, ab) then
   local reason = expiry_reason(now, ab)
   end_session(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[4], reason, tonumber(ARGV[5]))
@@ -155,9 +157,8 @@ if now - la >= tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[1], d - now + tonumber(ARGV[6]))
   la = now
 end
-local rev = field(all, 'rev')
-local head = {'ok', field(all, 'c'), string.format('%d', la), field(all, 'it'), field(all, 'ab'),
-  field(all, 'ip') or '', rev, field(all, 'prev') or ''}
+local rev = m['rev']
+local head = {'ok', m['c'], string.format('%d', la), m['it'], m['ab'], m['ip'] or '', rev, m['prev'] or ''}
 if rev ~= ARGV[3] then table.insert(head, all) end
 return head
 "#,
