@@ -60,13 +60,16 @@ pub(crate) struct Engine {
     /// The shared values of each session as this process last loaded them,
     /// with the session's revision: a lookup whose revision is unchanged
     /// brings no values. Dropped at the session's end.
-    pub(crate) seen: Mutex<HashMap<SessionId, (String, Arc<HashMap<String, Field>>)>>,
+    pub(crate) seen: Mutex<HashMap<SessionId, Seen>>,
     /// Ends that reconciliation found and handled (hooks, `End`) before the
     /// reader saw their event, if it ever does: the reader then skips it.
     pub(crate) reconciled: Mutex<HashSet<SessionId>>,
     /// Changed (or dropped with the engine) to stop the background tasks.
     pub(crate) stop: watch::Sender<bool>,
 }
+
+/// A session's revision and its shared values, as last loaded.
+pub(crate) type Seen = (String, Arc<HashMap<String, Field>>);
 
 /// The Redis keys of one session.
 pub(crate) struct Keys {
