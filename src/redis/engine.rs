@@ -163,6 +163,12 @@ impl Engine {
         }
         let all = answer.get(1).cloned().unwrap_or(Value::Nil);
         self.claimed(*id, reason, &all).await;
+        if !self.locals.lock().contains_key(id) {
+            // No local value here: no hook for the reader to run first.
+            self.waiting.lock().remove(id);
+            self.seen.lock().remove(id);
+            return Ok(true);
+        }
         // The reader runs the local hooks when it sees the End; should it be
         // cut off from Redis, this process runs them itself after a while.
         let wait = self
