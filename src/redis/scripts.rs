@@ -15,9 +15,10 @@
 //! key for the per-address limit, `rev` bumped by every value write, `prev`
 //! the id before a renew; per shared key `v:<name>` its bytes, `r:<name>` its
 //! revision (it only grows, removals included, so a stale compare-and-set
-//! never succeeds) and `k:<name>` the tokens of its last four writes (so a
+//! never succeeds) and `k:<name>` the tokens of its last three writes (so a
 //! write resent after a lost reply is recognised, not applied twice, even when
-//! a few other writes came between).
+//! another write or two came between; 16 hex digits each, so that the field
+//! stays under Redis' 64-byte limit for compact hashes).
 
 use std::sync::LazyLock;
 
@@ -53,7 +54,7 @@ end
 local function remember(seen, token)
   local kept, n = {token}, 1
   for t in string.gmatch(seen or '', '%S+') do
-    if n >= 4 then break end
+    if n >= 3 then break end
     n = n + 1
     kept[n] = t
   end

@@ -156,7 +156,7 @@ impl RedisSession {
         let mut bytes = Vec::new();
         key.save_value(&value, &mut bytes)
             .map_err(SharedError::Value)?;
-        let token = SessionId::random().to_string();
+        let token = format!("{:016x}", rand::random::<u64>());
         let id = self.id();
         let mut call = scripts::PUT.prepare_invoke();
         call.key(self.engine.keys(&id).hash)
@@ -270,7 +270,7 @@ impl RedisSession {
                 .and_then(|slot| slot.value_mut().downcast_mut::<T>())
                 .map(&mut f));
         }
-        let token = SessionId::random().to_string();
+        let token = format!("{:016x}", rand::random::<u64>());
         let attempts = self.engine.config.update_attempts;
         let (mut rev, mut bytes) = {
             let shared = self.shared.lock();
