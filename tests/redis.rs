@@ -6,6 +6,7 @@ mod common;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -511,4 +512,161 @@ async fn a_reader_cut_off_catches_up_with_hooks_exactly_once() {
     assert_eq!(a.reconcile().await.unwrap(), 0, "nothing left to catch up");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(ends.load(Ordering::SeqCst), 1, "once");
+}
+
+/// A lookup writes the last access at most every `touch_every`: many lookups
+/// within it write nothing (counted in Redis' own command statistics), and a
+/// session may idle out up to `touch_every` early, never late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_touch_at_most_every_touch_every() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let clock = ManualClock::new();
+    let store = builder(&server, "touch")
+        .clock(clock.clone())
+        .idle_timeout(Duration::from_secs(160))
+        .touch_every(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let s = store.create(None).await.unwrap();
+    let zadds = || {
+        let stats = server.cli(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_zadd:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = zadds();
+    for _ in 0..20 {
+        clock.advance(Duration::from_millis(400));
+        store.get(&s.id(), None).await.unwrap();
+    }
+    // 8 s in: no touch yet.
+    assert_eq!(zadds(), before);
+    clock.advance(Duration::from_secs(3));
+    store.get(&s.id(), None).await.unwrap();
+    assert_eq!(zadds(), before + 1, "one touch at 11 s");
+    // Alive until 11 + 160 s; gone after.
+    clock.advance(Duration::from_secs(159));
+    store.get(&s.id(), None).await.unwrap();
+    clock.advance(Duration::from_secs(161));
+    assert!(matches!(
+        store.get(&s.id(), None).await,
+        Err(SharedError::Refused(Refused::Expired))
+    ));
+}
+
+/// Which hook ran (`a`, `b`, `shared`) with which reason.
+type HookLog = Arc<parking_lot::Mutex<Vec<(String, Option<EndReason>)>>>;
+
+/// Every end reason, from either store: local hooks once per store holding a
+/// value, the shared hook once in all, one `End` per subscriber with the
+/// reason. A store's shutdown runs its own local hooks (`Shutdown`) and
+/// leaves the session alive for the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_end_reason_runs_each_hook_once() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let clock = ManualClock::new();
+    let log: HookLog = Arc::default();
+    let (l1, l2, l3) = (Arc::clone(&log), Arc::clone(&log), Arc::clone(&log));
+    let local_a: Key<u8> = Key::builder("local-a")
+        .on_delete(move |_, ctx| l1.lock().push(("a".into(), ctx.end_reason())))
+        .build();
+    let local_b: Key<u8> = Key::builder("local-b")
+        .on_delete(move |_, ctx| l2.lock().push(("b".into(), ctx.end_reason())))
+        .build();
+    let shared: Key<u64> = Key::builder("shared")
+        .serde()
+        .on_delete(move |_, ctx| l3.lock().push(("shared".into(), ctx.end_reason())))
+        .build();
+    let make = || {
+        builder(&server, "reasons")
+            .clock(clock.clone())
+            .idle_timeout(Duration::from_secs(60))
+            .absolute_timeout(Duration::from_secs(100))
+            .ip_binding(IpBinding::Exact)
+            .shared(&shared)
+            .build()
+    };
+    let (a, b) = (make().await.unwrap(), make().await.unwrap());
+    let (events_a, events_b) = (a.subscribe(), b.subscribe());
+    // One session per reason, with a value of each kind.
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        let s = a.create(ip(1)).await.unwrap();
+        s.set(&local_a, 1).await.unwrap();
+        s.set(&shared, 1).await.unwrap();
+        b.get(&s.id(), ip(1))
+            .await
+            .unwrap()
+            .set(&local_b, 1)
+            .await
+            .unwrap();
+        sessions.push(s.id());
+    }
+    b.delete(&sessions[0]).await.unwrap();
+    assert!(a.get(&sessions[1], ip(2)).await.is_err()); // IP mismatch
+    clock.advance(Duration::from_secs(50));
+    a.get(&sessions[3], ip(1)).await.unwrap(); // touched: idles out later
+    a.get(&sessions[4], ip(1)).await.unwrap();
+    clock.advance(Duration::from_secs(20)); // 70 s: [2] idled out
+    assert!(matches!(
+        b.get(&sessions[2], ip(1)).await,
+        Err(SharedError::Refused(Refused::Expired))
+    ));
+    clock.advance(Duration::from_secs(40)); // 110 s: [3] and [4] past the absolute
+    assert_eq!(a.sweep().await.unwrap(), 2);
+    let want = [
+        EndReason::Deleted,
+        EndReason::IpMismatch,
+        EndReason::IdleExpired,
+        EndReason::AbsoluteExpired,
+        EndReason::AbsoluteExpired,
+    ];
+    for events in [&events_a, &events_b] {
+        let mut ends = HashMap::new();
+        while ends.len() < 5 {
+            if let Event::End { id, reason, .. } = next(events).await {
+                assert!(ends.insert(id, reason).is_none(), "one End per session");
+            }
+        }
+        for (id, reason) in sessions.iter().zip(want) {
+            assert_eq!(ends[id], reason);
+        }
+    }
+    let counts = |who: &str, reason: EndReason| {
+        log.lock()
+            .iter()
+            .filter(|(w, r)| w == who && *r == Some(reason))
+            .count()
+    };
+    for (reason, n) in [
+        (EndReason::Deleted, 1),
+        (EndReason::IpMismatch, 1),
+        (EndReason::IdleExpired, 1),
+        (EndReason::AbsoluteExpired, 2),
+    ] {
+        for who in ["a", "b", "shared"] {
+            assert_eq!(counts(who, reason), n, "{who} {reason:?}");
+        }
+    }
+    // Shutdown: this store's local values only; the session lives on.
+    let kept = a.create(ip(1)).await.unwrap();
+    kept.set(&local_a, 1).await.unwrap();
+    b.get(&kept.id(), ip(1))
+        .await
+        .unwrap()
+        .set(&local_b, 1)
+        .await
+        .unwrap();
+    assert_eq!(a.shutdown().await, 1);
+    assert_eq!(counts("a", EndReason::Shutdown), 1);
+    assert_eq!(counts("b", EndReason::Shutdown), 0);
+    assert!(b.get(&kept.id(), ip(1)).await.unwrap().contains(&local_b));
+    assert_eq!(log.lock().len(), 16, "nothing else ran");
 }
