@@ -72,7 +72,7 @@ use crate::store::{CreateError, Refused};
 
 pub use config::RedisSessionsBuilder;
 pub use error::SharedError;
-pub use session::RedisSession;
+pub use session::{RedisClientGuard, RedisSession};
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use web::RedisManager;

@@ -670,3 +670,47 @@ async fn every_end_reason_runs_each_hook_once() {
     assert!(b.get(&kept.id(), ip(1)).await.unwrap().contains(&local_b));
     assert_eq!(log.lock().len(), 16, "nothing else ran");
 }
+
+/// An attached client (a websocket) keeps the session in use: the guard's
+/// task touches it every `touch_every`; once dropped, the session idles out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attached_clients_keep_a_session_alive() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let clock = ManualClock::new();
+    let store = builder(&server, "attach")
+        .clock(clock.clone())
+        .idle_timeout(Duration::from_secs(60))
+        .touch_every(Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let s = store.create(None).await.unwrap();
+    let guard = s.attach();
+    let t0 = store.get(&s.id(), None).await.unwrap();
+    drop(t0);
+    for _ in 0..4 {
+        clock.advance(Duration::from_secs(50));
+        // Real time for the guard's task to touch at the new time.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // 200 s in, never looked up: alive, thanks to the guard.
+    let renewed = store.renew(&s).await.unwrap();
+    for _ in 0..2 {
+        clock.advance(Duration::from_secs(50));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // 100 s after the renew, never looked up under the new id.
+    assert!(
+        store.get(&renewed, None).await.is_ok(),
+        "the guard followed the renew"
+    );
+    drop(guard);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    clock.advance(Duration::from_secs(61));
+    assert!(matches!(
+        store.get(&renewed, None).await,
+        Err(SharedError::Refused(Refused::Expired))
+    ));
+}

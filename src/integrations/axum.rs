@@ -82,7 +82,6 @@ use tower_service::Service;
 
 use crate::http::{Rejection, SessionManager, TrustedProxies};
 use crate::integrations::axum::state::{Backend, State};
-use crate::store::ClientGuard;
 
 /// A tower layer that starts a session for every request (see
 /// [`SessionManager::start`]) and adds the `Set-Cookie` the response needs.
@@ -337,7 +336,7 @@ fn is_event_stream(headers: &http::HeaderMap) -> bool {
 pub struct SessionBody<B> {
     inner: Option<B>,
     message: Option<&'static str>,
-    _client: Option<ClientGuard>,
+    _client: Option<Attached>,
 }
 
 impl<B> fmt::Debug for SessionBody<B> {
@@ -383,3 +382,4 @@ where
 }
 
 pub use extract::RequestSession;
+pub use state::Attached;

@@ -11,10 +11,10 @@ use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::id::SessionId;
-use crate::integrations::axum::state::{Current, State};
+use crate::integrations::axum::state::{Attached, Current, State};
 use crate::key::Key;
 use crate::reason::EndReason;
-use crate::store::{ClientGuard, Session};
+use crate::store::Session;
 
 /// The request's session, as the one extractor a handler needs: read values
 /// (no session: `None`), write them (the first write creates the session and
@@ -37,8 +37,8 @@ use crate::store::{ClientGuard, Session};
 /// ([`SessionLayer::new`](crate::integrations::axum::SessionLayer::new)) and,
 /// with the `redis` feature, over one shared by many processes
 /// ([`SessionLayer::redis`](crate::integrations::axum::SessionLayer)): only
-/// [`session`](Self::session), [`attach`](Self::attach) and
-/// [`remember`](Self::remember) are the in-memory store's alone.
+/// [`session`](Self::session) and [`remember`](Self::remember) are the
+/// in-memory store's alone.
 ///
 /// Locking: the handle's own mutex is held only to read or update the
 /// request's state, never while the store runs user code (`on_delete` hooks of
@@ -352,10 +352,8 @@ impl RequestSession {
     }
 
     /// Attaches a client for a websocket's lifetime: move the guard into the
-    /// upgraded connection's task. `None` without a live session, and over a
-    /// Redis store (there, [`RedisSession::touch`](crate::redis::RedisSession::touch)
-    /// keeps a session in use alive).
-    pub fn attach(&self) -> Option<ClientGuard> {
+    /// upgraded connection's task. `None` without a live session.
+    pub fn attach(&self) -> Option<Attached> {
         self.0.lock().attach()
     }
 }

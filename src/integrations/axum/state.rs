@@ -2,6 +2,7 @@
 //! layer: the in-memory store's `Started` or the Redis store's.
 
 use std::net::IpAddr;
+#[cfg(feature = "redis")]
 use std::sync::Arc;
 
 use http::HeaderMap;
@@ -95,11 +96,14 @@ impl State {
         }
     }
 
-    pub(crate) fn attach(&self) -> Option<ClientGuard> {
+    pub(crate) fn attach(&self) -> Option<Attached> {
         match self {
-            State::Memory(s) => s.attach(),
+            State::Memory(s) => s.attach().map(|g| Attached(Guard::Memory(g))),
             #[cfg(feature = "redis")]
-            State::Redis(_) => None,
+            State::Redis(s) => s
+                .session
+                .as_ref()
+                .map(|s| Attached(Guard::Redis(s.attach()))),
         }
     }
 
@@ -180,4 +184,26 @@ impl Store {
             Store::Redis(store) => Ok(store.delete(id).await?),
         }
     }
+}
+
+/// A client attached to the request's session for a long-lived connection
+/// (a websocket, an event stream): the session stays in use while it lives.
+/// Over the in-memory store it is a [`ClientGuard`] (the last one dropped runs
+/// `on_no_client`); over a Redis store, a task that touches the session every
+/// `touch_every`.
+///
+/// ```
+/// use keyed_session::integrations::axum::Attached;
+/// fn keep(_guard: Attached) {} // move it into the connection's task
+/// ```
+#[derive(Debug)]
+pub struct Attached(#[allow(dead_code)] Guard);
+
+/// Held only to be dropped: the guard's end is its whole job.
+#[derive(Debug)]
+#[allow(dead_code)]
+enum Guard {
+    Memory(ClientGuard),
+    #[cfg(feature = "redis")]
+    Redis(crate::redis::RedisClientGuard),
 }
