@@ -195,11 +195,24 @@ impl RedisSessions {
                 .arg(e.config.max_per_ip)
                 .arg(&id_text)
                 .arg(Engine::millis(e.config.retention))
-                .arg(Engine::millis(Config::SLACK));
+                .arg(Engine::millis(Config::SLACK))
+                .arg(if e.config.evict { "1" } else { "0" })
+                .arg(&e.config.namespace)
+                .arg(e.config.shards);
             let answer = e.run(&call).await?;
             let limit = || answer.get(1).and_then(reply::int).unwrap_or(0) as usize;
             match reply::tag(&answer) {
-                "ok" => return Ok(self.handle(id, peer, HashMap::new())),
+                "ok" => {
+                    let victim = answer
+                        .get(2)
+                        .and_then(reply::text)
+                        .and_then(|t| t.parse().ok());
+                    if let (Some(victim), Some(all)) = (victim, answer.get(3)) {
+                        // This create ended it: its shared hooks run here.
+                        e.claimed(victim, EndReason::Evicted, all).await;
+                    }
+                    return Ok(self.handle(id, peer, HashMap::new()));
+                }
                 "taken" => continue,
                 "full" => return Err(SharedError::Create(CreateError::Full { limit: limit() })),
                 "ipfull" => {

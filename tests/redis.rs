@@ -714,3 +714,60 @@ async fn attached_clients_keep_a_session_alive() {
         Err(SharedError::Refused(Refused::Expired))
     ));
 }
+
+/// A full store set to evict ends the session whose deadline is nearest, in
+/// whichever process or shard it is, with reason `Evicted`; its hooks run
+/// (local in the store that held a value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_evicts_the_least_recently_used_across_stores() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let clock = ManualClock::new();
+    let reasons = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&reasons);
+    let tab: Key<u8> = Key::builder("tab")
+        .on_delete(move |_, ctx| seen.lock().push((ctx.id, ctx.end_reason())))
+        .build();
+    let make = || {
+        builder(&server, "evict")
+            .clock(clock.clone())
+            .touch_every(Duration::ZERO)
+            .max_sessions(3)
+            .when_full(keyed_session::WhenFull::EvictLeastRecentlyUsed)
+            .build()
+    };
+    let (a, b) = (make().await.unwrap(), make().await.unwrap());
+    let events = a.subscribe();
+    let second = Duration::from_secs(1);
+    let oldest = a.create(None).await.unwrap(); // used at 0 s
+    oldest.set(&tab, 1).await.unwrap();
+    clock.advance(second);
+    let middle = b.create(None).await.unwrap(); // 1 s
+    clock.advance(second);
+    let newest = b.create(None).await.unwrap(); // 2 s
+    clock.advance(second);
+    a.get(&oldest.id(), None).await.unwrap(); // 3 s
+    let fourth = b.create(None).await.unwrap(); // 3 s: `middle` (1 s) goes
+    let mut ends = Vec::new();
+    while ends.is_empty() {
+        if let Event::End { id, reason, .. } = next(&events).await {
+            ends.push((id, reason));
+        }
+    }
+    assert_eq!(ends, [(middle.id(), EndReason::Evicted)]);
+    clock.advance(second);
+    a.get(&fourth.id(), None).await.unwrap(); // 4 s
+    clock.advance(second);
+    a.get(&newest.id(), None).await.unwrap(); // 5 s
+    clock.advance(second);
+    b.create(None).await.unwrap(); // 6 s: `oldest` (3 s) goes
+    eventually("the evicted session's local hook ran in a", || {
+        !reasons.lock().is_empty()
+    })
+    .await;
+    assert_eq!(*reasons.lock(), [(oldest.id(), Some(EndReason::Evicted))]);
+    for kept in [&newest, &fourth] {
+        assert!(b.get(&kept.id(), None).await.is_ok());
+    }
+}

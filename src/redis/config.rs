@@ -27,6 +27,7 @@ pub(crate) struct Config {
     pub(crate) binding: IpBinding,
     pub(crate) max_sessions: u64,
     pub(crate) max_per_ip: u64,
+    pub(crate) evict: bool,
     pub(crate) response_timeout: Duration,
     pub(crate) retention: Duration,
     pub(crate) sweep_every: Option<Duration>,
@@ -90,6 +91,7 @@ impl RedisSessionsBuilder {
                 binding: IpBinding::Off,
                 max_sessions: 0,
                 max_per_ip: 0,
+                evict: false,
                 response_timeout: Duration::from_millis(250),
                 retention: Duration::from_secs(3600),
                 sweep_every: Some(Duration::from_secs(1)),
@@ -145,6 +147,15 @@ impl RedisSessionsBuilder {
     /// At most this many sessions across every process; `create` refuses more.
     pub fn max_sessions(mut self, max: usize) -> Self {
         self.config.max_sessions = max as u64;
+        self
+    }
+
+    /// What a create does when the store holds `max_sessions`: refuse
+    /// (default), or end the session whose deadline is nearest, in any
+    /// process, with reason [`Evicted`](crate::EndReason::Evicted). The
+    /// per-address limit always refuses over Redis.
+    pub fn when_full(mut self, policy: crate::store::WhenFull) -> Self {
+        self.config.evict = policy == crate::store::WhenFull::EvictLeastRecentlyUsed;
         self
     }
 

@@ -92,8 +92,14 @@ fn script(body: &str) -> Script {
 }
 
 /// KEYS: h due ev tomb n ipn. ARGV: now idle_ms absolute_ms ip ip_key
-/// max_sessions max_per_ip id retention_ms slack_ms.
-/// Reply: `{'ok', now}`, `{'taken'}`, `{'full', limit}`, `{'ipfull', limit}`.
+/// max_sessions max_per_ip id retention_ms slack_ms evict namespace shards.
+/// Reply: `{'ok', now [, evicted id, its fields]}`, `{'taken'}`,
+/// `{'full', limit}`, `{'ipfull', limit}`.
+///
+/// With `evict` = 1 a full store ends the session whose deadline is nearest
+/// in any shard (reason `evicted`) to make room: that reads every shard's
+/// deadline index, which a standalone Redis (or Sentinel) allows and a
+/// Cluster would not.
 pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -102,8 +108,25 @@ if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then
   return {'taken'}
 end
 local max = tonumber(ARGV[6])
+local evicted = nil
 if max > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= max then
-  return {'full', max}
+  if ARGV[11] ~= '1' then return {'full', max} end
+  local best, best_score, best_prefix = nil, nil, nil
+  for s = 0, tonumber(ARGV[13]) - 1 do
+    local prefix = ARGV[12] .. ':{' .. s .. '}:'
+    local first = redis.call('ZRANGE', prefix .. 'due', 0, 0, 'WITHSCORES')
+    if first[1] and (not best_score or tonumber(first[2]) < best_score) then
+      best, best_score, best_prefix = first[1], tonumber(first[2]), prefix
+    end
+  end
+  if not best then return {'full', max} end
+  local all = end_session(best_prefix .. 'h:' .. best, best_prefix .. 'due', best_prefix .. 'ev',
+    best_prefix .. 't:' .. best, KEYS[5], KEYS[6], best, 'evicted', tonumber(ARGV[9]))
+  if not all then
+    redis.call('ZREM', best_prefix .. 'due', best)
+    return {'full', max}
+  end
+  evicted = {best, all}
 end
 local ipmax = tonumber(ARGV[7])
 if ipmax > 0 and ARGV[5] ~= '' and tonumber(redis.call('HGET', KEYS[6], ARGV[5]) or '0') >= ipmax then
@@ -121,6 +144,7 @@ redis.call('INCR', KEYS[5])
 if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[6], ARGV[5], 1) end
 redis.call('XADD', KEYS[3], 'MINID', '~', trim_id(tonumber(ARGV[9])), '*',
   'e', 'begin', 'id', ARGV[8], 'ip', ARGV[4])
+if evicted then return {'ok', now, evicted[1], evicted[2]} end
 return {'ok', now}
 "#,
     )
