@@ -60,7 +60,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::events::{Broadcaster, Subscription};
 use crate::id::SessionId;
@@ -122,8 +122,6 @@ impl RedisSessions {
             locals: Mutex::new(HashMap::new()),
             events: Arc::new(Broadcaster::new(event_capacity)),
             counters: Counters::default(),
-            ending: Mutex::new(Default::default()),
-            ended: Notify::new(),
             waiting: Mutex::new(HashMap::new()),
             reconciled: Mutex::new(Default::default()),
             seen: Mutex::new(HashMap::new()),
@@ -137,10 +135,25 @@ impl RedisSessions {
             .saturating_sub(1000);
         tokio::spawn(reader::read_events(
             Arc::downgrade(&engine),
-            client,
+            client.clone(),
             format!("{start_ms}-0"),
             engine.stop.subscribe(),
         ));
+        if !engine.config.shared.is_empty() {
+            // The group exists before `build` returns (when Redis answers),
+            // so no end after it is missed; the task makes sure again.
+            let _ = tokio::time::timeout(
+                engine.config.response_timeout * 4,
+                reader::create_groups(&engine, &client),
+            )
+            .await;
+            tokio::spawn(reader::shared_hooks(
+                Arc::downgrade(&engine),
+                client,
+                engine.config.claim_after,
+                engine.stop.subscribe(),
+            ));
+        }
         if let Some(every) = reconcile_every {
             tokio::spawn(reader::reconcile(
                 Arc::downgrade(&engine),
@@ -202,17 +215,8 @@ impl RedisSessions {
             let answer = e.run(&call).await?;
             let limit = || answer.get(1).and_then(reply::int).unwrap_or(0) as usize;
             match reply::tag(&answer) {
-                "ok" => {
-                    let victim = answer
-                        .get(2)
-                        .and_then(reply::text)
-                        .and_then(|t| t.parse().ok());
-                    if let (Some(victim), Some(all)) = (victim, answer.get(3)) {
-                        // This create ended it: its shared hooks run here.
-                        e.claimed(victim, EndReason::Evicted, all).await;
-                    }
-                    return Ok(self.handle(id, peer, HashMap::new()));
-                }
+                // An evicted session's hooks run from its End event.
+                "ok" => return Ok(self.handle(id, peer, HashMap::new())),
                 "taken" => continue,
                 "full" => return Err(SharedError::Create(CreateError::Full { limit: limit() })),
                 "ipfull" => {
@@ -274,17 +278,8 @@ impl RedisSessions {
         let answer = e.run(&call).await?;
         match reply::tag(&answer) {
             "ok" => {}
-            "expired" => {
-                let reason = answer
-                    .get(1)
-                    .and_then(reply::text)
-                    .and_then(EndReason::from_name)
-                    .unwrap_or(EndReason::IdleExpired);
-                if let Some(all) = answer.get(2) {
-                    e.claimed(*id, reason, all).await;
-                }
-                return Err(SharedError::Refused(Refused::Expired));
-            }
+            // Ended by this call: the hooks run from its End event.
+            "expired" => return Err(SharedError::Refused(Refused::Expired)),
             "gone" | "missing" => return Err(SharedError::Refused(Refused::NotFound)),
             other => return Err(SharedError::protocol(format!("load answered {other:?}"))),
         }
@@ -502,22 +497,9 @@ pub(crate) async fn sweep_shard(e: &Engine, shard: u64) -> Result<usize, SharedE
         let redis::Value::Array(parts) = item else {
             continue;
         };
-        let (Some(id), Some(reason)) = (
-            parts
-                .first()
-                .and_then(reply::text)
-                .and_then(|t| t.parse::<SessionId>().ok()),
-            parts
-                .get(1)
-                .and_then(reply::text)
-                .and_then(EndReason::from_name),
-        ) else {
-            continue;
-        };
-        if let Some(all) = parts.get(2) {
-            e.claimed(id, reason, all).await;
+        if parts.len() >= 2 {
+            count += 1;
         }
-        count += 1;
     }
     Ok(count)
 }

@@ -195,7 +195,10 @@ async fn ends_run_local_hooks_in_each_store_and_shared_hooks_once() {
     assert!(a.delete(&s.id()).await.unwrap());
     // `delete` returns once this store's hooks ran.
     assert!(local_ends.load(Ordering::SeqCst) >= 1);
-    assert_eq!(shared_ends.load(Ordering::SeqCst), 1);
+    eventually("one store's consumer ran the shared hook", || {
+        shared_ends.load(Ordering::SeqCst) == 1
+    })
+    .await;
     eventually("both stores ran their local hook", || {
         local_ends.load(Ordering::SeqCst) == 2
     })
@@ -639,6 +642,10 @@ async fn every_end_reason_runs_each_hook_once() {
             assert_eq!(ends[id], reason);
         }
     }
+    eventually("the five shared hooks ran", || {
+        log.lock().iter().filter(|(w, _)| w == "shared").count() == 5
+    })
+    .await;
     let counts = |who: &str, reason: EndReason| {
         log.lock()
             .iter()

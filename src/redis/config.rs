@@ -32,6 +32,7 @@ pub(crate) struct Config {
     pub(crate) retention: Duration,
     pub(crate) sweep_every: Option<Duration>,
     pub(crate) reconcile_every: Option<Duration>,
+    pub(crate) claim_after: Duration,
     pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) update_attempts: u32,
     pub(crate) event_capacity: usize,
@@ -96,6 +97,7 @@ impl RedisSessionsBuilder {
                 retention: Duration::from_secs(3600),
                 sweep_every: Some(Duration::from_secs(1)),
                 reconcile_every: Some(Duration::from_secs(60)),
+                claim_after: Duration::from_secs(30),
                 clock: None,
                 update_attempts: 16,
                 event_capacity: 1024,
@@ -212,10 +214,20 @@ impl RedisSessionsBuilder {
         self
     }
 
+    /// How long a shared hook's `End` may stay unacknowledged by the process
+    /// that took it (it died mid-way) before another process runs the hooks
+    /// (default 30 s).
+    pub fn claim_after(mut self, after: Duration) -> Self {
+        self.config.claim_after = after.max(Duration::from_millis(10));
+        self
+    }
+
     /// Registers a shared key (one with `save` and `load`) so that its
-    /// `on_delete` runs, once in the whole cluster, when a session ends: by
-    /// the process that ended it (its delete, its lookup, its sweep), on the
-    /// value's last bytes. Keys without `on_delete` need no registration.
+    /// `on_delete` runs when a session ends: once in the whole cluster,
+    /// in one of the processes that registered it (a consumer group over the
+    /// event streams hands each end to one of them), on the value's last
+    /// bytes; again in another process only if the first died before it was
+    /// done. Keys without `on_delete` need no registration.
     ///
     /// # Panics
     /// When the key has no `save` or `load` hook (it is local, and its

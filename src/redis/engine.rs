@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 use redis::aio::ConnectionManager;
 use redis::{ScriptInvocation, Value};
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use crate::clock::unix_secs;
 use crate::events::Broadcaster;
@@ -50,10 +50,6 @@ pub(crate) struct Engine {
     pub(crate) locals: Mutex<HashMap<SessionId, Arc<LocalPart>>>,
     pub(crate) events: Arc<Broadcaster>,
     pub(crate) counters: Counters,
-    /// Ends this process claimed whose shared hooks are still running: the
-    /// reader holds their `End` back until they are done.
-    pub(crate) ending: Mutex<HashSet<SessionId>>,
-    pub(crate) ended: Notify,
     /// Callers of `delete` waiting for the reader to have run this process's
     /// local hooks for an id.
     pub(crate) waiting: Mutex<HashMap<SessionId, Vec<oneshot::Sender<()>>>>,
@@ -161,8 +157,6 @@ impl Engine {
             self.waiting.lock().remove(id);
             return Ok(false);
         }
-        let all = answer.get(1).cloned().unwrap_or(Value::Nil);
-        self.claimed(*id, reason, &all).await;
         if !self.locals.lock().contains_key(id) {
             // No local value here: no hook for the reader to run first.
             self.waiting.lock().remove(id);
@@ -183,24 +177,23 @@ impl Engine {
         Ok(true)
     }
 
-    /// This process ended session `id` (its fields are `all`): runs every
-    /// registered shared key's `on_delete` on the value's last bytes, off the
-    /// runtime's threads, with the reader's `End` held back meanwhile.
-    pub(crate) async fn claimed(&self, id: SessionId, reason: EndReason, all: &Value) {
-        let peer = reply::meta(all, "ip")
-            .and_then(reply::text)
-            .and_then(|t| t.parse().ok());
-        let jobs: Vec<(crate::redis::config::SharedHook, Vec<u8>)> = reply::fields(all)
+    /// Runs every registered shared key's `on_delete` on the last bytes of
+    /// an ended session's values, off the runtime's threads: what the
+    /// consumer-group task does with an `End` it received or reclaimed.
+    pub(crate) async fn run_shared(
+        &self,
+        id: SessionId,
+        reason: EndReason,
+        peer: Option<IpAddr>,
+        last: Vec<(String, Vec<u8>)>,
+    ) {
+        let jobs: Vec<(crate::redis::config::SharedHook, Vec<u8>)> = last
             .into_iter()
-            .filter_map(|(name, Field { bytes, .. })| {
-                let hook = self.config.shared.get(&name)?;
-                Some((Arc::clone(hook), bytes?))
-            })
+            .filter_map(|(name, bytes)| Some((Arc::clone(self.config.shared.get(&name)?), bytes)))
             .collect();
         if jobs.is_empty() {
             return;
         }
-        self.ending.lock().insert(id);
         let ctx = DeleteContext {
             id,
             peer,
@@ -218,8 +211,6 @@ impl Engine {
         self.counters
             .hook_panics
             .fetch_add(panics, Ordering::Relaxed);
-        self.ending.lock().remove(&id);
-        self.ended.notify_waiters();
     }
 
     /// Claims this process's local part of `id` (once) and runs its values'
@@ -250,17 +241,6 @@ impl Engine {
         self.counters
             .hook_panics
             .fetch_add(panics, Ordering::Relaxed);
-    }
-
-    /// Waits until no claimed end of `id` is still running its shared hooks.
-    pub(crate) async fn settled(&self, id: &SessionId) {
-        loop {
-            let notified = self.ended.notified();
-            if !self.ending.lock().contains(id) {
-                return;
-            }
-            notified.await;
-        }
     }
 
     /// Wakes the `delete` calls waiting for `id`'s local hooks.

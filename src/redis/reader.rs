@@ -38,7 +38,7 @@ pub(crate) async fn read_events(
     let mut conn: Option<MultiplexedConnection> = None;
     loop {
         if conn.is_none() {
-            match client.get_multiplexed_async_connection().await {
+            match blocking_connection(&client).await {
                 Ok(c) => conn = Some(c),
                 Err(_) => {
                     if pause(&mut stop, Duration::from_millis(100)).await {
@@ -85,6 +85,19 @@ pub(crate) async fn read_events(
     }
 }
 
+/// A connection for blocking reads: its response timeout leaves room for
+/// `BLOCK_MS` (the client's default would cut every blocking read short).
+async fn blocking_connection(client: &redis::Client) -> redis::RedisResult<MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(
+            Duration::from_millis(BLOCK_MS) + Duration::from_secs(5),
+        ))
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 /// Sleeps `d` unless the store stops or is dropped first (its sender
 /// changes or goes away); `true` when it did.
 async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
@@ -122,7 +135,6 @@ async fn handle(engine: &Engine, fields: &[(String, String)]) {
             let reason = get("r")
                 .and_then(EndReason::from_name)
                 .unwrap_or(EndReason::Deleted);
-            engine.settled(&id).await;
             engine.end_locally(id, reason).await;
             engine.events.send(Event::End { id, peer, reason });
             engine.handled(&id);
@@ -214,4 +226,167 @@ pub(crate) async fn sweep(engine: Weak<Engine>, every: Duration, mut stop: watch
         let _ = crate::redis::sweep_shard(&e, shard).await;
         shard = (shard + 1) % e.config.shards;
     }
+}
+
+/// The consumer group that runs the shared keys' `on_delete` hooks: each
+/// `End` goes to one process of the group, which runs the hooks on the
+/// values' last bytes (`f:<id>`) and acknowledges it; an entry a process took
+/// and never acknowledged (it died) is claimed by another after
+/// `claim_after`, so a shared hook runs at least once even across a crash,
+/// and once when nothing crashes.
+pub(crate) async fn shared_hooks(
+    engine: Weak<Engine>,
+    client: redis::Client,
+    claim_after: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(streams) = engine.upgrade().map(|e| {
+        (0..e.config.shards)
+            .map(|s| format!("{}ev", e.prefix(s)))
+            .collect::<Vec<_>>()
+    }) else {
+        return;
+    };
+    let me = format!("{:016x}", rand::random::<u64>());
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut last_claim = tokio::time::Instant::now();
+    loop {
+        let Some(c) = conn.as_mut() else {
+            match blocking_connection(&client).await {
+                Ok(mut c) => {
+                    create_groups_on(&mut c, &streams).await;
+                    conn = Some(c);
+                }
+                Err(_) => {
+                    if pause(&mut stop, Duration::from_millis(100)).await {
+                        return;
+                    }
+                }
+            }
+            continue;
+        };
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(GROUP).arg(&me);
+        cmd.arg("COUNT")
+            .arg(64)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS");
+        cmd.arg(&streams);
+        for _ in &streams {
+            cmd.arg(">");
+        }
+        let read: Result<Value, _> = tokio::select! {
+            r = cmd.query_async(c) => r,
+            _ = stop.changed() => return,
+        };
+        let mut batches = match read {
+            Ok(v) => stream_entries(v),
+            Err(_) => {
+                conn = None;
+                if pause(&mut stop, Duration::from_millis(100)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if last_claim.elapsed() >= claim_after / 2 {
+            last_claim = tokio::time::Instant::now();
+            for stream in &streams {
+                let claimed: Result<Value, _> = redis::cmd("XAUTOCLAIM")
+                    .arg(stream)
+                    .arg(GROUP)
+                    .arg(&me)
+                    .arg(claim_after.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(64)
+                    .query_async(c)
+                    .await;
+                if let Ok(Value::Array(mut parts)) = claimed {
+                    if parts.len() >= 2 {
+                        let entries = parts.swap_remove(1);
+                        let wrapped = Value::Array(vec![Value::Array(vec![
+                            Value::BulkString(stream.clone().into_bytes()),
+                            entries,
+                        ])]);
+                        batches.extend(stream_entries(wrapped));
+                    }
+                }
+            }
+        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        for (stream, entries) in batches {
+            for (entry_id, fields) in entries {
+                run_shared_for(&engine, c, &fields).await;
+                let _: Result<(), _> = redis::cmd("XACK")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&entry_id)
+                    .query_async(c)
+                    .await;
+            }
+        }
+    }
+}
+
+/// The consumer group of the shared hooks.
+const GROUP: &str = "shared-hooks";
+
+/// Creates the group on every shard's stream: `$`, the events after its
+/// creation; an existing group (`BUSYGROUP`) is kept as it is.
+async fn create_groups_on(conn: &mut MultiplexedConnection, streams: &[String]) {
+    for stream in streams {
+        let _: Result<(), _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(GROUP)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+    }
+}
+
+/// [`create_groups_on`] with a connection of its own.
+pub(crate) async fn create_groups(engine: &Engine, client: &redis::Client) {
+    let streams: Vec<String> = (0..engine.config.shards)
+        .map(|s| format!("{}ev", engine.prefix(s)))
+        .collect();
+    if let Ok(mut c) = blocking_connection(client).await {
+        create_groups_on(&mut c, &streams).await;
+    }
+}
+
+/// The shared hooks of one `End` entry (nothing for other events).
+async fn run_shared_for(
+    engine: &Engine,
+    conn: &mut MultiplexedConnection,
+    fields: &[(String, String)],
+) {
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let (Some("end"), Some(id)) = (
+        get("e"),
+        get("id").and_then(|t| t.parse::<SessionId>().ok()),
+    ) else {
+        return;
+    };
+    let reason = get("r")
+        .and_then(EndReason::from_name)
+        .unwrap_or(EndReason::Deleted);
+    let peer = get("ip").and_then(|t| t.parse().ok());
+    let fin = format!("{}f:{id}", engine.prefix(engine.shard(&id)));
+    let last: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg(&fin)
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    engine.run_shared(id, reason, peer, last).await;
 }

@@ -71,13 +71,3 @@ pub(crate) fn fields(all: &Value) -> HashMap<String, Field> {
     }
     out
 }
-
-/// One metadata field of a flat `HGETALL` reply.
-pub(crate) fn meta<'a>(all: &'a Value, name: &str) -> Option<&'a Value> {
-    let Value::Array(flat) = all else {
-        return None;
-    };
-    flat.chunks_exact(2)
-        .find(|pair| text(&pair[0]) == Some(name))
-        .map(|pair| &pair[1])
-}

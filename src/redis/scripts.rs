@@ -4,7 +4,8 @@
 //!
 //! Keys of one shard share the hash tag `{s}` (`P:{s}:h:<id>` the session
 //! hash, `P:{s}:due` the deadlines, `P:{s}:ev` the event stream,
-//! `P:{s}:t:<id>` tombstones); `P:n` and `P:ipn` count sessions for the
+//! `P:{s}:t:<id>` tombstones, `P:{s}:f:<id>` an ended session's shared
+//! values for the shared hooks); `P:n` and `P:ipn` count sessions for the
 //! limits. Times are milliseconds; an argument `now` of 0 means Redis `TIME`.
 //! The Redis TTL of a hash (its deadline plus a slack, a safety net only) is
 //! set relative to `now`, so a store clock unlike Redis' own never expires
@@ -68,12 +69,25 @@ local function expiry_reason(now, ab)
   return 'idle-expired'
 end
 -- Ends a session: the one claim (DEL), its deadline, the counters, a
--- tombstone with the reason, the End event. Returns the hash's fields, or
--- nil when it was already gone.
+-- tombstone with the reason, the shared values' last bytes (`f:<id>`, for
+-- the shared hooks), the End event. Returns the hash's fields, or nil when it
+-- was already gone.
 local function end_session(h, due, ev, tomb, n, ipn, id, reason, retention)
   local all = redis.call('HGETALL', h)
   if #all == 0 then return nil end
   redis.call('DEL', h)
+  local last = {}
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, 2) == 'v:' then
+      table.insert(last, string.sub(all[i], 3))
+      table.insert(last, all[i + 1])
+    end
+  end
+  if #last > 0 then
+    local fin = string.sub(tomb, 1, #tomb - #id - 2) .. 'f:' .. id
+    redis.call('HSET', fin, unpack(last))
+    redis.call('PEXPIRE', fin, retention)
+  end
   redis.call('ZREM', due, id)
   redis.call('DECR', n)
   local ik = field(all, 'ik')
