@@ -12,7 +12,7 @@
 //! | hook | runs |
 //! | --- | --- |
 //! | a local key's `on_delete` | once in each process that holds a value of it, when the session ends anywhere |
-//! | a shared key's `on_delete` (registered with [`RedisSessionsBuilder::shared`]) | once in the whole cluster, in the process that ended the session (its `delete`, the lookup that found it expired, its sweep) |
+//! | a shared key's `on_delete` (registered with [`RedisSessionsBuilder::shared`]) | once in the whole cluster, in one process that registered the key (a consumer group hands each end to one; if it dies mid-way another takes over after `claim_after`) |
 //!
 //! Every change is one atomic Lua script that first checks the session is
 //! alive, so no write, touch or renew recreates a session another process

@@ -1,12 +1,12 @@
 //! The engine of the Redis store: key names, script calls with a deadline,
 //! this process's local parts, and ending a session exactly once.
 //!
-//! Who runs which hook: the process whose script ended a session (its
-//! `delete`, the lookup that found it expired, its sweep) runs the shared
-//! keys' `on_delete` on the bytes the script handed back — once in the whole
-//! cluster, since only one script can end it. Every process's event reader
-//! sees the `End`, claims its local part (once: it leaves the map) and runs
-//! the local values' `on_delete`, then sends `End` to its subscribers.
+//! Who runs which hook: only one script can end a session (its `DEL` is the
+//! claim); it keeps the shared values' last bytes and appends the `End`.
+//! Every process's event reader sees the `End`, claims its local part (once:
+//! it leaves the map) and runs the local values' `on_delete`, then sends
+//! `End` to its subscribers. The shared keys' `on_delete` run in one process
+//! of the consumer group (`reader::shared_hooks`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
