@@ -216,7 +216,7 @@ impl RedisSessions {
             let limit = || answer.get(1).and_then(reply::int).unwrap_or(0) as usize;
             match reply::tag(&answer) {
                 // An evicted session's hooks run from its End event.
-                "ok" => return Ok(self.handle(id, peer, HashMap::new())),
+                "ok" => return Ok(self.handle(id, peer, e.config.idle, HashMap::new())),
                 "taken" => continue,
                 "full" => return Err(SharedError::Create(CreateError::Full { limit: limit() })),
                 "ipfull" => {
@@ -234,12 +234,14 @@ impl RedisSessions {
         &self,
         id: SessionId,
         peer: Option<IpAddr>,
+        idle: std::time::Duration,
         shared: HashMap<String, reply::Field>,
     ) -> RedisSession {
         RedisSession {
             engine: Arc::clone(&self.engine),
             id: Mutex::new(id),
             peer,
+            idle: Mutex::new(idle),
             shared: Mutex::new(shared),
         }
     }
@@ -304,7 +306,12 @@ impl RedisSessions {
                 None => Arc::default(),
             },
         };
-        Ok(self.handle(*id, bound, (*shared).clone()))
+        let idle = answer
+            .get(3)
+            .and_then(reply::int)
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map_or(e.config.idle, std::time::Duration::from_millis);
+        Ok(self.handle(*id, bound, idle, (*shared).clone()))
     }
 
     /// Ends session `id` (reason [`Deleted`](EndReason::Deleted)) in every

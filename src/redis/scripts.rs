@@ -341,3 +341,25 @@ return out
 "#,
     )
 });
+
+/// KEYS: h due. ARGV: now id idle_ms slack_ms. Gives the session its own
+/// idle timeout ("remember me"), its deadline moved to match.
+/// Reply: 1, or 0 when it is gone or expired.
+pub(crate) static SET_IDLE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local all = redis.call('HGETALL', KEYS[1])
+if #all == 0 then return 0 end
+local now = now_ms(ARGV[1])
+local la = tonumber(field(all, 'la'))
+local ab = tonumber(field(all, 'ab'))
+if now >= deadline(la, tonumber(field(all, 'it')), ab) then return 0 end
+local it = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'it', it, 'la', now)
+local d = deadline(now, it, ab)
+redis.call('ZADD', KEYS[2], d, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], d - now + tonumber(ARGV[4]))
+return 1
+"#,
+    )
+});

@@ -34,6 +34,8 @@ pub struct RedisSession {
     pub(crate) engine: Arc<Engine>,
     pub(crate) id: Mutex<SessionId>,
     pub(crate) peer: Option<IpAddr>,
+    /// The session's idle timeout as loaded (its own after a "remember me").
+    pub(crate) idle: Mutex<std::time::Duration>,
     pub(crate) shared: Mutex<HashMap<String, Field>>,
 }
 
@@ -345,6 +347,41 @@ impl RedisSession {
         } else {
             Err(SharedError::Ended)
         }
+    }
+
+    /// The session's idle timeout: the store's, or its own after
+    /// [`set_idle_timeout`](Self::set_idle_timeout).
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        *self.idle.lock()
+    }
+
+    /// Gives the session its own idle timeout ("remember me"), in every
+    /// process, and counts it as used now.
+    ///
+    /// # Errors
+    /// [`SharedError::Ended`] when the session has ended or expired.
+    pub async fn set_idle_timeout(&self, idle: std::time::Duration) -> Result<(), SharedError> {
+        let id = self.id();
+        let k = self.engine.keys(&id);
+        let mut call = scripts::SET_IDLE.prepare_invoke();
+        call.key(&k.hash)
+            .key(&k.due)
+            .arg(self.engine.now_arg())
+            .arg(id.to_string())
+            .arg(Engine::millis(idle))
+            .arg(Engine::millis(crate::redis::config::Config::SLACK));
+        let mut conn = self.engine.conn.clone();
+        let set: i64 = tokio::time::timeout(
+            self.engine.config.response_timeout,
+            call.invoke_async(&mut conn),
+        )
+        .await
+        .map_err(|_| crate::redis::engine::timeout_error())??;
+        if set != 1 {
+            return Err(SharedError::Ended);
+        }
+        *self.idle.lock() = idle;
+        Ok(())
     }
 
     /// Keeps the session in use while the returned guard lives (a websocket,

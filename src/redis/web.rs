@@ -95,6 +95,7 @@ impl RedisManager {
             presented: None,
             rejected: None,
             issue: false,
+            remembered: false,
             ended: false,
         };
         if !started.in_scope {
@@ -118,11 +119,11 @@ impl RedisManager {
                 .flat_map(|h| cookie_values(h, name))
                 .take(MAX_DUPLICATE_COOKIES)
                 .collect();
-            let mut found: Option<(RedisSession, bool)> = None;
+            let mut found: Option<(RedisSession, bool, Option<u64>)> = None;
             for candidate in candidates {
                 let looked = match policy.read_value(candidate) {
-                    Ok(Presented { id, resign, .. }) => match sessions.get(&id, peer).await {
-                        Ok(session) => Ok((session, resign)),
+                    Ok(Presented { id, resign, issued }) => match sessions.get(&id, peer).await {
+                        Ok(session) => Ok((session, resign, issued)),
                         Err(SharedError::Refused(r)) => Err(Rejection::Refused(r)),
                         Err(e) => return Err(e),
                     },
@@ -130,21 +131,22 @@ impl RedisManager {
                     Err(Unreadable::BadSignature) => Err(Rejection::BadSignature),
                 };
                 match looked {
-                    Ok((session, resign)) => match &found {
-                        Some((first, _)) if first.id() == session.id() => {}
+                    Ok((session, resign, issued)) => match &found {
+                        Some((first, _, _)) if first.id() == session.id() => {}
                         Some(_) => {
                             started.rejected = Some(Rejection::Ambiguous);
                             found = None;
                             break;
                         }
-                        None => found = Some((session, resign)),
+                        None => found = Some((session, resign, issued)),
                     },
                     Err(why) if found.is_none() => started.rejected = Some(why),
                     Err(_) => {}
                 }
             }
-            if let Some((session, resign)) = found {
-                started.issue = resign;
+            if let Some((session, resign, issued)) = found {
+                started.issue = resign || refresh_due(policy, session.idle_timeout(), issued);
+                started.remembered = issued.is_some();
                 started.presented = Some(session.id());
                 started.session = Some(Arc::new(session));
                 started.rejected = None;
@@ -177,6 +179,8 @@ pub(crate) struct RedisStarted {
     presented: Option<SessionId>,
     pub(crate) rejected: Option<Rejection>,
     issue: bool,
+    /// The cookie is persistent for this session ("remember me").
+    remembered: bool,
     ended: bool,
 }
 
@@ -228,6 +232,13 @@ impl RedisStarted {
         Ok(created)
     }
 
+    /// The session got its own idle timeout: the response sets a persistent
+    /// cookie that follows it.
+    pub(crate) fn mark_remembered(&mut self) {
+        self.remembered = true;
+        self.issue = true;
+    }
+
     /// Takes the session out for an end, marking the cookie for expiry.
     pub(crate) fn take_for_end(&mut self) -> Option<Arc<RedisSession>> {
         let session = self.session.take()?;
@@ -243,7 +254,7 @@ impl RedisStarted {
         if !self.in_scope {
             return None;
         }
-        let (sessions, policy, _) = &*self.manager.inner;
+        let (_, policy, _) = &*self.manager.inner;
         match &self.session {
             Some(s) => {
                 let id = s.id();
@@ -251,7 +262,7 @@ impl RedisStarted {
                     return None;
                 }
                 let now = crate::clock::unix_secs(std::time::SystemTime::now());
-                policy.issue(id, sessions.engine.config.idle, now, false)
+                policy.issue(id, s.idle_timeout(), now, self.remembered)
             }
             None if self.rejected == Some(Rejection::NoClientAddress) => None,
             None if self.ended || self.rejected.is_some() => policy.expire(),
@@ -265,4 +276,20 @@ impl RedisStarted {
             headers.append(SET_COOKIE, value);
         }
     }
+}
+
+/// Whether a persistent cookie issued at `issued` (Unix seconds) has less
+/// than the policy's refresh fraction of its life left (the same rule as the
+/// in-memory manager's).
+fn refresh_due(policy: &CookiePolicy, idle: std::time::Duration, issued: Option<u64>) -> bool {
+    if !policy.persistent && issued.is_none() {
+        return false;
+    }
+    let Some(issued) = issued else {
+        return true;
+    };
+    let max_age = idle.as_secs_f64();
+    let now = crate::clock::unix_secs(std::time::SystemTime::now());
+    let left = issued as f64 + max_age - now as f64;
+    left < max_age * policy.refresh_below
 }

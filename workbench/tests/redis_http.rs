@@ -116,3 +116,63 @@ async fn two_servers_over_one_redis_share_count_renew_and_logout() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// "Remember me" over Redis: the session gets its own idle timeout in every
+/// process, and the response a persistent cookie whose Max-Age follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remember_me_over_redis_gives_a_persistent_cookie() {
+    use axum::Router;
+    use axum::routing::post;
+    use keyed_session::http::CookiePolicy;
+    use keyed_session::integrations::axum::{RequestSession, SessionLayer};
+    use keyed_session::redis::RedisManager;
+
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let sessions = RedisSessions::builder(&server.url())
+        .namespace("remember")
+        .sweep_every(None)
+        .build()
+        .await
+        .unwrap();
+    let manager = RedisManager::new(sessions.clone(), CookiePolicy::new().secure(false)).unwrap();
+    let app = Router::new()
+        .route(
+            "/login",
+            post(|s: RequestSession| async move {
+                s.open().await?;
+                s.remember(Duration::from_secs(30 * 24 * 3600)).await?;
+                Ok::<_, keyed_session::Error>("in")
+            }),
+        )
+        .layer(SessionLayer::redis(manager));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cookie = set_cookie(&resp).expect("a cookie");
+    assert!(cookie.contains("Max-Age=2592000"), "{cookie}");
+    let value = cookie.split(';').next().unwrap().split_once('=').unwrap().1;
+    let id: keyed_session::SessionId = value.split('.').next().unwrap().parse().unwrap();
+    let other = RedisSessions::builder(&server.url())
+        .namespace("remember")
+        .sweep_every(None)
+        .build()
+        .await
+        .unwrap();
+    let seen = other.get(&id, None).await.unwrap();
+    assert_eq!(seen.idle_timeout(), Duration::from_secs(30 * 24 * 3600));
+}

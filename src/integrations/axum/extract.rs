@@ -37,8 +37,8 @@ use crate::store::Session;
 /// ([`SessionLayer::new`](crate::integrations::axum::SessionLayer::new)) and,
 /// with the `redis` feature, over one shared by many processes
 /// ([`SessionLayer::redis`](crate::integrations::axum::SessionLayer)): only
-/// [`session`](Self::session) and [`remember`](Self::remember) are the
-/// in-memory store's alone.
+/// [`session`](Self::session) and [`get_or_create`](Self::get_or_create)
+/// are the in-memory store's alone.
 ///
 /// Locking: the handle's own mutex is held only to read or update the
 /// request's state, never while the store runs user code (`on_delete` hooks of
@@ -308,12 +308,25 @@ impl RequestSession {
     ///
     /// # Errors
     /// [`Error::Ended`] when there is no live session;
-    /// [`Error::Unsupported`] over a Redis store.
+    /// [`Error::Unavailable`] when a shared store does not answer.
     pub async fn remember(&self, idle: Duration) -> Result<(), Error> {
-        match &mut *self.0.lock() {
-            State::Memory(s) => Ok(s.remember(idle)?),
-            #[cfg(feature = "redis")]
-            State::Redis(_) => Err(Error::Unsupported("remember over a Redis store")),
+        #[cfg(not(feature = "redis"))]
+        {
+            let State::Memory(s) = &mut *self.0.lock();
+            Ok(s.remember(idle)?)
+        }
+        #[cfg(feature = "redis")]
+        {
+            let shared = match &mut *self.0.lock() {
+                State::Memory(s) => return Ok(s.remember(idle)?),
+                State::Redis(s) => s.session.clone().ok_or(Error::Ended)?,
+            };
+            // No lock held across the round trip.
+            shared.set_idle_timeout(idle).await?;
+            if let State::Redis(s) = &mut *self.0.lock() {
+                s.mark_remembered();
+            }
+            Ok(())
         }
     }
 
