@@ -192,14 +192,8 @@ impl RedisSessions {
             let id = SessionId::random();
             let k = e.keys(&id);
             let id_text = id.to_string();
-            let mut call = scripts::CREATE.prepare_invoke();
-            call.key(&k.hash)
-                .key(&k.due)
-                .key(&k.events)
-                .key(&k.tomb)
-                .key(&k.count)
-                .key(&k.per_ip)
-                .arg(e.now_arg())
+            let mut call = k.invoke(&scripts::CREATE);
+            call.arg(e.now_arg())
                 .arg(Engine::millis(e.config.idle))
                 .arg(e.config.absolute.map_or(0, Engine::millis))
                 .arg(&ip)
@@ -264,14 +258,8 @@ impl RedisSessions {
         let k = e.keys(id);
         let id_text = id.to_string();
         let known = e.seen.lock().get(id).map(|(rev, _)| rev.clone());
-        let mut call = scripts::LOAD.prepare_invoke();
-        call.key(&k.hash)
-            .key(&k.due)
-            .key(&k.events)
-            .key(&k.tomb)
-            .key(&k.count)
-            .key(&k.per_ip)
-            .arg(e.now_arg())
+        let mut call = k.invoke(&scripts::LOAD);
+        call.arg(e.now_arg())
             .arg(Engine::millis(e.config.touch_every()))
             .arg(known.as_deref().unwrap_or("-1"))
             .arg(&id_text)

@@ -67,6 +67,9 @@ pub(crate) struct Engine {
 /// A session's revision and its shared values, as last loaded.
 pub(crate) type Seen = (String, Arc<HashMap<String, Field>>);
 
+/// One user hook, ready to run.
+type Hook = Box<dyn FnOnce() + Send>;
+
 /// The Redis keys of one session.
 pub(crate) struct Keys {
     pub(crate) hash: String,
@@ -77,7 +80,29 @@ pub(crate) struct Keys {
     pub(crate) per_ip: String,
 }
 
+impl Keys {
+    /// An invocation of `script` with this session's six keys (hash, due,
+    /// events, tombstone, count, per-address count), in the scripts' order.
+    pub(crate) fn invoke<'a>(&self, script: &'a redis::Script) -> ScriptInvocation<'a> {
+        let mut call = script.prepare_invoke();
+        call.key(&self.hash)
+            .key(&self.due)
+            .key(&self.events)
+            .key(&self.tomb)
+            .key(&self.count)
+            .key(&self.per_ip);
+        call
+    }
+}
+
 impl Engine {
+    /// The event stream of every shard.
+    pub(crate) fn streams(&self) -> Vec<String> {
+        (0..self.config.shards)
+            .map(|s| format!("{}ev", self.prefix(s)))
+            .collect()
+    }
+
     pub(crate) fn shard(&self, id: &SessionId) -> u64 {
         id.mix() % self.config.shards
     }
@@ -136,14 +161,8 @@ impl Engine {
         self.waiting.lock().entry(*id).or_default().push(tx);
         let k = self.keys(id);
         let id_text = id.to_string();
-        let mut call = scripts::END.prepare_invoke();
-        call.key(&k.hash)
-            .key(&k.due)
-            .key(&k.events)
-            .key(&k.tomb)
-            .key(&k.count)
-            .key(&k.per_ip)
-            .arg(&id_text)
+        let mut call = k.invoke(&scripts::END);
+        call.arg(&id_text)
             .arg(reason.as_str())
             .arg(Self::millis(self.config.retention));
         let answer = match self.run(&call).await {
@@ -199,18 +218,11 @@ impl Engine {
             peer,
             cause: DeleteCause::SessionEnded(reason),
         };
-        let panics = tokio::task::spawn_blocking(move || {
-            jobs.iter()
-                .filter(|(hook, bytes)| {
-                    catch_unwind(AssertUnwindSafe(|| hook(bytes, &ctx))).is_err()
-                })
-                .count() as u64
-        })
-        .await
-        .unwrap_or(0);
-        self.counters
-            .hook_panics
-            .fetch_add(panics, Ordering::Relaxed);
+        self.run_hooks(
+            jobs.into_iter()
+                .map(|(hook, bytes)| Box::new(move || hook(&bytes, &ctx)) as Hook),
+        )
+        .await;
     }
 
     /// Claims this process's local part of `id` (once) and runs its values'
@@ -229,10 +241,23 @@ impl Engine {
             peer: part.peer,
             cause: DeleteCause::SessionEnded(reason),
         };
-        let panics = tokio::task::spawn_blocking(move || {
+        self.run_hooks(
             values
                 .into_iter()
-                .map(|slot| catch_unwind(AssertUnwindSafe(|| slot.delete(&ctx))).is_err())
+                .map(|slot| Box::new(move || slot.delete(&ctx)) as Hook),
+        )
+        .await;
+    }
+
+    /// Runs `hooks` on the blocking pool (never on a runtime worker, never
+    /// under a lock), each under its own `catch_unwind`: a panic is counted
+    /// and the others still run.
+    async fn run_hooks(&self, hooks: impl Iterator<Item = Hook>) {
+        let hooks: Vec<Hook> = hooks.collect();
+        let panics = tokio::task::spawn_blocking(move || {
+            hooks
+                .into_iter()
+                .map(|hook| catch_unwind(AssertUnwindSafe(hook)).is_err())
                 .filter(|&panicked| panicked)
                 .count() as u64
         })

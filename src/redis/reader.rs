@@ -27,11 +27,7 @@ pub(crate) async fn read_events(
     start: String,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(streams) = engine.upgrade().map(|e| {
-        (0..e.config.shards)
-            .map(|s| format!("{}ev", e.prefix(s)))
-            .collect::<Vec<_>>()
-    }) else {
+    let Some(streams) = engine.upgrade().map(|e| e.streams()) else {
         return;
     };
     let mut last: Vec<String> = vec![start; streams.len()];
@@ -240,11 +236,7 @@ pub(crate) async fn shared_hooks(
     claim_after: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some(streams) = engine.upgrade().map(|e| {
-        (0..e.config.shards)
-            .map(|s| format!("{}ev", e.prefix(s)))
-            .collect::<Vec<_>>()
-    }) else {
+    let Some(streams) = engine.upgrade().map(|e| e.streams()) else {
         return;
     };
     let me = format!("{:016x}", rand::random::<u64>());
@@ -352,9 +344,7 @@ async fn create_groups_on(conn: &mut MultiplexedConnection, streams: &[String]) 
 
 /// [`create_groups_on`] with a connection of its own.
 pub(crate) async fn create_groups(engine: &Engine, client: &redis::Client) {
-    let streams: Vec<String> = (0..engine.config.shards)
-        .map(|s| format!("{}ev", engine.prefix(s)))
-        .collect();
+    let streams = engine.streams();
     if let Ok(mut c) = blocking_connection(client).await {
         create_groups_on(&mut c, &streams).await;
     }
