@@ -43,6 +43,7 @@
 //! # Ok(()) }
 //! ```
 
+mod attach;
 mod config;
 mod engine;
 mod error;
@@ -70,9 +71,10 @@ use crate::redis::config::Config;
 use crate::redis::engine::{Counters, Engine};
 use crate::store::{CreateError, Refused};
 
+pub use attach::RedisClientGuard;
 pub use config::RedisSessionsBuilder;
 pub use error::SharedError;
-pub use session::{RedisClientGuard, RedisSession};
+pub use session::RedisSession;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use web::RedisManager;
