@@ -375,7 +375,7 @@ impl RedisSessions {
     pub async fn sweep(&self) -> Result<usize, SharedError> {
         let mut ended = 0;
         for shard in 0..self.engine.config.shards {
-            ended += sweep_shard(&self.engine, shard).await?;
+            ended += self.engine.sweep_shard(shard).await?;
         }
         Ok(ended)
     }
@@ -474,29 +474,4 @@ impl RedisSessions {
             .hook_panics
             .load(std::sync::atomic::Ordering::Relaxed)
     }
-}
-
-/// Ends what is due in one shard; runs the shared hooks of what it ended.
-pub(crate) async fn sweep_shard(e: &Engine, shard: u64) -> Result<usize, SharedError> {
-    let p = e.prefix(shard);
-    let mut call = scripts::SWEEP.prepare_invoke();
-    call.key(format!("{p}due"))
-        .key(format!("{p}ev"))
-        .key(format!("{}:n", e.config.namespace))
-        .key(format!("{}:ipn", e.config.namespace))
-        .arg(e.now_arg())
-        .arg(256)
-        .arg(&p)
-        .arg(Engine::millis(e.config.retention));
-    let ended = e.run(&call).await?;
-    let mut count = 0;
-    for item in &ended {
-        let redis::Value::Array(parts) = item else {
-            continue;
-        };
-        if parts.len() >= 2 {
-            count += 1;
-        }
-    }
-    Ok(count)
 }

@@ -268,6 +268,26 @@ impl Engine {
             .fetch_add(panics, Ordering::Relaxed);
     }
 
+    /// Ends what is due in one shard (at most 256 sessions); their hooks run
+    /// from their `End` events. Returns how many it ended.
+    pub(crate) async fn sweep_shard(&self, shard: u64) -> Result<usize, SharedError> {
+        let p = self.prefix(shard);
+        let mut call = scripts::SWEEP.prepare_invoke();
+        call.key(format!("{p}due"))
+            .key(format!("{p}ev"))
+            .key(format!("{}:n", self.config.namespace))
+            .key(format!("{}:ipn", self.config.namespace))
+            .arg(self.now_arg())
+            .arg(256)
+            .arg(&p)
+            .arg(Self::millis(self.config.retention));
+        let ended = self.run(&call).await?;
+        Ok(ended
+            .iter()
+            .filter(|item| matches!(item, Value::Array(parts) if parts.len() >= 2))
+            .count())
+    }
+
     /// Wakes the `delete` calls waiting for `id`'s local hooks.
     pub(crate) fn handled(&self, id: &SessionId) {
         for tx in self.waiting.lock().remove(id).unwrap_or_default() {

@@ -219,7 +219,7 @@ pub(crate) async fn sweep(engine: Weak<Engine>, every: Duration, mut stop: watch
             return;
         }
         let Some(e) = engine.upgrade() else { return };
-        let _ = crate::redis::sweep_shard(&e, shard).await;
+        let _ = e.sweep_shard(shard).await;
         shard = (shard + 1) % e.config.shards;
     }
 }
