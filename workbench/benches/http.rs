@@ -1,0 +1,314 @@
+//! Whole HTTP requests under load: how many requests per second a server
+//! loses by adding sessions, beside tower-sessions.
+//!
+//! `cargo bench --bench http` (`QUICK=1`: one short round). It needs `wrk`
+//! (Debian: `apt-get install wrk`) and says so when it is missing. Each
+//! variant is its own server process (this binary, re-run with `KS_SERVE`),
+//! with the same handler: read the session's counter, increment it, render a
+//! tiny page. Variants: `none` (an `AtomicU64`, no sessions: the floor),
+//! `keyed-session` (its `SessionLayer` over the in-memory store) and
+//! `tower-sessions` (`SessionManagerLayer` over its `MemoryStore`). Scenarios:
+//! `existing` (every request presents the cookie of one of 1,000 sessions
+//! made beforehand, in turn) and `new` (no cookie: every request makes a
+//! session). wrk runs with one thread and 32 keep-alive connections after a
+//! warm-up; variants alternate over the rounds and the medians are reported,
+//! one line each: `http <variant> <scenario> <requests_per_s> <p50_us> <p99_us>`,
+//! then a README table with the ratios to `none` and to tower-sessions.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const VARIANTS: [&str; 3] = ["none", "keyed-session", "tower-sessions"];
+const SCENARIOS: [&str; 2] = ["existing", "new"];
+
+fn page(n: u64) -> axum::response::Html<String> {
+    axum::response::Html(format!("<!doctype html><title>count</title><h1>{n}</h1>"))
+}
+
+/// Serves one variant on `port` until killed.
+fn serve(variant: &str, port: u16) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        use axum::Router;
+        use axum::routing::get;
+        let app = match variant {
+            "none" => {
+                let counter = Arc::new(AtomicU64::new(0));
+                Router::new().route(
+                    "/",
+                    get(move || {
+                        let counter = Arc::clone(&counter);
+                        async move { page(counter.fetch_add(1, Ordering::Relaxed) + 1) }
+                    }),
+                )
+            }
+            "keyed-session" => {
+                use keyed_session::http::{CookiePolicy, SessionManager};
+                use keyed_session::integrations::axum::{RequestSession, SessionLayer};
+                use keyed_session::{Key, Sessions};
+                static COUNT: Key<u64> = Key::new("count");
+                let manager =
+                    SessionManager::new(Sessions::default(), CookiePolicy::new().secure(false))
+                        .unwrap();
+                Router::new()
+                    .route(
+                        "/",
+                        get(|s: RequestSession| async move {
+                            let n = s
+                                .update(
+                                    &COUNT,
+                                    || 0,
+                                    |n| {
+                                        *n += 1;
+                                        *n
+                                    },
+                                )
+                                .await?;
+                            Ok::<_, keyed_session::Error>(page(n))
+                        }),
+                    )
+                    .layer(SessionLayer::new(manager))
+            }
+            _ => {
+                use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
+                Router::new()
+                    .route(
+                        "/",
+                        get(|s: Session| async move {
+                            let n: u64 = s.get("count").await.unwrap().unwrap_or(0) + 1;
+                            s.insert("count", n).await.unwrap();
+                            page(n)
+                        }),
+                    )
+                    .layer(SessionManagerLayer::new(MemoryStore::default()).with_secure(false))
+            }
+        };
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(variant: &str) -> (Server, u16) {
+    let port = free_port();
+    let server = Server(
+        Command::new(std::env::current_exe().unwrap())
+            .env("KS_SERVE", variant)
+            .env("KS_PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..3000 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (server, port);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the {variant} server did not come up");
+}
+
+/// The `name=value` of the `Set-Cookie` of one plain HTTP/1.1 GET.
+fn fresh_cookie(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut cookie = None;
+    let mut line = String::new();
+    while reader.read_line(&mut line).ok()? > 0 {
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(value) = line
+            .strip_prefix("set-cookie: ")
+            .or_else(|| line.strip_prefix("Set-Cookie: "))
+        {
+            cookie = value.split(';').next().map(str::to_owned);
+        }
+        line.clear();
+    }
+    let _ = reader.read_to_end(&mut Vec::new());
+    cookie
+}
+
+/// The wrk script: every request presents the next of `cookies` (or none).
+fn script(cookies: &[String]) -> String {
+    let list: Vec<String> = cookies.iter().map(|c| format!("{c:?}")).collect();
+    format!(
+        "local cookies = {{{}}}\nlocal i = 0\nrequest = function()\n  if #cookies == 0 then return wrk.format('GET', '/') end\n  i = i % #cookies + 1\n  return wrk.format('GET', '/', {{ Cookie = cookies[i] }})\nend\n",
+        list.join(", ")
+    )
+}
+
+struct Sample {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn micros(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = number.parse().ok()?;
+    Some(match unit {
+        "us" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        _ => return None,
+    })
+}
+
+fn wrk(port: u16, script_path: &str, seconds: u64) -> Option<Sample> {
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            "-c32",
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+            script_path,
+        ])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let pct = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p))
+            .and_then(micros)
+    };
+    Some(Sample {
+        rps,
+        p50_us: pct("50%")?,
+        p99_us: pct("99%")?,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if let (Ok(variant), Ok(port)) = (std::env::var("KS_SERVE"), std::env::var("KS_PORT")) {
+        serve(&variant, port.parse().unwrap());
+        return;
+    }
+    if Command::new("wrk").arg("--version").output().is_err() {
+        println!("http bench: wrk is not installed (Debian: apt-get install wrk): skipped");
+        return;
+    }
+    let quick = std::env::var_os("QUICK").is_some();
+    let (rounds, seconds) = if quick { (1, 2) } else { (3, 5) };
+    let dir = std::env::temp_dir().join(format!("ks-http-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut samples: Vec<(String, String, Sample)> = Vec::new();
+    for _ in 0..rounds {
+        for scenario in SCENARIOS {
+            for variant in VARIANTS {
+                let (_server, port) = start(variant);
+                let cookies: Vec<String> = if scenario == "existing" && variant != "none" {
+                    (0..1000).filter_map(|_| fresh_cookie(port)).collect()
+                } else {
+                    Vec::new()
+                };
+                let path = dir.join(format!("{variant}-{scenario}.lua"));
+                std::fs::write(&path, script(&cookies)).unwrap();
+                let path = path.to_string_lossy().into_owned();
+                // Warm-up, then the measurement.
+                let _ = wrk(port, &path, 1);
+                if let Some(s) = wrk(port, &path, seconds) {
+                    samples.push((variant.to_owned(), scenario.to_owned(), s));
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut medians = Vec::new();
+    for scenario in SCENARIOS {
+        for variant in VARIANTS {
+            let of = |f: fn(&Sample) -> f64| {
+                median(
+                    samples
+                        .iter()
+                        .filter(|(v, s, _)| v == variant && s == scenario)
+                        .map(|(_, _, x)| f(x))
+                        .collect(),
+                )
+            };
+            let m = (of(|s| s.rps), of(|s| s.p50_us), of(|s| s.p99_us));
+            println!("http {variant} {scenario} {:.0} {:.0} {:.0}", m.0, m.1, m.2);
+            medians.push((variant, scenario, m));
+        }
+    }
+    println!();
+    println!(
+        "| scenario | none req/s | keyed-session req/s (p50 / p99 µs) | tower-sessions req/s (p50 / p99 µs) | keyed ÷ none | tower ÷ none | keyed ÷ tower |"
+    );
+    println!("| --- | ---: | --- | --- | ---: | ---: | ---: |");
+    for scenario in SCENARIOS {
+        let get = |variant: &str| {
+            medians
+                .iter()
+                .find(|(v, s, _)| *v == variant && *s == scenario)
+                .map(|(_, _, m)| *m)
+                .unwrap()
+        };
+        let (none, keyed, tower) = (get("none"), get("keyed-session"), get("tower-sessions"));
+        println!(
+            "| {scenario} | {:.0} | {:.0} ({:.0} / {:.0}) | {:.0} ({:.0} / {:.0}) | {:.2}× | {:.2}× | {:.2}× |",
+            none.0,
+            keyed.0,
+            keyed.1,
+            keyed.2,
+            tower.0,
+            tower.1,
+            tower.2,
+            keyed.0 / none.0,
+            tower.0 / none.0,
+            keyed.0 / tower.0
+        );
+    }
+}
