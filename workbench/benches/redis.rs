@@ -2,7 +2,7 @@
 //! `SessionStore` API, as its layer uses it) and plain GET/SET as the floor,
 //! all on one `redis-server` in one run.
 //!
-//! `cargo bench --bench redis` (`QUICK=1` for a short pass). It starts its own
+//! `cargo bench --all-features --bench redis` (`QUICK=1` for a short pass). It starts its own
 //! `redis-server` on a free port (`REDIS_URL` to use another one); without one
 //! it says so and stops. It prints one line per measurement:
 //! `redis <variant> <scenario> <tasks> <ops_per_s> <p50_us> <p99_us> <commands_per_op>`,
