@@ -413,27 +413,19 @@ impl RedisSessions {
         for _ in 0..16 {
             let k = self.engine.keys(&id);
             let mut conn = self.engine.conn.clone();
-            let (alive, tomb): (bool, Option<String>) = tokio::time::timeout(
-                self.engine.config.response_timeout,
-                redis::pipe()
-                    .exists(&k.hash)
-                    .get(&k.tomb)
-                    .query_async(&mut conn),
-            )
-            .await
-            .map_err(|_| crate::redis::engine::timeout_error())??;
+            let mut check = redis::pipe();
+            check.exists(&k.hash).get(&k.tomb);
+            let (alive, tomb): (bool, Option<String>) =
+                self.engine.within(check.query_async(&mut conn)).await?;
             if alive {
                 break;
             }
             // Gone: its tombstone says why (while events are retained), or
             // where a renew took it.
-            match tomb.as_deref().map(|t| t.strip_prefix("renewed:").ok_or(t)) {
-                Some(Ok(new)) => match new.parse() {
-                    Ok(new) => id = new,
-                    Err(_) => return Ok(None),
-                },
-                Some(Err(reason)) => return Ok(EndReason::from_name(reason)),
-                None => return Ok(None),
+            let Some(tomb) = tomb else { return Ok(None) };
+            match reply::renewed_to(&tomb) {
+                Some(new) => id = new,
+                None => return Ok(EndReason::from_name(&tomb)),
             }
         }
         loop {

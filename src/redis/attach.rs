@@ -3,10 +3,6 @@
 
 use std::sync::Arc;
 
-use crate::id::SessionId;
-use crate::redis::engine::Engine;
-use crate::redis::error::SharedError;
-use crate::redis::scripts;
 use crate::redis::session::RedisSession;
 
 impl RedisSession {
@@ -31,9 +27,9 @@ impl RedisSession {
                     _ = &mut stopped => return,
                     () = tokio::time::sleep(every) => {}
                 }
-                match touch(&engine, &id).await {
+                match engine.touch(&id).await {
                     Ok(true) => {}
-                    Ok(false) => match renewed_to(&engine, &id).await {
+                    Ok(false) => match engine.renewed_to(&id).await {
                         Some(new) => id = new,
                         None => return,
                     },
@@ -44,34 +40,6 @@ impl RedisSession {
         });
         RedisClientGuard { _stop: stop }
     }
-}
-
-/// Marks session `id` used now; `false` when it is gone or expired.
-pub(crate) async fn touch(engine: &Engine, id: &SessionId) -> Result<bool, SharedError> {
-    let k = engine.keys(id);
-    let mut call = scripts::TOUCH.prepare_invoke();
-    call.key(&k.hash)
-        .key(&k.due)
-        .arg(engine.now_arg())
-        .arg(id.to_string())
-        .arg(Engine::millis(crate::redis::config::Config::SLACK));
-    let mut conn = engine.conn.clone();
-    let touched: i64 =
-        tokio::time::timeout(engine.config.response_timeout, call.invoke_async(&mut conn))
-            .await
-            .map_err(|_| crate::redis::engine::timeout_error())??;
-    Ok(touched == 1)
-}
-
-/// The id session `id` was renewed to, by its tombstone.
-async fn renewed_to(engine: &Engine, id: &SessionId) -> Option<SessionId> {
-    let mut conn = engine.conn.clone();
-    let tomb: Option<String> = redis::cmd("GET")
-        .arg(engine.keys(id).tomb)
-        .query_async(&mut conn)
-        .await
-        .ok()?;
-    tomb?.strip_prefix("renewed:")?.parse().ok()
 }
 
 /// Keeps a session in use while it lives; see [`RedisSession::attach`].

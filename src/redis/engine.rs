@@ -143,19 +143,65 @@ impl Engine {
     /// Runs a script, failing with `Unavailable` after the response timeout.
     pub(crate) async fn run(&self, call: &ScriptInvocation<'_>) -> Result<Vec<Value>, SharedError> {
         let mut conn = self.conn.clone();
-        let answer =
-            tokio::time::timeout(self.config.response_timeout, call.invoke_async(&mut conn))
-                .await
-                .map_err(|_| timeout_error())
-                .and_then(|r| r.map_err(SharedError::from));
+        reply::array(self.within(call.invoke_async(&mut conn)).await?)
+    }
+
+    /// `answer` within the response timeout: every call to Redis but the
+    /// blocking stream reads goes through here (and is counted when it fails).
+    pub(crate) async fn within<T>(
+        &self,
+        answer: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, SharedError> {
+        self.within_for(self.config.response_timeout, answer).await
+    }
+
+    /// [`within`](Self::within) a deadline of its own (a pipelined batch).
+    pub(crate) async fn within_for<T>(
+        &self,
+        deadline: std::time::Duration,
+        answer: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, SharedError> {
+        let answer = tokio::time::timeout(deadline, answer)
+            .await
+            .map_err(|_| timeout_error())
+            .and_then(|r| r.map_err(SharedError::from));
         if answer.is_err() {
             self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
         }
-        reply::array(answer?)
+        answer
     }
 
-    /// Ends session `id` with `reason` if it is alive: this call's claim runs
-    /// the shared hooks; returns once this process's local hooks ran too.
+    /// Marks session `id` used now; `false` when it is gone or expired.
+    pub(crate) async fn touch(&self, id: &SessionId) -> Result<bool, SharedError> {
+        let k = self.keys(id);
+        let mut call = scripts::TOUCH.prepare_invoke();
+        call.key(&k.hash)
+            .key(&k.due)
+            .arg(self.now_arg())
+            .arg(id.to_string())
+            .arg(Self::millis(Config::SLACK));
+        let mut conn = self.conn.clone();
+        let touched: i64 = self.within(call.invoke_async(&mut conn)).await?;
+        Ok(touched == 1)
+    }
+
+    /// The id session `id` was renewed to, by its tombstone.
+    pub(crate) async fn renewed_to(&self, id: &SessionId) -> Option<SessionId> {
+        let mut conn = self.conn.clone();
+        let tomb: Option<String> = self
+            .within(
+                redis::cmd("GET")
+                    .arg(self.keys(id).tomb)
+                    .query_async(&mut conn),
+            )
+            .await
+            .ok()?;
+        reply::renewed_to(&tomb?)
+    }
+
+    /// Ends session `id` with `reason` if it is alive (`true` when this call
+    /// ended it); returns once this process's local hooks ran. The shared
+    /// hooks run in the consumer group, from the `End` event.
     pub(crate) async fn end(&self, id: &SessionId, reason: EndReason) -> Result<bool, SharedError> {
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().entry(*id).or_default().push(tx);
@@ -319,22 +365,20 @@ impl Engine {
                 pipe.exists(&k.hash).get(&k.tomb);
             }
             let mut conn = self.conn.clone();
-            let found: Vec<Value> = tokio::time::timeout(
-                self.config.response_timeout * 4,
-                pipe.query_async(&mut conn),
-            )
-            .await
-            .map_err(|_| timeout_error())??;
+            let found: Vec<Value> = self
+                .within_for(
+                    self.config.response_timeout * 4,
+                    pipe.query_async(&mut conn),
+                )
+                .await?;
             for (id, pair) in chunk.iter().zip(found.chunks_exact(2)) {
                 if reply::int(&pair[0]) == Some(1) {
                     continue;
                 }
                 let tomb = reply::text(&pair[1]);
-                if let Some(new) = tomb.and_then(|t| t.strip_prefix("renewed:")) {
-                    if let Ok(new) = new.parse::<SessionId>() {
-                        self.rekey(id, new);
-                        continue;
-                    }
+                if let Some(new) = tomb.and_then(reply::renewed_to) {
+                    self.rekey(id, new);
+                    continue;
                 }
                 let reason = tomb
                     .and_then(EndReason::from_name)

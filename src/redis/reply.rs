@@ -71,3 +71,9 @@ pub(crate) fn fields(all: &Value) -> HashMap<String, Field> {
     }
     out
 }
+
+/// The new id a tombstone names (`renewed:<id>`), when the session was
+/// renewed rather than ended.
+pub(crate) fn renewed_to(tomb: &str) -> Option<crate::id::SessionId> {
+    tomb.strip_prefix("renewed:")?.parse().ok()
+}

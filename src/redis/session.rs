@@ -191,14 +191,9 @@ impl RedisSession {
     ) -> Result<Option<T>, SharedError> {
         let id = self.id();
         let mut conn = self.engine.conn.clone();
-        let alive: bool = tokio::time::timeout(
-            self.engine.config.response_timeout,
-            redis::cmd("EXISTS")
-                .arg(self.engine.keys(&id).hash)
-                .query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| crate::redis::engine::timeout_error())??;
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(self.engine.keys(&id).hash);
+        let alive: bool = self.engine.within(exists.query_async(&mut conn)).await?;
         if !alive {
             return Err(SharedError::Ended);
         }
@@ -342,7 +337,7 @@ impl RedisSession {
     /// # Errors
     /// [`SharedError::Ended`] when the session has ended or expired.
     pub async fn touch(&self) -> Result<(), SharedError> {
-        if crate::redis::attach::touch(&self.engine, &self.id()).await? {
+        if self.engine.touch(&self.id()).await? {
             Ok(())
         } else {
             Err(SharedError::Ended)
@@ -371,12 +366,7 @@ impl RedisSession {
             .arg(Engine::millis(idle))
             .arg(Engine::millis(crate::redis::config::Config::SLACK));
         let mut conn = self.engine.conn.clone();
-        let set: i64 = tokio::time::timeout(
-            self.engine.config.response_timeout,
-            call.invoke_async(&mut conn),
-        )
-        .await
-        .map_err(|_| crate::redis::engine::timeout_error())??;
+        let set: i64 = self.engine.within(call.invoke_async(&mut conn)).await?;
         if set != 1 {
             return Err(SharedError::Ended);
         }
