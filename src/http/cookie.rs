@@ -8,6 +8,7 @@ use std::time::Duration;
 use cookie::{Cookie, CookieJar};
 use http::header::HeaderValue;
 
+use crate::error::Rejection;
 use crate::id::SessionId;
 
 /// What a presented cookie says.
@@ -21,29 +22,20 @@ pub(crate) struct Presented {
 }
 
 /// `<id>` or `<id>.<issued>`, strictly.
-fn parse_plain(plain: &str, resign: bool) -> Result<Presented, Unreadable> {
+fn parse_plain(plain: &str, resign: bool) -> Result<Presented, Rejection> {
     let (id, issued) = match plain.split_once('.') {
         Some((id, issued)) => {
             let digits = !issued.is_empty() && issued.bytes().all(|b| b.is_ascii_digit());
             let issued: u64 = digits
                 .then(|| issued.parse().ok())
                 .flatten()
-                .ok_or(Unreadable::Malformed)?;
+                .ok_or(Rejection::Malformed)?;
             (id, Some(issued))
         }
         None => (plain, None),
     };
-    let id = id.parse().map_err(|_| Unreadable::Malformed)?;
+    let id = id.parse().map_err(|_| Rejection::Malformed)?;
     Ok(Presented { id, issued, resign })
-}
-
-/// Why a presented cookie value yields no id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Unreadable {
-    /// Not a session id (length, characters, encoding).
-    Malformed,
-    /// The signature does not verify with any configured key.
-    BadSignature,
 }
 
 /// The `SameSite` attribute of the session cookie.
@@ -405,11 +397,33 @@ impl CookiePolicy {
         HeaderValue::from_str(&c.to_string()).ok()
     }
 
+    /// Whether a persistent cookie (by the policy, or one that carries its
+    /// issue time: a remembered session), issued at `issued` (Unix seconds)
+    /// with `max_age`, has less than the refresh fraction of its life left at
+    /// `now` (read only for such a cookie: a clock read is not free): then
+    /// the response sends it afresh.
+    pub(crate) fn refresh_due(
+        &self,
+        max_age: Duration,
+        issued: Option<u64>,
+        now: impl FnOnce() -> u64,
+    ) -> bool {
+        if !self.persistent && issued.is_none() {
+            return false;
+        }
+        let Some(issued) = issued else {
+            return true;
+        };
+        let max_age = max_age.as_secs_f64();
+        let left = issued as f64 + max_age - now() as f64;
+        left < max_age * self.refresh_below
+    }
+
     /// Reads one presented cookie value: the id, when the cookie was issued
     /// (persistent cookies carry it), and whether it was signed with an older
     /// key; `Err` says why not.
-    pub(crate) fn read_value(&self, raw: &[u8]) -> Result<Presented, Unreadable> {
-        let value = std::str::from_utf8(raw).map_err(|_| Unreadable::Malformed)?;
+    pub(crate) fn read_value(&self, raw: &[u8]) -> Result<Presented, Rejection> {
+        let value = std::str::from_utf8(raw).map_err(|_| Rejection::Malformed)?;
         let Some(key) = &self.signing else {
             return parse_plain(value, false);
         };
@@ -419,7 +433,7 @@ impl CookiePolicy {
                 return parse_plain(&plain, i > 0);
             }
         }
-        Err(Unreadable::BadSignature)
+        Err(Rejection::BadSignature)
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::header::{COOKIE, HeaderMap, HeaderValue};
 
 use crate::error::Rejection;
-use crate::http::cookie::{CookiePolicy, PolicyError, Presented, Unreadable};
+use crate::http::cookie::{CookiePolicy, PolicyError, Presented};
 use crate::http::started::{CreateMode, ManagerInner, Started};
 use crate::net::IpBinding;
 use crate::store::{Session, Sessions};
@@ -201,7 +201,12 @@ impl SessionManager {
                 }
             }
             if let Some((session, resign, issued)) = found {
-                started.issue = resign || self.refresh_due(&session, issued);
+                let now = || self.inner.sessions.now_unix();
+                started.issue = resign
+                    || self
+                        .inner
+                        .policy
+                        .refresh_due(session.idle_timeout(), issued, now);
                 started.remembered = issued.is_some();
                 started.presented = Some(session.id());
                 started.session = Some(session);
@@ -224,34 +229,13 @@ impl SessionManager {
         raw: &[u8],
         peer: Option<IpAddr>,
     ) -> Result<(Session, bool, Option<u64>), Rejection> {
-        let Presented { id, issued, resign } =
-            self.inner.policy.read_value(raw).map_err(|e| match e {
-                Unreadable::Malformed => Rejection::Malformed,
-                Unreadable::BadSignature => Rejection::BadSignature,
-            })?;
+        let Presented { id, issued, resign } = self.inner.policy.read_value(raw)?;
         let session = self
             .inner
             .sessions
             .get(&id, peer)
             .map_err(Rejection::Refused)?;
         Ok((session, resign, issued))
-    }
-
-    /// Whether a persistent cookie (by the policy, or one that carries its
-    /// issue time: a session remembered with `Started::remember`), issued at
-    /// `issued`, has less than the refresh fraction of its life left.
-    fn refresh_due(&self, session: &Session, issued: Option<u64>) -> bool {
-        let policy = &self.inner.policy;
-        if !policy.persistent && issued.is_none() {
-            return false;
-        }
-        let Some(issued) = issued else {
-            return true;
-        };
-        let max_age = session.idle_timeout().as_secs_f64();
-        let now = self.inner.sessions.now_unix();
-        let left = issued as f64 + max_age - now as f64;
-        left < max_age * policy.refresh_below
     }
 }
 

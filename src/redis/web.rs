@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 
 use crate::error::{Error, Rejection};
-use crate::http::cookie::{CookiePolicy, PolicyError, Presented, Unreadable};
+use crate::http::cookie::{CookiePolicy, PolicyError, Presented};
 use crate::http::manager::{MAX_COOKIE_HEADER, MAX_DUPLICATE_COOKIES, cookie_values};
 use crate::http::started::CreateMode;
 use crate::id::SessionId;
@@ -127,8 +127,7 @@ impl RedisManager {
                         Err(SharedError::Refused(r)) => Err(Rejection::Refused(r)),
                         Err(e) => return Err(e),
                     },
-                    Err(Unreadable::Malformed) => Err(Rejection::Malformed),
-                    Err(Unreadable::BadSignature) => Err(Rejection::BadSignature),
+                    Err(why) => Err(why),
                 };
                 match looked {
                     Ok((session, resign, issued)) => match &found {
@@ -145,7 +144,8 @@ impl RedisManager {
                 }
             }
             if let Some((session, resign, issued)) = found {
-                started.issue = resign || refresh_due(policy, session.idle_timeout(), issued);
+                let now = || crate::clock::unix_secs(std::time::SystemTime::now());
+                started.issue = resign || policy.refresh_due(session.idle_timeout(), issued, now);
                 started.remembered = issued.is_some();
                 started.presented = Some(session.id());
                 started.session = Some(Arc::new(session));
@@ -276,20 +276,4 @@ impl RedisStarted {
             headers.append(SET_COOKIE, value);
         }
     }
-}
-
-/// Whether a persistent cookie issued at `issued` (Unix seconds) has less
-/// than the policy's refresh fraction of its life left (the same rule as the
-/// in-memory manager's).
-fn refresh_due(policy: &CookiePolicy, idle: std::time::Duration, issued: Option<u64>) -> bool {
-    if !policy.persistent && issued.is_none() {
-        return false;
-    }
-    let Some(issued) = issued else {
-        return true;
-    };
-    let max_age = idle.as_secs_f64();
-    let now = crate::clock::unix_secs(std::time::SystemTime::now());
-    let left = issued as f64 + max_age - now as f64;
-    left < max_age * policy.refresh_below
 }
