@@ -6,10 +6,10 @@ mod common;
 #[path = "../../examples/counter.rs"]
 mod counter;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use common::{pair, set_cookie};
+use common::{count_in, pair, serve_app, set_cookie};
 use keyed_session::{EndReason, Sessions};
 use reqwest::header::COOKIE;
 use reqwest::{Method, StatusCode};
@@ -21,21 +21,8 @@ struct Server {
 
 async fn serve() -> Server {
     let sessions = counter::store();
-    let app = counter::app(sessions.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    Server {
-        base: format!("http://{addr}"),
-        sessions,
-    }
+    let base = serve_app(counter::app(sessions.clone()), true).await;
+    Server { base, sessions }
 }
 
 /// A client with a cookie jar that does not follow redirects (so the tests
@@ -184,14 +171,6 @@ async fn page_until(client: &reqwest::Client, url: &str, check: impl Fn(&str) ->
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The number in the page's one `<h1>`.
-fn count_in(page: &str) -> u64 {
-    assert_eq!(page.matches("<h1").count(), 1, "{page}");
-    let start = page.find("<h1>").unwrap() + 4;
-    let end = page[start..].find("</h1>").unwrap() + start;
-    page[start..end].parse().unwrap()
 }
 
 /// The short id the page shows.

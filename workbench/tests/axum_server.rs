@@ -6,12 +6,11 @@ mod common;
 #[path = "../../examples/counter.rs"]
 mod counter;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use common::{pair, set_cookie};
+use common::{pair, serve_app, set_cookie};
 use keyed_session::http::{CookiePolicy, CreateMode, SessionManager, TrustedProxies};
 use keyed_session::integrations::axum::{RequestSession, SessionLayer};
 use keyed_session::{EndReason, IpBinding, Key, Sessions, Sweeper};
@@ -30,26 +29,6 @@ fn store(binding: IpBinding) -> Sessions {
 fn manager(sessions: &Sessions) -> SessionManager {
     let policy = CookiePolicy::new().secure(false);
     SessionManager::with_mode(sessions.clone(), policy, CreateMode::Eager).unwrap()
-}
-
-/// Serves `app` on a free port; with `connect_info` as the docs say, without
-/// it as `axum::serve(listener, app)` does.
-async fn serve(app: Router, connect_info: bool) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        if connect_info {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await
-            .unwrap();
-        } else {
-            axum::serve(listener, app).await.unwrap();
-        }
-    });
-    format!("http://{addr}")
 }
 
 /// Writes a note into the session, or shows it.
@@ -82,7 +61,7 @@ async fn a_stolen_cookie_with_a_forged_forwarded_header_is_refused() {
     let sessions = store(IpBinding::Exact);
     // The "proxy" is this test's client at 127.0.0.1.
     let proxies = TrustedProxies::new().trust("127.0.0.0".parse().unwrap(), 8);
-    let base = serve(notes_app(&sessions, proxies), true).await;
+    let base = serve_app(notes_app(&sessions, proxies), true).await;
     let client = reqwest::Client::new();
     let victim = "198.51.100.7";
     let resp = client
@@ -114,7 +93,7 @@ async fn a_stolen_cookie_with_a_forged_forwarded_header_is_refused() {
 #[tokio::test]
 async fn binding_without_a_client_address_fails_closed_and_loudly() {
     let sessions = store(IpBinding::Exact);
-    let base = serve(notes_app(&sessions, TrustedProxies::new()), false).await;
+    let base = serve_app(notes_app(&sessions, TrustedProxies::new()), false).await;
     let resp = reqwest::get(format!("{base}/write")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(set_cookie(&resp).is_none());
@@ -128,7 +107,7 @@ async fn binding_without_a_client_address_fails_closed_and_loudly() {
 
     // Without binding, no address is needed.
     let open = store(IpBinding::Off);
-    let base = serve(notes_app(&open, TrustedProxies::new()), false).await;
+    let base = serve_app(notes_app(&open, TrustedProxies::new()), false).await;
     let resp = reqwest::get(format!("{base}/write")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(open.len(), 1);
@@ -154,7 +133,7 @@ async fn renewing_through_the_store_sends_the_new_cookie() {
             )
             .layer(SessionLayer::new(manager(&sessions))),
     );
-    let base = serve(app, true).await;
+    let base = serve_app(app, true).await;
     let client = reqwest::Client::new();
     let first = client.get(format!("{base}/write")).send().await.unwrap();
     let old = pair(&set_cookie(&first).unwrap());

@@ -9,36 +9,16 @@ mod redis_counter;
 #[path = "../../tests/common/redis_server.rs"]
 mod redis_server;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::set_cookie;
+use common::{count_in, serve_app, set_cookie};
 use keyed_session::IpBinding;
 use keyed_session::redis::RedisSessions;
 use redis_server::RedisServer;
 use reqwest::StatusCode;
 
 async fn serve(sessions: &RedisSessions) -> String {
-    let app = redis_counter::app(sessions);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    format!("http://{addr}")
-}
-
-/// The number in the page's one `<h1>`.
-fn count(page: &str) -> u64 {
-    assert_eq!(page.matches("<h1").count(), 1, "{page}");
-    let start = page.find("<h1>").unwrap() + 4;
-    let end = page[start..].find("</h1>").unwrap() + start;
-    page[start..end].parse().unwrap()
+    serve_app(redis_counter::app(sessions), true).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,15 +52,15 @@ async fn two_servers_over_one_redis_share_count_renew_and_logout() {
         set_cookie(&first).is_some(),
         "the first write creates the session"
     );
-    assert_eq!(count(&first.text().await.unwrap()), 1);
-    assert_eq!(count(&page(&b).await.text().await.unwrap()), 2);
-    assert_eq!(count(&page(&a).await.text().await.unwrap()), 3);
+    assert_eq!(count_in(&first.text().await.unwrap()), 1);
+    assert_eq!(count_in(&page(&b).await.text().await.unwrap()), 2);
+    assert_eq!(count_in(&page(&a).await.text().await.unwrap()), 3);
 
     let renewed = client.post(format!("{b}/renew")).send().await.unwrap();
     assert_eq!(renewed.status(), StatusCode::SEE_OTHER);
     assert!(set_cookie(&renewed).is_some(), "the new id is sent");
     assert_eq!(
-        count(&page(&a).await.text().await.unwrap()),
+        count_in(&page(&a).await.text().await.unwrap()),
         4,
         "the other server follows"
     );
@@ -89,7 +69,7 @@ async fn two_servers_over_one_redis_share_count_renew_and_logout() {
     assert!(set_cookie(&out).unwrap().contains("Max-Age=0"));
     assert!(out.text().await.unwrap().contains("Logged out"));
     assert_eq!(
-        count(&page(&b).await.text().await.unwrap()),
+        count_in(&page(&b).await.text().await.unwrap()),
         1,
         "a fresh session"
     );
@@ -106,7 +86,7 @@ async fn two_servers_over_one_redis_share_count_renew_and_logout() {
     loop {
         let resp = page(&a).await;
         if resp.status() == StatusCode::OK {
-            assert_eq!(count(&resp.text().await.unwrap()), 1);
+            assert_eq!(count_in(&resp.text().await.unwrap()), 1);
             break;
         }
         assert!(
@@ -147,16 +127,7 @@ async fn remember_me_over_redis_gives_a_persistent_cookie() {
             }),
         )
         .layer(SessionLayer::redis(manager));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let base = serve_app(app, true).await;
     let resp = reqwest::Client::new()
         .post(format!("{base}/login"))
         .send()
