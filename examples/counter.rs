@@ -253,19 +253,25 @@ async fn events(
     ))
 }
 
-#[tokio::main]
-async fn main() {
+/// The listener on 127.0.0.1 and `PORT` (default 3000), and that port; a
+/// clear message and exit code 1 when it cannot be had.
+pub async fn listen() -> (tokio::net::TcpListener, u16) {
     let port: u16 = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(3000);
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-        Ok(listener) => listener,
+    match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(listener) => (listener, port),
         Err(e) => {
             eprintln!("cannot listen on 127.0.0.1:{port}: {e}");
             std::process::exit(1);
         }
-    };
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let (listener, port) = listen().await;
     println!("counter on http://127.0.0.1:{port}/");
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

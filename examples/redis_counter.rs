@@ -40,10 +40,6 @@ pub fn app(sessions: &RedisSessions) -> axum::Router {
 
 #[tokio::main]
 async fn main() {
-    let port: u16 = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(3000);
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let sessions = match RedisSessions::builder(&url)
         .ip_binding(IpBinding::Exact)
@@ -56,13 +52,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            eprintln!("cannot listen on 127.0.0.1:{port}: {e}");
-            std::process::exit(1);
-        }
-    };
+    let (listener, port) = counter::listen().await;
     println!("counter on http://127.0.0.1:{port}/ over {url}");
     let app = app(&sessions).into_make_service_with_connect_info::<SocketAddr>();
     let store = sessions.clone();
