@@ -57,8 +57,42 @@ impl Slots {
         self.iter().position(|s| s.key_id() == key_id)
     }
 
-    pub(crate) fn get(&self, i: usize) -> Option<&dyn ErasedSlot> {
-        self.iter().nth(i)
+    /// The value under key `key_id`, as a `T` (one pass over the values).
+    #[inline]
+    pub(crate) fn value<T: 'static>(&self, key_id: u64) -> Option<&T> {
+        self.iter()
+            .find(|s| s.key_id() == key_id)?
+            .value()
+            .downcast_ref()
+    }
+
+    /// The value under key `key_id`, as a mutable `T`.
+    #[inline]
+    pub(crate) fn value_mut<T: 'static>(&mut self, key_id: u64) -> Option<&mut T> {
+        let i = self.position(key_id)?;
+        self.get_mut(i)?.value_mut().downcast_mut()
+    }
+
+    /// Puts `slot` under its key: the slot it replaces (`Ok(Some)`), or
+    /// pushed as a new one (`Ok(None)`); `slot` back if the place found
+    /// could not take it.
+    pub(crate) fn put(
+        &mut self,
+        slot: Box<dyn ErasedSlot>,
+    ) -> Result<Option<Box<dyn ErasedSlot>>, Box<dyn ErasedSlot>> {
+        match self.position(slot.key_id()) {
+            Some(i) => self.replace(i, slot).map(Some),
+            None => {
+                self.push(slot);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Takes out the value under key `key_id`.
+    pub(crate) fn remove(&mut self, key_id: u64) -> Option<Box<dyn ErasedSlot>> {
+        let i = self.position(key_id)?;
+        self.swap_remove(i)
     }
 
     pub(crate) fn get_mut(&mut self, i: usize) -> Option<&mut (dyn ErasedSlot + 'static)> {
@@ -163,9 +197,7 @@ mod tests {
             assert_eq!(slots.len(), i + 1);
         }
         for (i, key) in keys.iter().enumerate() {
-            let at = slots.position(key.id()).unwrap();
-            let v = slots.get(at).unwrap().value().downcast_ref::<u32>();
-            assert_eq!(v, Some(&(i as u32)));
+            assert_eq!(slots.value::<u32>(key.id()), Some(&(i as u32)));
         }
         // Replacing hands the old value back, in a container and alone.
         let at = slots.position(keys[1].id()).unwrap();
@@ -192,10 +224,7 @@ mod tests {
             .value_mut()
             .downcast_mut::<u32>()
             .unwrap() += 1;
-        assert_eq!(
-            slots.get(0).unwrap().value().downcast_ref::<u32>(),
-            Some(&12)
-        );
+        assert_eq!(slots.value::<u32>(keys[1].id()), Some(&12));
         assert!(slots.swap_remove(0).is_some());
         assert!(slots.0.is_none());
         assert!(slots.take_all().is_empty());

@@ -85,9 +85,9 @@ impl RedisSession {
             return key.load_value(&mut &bytes[..]).ok().as_ref().map(f);
         }
         let part = self.local()?;
-        let slots = borrow::read(&part.values, "read a value");
-        let i = slots.position(key.id())?;
-        slots.get(i)?.value().downcast_ref::<T>().map(f)
+        borrow::read(&part.values, "read a value")
+            .value::<T>(key.id())
+            .map(f)
     }
 
     /// Whether the session holds a value under `key`.
@@ -198,18 +198,8 @@ impl RedisSession {
             return Err(SharedError::Ended);
         }
         let part = self.engine.local(id, self.peer);
-        let old = {
-            let mut slots = borrow::write(&part.values, "set a value");
-            let new = key.slot(value);
-            match slots.position(key.id()) {
-                Some(i) => slots.replace(i, new).ok(),
-                None => {
-                    slots.push(new);
-                    None
-                }
-            }
-        };
-        Ok(old.and_then(take_value::<T>))
+        let old = borrow::write(&part.values, "set a value").put(key.slot(value));
+        Ok(old.ok().flatten().and_then(take_value::<T>))
     }
 
     /// Runs `f` on the value under `key` (made by `init` when absent) and
@@ -258,13 +248,8 @@ impl RedisSession {
             let Some(part) = self.local() else {
                 return Ok(None);
             };
-            let mut slots = borrow::write(&part.values, "update a value");
-            let Some(i) = slots.position(key.id()) else {
-                return Ok(None);
-            };
-            return Ok(slots
-                .get_mut(i)
-                .and_then(|slot| slot.value_mut().downcast_mut::<T>())
+            return Ok(borrow::write(&part.values, "update a value")
+                .value_mut::<T>(key.id())
                 .map(&mut f));
         }
         let token = format!("{:016x}", rand::random::<u64>());
@@ -386,10 +371,7 @@ impl RedisSession {
             let Some(part) = self.local() else {
                 return Ok(None);
             };
-            let slot = {
-                let mut slots = borrow::write(&part.values, "remove a value");
-                slots.position(key.id()).and_then(|i| slots.swap_remove(i))
-            };
+            let slot = borrow::write(&part.values, "remove a value").remove(key.id());
             return Ok(slot.and_then(take_value));
         }
         let id = self.id();

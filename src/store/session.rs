@@ -74,9 +74,9 @@ impl Session {
         key: &Key<T>,
         f: impl FnOnce(&T) -> R,
     ) -> Option<R> {
-        let slots = borrow::read(&self.rec.slots, "read a value");
-        let i = slots.position(key.id())?;
-        slots.get(i)?.value().downcast_ref::<T>().map(f)
+        borrow::read(&self.rec.slots, "read a value")
+            .value::<T>(key.id())
+            .map(f)
     }
 
     /// Runs `f` on the value under `key`, mutably, with the session's lock held (see
@@ -86,9 +86,9 @@ impl Session {
         key: &Key<T>,
         f: impl FnOnce(&mut T) -> R,
     ) -> Option<R> {
-        let mut slots = borrow::write(&self.rec.slots, "change a value (with_mut)");
-        let i = slots.position(key.id())?;
-        slots.get_mut(i)?.value_mut().downcast_mut::<T>().map(f)
+        borrow::write(&self.rec.slots, "change a value (with_mut)")
+            .value_mut::<T>(key.id())
+            .map(f)
     }
 
     /// Stores `value` under `key` and hands the old value, if any, to the key's
@@ -139,18 +139,11 @@ impl Session {
         if self.rec.ended().is_some() {
             return Err(SessionEnded(value));
         }
-        let new = key.slot(value);
-        match slots.position(key.id()) {
-            // `position` just found it, so the replace cannot miss.
-            Some(i) => slots
-                .replace(i, new)
-                .map(Some)
-                .map_err(|new| SessionEnded(take_value(new).expect("a slot made by this key"))),
-            None => {
-                slots.push(new);
-                Ok(None)
-            }
-        }
+        // The place `put` finds always takes the slot; the value comes back
+        // all the same if it ever did not.
+        slots
+            .put(key.slot(value))
+            .map_err(|new| SessionEnded(take_value(new).expect("a slot made by this key")))
     }
 
     /// Updates the value under `key` in one step under the session's lock,
@@ -197,11 +190,7 @@ impl Session {
     /// Takes the value under `key` out of the session and hands it to you (no hook
     /// runs for it).
     pub fn remove<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
-        let slot = {
-            let mut slots = borrow::write(&self.rec.slots, "remove a value");
-            let i = slots.position(key.id())?;
-            slots.swap_remove(i)?
-        };
+        let slot = borrow::write(&self.rec.slots, "remove a value").remove(key.id())?;
         take_value(slot)
     }
 
