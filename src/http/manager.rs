@@ -181,36 +181,25 @@ impl SessionManager {
             let candidates = headers()
                 .flat_map(|h| cookie_values(h, name))
                 .take(MAX_DUPLICATE_COOKIES);
-            let mut found: Option<(Session, bool, Option<u64>)> = None;
+            let mut pick = Pick::new();
             for raw in candidates {
-                match self.resolve(raw, peer) {
-                    Ok((session, resign, issued)) => match &found {
-                        Some((first, _, _)) if first.same_as(&session) => {}
-                        Some(_) => {
-                            started.rejected = Some(Rejection::Ambiguous);
-                            found = None;
-                            break;
-                        }
-                        None => found = Some((session, resign, issued)),
-                    },
-                    Err(why) => {
-                        if found.is_none() {
-                            started.rejected = Some(why);
-                        }
-                    }
+                if !pick.offer(self.resolve(raw, peer), Session::same_as) {
+                    break;
                 }
             }
-            if let Some((session, resign, issued)) = found {
-                let now = || self.inner.sessions.now_unix();
-                started.issue = resign
-                    || self
-                        .inner
-                        .policy
-                        .refresh_due(session.idle_timeout(), issued, now);
-                started.remembered = issued.is_some();
-                started.presented = Some(session.id());
-                started.session = Some(session);
-                started.rejected = None;
+            match pick.finish() {
+                Err(why) => started.rejected = why,
+                Ok((session, resign, issued)) => {
+                    let now = || self.inner.sessions.now_unix();
+                    started.issue = resign
+                        || self
+                            .inner
+                            .policy
+                            .refresh_due(session.idle_timeout(), issued, now);
+                    started.remembered = issued.is_some();
+                    started.presented = Some(session.id());
+                    started.session = Some(session);
+                }
             }
         }
         if started.session.is_none()
@@ -257,4 +246,57 @@ pub(crate) fn cookie_values<'a>(
             v => v,
         })
     })
+}
+
+/// Which of the cookies a request presented it uses: the first that names a
+/// live session (with whether to re-sign it and when it was issued), unless
+/// another names a *different* live session (then none:
+/// [`Rejection::Ambiguous`]); otherwise why the first one was not used. Both
+/// HTTP layers, the in-memory one and the Redis one, pick with it.
+pub(crate) struct Pick<S> {
+    found: Option<(S, bool, Option<u64>)>,
+    rejected: Option<Rejection>,
+}
+
+impl<S> Pick<S> {
+    pub(crate) fn new() -> Self {
+        Pick {
+            found: None,
+            rejected: None,
+        }
+    }
+
+    /// Takes one looked-up candidate; `false` when the rest need not be
+    /// looked at (two different sessions were named).
+    pub(crate) fn offer(
+        &mut self,
+        looked: Result<(S, bool, Option<u64>), Rejection>,
+        same: impl Fn(&S, &S) -> bool,
+    ) -> bool {
+        match looked {
+            Ok(candidate) => match &self.found {
+                Some((first, _, _)) if same(first, &candidate.0) => {}
+                Some(_) => {
+                    self.rejected = Some(Rejection::Ambiguous);
+                    self.found = None;
+                    return false;
+                }
+                None => {
+                    self.found = Some(candidate);
+                    self.rejected = None;
+                }
+            },
+            Err(why) => {
+                if self.found.is_none() {
+                    self.rejected = Some(why);
+                }
+            }
+        }
+        true
+    }
+
+    /// The session picked (with re-sign and issue time), or why none.
+    pub(crate) fn finish(self) -> Result<(S, bool, Option<u64>), Option<Rejection>> {
+        self.found.ok_or(self.rejected)
+    }
 }

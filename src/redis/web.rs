@@ -11,7 +11,7 @@ use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 
 use crate::error::{Error, Rejection};
 use crate::http::cookie::{CookiePolicy, PolicyError, Presented};
-use crate::http::manager::{MAX_COOKIE_HEADER, MAX_DUPLICATE_COOKIES, cookie_values};
+use crate::http::manager::{MAX_COOKIE_HEADER, MAX_DUPLICATE_COOKIES, Pick, cookie_values};
 use crate::http::started::CreateMode;
 use crate::id::SessionId;
 use crate::net::IpBinding;
@@ -119,7 +119,7 @@ impl RedisManager {
                 .flat_map(|h| cookie_values(h, name))
                 .take(MAX_DUPLICATE_COOKIES)
                 .collect();
-            let mut found: Option<(RedisSession, bool, Option<u64>)> = None;
+            let mut pick = Pick::new();
             for candidate in candidates {
                 let looked = match policy.read_value(candidate) {
                     Ok(Presented { id, resign, issued }) => match sessions.get(&id, peer).await {
@@ -129,27 +129,20 @@ impl RedisManager {
                     },
                     Err(why) => Err(why),
                 };
-                match looked {
-                    Ok((session, resign, issued)) => match &found {
-                        Some((first, _, _)) if first.id() == session.id() => {}
-                        Some(_) => {
-                            started.rejected = Some(Rejection::Ambiguous);
-                            found = None;
-                            break;
-                        }
-                        None => found = Some((session, resign, issued)),
-                    },
-                    Err(why) if found.is_none() => started.rejected = Some(why),
-                    Err(_) => {}
+                if !pick.offer(looked, |a: &RedisSession, b| a.id() == b.id()) {
+                    break;
                 }
             }
-            if let Some((session, resign, issued)) = found {
-                let now = || crate::clock::unix_secs(std::time::SystemTime::now());
-                started.issue = resign || policy.refresh_due(session.idle_timeout(), issued, now);
-                started.remembered = issued.is_some();
-                started.presented = Some(session.id());
-                started.session = Some(Arc::new(session));
-                started.rejected = None;
+            match pick.finish() {
+                Err(why) => started.rejected = why,
+                Ok((session, resign, issued)) => {
+                    let now = || crate::clock::unix_secs(std::time::SystemTime::now());
+                    started.issue =
+                        resign || policy.refresh_due(session.idle_timeout(), issued, now);
+                    started.remembered = issued.is_some();
+                    started.presented = Some(session.id());
+                    started.session = Some(Arc::new(session));
+                }
             }
         }
         if *mode == CreateMode::Eager
