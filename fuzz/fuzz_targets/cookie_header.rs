@@ -4,7 +4,7 @@
 
 use std::sync::LazyLock;
 
-use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+use keyed_session::http::{CookiePolicy, SessionManager};
 use keyed_session::{Sessions, Sweeper};
 use libfuzzer_sys::fuzz_target;
 
@@ -13,7 +13,7 @@ static MANAGER: LazyLock<(SessionManager, String)> = LazyLock::new(|| {
         .sweeper(Sweeper::Manual)
         .max_sessions(1)
         .build();
-    let manager = SessionManager::new(sessions, CookiePolicy::new(), CreateMode::Lazy).unwrap();
+    let manager = SessionManager::new(sessions, CookiePolicy::new()).unwrap();
     let mut first = manager.start(None, None, "/");
     let id = first.get_or_create().unwrap().id().to_string();
     (manager, id)

@@ -4,7 +4,7 @@
 
 use std::sync::LazyLock;
 
-use keyed_session::http::{CookiePolicy, CreateMode, SessionManager, SigningKey};
+use keyed_session::http::{CookiePolicy, SessionManager, SigningKey};
 use keyed_session::{Sessions, Sweeper};
 use libfuzzer_sys::fuzz_target;
 
@@ -13,7 +13,7 @@ static MANAGER: LazyLock<(SessionManager, String)> = LazyLock::new(|| {
     let policy = CookiePolicy::new()
         .signing_key(SigningKey::from_bytes(&[7; 64]).unwrap())
         .previous_keys([SigningKey::from_bytes(&[9; 64]).unwrap()]);
-    let manager = SessionManager::new(sessions, policy, CreateMode::Lazy).unwrap();
+    let manager = SessionManager::new(sessions, policy).unwrap();
     let mut first = manager.start(None, None, "/");
     first.get_or_create().unwrap();
     let cookie = first.set_cookie().unwrap().to_str().unwrap().to_owned();
