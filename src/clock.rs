@@ -46,6 +46,80 @@ impl Clock for SystemClock {
     }
 }
 
+/// The default clock's stamps, served from a tick: one thread per process (not
+/// per store) wakes just after each whole second of a [`SystemClock`] and
+/// stores that second, so a lookup reads the time with one relaxed load
+/// instead of a clock read (which costs more than the rest of an in-cache
+/// lookup, and stops consecutive lookups from overlapping their cache
+/// misses). The thread exits once no store uses it. Its seconds never go
+/// backwards and come from the same [`SystemClock`] the store reads for
+/// full-precision times, so a stamp is never ahead of that clock; it lags it
+/// only by the thread's wake-up latency.
+pub(crate) struct Ticker {
+    /// Whole seconds since the Unix epoch, as of the last tick.
+    unix: AtomicU64,
+    clock: SystemClock,
+}
+
+/// The process's ticker, while some store uses it.
+static TICKER: std::sync::Mutex<std::sync::Weak<Ticker>> =
+    std::sync::Mutex::new(std::sync::Weak::new());
+
+impl Ticker {
+    /// The process's ticker, started when no store holds it; `None` when no
+    /// thread can be spawned (the store then reads its clock every time).
+    pub(crate) fn shared() -> Option<Arc<Ticker>> {
+        let mut slot = TICKER
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(ticker) = slot.upgrade() {
+            return Some(ticker);
+        }
+        let clock = SystemClock::new();
+        let ticker = Arc::new(Ticker {
+            unix: AtomicU64::new(unix_secs(clock.now())),
+            clock,
+        });
+        let weak = Arc::downgrade(&ticker);
+        std::thread::Builder::new()
+            .name("keyed-session-tick".into())
+            .spawn(move || tick(&weak))
+            .ok()?;
+        *slot = Arc::downgrade(&ticker);
+        Some(ticker)
+    }
+
+    /// The clock the ticks come from.
+    pub(crate) fn clock(&self) -> SystemClock {
+        self.clock
+    }
+
+    /// Whole seconds since the Unix epoch, as of the last tick.
+    #[inline]
+    pub(crate) fn unix_secs(&self) -> u64 {
+        self.unix.load(Ordering::Relaxed)
+    }
+}
+
+/// The ticker thread: sleeps to just past the next whole second, stores it,
+/// and stops once the ticker is gone.
+fn tick(weak: &std::sync::Weak<Ticker>) {
+    loop {
+        let Some(ticker) = weak.upgrade() else {
+            return;
+        };
+        let now = ticker.clock.now();
+        ticker.unix.fetch_max(unix_secs(now), Ordering::Relaxed);
+        let into = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        drop(ticker);
+        // 1 ms past the boundary, so the read after waking is in the new second.
+        let wait = Duration::from_nanos(u64::from(1_000_000_000 - into) + 1_000_000);
+        std::thread::sleep(wait);
+    }
+}
+
 /// A clock that moves only when told to. Clones share the same time, so a test
 /// keeps one clone and gives another to the store.
 ///
@@ -140,7 +214,13 @@ impl Epoch {
 
     /// The stamp of `t`, saturating at both ends.
     pub(crate) fn stamp(self, t: SystemTime) -> u32 {
-        let secs = unix_secs(t).saturating_sub(self.unix);
+        self.stamp_secs(unix_secs(t))
+    }
+
+    /// The stamp of `unix` seconds since the Unix epoch, saturating at both ends.
+    #[inline]
+    pub(crate) fn stamp_secs(self, unix: u64) -> u32 {
+        let secs = unix.saturating_sub(self.unix);
         u32::try_from(secs).unwrap_or(NEVER - 1).min(NEVER - 1)
     }
 
@@ -188,6 +268,23 @@ mod tests {
         assert_eq!(timeout_secs(Duration::from_millis(1500)), 2);
         assert_eq!(timeout_secs(Duration::ZERO), 1);
         assert_eq!(timeout_secs(Duration::MAX), NEVER - 1);
+    }
+
+    #[test]
+    fn ticks_follow_the_system_clock_and_never_lead_it() {
+        let ticker = Ticker::shared().expect("a thread for the ticker");
+        let again = Ticker::shared().expect("a thread for the ticker");
+        assert!(Arc::ptr_eq(&ticker, &again), "one ticker per process");
+        let before = ticker.unix_secs();
+        assert!(before <= unix_secs(ticker.clock().now()));
+        // Within a little over a second the tick moves on by one.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ticker.unix_secs() == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let after = ticker.unix_secs();
+        assert!(after > before, "the ticker never ticked");
+        assert!(after <= unix_secs(ticker.clock().now()));
     }
 
     #[test]

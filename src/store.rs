@@ -31,7 +31,7 @@ pub use error::{CreateError, Refused, SessionEnded};
 pub use session::{ClientGuard, Ended, Session};
 pub use stats::Stats;
 
-use crate::clock::Epoch;
+use crate::clock::{Clock, Epoch, SystemClock, Ticker};
 use crate::events::{Broadcaster, Subscription};
 use crate::id::SessionId;
 use crate::key::LoadKey;
@@ -105,7 +105,14 @@ impl Sessions {
             .and(config.snapshot_every)
             .map(|every| every.max(Duration::from_millis(10)));
         let context = config.thread_context.clone();
-        let epoch = Epoch::starting(b.clock.now());
+        let (clock, ticker): (Arc<dyn Clock>, _) = match b.clock {
+            Some(clock) => (clock, None),
+            None => match Ticker::shared() {
+                Some(ticker) => (Arc::new(ticker.clock()), Some(ticker)),
+                None => (Arc::new(SystemClock::new()), None),
+            },
+        };
+        let epoch = Epoch::starting(clock.now());
         let counters = Arc::new(Counters::default());
         let ending = Ending::new(
             Arc::new(Broadcaster::new(b.event_capacity)),
@@ -137,7 +144,8 @@ impl Sessions {
                 shards,
                 capacity: Capacity::new(config.max_sessions, config.max_per_ip),
                 config,
-                clock: b.clock,
+                clock,
+                ticker,
                 ids: b.ids,
                 ending,
                 counters,

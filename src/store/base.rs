@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crossbeam_channel::Sender;
 use parking_lot::{Mutex, ReentrantMutex, RwLock};
 
-use crate::clock::{Clock, Epoch, NEVER};
+use crate::clock::{Clock, Epoch, NEVER, Ticker};
 use crate::events::Event;
 use crate::id::{IdGenerator, SessionId};
 use crate::reason::EndReason;
@@ -34,6 +34,8 @@ pub(crate) struct StoreInner {
     pub(crate) shards: Box<[RwLock<Shard>]>,
     pub(crate) config: Config,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The default clock's ticked seconds (`None` for a configured clock).
+    pub(crate) ticker: Option<Arc<Ticker>>,
     pub(crate) ids: Box<dyn IdGenerator>,
     pub(crate) capacity: Capacity,
     /// Ending values: hooks, events, waiters.
@@ -53,8 +55,14 @@ pub(crate) struct StoreInner {
 }
 
 impl StoreInner {
+    /// The current stamp: from the ticker for the default clock, else a read
+    /// of the configured clock.
+    #[inline]
     pub(crate) fn now(&self) -> u32 {
-        self.epoch.stamp(self.clock.now())
+        match &self.ticker {
+            Some(ticker) => self.epoch.stamp_secs(ticker.unix_secs()),
+            None => self.epoch.stamp(self.clock.now()),
+        }
     }
 
     pub(crate) fn shard(&self, id: &SessionId) -> &RwLock<Shard> {

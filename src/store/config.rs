@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::{Clock, SystemClock, timeout_secs};
+use crate::clock::{Clock, timeout_secs};
 use crate::id::{IdGenerator, RandomIds};
 use crate::net::IpBinding;
 
@@ -90,7 +90,8 @@ pub(crate) struct Config {
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct SessionsBuilder {
     pub(crate) config: Config,
-    pub(crate) clock: Arc<dyn Clock>,
+    /// `None`: the system clock, served from the process's ticker.
+    pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) ids: Box<dyn IdGenerator>,
     pub(crate) event_capacity: usize,
 }
@@ -128,7 +129,7 @@ impl Default for SessionsBuilder {
                 snapshot_every: None,
                 thread_context: None,
             },
-            clock: Arc::new(SystemClock::new()),
+            clock: None,
             ids: Box::new(RandomIds),
             event_capacity: 1024,
         }
@@ -156,9 +157,13 @@ impl SessionsBuilder {
         self
     }
 
-    /// Where time comes from (default [`SystemClock`]).
+    /// Where time comes from. By default a [`SystemClock`](crate::SystemClock) whose seconds a
+    /// thread shared by every store of the process keeps (it wakes once a
+    /// second, and stops when no store is left), so that a lookup does not
+    /// read the clock. A clock given here, even a `SystemClock`, is read on
+    /// every request instead, and no such thread runs.
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = Some(Arc::new(clock));
         self
     }
 
