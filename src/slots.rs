@@ -4,6 +4,8 @@
 //! costs less memory). The common one-value session thus needs no allocation
 //! besides the value's own, and a lookup follows one pointer less.
 
+use std::any::Any;
+
 use crate::key::{ErasedSlot, Holder};
 
 /// A session's values.
@@ -20,6 +22,16 @@ impl Holder for Many {
 
     fn many_mut(&mut self) -> Option<&mut Vec<Box<dyn ErasedSlot>>> {
         Some(&mut self.0)
+    }
+
+    fn find(&self, key_id: u64) -> Option<&dyn Any> {
+        let slot = self.0.iter().find(|s| s.key_id() == key_id)?;
+        Some(slot.value())
+    }
+
+    fn find_mut(&mut self, key_id: u64) -> Option<&mut dyn Any> {
+        let slot = self.0.iter_mut().find(|s| s.key_id() == key_id)?;
+        Some(slot.value_mut())
     }
 
     fn split(self: Box<Self>) -> Result<Box<dyn ErasedSlot>, Vec<Box<dyn ErasedSlot>>> {
@@ -60,17 +72,13 @@ impl Slots {
     /// The value under key `key_id`, as a `T` (one pass over the values).
     #[inline]
     pub(crate) fn value<T: 'static>(&self, key_id: u64) -> Option<&T> {
-        self.iter()
-            .find(|s| s.key_id() == key_id)?
-            .value()
-            .downcast_ref()
+        self.0.as_deref()?.find(key_id)?.downcast_ref()
     }
 
-    /// The value under key `key_id`, as a mutable `T`.
+    /// The value under key `key_id`, as a mutable `T` (one pass).
     #[inline]
     pub(crate) fn value_mut<T: 'static>(&mut self, key_id: u64) -> Option<&mut T> {
-        let i = self.position(key_id)?;
-        self.get_mut(i)?.value_mut().downcast_mut()
+        self.0.as_deref_mut()?.find_mut(key_id)?.downcast_mut()
     }
 
     /// Puts `slot` under its key: the slot it replaces (`Ok(Some)`), or
@@ -93,17 +101,6 @@ impl Slots {
     pub(crate) fn remove(&mut self, key_id: u64) -> Option<Box<dyn ErasedSlot>> {
         let i = self.position(key_id)?;
         self.swap_remove(i)
-    }
-
-    pub(crate) fn get_mut(&mut self, i: usize) -> Option<&mut (dyn ErasedSlot + 'static)> {
-        let holder = self.0.as_deref_mut()?;
-        if holder.one().is_some() {
-            return if i == 0 { holder.one_mut() } else { None };
-        }
-        holder
-            .many_mut()
-            .and_then(|many| many.get_mut(i))
-            .map(|s| &mut **s)
     }
 
     pub(crate) fn push(&mut self, slot: Box<dyn ErasedSlot>) {
@@ -218,13 +215,10 @@ mod tests {
         assert!(slots.replace(3, keys[1].slot(12)).is_err());
         assert!(slots.swap_remove(5).is_none());
         assert_eq!(slots.len(), 1, "an index past the end takes nothing");
-        *slots
-            .get_mut(0)
-            .unwrap()
-            .value_mut()
-            .downcast_mut::<u32>()
-            .unwrap() += 1;
+        *slots.value_mut::<u32>(keys[1].id()).unwrap() += 1;
         assert_eq!(slots.value::<u32>(keys[1].id()), Some(&12));
+        assert!(slots.value_mut::<u32>(keys[0].id()).is_none());
+        assert!(slots.value_mut::<u64>(keys[1].id()).is_none(), "wrong type");
         assert!(slots.swap_remove(0).is_some());
         assert!(slots.0.is_none());
         assert!(slots.take_all().is_empty());

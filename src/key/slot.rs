@@ -34,10 +34,6 @@ pub(crate) trait Holder: Send + Sync {
     fn one(&self) -> Option<&dyn ErasedSlot> {
         None
     }
-    /// Mutable [`one`](Self::one).
-    fn one_mut(&mut self) -> Option<&mut (dyn ErasedSlot + 'static)> {
-        None
-    }
     /// The values, when this is the container (empty otherwise).
     fn many(&self) -> &[Box<dyn ErasedSlot>] {
         &[]
@@ -46,6 +42,10 @@ pub(crate) trait Holder: Send + Sync {
     fn many_mut(&mut self) -> Option<&mut Vec<Box<dyn ErasedSlot>>> {
         None
     }
+    /// The value under key `key_id`, in one virtual call (the request path).
+    fn find(&self, key_id: u64) -> Option<&dyn Any>;
+    /// Mutable [`find`](Self::find).
+    fn find_mut(&mut self, key_id: u64) -> Option<&mut dyn Any>;
     /// The one value, or the container's values.
     fn split(self: Box<Self>) -> Result<Box<dyn ErasedSlot>, Vec<Box<dyn ErasedSlot>>>;
 }
@@ -76,8 +76,14 @@ impl<T: Send + Sync + 'static> Holder for TypedSlot<T> {
         Some(self)
     }
 
-    fn one_mut(&mut self) -> Option<&mut (dyn ErasedSlot + 'static)> {
-        Some(self)
+    #[inline]
+    fn find(&self, key_id: u64) -> Option<&dyn Any> {
+        (self.key.id == key_id).then_some(&self.value)
+    }
+
+    #[inline]
+    fn find_mut(&mut self, key_id: u64) -> Option<&mut dyn Any> {
+        (self.key.id == key_id).then_some(&mut self.value)
     }
 
     fn split(self: Box<Self>) -> Result<Box<dyn ErasedSlot>, Vec<Box<dyn ErasedSlot>>> {

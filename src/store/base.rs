@@ -234,7 +234,8 @@ impl StoreInner {
             self.end(&rec, reason);
             return Err(Refused::Expired);
         }
-        if !self.config.ip_binding.allows(rec.peer(), peer) {
+        // The same address (the common case) passes every binding.
+        if rec.peer() != peer && !self.config.ip_binding.allows(rec.peer(), peer) {
             self.end(&rec, EndReason::IpMismatch);
             return Err(Refused::IpMismatch);
         }

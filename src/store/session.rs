@@ -171,20 +171,12 @@ impl Session {
         if self.rec.ended().is_some() {
             return Err(SessionEnded(()));
         }
-        let i = match slots.position(key.id()) {
-            Some(i) => i,
-            None => {
-                slots.push(key.slot(init()));
-                slots.len() - 1
-            }
-        };
-        slots
-            .get_mut(i)
-            .ok_or(SessionEnded(()))?
-            .value_mut()
-            .downcast_mut::<T>()
-            .map(f)
-            .ok_or(SessionEnded(()))
+        let id = key.id();
+        if let Some(value) = slots.value_mut::<T>(id) {
+            return Ok(f(value));
+        }
+        slots.push(key.slot(init()));
+        slots.value_mut::<T>(id).map(f).ok_or(SessionEnded(()))
     }
 
     /// Takes the value under `key` out of the session and hands it to you (no hook
