@@ -205,6 +205,10 @@ impl Engine {
     pub(crate) async fn end(&self, id: &SessionId, reason: EndReason) -> Result<bool, SharedError> {
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().entry(*id).or_default().push(tx);
+        // Asked before the script: once it ran, this process's reader may see
+        // the End and take the local part before the question below, and the
+        // caller would return before the hooks ran.
+        let had_local = self.locals.lock().contains_key(id);
         let k = self.keys(id);
         let id_text = id.to_string();
         let mut call = k.invoke(&scripts::END);
@@ -222,7 +226,7 @@ impl Engine {
             self.waiting.lock().remove(id);
             return Ok(false);
         }
-        if !self.locals.lock().contains_key(id) {
+        if !had_local {
             // No local value here: no hook for the reader to run first.
             self.waiting.lock().remove(id);
             self.seen.lock().remove(id);
