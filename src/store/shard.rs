@@ -190,7 +190,9 @@ impl Shard {
 
     /// Drops heap entries of sessions that are gone or moved (and duplicates),
     /// once they outnumber the live sessions two to one (a stale entry's `Weak` also
-    /// keeps its record's allocation), and gives back the heap's
+    /// keeps its record's allocation), leaving at most 1.25 times the live
+    /// sessions plus 16 (a few stale entries are settled lazily when they come
+    /// up), and gives back the heap's
     /// spare capacity. With `shrink_table` (the sweeper's tidy), also gives back
     /// the table's when it is mostly empty.
     pub(crate) fn compact(&mut self, shrink_table: bool) {
@@ -201,12 +203,19 @@ impl Shard {
             return;
         }
         let mut entries = std::mem::take(&mut self.heap).into_vec();
-        // Entries of records already freed go first, for a load each.
+        // Entries of records already freed go first, for a load each. In the
+        // common case (sessions that ended and whose handles are gone) that is
+        // all there is to drop.
         entries.retain(|d| d.rec.strong_count() > 0);
-        // One entry per record, its earliest: sorted by record, then time.
-        entries.sort_unstable_by_key(|d| (d.rec.as_ptr() as usize, d.at));
-        entries.dedup_by_key(|d| d.rec.as_ptr() as usize);
-        entries.retain(|d| self.live(d).is_some());
+        let live = self.table.len();
+        if entries.len() > live + live / 4 + 16 {
+            // Many left: duplicates (rescheduled sessions) or sessions ended or
+            // moved but still held. One entry per record, its earliest:
+            // sorted by record, then time; then only those in this table.
+            entries.sort_unstable_by_key(|d| (d.rec.as_ptr() as usize, d.at));
+            entries.dedup_by_key(|d| d.rec.as_ptr() as usize);
+            entries.retain(|d| self.live(d).is_some());
+        }
         // Room to grow back to the threshold without reallocating, no more.
         entries.shrink_to(2 * entries.len() + 64);
         self.heap = BinaryHeap::from(entries);

@@ -15,7 +15,8 @@
 //! bench also counts instructions per operation under callgrind (stable on a
 //! noisy machine), running itself as the counted child.
 //!
-//! `cargo bench --bench request_path` (`QUICK=1` for a short run).
+//! `cargo bench --bench request_path` (`QUICK=1` for a short run; `RP_SIZES=100000`
+//! for one store size).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -66,6 +67,20 @@ struct FairRecord {
     value: RwLock<u64>,
 }
 
+impl FairRecord {
+    fn new(now: u32) -> Self {
+        FairRecord {
+            created: now,
+            last: AtomicU32::new(now),
+            idle: 3600,
+            absolute: u32::MAX,
+            clients: AtomicU32::new(0),
+            peer: Some(PEER),
+            value: RwLock::new(0),
+        }
+    }
+}
+
 struct FairFloor {
     shards: Vec<RwLock<IdMap<FairRecord>>>,
     /// Seconds, kept by a ticker (here: set once; the bench runs within it).
@@ -80,18 +95,7 @@ impl FairFloor {
             tick: AtomicU32::new(1000),
         };
         for &id in ids {
-            floor.shard(id).write().insert(
-                id,
-                FairRecord {
-                    created: 1000,
-                    last: AtomicU32::new(1000),
-                    idle: 3600,
-                    absolute: u32::MAX,
-                    clients: AtomicU32::new(0),
-                    peer: Some(PEER),
-                    value: RwLock::new(0),
-                },
-            );
+            floor.shard(id).write().insert(id, FairRecord::new(1000));
         }
         floor
     }
@@ -208,6 +212,7 @@ fn fixture(n: usize, with_tower: bool) -> Fixture {
 enum Op {
     Read,
     Update,
+    CreateDelete,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -265,6 +270,25 @@ fn op(f: &Fixture, v: Variant, o: Op, i: usize) -> u64 {
         }
         (Variant::Fair, Op::Read) => f.fair.read(f.raw[i]).unwrap(),
         (Variant::Fair, Op::Update) => f.fair.update(f.raw[i]).unwrap(),
+        (Variant::Keyed, Op::CreateDelete) => {
+            let s = f.sessions.create(PEER).unwrap();
+            u64::from(f.sessions.delete(&s.id()))
+        }
+        (Variant::Plain, Op::CreateDelete) => {
+            let id = SessionId::random().as_u128();
+            f.plain.write().insert(id, 0);
+            f.plain.write().remove(&id).unwrap_or(1)
+        }
+        (Variant::Fair, Op::CreateDelete) => {
+            let id = SessionId::random().as_u128();
+            let now = f.fair.tick.load(Ordering::Relaxed);
+            f.fair.shard(id).write().insert(id, FairRecord::new(now));
+            f.fair
+                .shard(id)
+                .write()
+                .remove(&id)
+                .map_or(1, |r| u64::from(r.created))
+        }
         (Variant::Tower, _) => unreachable!("tower-sessions runs on its runtime"),
     }
 }
@@ -316,6 +340,17 @@ fn tower(f: &Fixture, o: Op, threads: usize, ops: usize) -> f64 {
                 let (ids, store, orders) = (Arc::clone(&ids), store.clone(), Arc::clone(&orders));
                 tokio::spawn(async move {
                     for k in 0..ops {
+                        if o == Op::CreateDelete {
+                            let mut record = Record {
+                                id: Id::default(),
+                                data: HashMap::new(),
+                                expiry_date: time::OffsetDateTime::now_utc()
+                                    + time::Duration::hours(1),
+                            };
+                            store.create(&mut record).await.unwrap();
+                            store.delete(&record.id).await.unwrap();
+                            continue;
+                        }
                         let id = ids[orders[t][k % n] as usize];
                         let mut record = store.load(&id).await.unwrap().unwrap();
                         let v = record.data.get("n").and_then(|v| v.as_u64()).unwrap_or(0);
@@ -356,6 +391,7 @@ fn rows_for(f: &Fixture, rounds: usize, ops: usize) -> Vec<Row> {
         ("update, throughput, 1 thread", Op::Update, 1, false),
         ("update, throughput, 2 threads", Op::Update, 2, false),
         ("read, latency, 1 thread", Op::Read, 1, true),
+        ("create + delete, 1 thread", Op::CreateDelete, 1, false),
     ];
     let mut rows = Vec::new();
     for (name, o, threads, dependent) in cases {
@@ -381,30 +417,6 @@ fn rows_for(f: &Fixture, rounds: usize, ops: usize) -> Vec<Row> {
         });
     }
     rows
-}
-
-fn create_delete(f: &Fixture, rounds: usize, ops: usize) -> Row {
-    let mut keyed = Vec::new();
-    let mut plain = Vec::new();
-    for _ in 0..rounds {
-        let start = Instant::now();
-        for _ in 0..ops {
-            let s = f.sessions.create(PEER).unwrap();
-            black_box(f.sessions.delete(&s.id()));
-        }
-        keyed.push(start.elapsed().as_nanos() as f64 / ops as f64);
-        let start = Instant::now();
-        for _ in 0..ops {
-            let id = SessionId::random().as_u128();
-            f.plain.write().insert(id, 0);
-            black_box(f.plain.write().remove(&id));
-        }
-        plain.push(start.elapsed().as_nanos() as f64 / ops as f64);
-    }
-    Row {
-        name: format!("create + delete, {} sessions", f.n),
-        ns: vec![Some(median(keyed)), None, Some(median(plain)), None],
-    }
 }
 
 fn http_start(f: &Fixture, rounds: usize, ops: usize) -> Vec<(String, f64)> {
@@ -451,10 +463,10 @@ fn child(spec: &str) {
         Some("plain") => Variant::Plain,
         _ => panic!("bad RP_COUNT {spec}"),
     };
-    let o = if o == Some("update") {
-        Op::Update
-    } else {
-        Op::Read
+    let o = match o {
+        Some("update") => Op::Update,
+        Some("create") => Op::CreateDelete,
+        _ => Op::Read,
     };
     let ops: usize = ops.and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let f = fixture(10_000, false);
@@ -520,12 +532,17 @@ fn main() {
     };
     let mut rows = Vec::new();
     let mut http = Vec::new();
-    for (n, with_tower) in [(100_000, true), (1_000_000, false)] {
+    // `RP_SIZES=100000` runs one size only.
+    let sizes: Vec<usize> = std::env::var("RP_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![100_000, 1_000_000]);
+    for n in sizes {
+        let with_tower = n <= 100_000;
         eprintln!("building {n} sessions…");
         let f = fixture(n, with_tower);
         rows.extend(rows_for(&f, rounds, ops));
-        rows.push(create_delete(&f, rounds, ops / 4));
-        if n == 100_000 {
+        if http.is_empty() {
             http = http_start(&f, rounds, ops / 4);
         }
     }
@@ -559,7 +576,7 @@ fn main() {
         "| operation | keyed-session | fair floor | plain floor | keyed ÷ fair | keyed ÷ plain |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for o in ["read", "update"] {
+    for o in ["read", "update", "create"] {
         let k = instructions("keyed", o);
         if k.is_none() {
             println!("(valgrind not found or failed: no instruction counts)");
