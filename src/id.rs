@@ -134,17 +134,17 @@ impl fmt::Display for ParseIdError {
 
 impl std::error::Error for ParseIdError {}
 
-fn decode_char(c: u8) -> Option<u128> {
-    let v = match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'-' => 62,
-        b'_' => 63,
-        _ => return None,
-    };
-    Some(u128::from(v))
-}
+/// The value of each byte in the id alphabet; `INVALID` for every other byte.
+const DECODE: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 64 {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+const INVALID: u8 = 0xFF;
 
 impl SessionId {
     /// Parses the 22-byte text form from raw bytes (for example a cookie value that
@@ -156,15 +156,31 @@ impl SessionId {
         if text.len() != SESSION_ID_LEN {
             return Err(ParseIdError::Length(text.len()));
         }
-        let mut bits: u128 = 0;
-        for (i, &c) in text.iter().take(21).enumerate() {
-            bits = (bits << 6) | decode_char(c).ok_or(ParseIdError::Character(i))?;
+        // One table look-up per byte; the bytes are checked together at the
+        // end (an invalid byte has its top bit set), so the loop has no branch.
+        // Two u64 halves of 10 characters (60 bits each), then the 21st
+        // character (6 bits) and the top 2 bits of the last: 128 in all.
+        let mut seen: u8 = 0;
+        let mut half = |chars: &[u8]| {
+            chars.iter().fold(0u64, |acc, &c| {
+                let v = DECODE[usize::from(c)];
+                seen |= v;
+                (acc << 6) | u64::from(v)
+            })
+        };
+        let hi = half(&text[..10]);
+        let mid = half(&text[10..20]);
+        let c20 = DECODE[usize::from(text[20])];
+        let last = DECODE[usize::from(text[21])];
+        if (seen | c20 | last) & 0x80 != 0 {
+            let at = text.iter().position(|&c| DECODE[usize::from(c)] == INVALID);
+            return Err(ParseIdError::Character(at.unwrap_or(0)));
         }
-        let last = decode_char(text[21]).ok_or(ParseIdError::Character(21))?;
         if last & 0xF != 0 {
             return Err(ParseIdError::NotCanonical);
         }
-        Ok(SessionId((bits << 2) | (last >> 4)))
+        let bits = (u128::from(hi) << 66) | (u128::from(mid) << 6) | u128::from(c20);
+        Ok(SessionId((bits << 2) | u128::from(last >> 4)))
     }
 }
 
@@ -259,6 +275,27 @@ mod tests {
                 .parse::<SessionId>()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn names_the_first_foreign_byte_and_round_trips_random_ids() {
+        for at in 0..SESSION_ID_LEN {
+            let mut text = *b"AAAAAAAAAAAAAAAAAAAAAA";
+            text[at] = b'.';
+            if at + 1 < SESSION_ID_LEN {
+                text[at + 1] = 0x80;
+            }
+            assert_eq!(
+                SessionId::parse_bytes(&text),
+                Err(ParseIdError::Character(at))
+            );
+        }
+        for _ in 0..1000 {
+            let id = SessionId::random();
+            let mut text = [0; SESSION_ID_LEN];
+            id.encode(&mut text);
+            assert_eq!(SessionId::parse_bytes(&text), Ok(id));
+        }
     }
 
     #[test]

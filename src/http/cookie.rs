@@ -6,7 +6,8 @@ use std::fmt;
 use std::time::Duration;
 
 use cookie::{Cookie, CookieJar};
-use http::header::HeaderValue;
+
+mod set_cookie;
 
 use crate::error::Rejection;
 use crate::id::SessionId;
@@ -22,19 +23,28 @@ pub(crate) struct Presented {
 }
 
 /// `<id>` or `<id>.<issued>`, strictly.
-fn parse_plain(plain: &str, resign: bool) -> Result<Presented, Rejection> {
-    let (id, issued) = match plain.split_once('.') {
-        Some((id, issued)) => {
-            let digits = !issued.is_empty() && issued.bytes().all(|b| b.is_ascii_digit());
-            let issued: u64 = digits
-                .then(|| issued.parse().ok())
-                .flatten()
-                .ok_or(Rejection::Malformed)?;
-            (id, Some(issued))
+fn parse_plain(plain: &[u8], resign: bool) -> Result<Presented, Rejection> {
+    // The common case first: a bare id (a session cookie), no search for `.`.
+    let (id, issued) = if plain.len() == crate::id::SESSION_ID_LEN {
+        (plain, None)
+    } else {
+        let dot = plain
+            .iter()
+            .position(|&b| b == b'.')
+            .ok_or(Rejection::Malformed)?;
+        let digits = &plain[dot + 1..];
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(Rejection::Malformed);
         }
-        None => (plain, None),
+        let issued = digits
+            .iter()
+            .try_fold(0u64, |n, &d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+            .ok_or(Rejection::Malformed)?;
+        (&plain[..dot], Some(issued))
     };
-    let id = id.parse().map_err(|_| Rejection::Malformed)?;
+    let id = SessionId::parse_bytes(id).map_err(|_| Rejection::Malformed)?;
     Ok(Presented { id, issued, resign })
 }
 
@@ -346,57 +356,6 @@ impl CookiePolicy {
             && (cookie_path.ends_with('/') || path.as_bytes().get(cookie_path.len()) == Some(&b'/'))
     }
 
-    fn base_cookie(&self, value: String) -> Cookie<'static> {
-        let mut c = Cookie::new(self.cookie_name().to_owned(), value);
-        c.set_path(self.path.clone());
-        if let Some(domain) = &self.domain {
-            c.set_domain(domain.clone());
-        }
-        c.set_secure(self.secure);
-        c.set_http_only(self.http_only);
-        c.set_same_site(match self.same_site {
-            SameSite::Strict => cookie::SameSite::Strict,
-            SameSite::Lax => cookie::SameSite::Lax,
-            SameSite::None => cookie::SameSite::None,
-        });
-        c
-    }
-
-    /// The `Set-Cookie` value that gives the client `id`, issued at `issued`
-    /// (Unix seconds; written into persistent cookies only). `persistent`
-    /// makes it persistent even when the policy does not (a "remember me").
-    pub(crate) fn issue(
-        &self,
-        id: SessionId,
-        max_age: Duration,
-        issued: u64,
-        persistent: bool,
-    ) -> Option<HeaderValue> {
-        let persistent = persistent || self.persistent;
-        let plain = if persistent {
-            format!("{id}.{issued}")
-        } else {
-            id.to_string()
-        };
-        let value = match &self.signing {
-            Some(key) => key.sign(self.cookie_name(), &plain),
-            None => plain,
-        };
-        let mut c = self.base_cookie(value);
-        if persistent {
-            let secs = i64::try_from(max_age.as_secs()).unwrap_or(i64::MAX);
-            c.set_max_age(cookie::time::Duration::seconds(secs));
-        }
-        HeaderValue::from_str(&c.to_string()).ok()
-    }
-
-    /// The `Set-Cookie` value that makes the client forget the cookie.
-    pub(crate) fn expire(&self) -> Option<HeaderValue> {
-        let mut c = self.base_cookie(String::new());
-        c.make_removal();
-        HeaderValue::from_str(&c.to_string()).ok()
-    }
-
     /// Whether a persistent cookie (by the policy, or one that carries its
     /// issue time: a remembered session), issued at `issued` (Unix seconds)
     /// with `max_age`, has less than the refresh fraction of its life left at
@@ -423,14 +382,14 @@ impl CookiePolicy {
     /// (persistent cookies carry it), and whether it was signed with an older
     /// key; `Err` says why not.
     pub(crate) fn read_value(&self, raw: &[u8]) -> Result<Presented, Rejection> {
-        let value = std::str::from_utf8(raw).map_err(|_| Rejection::Malformed)?;
         let Some(key) = &self.signing else {
-            return parse_plain(value, false);
+            return parse_plain(raw, false);
         };
+        let value = std::str::from_utf8(raw).map_err(|_| Rejection::Malformed)?;
         let keys = std::iter::once(key).chain(&self.previous_keys);
         for (i, key) in keys.enumerate() {
             if let Some(plain) = key.verify(self.cookie_name(), value) {
-                return parse_plain(&plain, i > 0);
+                return parse_plain(plain.as_bytes(), i > 0);
             }
         }
         Err(Rejection::BadSignature)

@@ -235,12 +235,10 @@ pub(crate) fn cookie_values<'a>(
     name: &'a [u8],
 ) -> impl Iterator<Item = &'a [u8]> + 'a {
     header.split(|&b| b == b';').filter_map(move |pair| {
-        let pair = pair.trim_ascii();
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        let (n, v) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
-        if n != name {
-            return None;
-        }
+        // `name`, optional spaces, `=`: the name is checked first, so the
+        // other cookies' values are never scanned for `=`.
+        let rest = pair.trim_ascii_start().strip_prefix(name)?;
+        let v = rest.trim_ascii_start().strip_prefix(b"=")?.trim_ascii();
         Some(match v {
             [b'"', inner @ .., b'"'] => inner,
             v => v,
