@@ -140,12 +140,9 @@ impl SessionManager {
     /// Like [`start`](Self::start), reading every `Cookie` header of `headers`
     /// (HTTP/2 may split cookies across several).
     pub fn start_headers(&self, headers: &HeaderMap, peer: Option<IpAddr>, path: &str) -> Started {
-        let cookies = || {
-            headers
-                .get_all(COOKIE)
-                .into_iter()
-                .map(HeaderValue::as_bytes)
-        };
+        // One look-up of the header name; the values are walked twice.
+        let all = headers.get_all(COOKIE);
+        let cookies = || all.iter().map(HeaderValue::as_bytes);
         self.start_from(cookies, peer, path)
     }
 
