@@ -8,6 +8,11 @@
 //! tiny page. Variants: `none` (an `AtomicU64`, no sessions: the floor),
 //! `keyed-session` (its `SessionLayer` over the in-memory store) and
 //! `tower-sessions` (`SessionManagerLayer` over its `MemoryStore`). Scenarios:
+//! With `--features redis` (the README's bench command for Redis), two more:
+//! `keyed-session-redis` (`SessionLayer::redis` over `RedisSessions`) and
+//! `tower-sessions-redis` (its layer over `tower-sessions-redis-store`), both
+//! on one `redis-server` the bench starts on a free port (skipped with a
+//! message when there is none). Scenarios:
 //! `existing` (every request presents the cookie of one of 1,000 sessions
 //! made beforehand, in turn) and `new` (no cookie: every request makes a
 //! session). wrk runs with one thread and 32 keep-alive connections after a
@@ -22,7 +27,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+#[cfg(feature = "redis")]
+#[path = "../../tests/common/redis_server.rs"]
+mod redis_server;
+
 const VARIANTS: [&str; 3] = ["none", "keyed-session", "tower-sessions"];
+const REDIS_VARIANTS: [&str; 2] = ["keyed-session-redis", "tower-sessions-redis"];
 const SCENARIOS: [&str; 2] = ["existing", "new"];
 
 fn page(n: u64) -> axum::response::Html<String> {
@@ -77,6 +87,62 @@ fn serve(variant: &str, port: u16) {
                     )
                     .layer(SessionLayer::new(manager))
             }
+            #[cfg(feature = "redis")]
+            "keyed-session-redis" => {
+                use keyed_session::Key;
+                use keyed_session::http::CookiePolicy;
+                use keyed_session::integrations::axum::{RequestSession, SessionLayer};
+                use keyed_session::redis::{RedisManager, RedisSessions};
+                static COUNT: Key<u64> = Key::new("count").serde();
+                let url = std::env::var("KS_REDIS").unwrap();
+                let sessions = RedisSessions::builder(&url)
+                    .namespace("http-bench")
+                    .build()
+                    .await
+                    .unwrap();
+                let manager =
+                    RedisManager::new(sessions, CookiePolicy::new().secure(false)).unwrap();
+                Router::new()
+                    .route(
+                        "/",
+                        get(|s: RequestSession| async move {
+                            let n = s
+                                .update(
+                                    &COUNT,
+                                    || 0,
+                                    |n| {
+                                        *n += 1;
+                                        *n
+                                    },
+                                )
+                                .await?;
+                            Ok::<_, keyed_session::Error>(page(n))
+                        }),
+                    )
+                    .layer(SessionLayer::redis(manager))
+            }
+            #[cfg(feature = "redis")]
+            "tower-sessions-redis" => {
+                // tower-sessions-redis-store implements the 0.14 core: the
+                // 0.14 layer and extractor go with it.
+                use tower_sessions_redis_store::RedisStore;
+                use tower_sessions_redis_store::fred::prelude::{ClientLike, Config, Pool};
+                use ts14::{Session, SessionManagerLayer};
+                let url = std::env::var("KS_REDIS").unwrap();
+                let pool = Pool::new(Config::from_url(&url).unwrap(), None, None, None, 6).unwrap();
+                drop(pool.connect());
+                pool.wait_for_connect().await.unwrap();
+                Router::new()
+                    .route(
+                        "/",
+                        get(|s: Session| async move {
+                            let n: u64 = s.get("count").await.unwrap().unwrap_or(0) + 1;
+                            s.insert("count", n).await.unwrap();
+                            page(n)
+                        }),
+                    )
+                    .layer(SessionManagerLayer::new(RedisStore::new(pool)).with_secure(false))
+            }
             _ => {
                 use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
                 Router::new()
@@ -120,12 +186,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(variant: &str) -> (Server, u16) {
+fn start(variant: &str, redis: Option<&str>) -> (Server, u16) {
     let port = free_port();
     let server = Server(
         Command::new(std::env::current_exe().unwrap())
             .env("KS_SERVE", variant)
             .env("KS_PORT", port.to_string())
+            .env("KS_REDIS", redis.unwrap_or(""))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -242,13 +309,37 @@ fn main() {
     }
     let quick = std::env::var_os("QUICK").is_some();
     let (rounds, seconds) = if quick { (1, 2) } else { (3, 5) };
+    let mut variants: Vec<&str> = VARIANTS.to_vec();
+    #[cfg(feature = "redis")]
+    let redis = redis_server::RedisServer::start();
+    #[cfg(feature = "redis")]
+    let redis_url = match &redis {
+        Some(server) => {
+            variants.extend(REDIS_VARIANTS);
+            Some(server.url())
+        }
+        None => {
+            println!(
+                "http bench: no redis-server (Debian: apt-get install redis-server): the Redis variants are skipped"
+            );
+            None
+        }
+    };
+    #[cfg(not(feature = "redis"))]
+    let redis_url: Option<String> = {
+        println!(
+            "http bench: the Redis variants ({}) need `--features redis`",
+            REDIS_VARIANTS.join(", ")
+        );
+        None
+    };
     let dir = std::env::temp_dir().join(format!("ks-http-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut samples: Vec<(String, String, Sample)> = Vec::new();
     for _ in 0..rounds {
         for scenario in SCENARIOS {
-            for variant in VARIANTS {
-                let (_server, port) = start(variant);
+            for &variant in &variants {
+                let (_server, port) = start(variant, redis_url.as_deref());
                 let cookies: Vec<String> = if scenario == "existing" && variant != "none" {
                     (0..1000).filter_map(|_| fresh_cookie(port)).collect()
                 } else {
@@ -268,7 +359,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut medians = Vec::new();
     for scenario in SCENARIOS {
-        for variant in VARIANTS {
+        for &variant in &variants {
             let of = |f: fn(&Sample) -> f64| {
                 median(
                     samples
@@ -285,30 +376,39 @@ fn main() {
     }
     println!();
     println!(
-        "| scenario | none req/s | keyed-session req/s (p50 / p99 µs) | tower-sessions req/s (p50 / p99 µs) | keyed ÷ none | tower ÷ none | keyed ÷ tower |"
+        "| store | scenario | none req/s | keyed-session req/s (p50 / p99 µs) | tower-sessions req/s (p50 / p99 µs) | keyed ÷ none | tower ÷ none | keyed ÷ tower |"
     );
-    println!("| --- | ---: | --- | --- | ---: | ---: | ---: |");
-    for scenario in SCENARIOS {
-        let get = |variant: &str| {
-            medians
-                .iter()
-                .find(|(v, s, _)| *v == variant && *s == scenario)
-                .map(|(_, _, m)| *m)
-                .unwrap()
-        };
-        let (none, keyed, tower) = (get("none"), get("keyed-session"), get("tower-sessions"));
-        println!(
-            "| {scenario} | {:.0} | {:.0} ({:.0} / {:.0}) | {:.0} ({:.0} / {:.0}) | {:.2}× | {:.2}× | {:.2}× |",
-            none.0,
-            keyed.0,
-            keyed.1,
-            keyed.2,
-            tower.0,
-            tower.1,
-            tower.2,
-            keyed.0 / none.0,
-            tower.0 / none.0,
-            keyed.0 / tower.0
-        );
+    println!("| --- | --- | ---: | --- | --- | ---: | ---: | ---: |");
+    let pairs = [
+        ("memory", "keyed-session", "tower-sessions"),
+        ("Redis", "keyed-session-redis", "tower-sessions-redis"),
+    ];
+    for (store, keyed_name, tower_name) in pairs {
+        for scenario in SCENARIOS {
+            let get = |variant: &str| {
+                medians
+                    .iter()
+                    .find(|(v, s, _)| *v == variant && *s == scenario)
+                    .map(|(_, _, m)| *m)
+            };
+            let (Some(none), Some(keyed), Some(tower)) =
+                (get("none"), get(keyed_name), get(tower_name))
+            else {
+                continue;
+            };
+            println!(
+                "| {store} | {scenario} | {:.0} | {:.0} ({:.0} / {:.0}) | {:.0} ({:.0} / {:.0}) | {:.2}× | {:.2}× | {:.2}× |",
+                none.0,
+                keyed.0,
+                keyed.1,
+                keyed.2,
+                tower.0,
+                tower.1,
+                tower.2,
+                keyed.0 / none.0,
+                tower.0 / none.0,
+                keyed.0 / tower.0
+            );
+        }
     }
 }
