@@ -213,7 +213,7 @@ where
 {
     type Response = http::Response<SessionBody<ResBody>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -227,55 +227,71 @@ where
         let peer = self.shared.proxies.client_ip(direct, req.headers());
         // The usual tower dance: call the instance that was polled ready.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        match &self.shared.backend {
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let kind = match &self.shared.backend {
             Backend::Memory(manager) => {
                 let started = manager.start_headers(req.headers(), peer, req.uri().path());
                 let handle = RequestSession::new(State::Memory(started));
-                req.extensions_mut().insert(handle.clone());
-                Box::pin(respond(inner, req, handle))
+                match refusal(&handle) {
+                    Some(response) => Kind::Ready {
+                        response: Some(response),
+                    },
+                    None => {
+                        req.extensions_mut().insert(handle.clone());
+                        Kind::Call {
+                            inner: inner.call(req),
+                            handle: Some(handle),
+                        }
+                    }
+                }
             }
             #[cfg(feature = "redis")]
             Backend::Redis(manager) => {
                 let manager = manager.clone();
-                Box::pin(async move {
-                    let path = req.uri().path().to_owned();
-                    let started = match manager.start(req.headers(), peer, &path).await {
-                        Ok(started) => started,
-                        Err(_) => {
-                            return Ok(refuse(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "the session store is unavailable; try again shortly",
-                            ));
+                Kind::Boxed {
+                    future: Box::pin(async move {
+                        let path = req.uri().path().to_owned();
+                        let started = match manager.start(req.headers(), peer, &path).await {
+                            Ok(started) => started,
+                            Err(_) => {
+                                return Ok(refuse(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "the session store is unavailable; try again shortly",
+                                ));
+                            }
+                        };
+                        let handle = RequestSession::new(State::Redis(started));
+                        if let Some(response) = refusal(&handle) {
+                            return Ok(response);
                         }
-                    };
-                    let handle = RequestSession::new(State::Redis(started));
-                    req.extensions_mut().insert(handle.clone());
-                    respond(inner, req, handle).await
-                })
+                        req.extensions_mut().insert(handle.clone());
+                        let response = inner.call(req).await?;
+                        Ok(finish(response, &handle))
+                    }),
+                }
             }
-        }
+        };
+        ResponseFuture { kind }
     }
 }
 
-/// Calls the handler and adds what the response needs: the `Set-Cookie`, and
-/// an attached client for an event stream's lifetime.
-async fn respond<S, ReqBody, ResBody>(
-    mut inner: S,
-    req: Request<ReqBody>,
-    handle: RequestSession,
-) -> Result<http::Response<SessionBody<ResBody>>, S::Error>
-where
-    S: Service<Request<ReqBody>, Response = http::Response<ResBody>>,
-{
-    if handle.state().rejected() == Some(Rejection::NoClientAddress) {
-        // Binding would fail open: refuse loudly instead.
-        return Ok(refuse(
+/// The layer's own answer when the request cannot have a session at all.
+fn refusal<B>(handle: &RequestSession) -> Option<http::Response<SessionBody<B>>> {
+    // Binding would fail open: refuse loudly instead.
+    (handle.state().rejected() == Some(Rejection::NoClientAddress)).then(|| {
+        refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
             crate::store::NO_CLIENT_ADDRESS,
-        ));
-    }
-    let response = inner.call(req).await?;
+        )
+    })
+}
+
+/// Adds what the handler's response needs: the `Set-Cookie`, and an attached
+/// client for an event stream's lifetime.
+fn finish<B>(
+    response: http::Response<B>,
+    handle: &RequestSession,
+) -> http::Response<SessionBody<B>> {
     let (mut parts, body) = response.into_parts();
     let guard = {
         let state = handle.state();
@@ -284,14 +300,89 @@ where
             .then(|| state.attach())
             .flatten()
     };
-    Ok(http::Response::from_parts(
+    http::Response::from_parts(
         parts,
         SessionBody {
             inner: Some(body),
             message: None,
             _client: guard,
         },
-    ))
+    )
+}
+
+/// The whole request over Redis, where the session is looked up (awaited)
+/// before the handler runs.
+type BoxedResponse<B, E> =
+    Pin<Box<dyn Future<Output = Result<http::Response<SessionBody<B>>, E>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The future [`SessionService`] returns: the handler's future `F`, then
+    /// the `Set-Cookie` its response needs. Over the in-memory store it wraps
+    /// the handler's future in place (no allocation per request); over Redis
+    /// the session is looked up first, in a boxed future.
+    ///
+    /// ```
+    /// # use std::net::SocketAddr;
+    /// # use axum::{body::Body, extract::ConnectInfo};
+    /// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+    /// use keyed_session::integrations::axum::SessionLayer;
+    /// use keyed_session::Sessions;
+    /// use tower::{Layer, Service, service_fn};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let manager =
+    ///     SessionManager::with_mode(Sessions::default(), CookiePolicy::new(), CreateMode::Eager).unwrap();
+    /// let mut service = SessionLayer::new(manager).layer(service_fn(|_req: http::Request<Body>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(Body::from("hi")))
+    /// }));
+    /// let mut req = http::Request::new(Body::empty());
+    /// req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
+    /// let future = service.call(req); // a ResponseFuture
+    /// let response = future.await.unwrap();
+    /// assert!(response.headers().contains_key("set-cookie"));
+    /// # });
+    /// ```
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProjection]
+    enum Kind<F, B, E> {
+        Call { #[pin] inner: F, handle: Option<RequestSession> },
+        Boxed { future: BoxedResponse<B, E> },
+        Ready { response: Option<http::Response<SessionBody<B>>> },
+    }
+}
+
+impl<F, B, E> fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<SessionBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProjection::Call { inner, handle } => {
+                let response = std::task::ready!(inner.poll(cx))?;
+                let handle = handle
+                    .take()
+                    .expect("keyed-session: the layer's ResponseFuture polled after it completed");
+                Poll::Ready(Ok(finish(response, &handle)))
+            }
+            KindProjection::Boxed { future } => future.as_mut().poll(cx),
+            KindProjection::Ready { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("keyed-session: the layer's ResponseFuture polled after it completed"))),
+        }
+    }
 }
 
 fn is_event_stream(headers: &http::HeaderMap) -> bool {
