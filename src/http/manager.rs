@@ -175,13 +175,16 @@ impl SessionManager {
             started.rejected = Some(Rejection::Malformed);
         } else {
             let name = self.inner.policy.cookie_name().as_bytes();
-            let candidates = headers()
-                .flat_map(|h| cookie_values(h, name))
-                .take(MAX_DUPLICATE_COOKIES);
             let mut pick = Pick::new();
-            for raw in candidates {
-                if !pick.offer(self.resolve(raw, peer), Session::same_as) {
-                    break;
+            let mut offered = 0;
+            'headers: for header in headers() {
+                for raw in cookie_values(header, name) {
+                    if offered == MAX_DUPLICATE_COOKIES
+                        || !pick.offer(self.resolve(raw, peer), Session::same_as)
+                    {
+                        break 'headers;
+                    }
+                    offered += 1;
                 }
             }
             match pick.finish() {
