@@ -7,8 +7,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// A source of wall-clock time for a store.
 ///
 /// The store keeps its times to the second, counted from its own epoch (20 years
-/// before it was built, so stamps last for more than a century), and reads the
-/// clock at most a few times per request. Give the builder a
+/// before it was built, so stamps last for more than a century). With the
+/// default clock a lookup never reads the system clock: one thread per process
+/// (`keyed-session-tick`, started with the first store and gone with the last)
+/// publishes the current second, and a lookup reads it with one atomic load. A
+/// clock given to [`SessionsBuilder::clock`](crate::SessionsBuilder::clock) is
+/// read instead, up to a few times per request. Give the builder a
 /// [`ManualClock`] to test expiry without sleeping.
 pub trait Clock: Send + Sync + 'static {
     /// The current time.

@@ -19,6 +19,7 @@ use crate::store::ending::Ending;
 use crate::store::error::{CreateError, InsertError, Refused};
 use crate::store::record::Record;
 use crate::store::shard::Shard;
+use crate::store::snapshot;
 use crate::store::stats::{Counters, bump};
 
 /// How many shards a store has (a power of two).
@@ -440,6 +441,21 @@ impl StoreInner {
             return Some(new);
         }
         None
+    }
+
+    /// Writes the snapshot configured with `snapshot_to`, counting the outcome.
+    /// A periodic save (`last == false`) does nothing once shutdown began, so it
+    /// can never overwrite the final snapshot.
+    pub(crate) fn save_configured_snapshot(&self, last: bool) {
+        let Some(path) = &self.config.snapshot_to else {
+            return;
+        };
+        let _serial = self.snapshot_lock.lock();
+        if !last && self.shut.load(Ordering::Acquire) {
+            return;
+        }
+        let (records, now) = (self.all_records(), self.now());
+        snapshot::write_counted(records, self.epoch, now, path, &self.ending, &self.counters);
     }
 
     pub(crate) fn shutdown(&self) -> usize {

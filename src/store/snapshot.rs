@@ -14,8 +14,7 @@ use crate::persist::{self, RestoreReport, SaveReport, SessionImage, count};
 use crate::reason::{DeleteCause, DeleteContext};
 use crate::store::ending::Ending;
 use crate::store::record::Record;
-use crate::store::stats::bump;
-use std::sync::atomic::Ordering;
+use crate::store::stats::{Counters, bump};
 
 /// The image of one record, calling `save` hooks under that session's value
 /// lock held for reading (they borrow the value in place), each caught and
@@ -143,28 +142,17 @@ pub(crate) fn not_restored(rec: &Arc<Record>, ending: &Ending) {
     }
 }
 
-impl crate::store::base::StoreInner {
-    /// Writes the snapshot configured with `snapshot_to`, counting the outcome.
-    /// A periodic save (`last == false`) does nothing once shutdown began, so it
-    /// can never overwrite the final snapshot.
-    pub(crate) fn save_configured_snapshot(&self, last: bool) {
-        let Some(path) = &self.config.snapshot_to else {
-            return;
-        };
-        let _serial = self.snapshot_lock.lock();
-        if !last && self.shut.load(Ordering::Acquire) {
-            return;
-        }
-        let written = write(
-            self.all_records(),
-            self.epoch,
-            self.now(),
-            path,
-            &self.ending,
-        );
-        match written {
-            Ok(_) => bump(&self.counters.snapshots_written),
-            Err(_) => bump(&self.counters.snapshot_errors),
-        }
+/// [`write`], counted in `counters` as written or failed.
+pub(crate) fn write_counted(
+    records: Vec<Arc<Record>>,
+    epoch: Epoch,
+    now: u32,
+    path: &Path,
+    ending: &Ending,
+    counters: &Counters,
+) {
+    match write(records, epoch, now, path, ending) {
+        Ok(_) => bump(&counters.snapshots_written),
+        Err(_) => bump(&counters.snapshot_errors),
     }
 }
