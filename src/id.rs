@@ -65,11 +65,16 @@ impl SessionId {
     /// Writes the 22 characters of the id into `out`, without allocating.
     pub fn encode(&self, out: &mut [u8; SESSION_ID_LEN]) {
         // 21 characters carry the top 126 bits, the last one the low 2 bits
-        // followed by four zero bits.
-        for (i, slot) in out.iter_mut().take(21).enumerate() {
-            let shift = 122 - 6 * i as u32;
-            *slot = ALPHABET[((self.0 >> shift) & 63) as usize];
+        // followed by four zero bits. Two 60-bit halves, then the 21st
+        // character, each shifted in 64 bits rather than 128.
+        let hi = (self.0 >> 68) as u64;
+        let mid = (self.0 >> 8) as u64 & ((1 << 60) - 1);
+        for i in 0..10 {
+            let shift = 54 - 6 * i as u32;
+            out[i] = ALPHABET[((hi >> shift) & 63) as usize];
+            out[10 + i] = ALPHABET[((mid >> shift) & 63) as usize];
         }
+        out[20] = ALPHABET[((self.0 >> 2) & 63) as usize];
         out[21] = ALPHABET[((self.0 & 3) << 4) as usize];
     }
 

@@ -400,10 +400,14 @@ impl Sessions {
         snapshot::not_restored(&rec, &inner.ending);
     }
 
-    /// The store's clock in Unix seconds, for the HTTP layer.
+    /// The store's clock in Unix seconds, for the HTTP layer (the ticker's
+    /// second on the default clock, as for lookups).
     #[cfg(feature = "http")]
     pub(crate) fn now_unix(&self) -> u64 {
-        crate::clock::unix_secs(self.inner.clock.now())
+        match &self.inner.ticker {
+            Some(ticker) => ticker.unix_secs(),
+            None => crate::clock::unix_secs(self.inner.clock.now()),
+        }
     }
 
     fn session(&self, rec: Arc<Record>) -> Session {

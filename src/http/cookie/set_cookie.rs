@@ -96,8 +96,8 @@ impl CookiePolicy {
 fn push_plain(out: &mut String, id: SessionId, issued: Option<u64>) {
     let mut text = [0; SESSION_ID_LEN];
     id.encode(&mut text);
-    // The id alphabet is ASCII.
-    out.extend(text.iter().map(|&b| char::from(b)));
+    // The id alphabet is ASCII, so this never yields the empty fallback.
+    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
     if let Some(issued) = issued {
         let _ = write!(out, ".{issued}");
     }
