@@ -39,6 +39,32 @@ fn page(n: u64) -> axum::response::Html<String> {
     axum::response::Html(format!("<!doctype html><title>count</title><h1>{n}</h1>"))
 }
 
+/// The keyed-session app: the counter under `count`, through `layer`.
+fn keyed_app(
+    count: &'static keyed_session::Key<u64>,
+    layer: keyed_session::integrations::axum::SessionLayer,
+) -> axum::Router {
+    use keyed_session::integrations::axum::RequestSession;
+    axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(move |s: RequestSession| async move {
+                let n = s
+                    .update(
+                        count,
+                        || 0,
+                        |n| {
+                            *n += 1;
+                            *n
+                        },
+                    )
+                    .await?;
+                Ok::<_, keyed_session::Error>(page(n))
+            }),
+        )
+        .layer(layer)
+}
+
 /// Serves one variant on `port` until killed.
 fn serve(variant: &str, port: u16) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -62,36 +88,19 @@ fn serve(variant: &str, port: u16) {
             }
             "keyed-session" => {
                 use keyed_session::http::{CookiePolicy, SessionManager};
-                use keyed_session::integrations::axum::{RequestSession, SessionLayer};
+                use keyed_session::integrations::axum::SessionLayer;
                 use keyed_session::{Key, Sessions};
                 static COUNT: Key<u64> = Key::new("count");
                 let manager =
                     SessionManager::new(Sessions::default(), CookiePolicy::new().secure(false))
                         .unwrap();
-                Router::new()
-                    .route(
-                        "/",
-                        get(|s: RequestSession| async move {
-                            let n = s
-                                .update(
-                                    &COUNT,
-                                    || 0,
-                                    |n| {
-                                        *n += 1;
-                                        *n
-                                    },
-                                )
-                                .await?;
-                            Ok::<_, keyed_session::Error>(page(n))
-                        }),
-                    )
-                    .layer(SessionLayer::new(manager))
+                keyed_app(&COUNT, SessionLayer::new(manager))
             }
             #[cfg(feature = "redis")]
             "keyed-session-redis" => {
                 use keyed_session::Key;
                 use keyed_session::http::CookiePolicy;
-                use keyed_session::integrations::axum::{RequestSession, SessionLayer};
+                use keyed_session::integrations::axum::SessionLayer;
                 use keyed_session::redis::{RedisManager, RedisSessions};
                 static COUNT: Key<u64> = Key::new("count").serde();
                 let url = std::env::var("KS_REDIS").unwrap();
@@ -102,24 +111,7 @@ fn serve(variant: &str, port: u16) {
                     .unwrap();
                 let manager =
                     RedisManager::new(sessions, CookiePolicy::new().secure(false)).unwrap();
-                Router::new()
-                    .route(
-                        "/",
-                        get(|s: RequestSession| async move {
-                            let n = s
-                                .update(
-                                    &COUNT,
-                                    || 0,
-                                    |n| {
-                                        *n += 1;
-                                        *n
-                                    },
-                                )
-                                .await?;
-                            Ok::<_, keyed_session::Error>(page(n))
-                        }),
-                    )
-                    .layer(SessionLayer::redis(manager))
+                keyed_app(&COUNT, SessionLayer::redis(manager))
             }
             #[cfg(feature = "redis")]
             "tower-sessions-redis" => {
