@@ -55,69 +55,112 @@ impl Clock for SystemClock {
 /// stores that second, so a lookup reads the time with one relaxed load
 /// instead of a clock read (which costs more than the rest of an in-cache
 /// lookup, and stops consecutive lookups from overlapping their cache
-/// misses). The thread exits once no store uses it. Its seconds never go
-/// backwards and come from the same [`SystemClock`] the store reads for
-/// full-precision times, so a stamp is never ahead of that clock; it lags it
-/// only by the thread's wake-up latency.
+/// misses). Its seconds never go backwards and come from the same
+/// [`SystemClock`] the store reads for full-precision times, so a stamp is
+/// never ahead of that clock; it lags it only by the thread's wake-up latency.
+///
+/// The thread runs while some store holds a [`TickerHold`] and exits at its
+/// next wake-up once none does. There is never more than one: a store made
+/// while the thread is still asleep after the last one went keeps it, so a
+/// program that makes and drops stores in a loop (tests, fuzzing) starts at
+/// most one thread a second, not one per store.
 pub(crate) struct Ticker {
     /// Whole seconds since the Unix epoch, as of the last tick.
     unix: AtomicU64,
     clock: SystemClock,
 }
 
-/// The process's ticker, while some store uses it.
-static TICKER: std::sync::Mutex<std::sync::Weak<Ticker>> =
-    std::sync::Mutex::new(std::sync::Weak::new());
+/// The stores holding the ticker, and whether its thread runs.
+struct Users {
+    holds: usize,
+    thread: bool,
+}
+
+static TICKER: std::sync::OnceLock<Ticker> = std::sync::OnceLock::new();
+/// How many ticker threads were started (for the test that there is one).
+#[cfg(test)]
+static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static USERS: std::sync::Mutex<Users> = std::sync::Mutex::new(Users {
+    holds: 0,
+    thread: false,
+});
+
+fn users() -> std::sync::MutexGuard<'static, Users> {
+    // Nothing that runs under this lock can panic half-way.
+    USERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A store's hold on the process's ticker: the thread runs while one exists.
+pub(crate) struct TickerHold(&'static Ticker);
 
 impl Ticker {
-    /// The process's ticker, started when no store holds it; `None` when no
-    /// thread can be spawned (the store then reads its clock every time).
-    pub(crate) fn shared() -> Option<Arc<Ticker>> {
-        let mut slot = TICKER
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(ticker) = slot.upgrade() {
-            return Some(ticker);
-        }
-        let clock = SystemClock::new();
-        let ticker = Arc::new(Ticker {
-            unix: AtomicU64::new(unix_secs(clock.now())),
-            clock,
+    /// A hold on the process's ticker, starting its thread when none runs;
+    /// `None` when no thread can be spawned (the store then reads its clock
+    /// every time).
+    pub(crate) fn shared() -> Option<TickerHold> {
+        let ticker = TICKER.get_or_init(|| {
+            let clock = SystemClock::new();
+            Ticker {
+                unix: AtomicU64::new(unix_secs(clock.now())),
+                clock,
+            }
         });
-        let weak = Arc::downgrade(&ticker);
-        std::thread::Builder::new()
-            .name("keyed-session-tick".into())
-            .spawn(move || tick(&weak))
-            .ok()?;
-        *slot = Arc::downgrade(&ticker);
-        Some(ticker)
+        let mut users = users();
+        if !users.thread {
+            // Fresh after an idle spell, before any store reads it.
+            ticker
+                .unix
+                .fetch_max(unix_secs(ticker.clock.now()), Ordering::Relaxed);
+            std::thread::Builder::new()
+                .name("keyed-session-tick".into())
+                .spawn(move || tick(ticker))
+                .ok()?;
+            users.thread = true;
+            #[cfg(test)]
+            SPAWNED.fetch_add(1, Ordering::Relaxed);
+        }
+        users.holds += 1;
+        Some(TickerHold(ticker))
     }
+}
 
+impl TickerHold {
     /// The clock the ticks come from.
     pub(crate) fn clock(&self) -> SystemClock {
-        self.clock
+        self.0.clock
     }
 
     /// Whole seconds since the Unix epoch, as of the last tick.
     #[inline]
     pub(crate) fn unix_secs(&self) -> u64 {
-        self.unix.load(Ordering::Relaxed)
+        self.0.unix.load(Ordering::Relaxed)
     }
 }
 
-/// The ticker thread: sleeps to just past the next whole second, stores it,
-/// and stops once the ticker is gone.
-fn tick(weak: &std::sync::Weak<Ticker>) {
+impl Drop for TickerHold {
+    fn drop(&mut self) {
+        users().holds -= 1;
+    }
+}
+
+/// The ticker thread: stores the current second, sleeps to just past the
+/// next one, and stops once no store holds the ticker.
+fn tick(ticker: &'static Ticker) {
     loop {
-        let Some(ticker) = weak.upgrade() else {
-            return;
-        };
+        {
+            let mut users = users();
+            if users.holds == 0 {
+                users.thread = false;
+                return;
+            }
+        }
         let now = ticker.clock.now();
         ticker.unix.fetch_max(unix_secs(now), Ordering::Relaxed);
         let into = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        drop(ticker);
         // 1 ms past the boundary, so the read after waking is in the new second.
         let wait = Duration::from_nanos(u64::from(1_000_000_000 - into) + 1_000_000);
         std::thread::sleep(wait);
@@ -278,7 +321,7 @@ mod tests {
     fn ticks_follow_the_system_clock_and_never_lead_it() {
         let ticker = Ticker::shared().expect("a thread for the ticker");
         let again = Ticker::shared().expect("a thread for the ticker");
-        assert!(Arc::ptr_eq(&ticker, &again), "one ticker per process");
+        assert!(std::ptr::eq(ticker.0, again.0), "one ticker per process");
         let before = ticker.unix_secs();
         assert!(before <= unix_secs(ticker.clock().now()));
         // Within a little over a second the tick moves on by one.
@@ -289,6 +332,33 @@ mod tests {
         let after = ticker.unix_secs();
         assert!(after > before, "the ticker never ticked");
         assert!(after <= unix_secs(ticker.clock().now()));
+    }
+
+    /// Holds taken and dropped in a loop (stores made and dropped one after
+    /// another) share one thread, which is still there for the next hold.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn holds_dropped_and_taken_again_never_start_a_second_thread() {
+        fn tick_threads() -> usize {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|name| name.trim() == "keyed-session-tick")
+                .count()
+        }
+        let spawned = SPAWNED.load(Ordering::Relaxed);
+        for _ in 0..200 {
+            drop(Ticker::shared().expect("a thread for the ticker"));
+        }
+        // A thread that saw no hold at a wake-up may be replaced once a
+        // second; the loop takes milliseconds.
+        let started = SPAWNED.load(Ordering::Relaxed) - spawned;
+        assert!(
+            started <= 2,
+            "{started} ticker threads started for 200 holds"
+        );
+        let count = tick_threads();
+        assert!(count <= 1, "{count} ticker threads");
     }
 
     #[test]

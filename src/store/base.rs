@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use crossbeam_channel::Sender;
 use parking_lot::{Mutex, ReentrantMutex, RwLock};
 
-use crate::clock::{Clock, Epoch, NEVER, Ticker};
+use crate::clock::{Clock, Epoch, NEVER, TickerHold};
 use crate::events::Event;
 use crate::id::{IdGenerator, SessionId};
 use crate::reason::EndReason;
@@ -35,7 +35,7 @@ pub(crate) struct StoreInner {
     pub(crate) config: Config,
     pub(crate) clock: Arc<dyn Clock>,
     /// The default clock's ticked seconds (`None` for a configured clock).
-    pub(crate) ticker: Option<Arc<Ticker>>,
+    pub(crate) ticker: Option<TickerHold>,
     pub(crate) ids: Box<dyn IdGenerator>,
     pub(crate) capacity: Capacity,
     /// Ending values: hooks, events, waiters.
