@@ -310,6 +310,7 @@ fn main() {
     }
     let quick = std::env::var_os("QUICK").is_some();
     let (rounds, seconds) = if quick { (1, 2) } else { (3, 5) };
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
     let mut variants: Vec<&str> = VARIANTS.to_vec();
     #[cfg(feature = "redis")]
     let redis = redis_server::RedisServer::start();
