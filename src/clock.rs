@@ -145,6 +145,16 @@ impl Drop for TickerHold {
     }
 }
 
+/// Whole seconds since the Unix epoch now: the ticker's second when the store
+/// has one (the default clock), else a read of its configured clock.
+#[inline]
+pub(crate) fn unix_now(ticker: Option<&TickerHold>, clock: &dyn Clock) -> u64 {
+    match ticker {
+        Some(ticker) => ticker.unix_secs(),
+        None => unix_secs(clock.now()),
+    }
+}
+
 /// The ticker thread: stores the current second, sleeps to just past the
 /// next one, and stops once no store holds the ticker.
 fn tick(ticker: &'static Ticker) {

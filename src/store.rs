@@ -404,10 +404,7 @@ impl Sessions {
     /// second on the default clock, as for lookups).
     #[cfg(feature = "http")]
     pub(crate) fn now_unix(&self) -> u64 {
-        match &self.inner.ticker {
-            Some(ticker) => ticker.unix_secs(),
-            None => crate::clock::unix_secs(self.inner.clock.now()),
-        }
+        crate::clock::unix_now(self.inner.ticker.as_ref(), &*self.inner.clock)
     }
 
     fn session(&self, rec: Arc<Record>) -> Session {

@@ -59,10 +59,8 @@ impl StoreInner {
     /// of the configured clock.
     #[inline]
     pub(crate) fn now(&self) -> u32 {
-        match &self.ticker {
-            Some(ticker) => self.epoch.stamp_secs(ticker.unix_secs()),
-            None => self.epoch.stamp(self.clock.now()),
-        }
+        let unix = crate::clock::unix_now(self.ticker.as_ref(), &*self.clock);
+        self.epoch.stamp_secs(unix)
     }
 
     pub(crate) fn shard(&self, id: &SessionId) -> &RwLock<Shard> {
