@@ -132,7 +132,7 @@ fn describe(event: &Event) -> String {
 }
 
 /// Keeps the latest [`RECENT`] events of `events`.
-async fn keep_recent(events: Subscription, recent: Recent) {
+async fn keep_recent(mut events: Subscription, recent: Recent) {
     loop {
         let line = match events.recv().await {
             Ok(event) => describe(&event),
@@ -230,7 +230,7 @@ async fn events(
     let hello = SseEvent::default()
         .event("hello")
         .data(format!("watching session {}", short(&id)));
-    let feed = stream::unfold((state.subscribe)(), |events| async move {
+    let feed = stream::unfold((state.subscribe)(), |mut events| async move {
         let line = match events.recv().await {
             Ok(event) => describe(&event),
             Err(RecvError::Lagged(n)) => format!("({n} events missed)"),

@@ -185,20 +185,36 @@ impl Subscription {
     /// The next event, as a future: waits without blocking a thread, on any
     /// runtime (or none: any executor that polls it).
     ///
+    /// It takes `&mut self`, as tokio's `broadcast::Receiver::recv` does: one
+    /// subscription has one waiting task (its wake-up goes to that task). Give
+    /// each task that waits for events a subscription of its own.
+    ///
     /// ```
     /// # use keyed_session::{Event, Sessions, Sweeper};
     /// # let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
-    /// let events = sessions.subscribe();
+    /// let mut events = sessions.subscribe();
     /// let s = sessions.create(None).unwrap();
     /// let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     /// let event = runtime.block_on(events.recv()).unwrap();
     /// assert_eq!(event, Event::Begin { id: s.id(), peer: None });
     /// ```
     ///
+    /// Two waits on one subscription at once do not compile (one of them
+    /// would never be woken):
+    ///
+    /// ```compile_fail
+    /// # use keyed_session::{Sessions, Sweeper};
+    /// # let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+    /// let mut events = sessions.subscribe();
+    /// let first = events.recv();
+    /// let second = events.recv(); // error: `events` is already borrowed
+    /// # drop((first, second));
+    /// ```
+    ///
     /// # Errors
     /// [`RecvError::Lagged`] where events were dropped for this subscriber,
     /// [`RecvError::Closed`] once the store is gone and nothing is left.
-    pub fn recv(&self) -> Recv<'_> {
+    pub fn recv(&mut self) -> Recv<'_> {
         Recv { subscription: self }
     }
 

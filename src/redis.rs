@@ -123,8 +123,9 @@ impl RedisSessions {
             conn,
             locals: Mutex::new(HashMap::new()),
             events: Arc::new(Broadcaster::new(event_capacity)),
-            counters: Counters::default(),
+            counters: Arc::new(Counters::default()),
             waiting: Mutex::new(HashMap::new()),
+            next_waiter: std::sync::atomic::AtomicU64::new(0),
             reconciled: Mutex::new(Default::default()),
             seen: Mutex::new(HashMap::new()),
             stop: watch::channel(false).0,
@@ -190,29 +191,56 @@ impl RedisSessions {
             .filter(|_| e.config.max_per_ip > 0)
             .map(|p| per_ip_key(p).to_string())
             .unwrap_or_default();
+        if e.stopped() {
+            return Err(SharedError::Ended);
+        }
         for _ in 0..8 {
             let id = SessionId::random();
             let k = e.keys(&id);
             let id_text = id.to_string();
-            let mut call = k.invoke(&scripts::CREATE);
-            call.arg(e.now_arg())
-                .arg(Engine::millis(e.config.idle))
-                .arg(e.config.absolute.map_or(0, Engine::millis))
-                .arg(&ip)
-                .arg(&ip_key)
-                .arg(e.config.max_sessions)
-                .arg(e.config.max_per_ip)
-                .arg(&id_text)
-                .arg(Engine::millis(e.config.retention))
-                .arg(Engine::millis(Config::SLACK))
-                .arg(if e.config.evict { "1" } else { "0" })
-                .arg(&e.config.namespace)
-                .arg(e.config.shards);
-            let answer = e.run(&call).await?;
+            let call = |resent: bool| {
+                let mut call = k.invoke(&scripts::CREATE);
+                call.arg(e.now_arg())
+                    .arg(Engine::millis(e.config.idle))
+                    .arg(e.config.absolute.map_or(0, Engine::millis))
+                    .arg(&ip)
+                    .arg(&ip_key)
+                    .arg(e.config.max_sessions)
+                    .arg(e.config.max_per_ip)
+                    .arg(&id_text)
+                    .arg(Engine::millis(e.config.retention))
+                    .arg(if resent { "1" } else { "0" })
+                    .arg(if e.config.evict { "1" } else { "0" })
+                    .arg(&e.config.namespace)
+                    .arg(e.config.shards);
+                call
+            };
+            // A reply lost to a timeout: the same create again (the script
+            // finds its own session); still no answer, and the session (if
+            // Redis made it) is ended once Redis answers, so that nobody's
+            // limits count a session nobody holds.
+            let mut answer = e.run(&call(false)).await;
+            for _ in 0..2 {
+                match answer {
+                    Err(SharedError::Unavailable(_)) => answer = e.run(&call(true)).await,
+                    _ => break,
+                }
+            }
+            let answer = match answer {
+                Err(SharedError::Unavailable(why)) => {
+                    Engine::forget_create(&self.engine, id);
+                    return Err(SharedError::Unavailable(why));
+                }
+                answer => answer?,
+            };
             let limit = || answer.get(1).and_then(reply::int).unwrap_or(0) as usize;
             match reply::tag(&answer) {
                 // An evicted session's hooks run from its End event.
-                "ok" => return Ok(self.handle(id, peer, e.config.idle, HashMap::new())),
+                "ok" => {
+                    let now = answer.get(1).and_then(reply::int).unwrap_or(0);
+                    let absolute = e.config.absolute.map_or(0, |a| now + Engine::millis(a) as i64);
+                    return Ok(self.handle(id, peer, e.config.idle, absolute, HashMap::new()));
+                }
                 "taken" => continue,
                 "full" => return Err(SharedError::Create(CreateError::Full { limit: limit() })),
                 "ipfull" => {
@@ -231,6 +259,7 @@ impl RedisSessions {
         id: SessionId,
         peer: Option<IpAddr>,
         idle: std::time::Duration,
+        absolute_ms: i64,
         shared: HashMap<String, reply::Field>,
     ) -> RedisSession {
         RedisSession {
@@ -238,6 +267,8 @@ impl RedisSessions {
             id: Mutex::new(id),
             peer,
             idle: Mutex::new(idle),
+            absolute_ms,
+            pending_renew: Mutex::new(None),
             shared: Mutex::new(shared),
         }
     }
@@ -265,8 +296,7 @@ impl RedisSessions {
             .arg(Engine::millis(e.config.touch_every()))
             .arg(known.as_deref().unwrap_or("-1"))
             .arg(&id_text)
-            .arg(Engine::millis(e.config.retention))
-            .arg(Engine::millis(Config::SLACK));
+            .arg(Engine::millis(e.config.retention));
         let answer = e.run(&call).await?;
         match reply::tag(&answer) {
             "ok" => {}
@@ -301,7 +331,8 @@ impl RedisSessions {
             .and_then(reply::int)
             .and_then(|ms| u64::try_from(ms).ok())
             .map_or(e.config.idle, std::time::Duration::from_millis);
-        Ok(self.handle(*id, bound, idle, (*shared).clone()))
+        let absolute = answer.get(4).and_then(reply::int).unwrap_or(0);
+        Ok(self.handle(*id, bound, idle, absolute, (*shared).clone()))
     }
 
     /// Ends session `id` (reason [`Deleted`](EndReason::Deleted)) in every
@@ -323,17 +354,23 @@ impl RedisSessions {
     /// [`SharedError::Unavailable`].
     pub async fn renew(&self, session: &RedisSession) -> Result<SessionId, SharedError> {
         let e = &self.engine;
-        let old = session.id();
-        let shard = e.shard(&old);
+        if e.stopped() {
+            return Err(SharedError::Ended);
+        }
         for _ in 0..64 {
-            // The new id must fall in the same shard (one script, one slot):
-            // a few draws, 124 random bits left.
-            let new = loop {
+            let old = session.id();
+            let shard = e.shard(&old);
+            // A renew whose reply was lost is asked for again with the same
+            // new id, which the script recognises; otherwise a fresh one in
+            // the same shard (one script, one slot): a few draws, 124 random
+            // bits left.
+            let pending = session.pending_renew.lock().take();
+            let new = pending.filter(|n| e.shard(n) == shard).unwrap_or_else(|| loop {
                 let id = SessionId::random();
                 if e.shard(&id) == shard {
                     break id;
                 }
-            };
+            });
             let (ko, kn) = (e.keys(&old), e.keys(&new));
             let mut call = scripts::RENEW.prepare_invoke();
             call.key(&ko.hash)
@@ -345,15 +382,35 @@ impl RedisSessions {
                 .arg(old.to_string())
                 .arg(new.to_string())
                 .arg(Engine::millis(e.config.retention));
-            let answer = e.run(&call).await?;
+            let mut answer = e.run(&call).await;
+            for _ in 0..3 {
+                match answer {
+                    Err(SharedError::Unavailable(_)) => answer = e.run(&call).await,
+                    _ => break,
+                }
+            }
+            let answer = match answer {
+                Err(why) => {
+                    // Redis may have applied it: the next renew through this
+                    // handle asks for the same new id, and any other call
+                    // through it follows the old id's tombstone.
+                    *session.pending_renew.lock() = Some(new);
+                    return Err(why);
+                }
+                Ok(answer) => answer,
+            };
             match reply::tag(&answer) {
                 "ok" => {
-                    e.rekey(&old, new);
-                    *session.id.lock() = new;
+                    session.follow(old, new);
                     return Ok(new);
                 }
                 "taken" => continue,
-                "gone" => return Err(SharedError::Ended),
+                // Renewed elsewhere since this handle was taken: follow it,
+                // then renew that.
+                "gone" => match reply::gone_to(&answer) {
+                    Some(there) => session.follow(old, there),
+                    None => return Err(SharedError::Ended),
+                },
                 other => return Err(SharedError::protocol(format!("renew answered {other:?}"))),
             }
         }
@@ -385,7 +442,8 @@ impl RedisSessions {
     /// for the other processes (and for this one after a restart). Returns
     /// how many local parts it ended.
     pub async fn shutdown(&self) -> usize {
-        let _ = self.engine.stop.send(true);
+        // `send_replace`: the flag is set even when no task listens any more.
+        self.engine.stop.send_replace(true);
         let ids: Vec<SessionId> = self.engine.locals.lock().keys().copied().collect();
         for id in &ids {
             self.engine.end_locally(*id, EndReason::Shutdown).await;
@@ -403,48 +461,69 @@ impl RedisSessions {
     /// [`SharedError::Unavailable`] when Redis does not answer the first
     /// check.
     pub async fn ended(&self, id: &SessionId) -> Result<Option<EndReason>, SharedError> {
-        let events = self.subscribe();
+        let mut events = self.subscribe();
         let mut stop = self.engine.stop.subscribe();
         if *stop.borrow_and_update() {
             return Ok(Some(EndReason::Shutdown));
         }
         let mut id = *id;
-        // Subscribed first, then checked: an end in between is in both.
+        loop {
+            // Subscribed first, then checked: an end in between is in both.
+            // Checked again after the subscription lagged (events were
+            // dropped, this one's `End` perhaps among them).
+            match self.check_ended(&mut id).await? {
+                Some(answer) => return Ok(answer),
+                None => {}
+            }
+            loop {
+                let event = tokio::select! {
+                    event = events.recv() => event,
+                    // This process shuts down: for it, the session is over.
+                    _ = stop.changed() => return Ok(Some(EndReason::Shutdown)),
+                };
+                match event {
+                    Ok(crate::events::Event::End {
+                        id: ended, reason, ..
+                    }) if ended == id => {
+                        return Ok(Some(reason));
+                    }
+                    Ok(crate::events::Event::Renewed { old, new }) if old == id => id = new,
+                    Ok(_) => {}
+                    Err(crate::events::RecvError::Lagged(_)) => break,
+                    Err(_) => return Ok(Some(EndReason::Shutdown)),
+                }
+            }
+        }
+    }
+
+    /// Whether session `id` has ended, by Redis: `Some` with the answer for
+    /// [`ended`](Self::ended) when it did (or never existed), `None` while
+    /// it is alive; follows renews, moving `id`.
+    async fn check_ended(
+        &self,
+        id: &mut SessionId,
+    ) -> Result<Option<Option<EndReason>>, SharedError> {
         for _ in 0..16 {
-            let k = self.engine.keys(&id);
+            let k = self.engine.keys(id);
             let mut conn = self.engine.conn.clone();
             let mut check = redis::pipe();
             check.exists(&k.hash).get(&k.tomb);
             let (alive, tomb): (bool, Option<String>) =
                 self.engine.within(check.query_async(&mut conn)).await?;
             if alive {
-                break;
+                return Ok(None);
             }
             // Gone: its tombstone says why (while events are retained), or
             // where a renew took it.
-            let Some(tomb) = tomb else { return Ok(None) };
-            match reply::renewed_to(&tomb) {
-                Some(new) => id = new,
-                None => return Ok(EndReason::from_name(&tomb)),
-            }
-        }
-        loop {
-            let event = tokio::select! {
-                event = events.recv() => event,
-                // This process shuts down: for it, the session is over.
-                _ = stop.changed() => return Ok(Some(EndReason::Shutdown)),
+            let Some(tomb) = tomb else {
+                return Ok(Some(None));
             };
-            match event {
-                Ok(crate::events::Event::End {
-                    id: ended, reason, ..
-                }) if ended == id => {
-                    return Ok(Some(reason));
-                }
-                Ok(crate::events::Event::Renewed { old, new }) if old == id => id = new,
-                Ok(_) | Err(crate::events::RecvError::Lagged(_)) => {}
-                Err(_) => return Ok(Some(EndReason::Shutdown)),
+            match reply::renewed_to(&tomb) {
+                Some(new) => *id = new,
+                None => return Ok(Some(EndReason::from_name(&tomb))),
             }
         }
+        Ok(None)
     }
 
     /// Checks this process's local parts against Redis now (the background

@@ -202,7 +202,7 @@ fn async_receiving_wakes_reports_lag_and_closes() {
         .build()
         .unwrap();
     let (sessions, _clock) = common::store();
-    let events = sessions.subscribe();
+    let mut events = sessions.subscribe();
     let creator = {
         let sessions = sessions.clone();
         std::thread::spawn(move || {

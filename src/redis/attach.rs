@@ -28,8 +28,8 @@ impl RedisSession {
                     () = tokio::time::sleep(every) => {}
                 }
                 match engine.touch(&id).await {
-                    Ok(true) => {}
-                    Ok(false) => match engine.renewed_to(&id).await {
+                    Ok(answer) if crate::redis::reply::tag(&answer) == "ok" => {}
+                    Ok(answer) => match crate::redis::reply::gone_to(&answer) {
                         Some(new) => id = new,
                         None => return,
                     },

@@ -13,6 +13,16 @@ use crate::reason::DeleteContext;
 use crate::redis::RedisSessions;
 use crate::redis::error::SharedError;
 
+/// The longest duration the store keeps (about 31,700 years): times are
+/// milliseconds in Redis' Lua numbers, exact below 2^53. Longer durations,
+/// `Duration::MAX` included, are clamped to it, never a failed script.
+pub(crate) const MAX_DURATION: Duration = Duration::from_millis(1 << 50);
+
+/// `d`, clamped to [`MAX_DURATION`].
+pub(crate) fn clamp(d: Duration) -> Duration {
+    d.min(MAX_DURATION)
+}
+
 /// Runs a shared key's `on_delete` on the value's last bytes.
 pub(crate) type SharedHook = Arc<dyn Fn(&[u8], &DeleteContext) + Send + Sync>;
 
@@ -40,10 +50,6 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    /// How long a session's hash outlives its deadline in Redis: a safety
-    /// net for a store whose sweepers all stopped, never the expiry itself.
-    pub(crate) const SLACK: Duration = Duration::from_secs(300);
-
     /// How often a lookup writes the last access: at most every `touch_every`
     /// (default idle/16, at most 60 s).
     pub(crate) fn touch_every(&self) -> Duration {
@@ -122,13 +128,13 @@ impl RedisSessionsBuilder {
 
     /// Ends sessions unused for this long (default 30 minutes).
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
-        self.config.idle = idle;
+        self.config.idle = clamp(idle);
         self
     }
 
     /// Ends sessions this long after their creation, however busy.
     pub fn absolute_timeout(mut self, absolute: Duration) -> Self {
-        self.config.absolute = Some(absolute);
+        self.config.absolute = Some(clamp(absolute));
         self
     }
 
@@ -136,7 +142,7 @@ impl RedisSessionsBuilder {
     /// 60 s): a session may idle out up to this much early, and most requests
     /// write nothing.
     pub fn touch_every(mut self, every: Duration) -> Self {
-        self.config.touch_every = Some(every);
+        self.config.touch_every = Some(clamp(every));
         self
     }
 
@@ -177,7 +183,7 @@ impl RedisSessionsBuilder {
     /// How long events and tombstones are kept in Redis (default 1 hour): a
     /// process that was away for less catches up on every end.
     pub fn event_retention(mut self, retention: Duration) -> Self {
-        self.config.retention = retention;
+        self.config.retention = clamp(retention);
         self
     }
 
@@ -219,6 +225,15 @@ impl RedisSessionsBuilder {
     /// (default 30 s).
     pub fn claim_after(mut self, after: Duration) -> Self {
         self.config.claim_after = after.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How many events each subscriber may fall behind (default 1024): a
+    /// [`Subscription`](crate::Subscription) further behind loses the oldest
+    /// ones and is told so ([`RecvError::Lagged`](crate::RecvError::Lagged));
+    /// [`RedisSessions::ended`] then asks Redis instead.
+    pub fn event_capacity(mut self, capacity: usize) -> Self {
+        self.config.event_capacity = capacity.max(1);
         self
     }
 

@@ -12,13 +12,14 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use redis::aio::ConnectionManager;
 use redis::{ScriptInvocation, Value};
 use tokio::sync::{oneshot, watch};
 
+use crate::borrow;
 use crate::clock::unix_secs;
 use crate::events::Broadcaster;
 use crate::id::SessionId;
@@ -27,6 +28,7 @@ use crate::redis::config::Config;
 use crate::redis::error::SharedError;
 use crate::redis::reply::{self, Field};
 use crate::redis::scripts;
+use crate::key::ErasedSlot;
 use crate::slots::Slots;
 
 /// What one process keeps of a session it touched: the values of its local
@@ -34,6 +36,23 @@ use crate::slots::Slots;
 pub(crate) struct LocalPart {
     pub(crate) peer: Option<IpAddr>,
     pub(crate) values: RwLock<Slots>,
+    /// Set, under the values' write lock, when the part's values were taken
+    /// for their hooks: a write that finds it set fails as `Ended` instead of
+    /// leaving a value no hook will ever see.
+    pub(crate) closed: AtomicBool,
+}
+
+impl LocalPart {
+    /// Whether the part was closed (checked under its values' lock).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the part and takes its values (the caller holds the write lock).
+    fn close(&self, values: &mut Slots) -> Vec<Box<dyn ErasedSlot>> {
+        self.closed.store(true, Ordering::Release);
+        values.take_all()
+    }
 }
 
 /// Counters of the shared store, for this process.
@@ -49,10 +68,12 @@ pub(crate) struct Engine {
     pub(crate) conn: ConnectionManager,
     pub(crate) locals: Mutex<HashMap<SessionId, Arc<LocalPart>>>,
     pub(crate) events: Arc<Broadcaster>,
-    pub(crate) counters: Counters,
+    pub(crate) counters: Arc<Counters>,
     /// Callers of `delete` waiting for the reader to have run this process's
-    /// local hooks for an id.
-    pub(crate) waiting: Mutex<HashMap<SessionId, Vec<oneshot::Sender<()>>>>,
+    /// local hooks for an id, each under a token of its own (so that one
+    /// caller giving up never takes another's place).
+    pub(crate) waiting: Mutex<HashMap<SessionId, Vec<(u64, oneshot::Sender<()>)>>>,
+    pub(crate) next_waiter: AtomicU64,
     /// The shared values of each session as this process last loaded them,
     /// with the session's revision: a lookup whose revision is unchanged
     /// brings no values. Dropped at the session's end.
@@ -171,65 +192,65 @@ impl Engine {
         answer
     }
 
-    /// Marks session `id` used now; `false` when it is gone or expired.
-    pub(crate) async fn touch(&self, id: &SessionId) -> Result<bool, SharedError> {
-        let k = self.keys(id);
-        let mut call = scripts::TOUCH.prepare_invoke();
-        call.key(&k.hash)
-            .key(&k.due)
-            .arg(self.now_arg())
+    /// Marks session `id` used now (ending it if it is past its deadline):
+    /// the script's answer, `{'ok'}`, `{'expired', reason}` or
+    /// `{'gone', tombstone}`.
+    pub(crate) async fn touch(&self, id: &SessionId) -> Result<Vec<Value>, SharedError> {
+        let mut call = self.keys(id).invoke(&scripts::TOUCH);
+        call.arg(self.now_arg())
             .arg(id.to_string())
-            .arg(Self::millis(Config::SLACK));
-        let mut conn = self.conn.clone();
-        let touched: i64 = self.within(call.invoke_async(&mut conn)).await?;
-        Ok(touched == 1)
+            .arg(Self::millis(self.config.retention));
+        self.run(&call).await
     }
 
-    /// The id session `id` was renewed to, by its tombstone.
-    pub(crate) async fn renewed_to(&self, id: &SessionId) -> Option<SessionId> {
-        let mut conn = self.conn.clone();
-        let tomb: Option<String> = self
-            .within(
-                redis::cmd("GET")
-                    .arg(self.keys(id).tomb)
-                    .query_async(&mut conn),
-            )
-            .await
-            .ok()?;
-        reply::renewed_to(&tomb?)
+    /// Whether this process's store shut down (its background tasks are
+    /// stopped and it takes no new local values).
+    pub(crate) fn stopped(&self) -> bool {
+        *self.stop.borrow()
     }
 
     /// Ends session `id` with `reason` if it is alive (`true` when this call
-    /// ended it); returns once this process's local hooks ran. The shared
-    /// hooks run in the consumer group, from the `End` event.
+    /// ended it); returns once this process's local hooks ran (or, when this
+    /// thread is inside a closure over the session's values, once they are
+    /// due to run as that closure returns). The shared hooks run in the
+    /// consumer group, from the `End` event.
     pub(crate) async fn end(&self, id: &SessionId, reason: EndReason) -> Result<bool, SharedError> {
+        let token = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.waiting.lock().entry(*id).or_default().push(tx);
+        self.waiting.lock().entry(*id).or_default().push((token, tx));
         // Asked before the script: once it ran, this process's reader may see
         // the End and take the local part before the question below, and the
         // caller would return before the hooks ran.
-        let had_local = self.locals.lock().contains_key(id);
+        let local = self.locals.lock().get(id).cloned();
         let k = self.keys(id);
-        let id_text = id.to_string();
         let mut call = k.invoke(&scripts::END);
-        call.arg(&id_text)
+        call.arg(id.to_string())
             .arg(reason.as_str())
             .arg(Self::millis(self.config.retention));
-        let answer = match self.run(&call).await {
-            Ok(answer) => answer,
+        let ended = match self.run(&call).await {
+            Ok(answer) => reply::tag(&answer) == "ok",
             Err(e) => {
-                self.waiting.lock().remove(id);
+                self.unwait(id, token);
                 return Err(e);
             }
         };
-        if reply::tag(&answer) != "ok" {
-            self.waiting.lock().remove(id);
+        if !ended {
+            self.unwait(id, token);
             return Ok(false);
         }
-        if !had_local {
+        let Some(part) = local else {
             // No local value here: no hook for the reader to run first.
-            self.waiting.lock().remove(id);
+            self.unwait(id, token);
             self.seen.lock().remove(id);
+            return Ok(true);
+        };
+        if self.stopped() || borrow::held(&part.values).is_some() {
+            // No reader to wait for, or this thread holds the session's values
+            // (a delete from inside `with`): it cannot wait for hooks that need
+            // those values, so the end completes here and the hooks run when
+            // the closure returns, as in memory.
+            self.unwait(id, token);
+            self.end_locally(*id, reason).await;
             return Ok(true);
         }
         // The reader runs the local hooks when it sees the End; should it be
@@ -240,10 +261,47 @@ impl Engine {
             .max(std::time::Duration::from_secs(2))
             * 4;
         if tokio::time::timeout(wait, rx).await.is_err() {
-            self.waiting.lock().remove(id);
+            self.unwait(id, token);
             self.end_locally(*id, reason).await;
         }
         Ok(true)
+    }
+
+    /// Ends session `id` once Redis answers (reason `Deleted`), in the
+    /// background: a create whose answer never came may have been applied,
+    /// and nobody holds that session, so no limit may go on counting it.
+    /// Gives up after a minute or when the store stops.
+    pub(crate) fn forget_create(engine: &Arc<Engine>, id: SessionId) {
+        let engine = Arc::downgrade(engine);
+        tokio::spawn(async move {
+            for attempt in 0..120u32 {
+                if attempt > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                let Some(e) = engine.upgrade() else { return };
+                if e.stopped() {
+                    return;
+                }
+                let mut call = e.keys(&id).invoke(&scripts::END);
+                call.arg(id.to_string())
+                    .arg(EndReason::Deleted.as_str())
+                    .arg(Self::millis(e.config.retention));
+                if e.run(&call).await.is_ok() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Forgets the waiter `token` of `id` (and only it).
+    fn unwait(&self, id: &SessionId, token: u64) {
+        let mut waiting = self.waiting.lock();
+        if let Some(list) = waiting.get_mut(id) {
+            list.retain(|(t, _)| *t != token);
+            if list.is_empty() {
+                waiting.remove(id);
+            }
+        }
     }
 
     /// Runs every registered shared key's `on_delete` on the last bytes of
@@ -276,21 +334,48 @@ impl Engine {
     }
 
     /// Claims this process's local part of `id` (once) and runs its values'
-    /// `on_delete` off the runtime's threads.
+    /// `on_delete` off the runtime's threads. When this thread is inside a
+    /// closure over the part's values (an end from inside `with`), the values
+    /// are taken and their hooks run as the closure returns, as in memory.
     pub(crate) async fn end_locally(&self, id: SessionId, reason: EndReason) {
         self.seen.lock().remove(&id);
         let Some(part) = self.locals.lock().remove(&id) else {
             return;
         };
-        let values = part.values.write().take_all();
-        if values.is_empty() {
-            return;
-        }
         let ctx = DeleteContext {
             id,
             peer: part.peer,
             cause: DeleteCause::SessionEnded(reason),
         };
+        if borrow::held(&part.values).is_some() {
+            let counters = Arc::clone(&self.counters);
+            let held = Arc::clone(&part);
+            borrow::defer(&part.values, move || {
+                let values = held.close(&mut borrow::write(&held.values, "end it"));
+                let panics = values
+                    .into_iter()
+                    .map(|slot| catch_unwind(AssertUnwindSafe(|| slot.delete(&ctx))).is_err())
+                    .filter(|&panicked| panicked)
+                    .count() as u64;
+                counters.hook_panics.fetch_add(panics, Ordering::Relaxed);
+            });
+            return;
+        }
+        let taken = part.values.try_write().map(|mut values| part.close(&mut values));
+        let values = match taken {
+            Some(values) => values,
+            // Another thread is inside a closure over the values: wait for it
+            // on the blocking pool, never on a runtime worker.
+            None => tokio::task::spawn_blocking(move || {
+                let mut values = part.values.write();
+                part.close(&mut values)
+            })
+            .await
+            .unwrap_or_default(),
+        };
+        if values.is_empty() {
+            return;
+        }
         self.run_hooks(
             values
                 .into_iter()
@@ -340,19 +425,30 @@ impl Engine {
 
     /// Wakes the `delete` calls waiting for `id`'s local hooks.
     pub(crate) fn handled(&self, id: &SessionId) {
-        for tx in self.waiting.lock().remove(id).unwrap_or_default() {
+        for (_, tx) in self.waiting.lock().remove(id).unwrap_or_default() {
             let _ = tx.send(());
         }
     }
 
-    /// The local part of `id`, made when first needed.
-    pub(crate) fn local(&self, id: SessionId, peer: Option<IpAddr>) -> Arc<LocalPart> {
-        Arc::clone(self.locals.lock().entry(id).or_insert_with(|| {
+    /// The local part of `id`, made when first needed; `Ended` once this
+    /// store shut down (checked under the map's lock, which `shutdown` takes
+    /// after setting the flag, so no part is made after it drained them).
+    pub(crate) fn local(
+        &self,
+        id: SessionId,
+        peer: Option<IpAddr>,
+    ) -> Result<Arc<LocalPart>, SharedError> {
+        let mut locals = self.locals.lock();
+        if self.stopped() {
+            return Err(SharedError::Ended);
+        }
+        Ok(Arc::clone(locals.entry(id).or_insert_with(|| {
             Arc::new(LocalPart {
                 peer,
                 values: RwLock::new(Slots::default()),
+                closed: AtomicBool::new(false),
             })
-        }))
+        })))
     }
 
     /// Checks every local part against Redis (pipelined): a session renewed
@@ -408,12 +504,48 @@ impl Engine {
     }
 
     /// Moves the local part of `old` to `new` (a renew, here or elsewhere).
+    /// Idempotent; a part already under `new` (made by a handle that followed
+    /// the renew first) is kept, and the old part's values join it.
     pub(crate) fn rekey(&self, old: &SessionId, new: SessionId) {
         let mut locals = self.locals.lock();
-        if let Some(part) = locals.remove(old) {
-            locals.insert(new, part);
-        }
+        let merge = match locals.remove(old) {
+            Some(part) => match locals.get(&new) {
+                None => {
+                    locals.insert(new, part);
+                    None
+                }
+                Some(there) => Some((part, Arc::clone(there))),
+            },
+            None => None,
+        };
         drop(locals);
+        if let Some((from, into)) = merge {
+            // Both are this process's parts of one session; merged with the
+            // map's lock released (a closure over a value may be waiting
+            // for it). A value under both keys keeps the newer one (`into`'s)
+            // and hands the older to its `on_delete` as replaced.
+            let moved = from.close(&mut from.values.write());
+            let mut replaced = Vec::new();
+            let mut values = into.values.write();
+            for slot in moved {
+                if values.position(slot.key_id()).is_none() && !into.is_closed() {
+                    values.push(slot);
+                } else {
+                    replaced.push(slot);
+                }
+            }
+            drop(values);
+            let ctx = DeleteContext {
+                id: new,
+                peer: into.peer,
+                cause: DeleteCause::Replaced,
+            };
+            for slot in replaced {
+                if catch_unwind(AssertUnwindSafe(|| slot.delete(&ctx))).is_err() {
+                    self.counters.hook_panics.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         let mut seen = self.seen.lock();
         if let Some(entry) = seen.remove(old) {
             seen.insert(new, entry);

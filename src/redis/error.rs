@@ -36,6 +36,10 @@ pub enum SharedError {
     },
     /// A shared key's `save` or `load` hook failed on the value.
     Value(io::Error),
+    /// Redis answered with an error that is no outage: a script failed, the
+    /// data under the namespace is not what the store wrote, a command is
+    /// not permitted, or the URL is not a Redis URL. Retrying will not help.
+    Rejected(redis::RedisError),
     /// Redis answered something the scripts never send (a different
     /// version of this crate's scripts, or data written by something else
     /// under the namespace).
@@ -62,6 +66,7 @@ impl fmt::Display for SharedError {
                 "the value kept changing under {attempts} attempts to update it; try again"
             ),
             SharedError::Value(e) => write!(f, "a shared key's save or load hook failed: {e}"),
+            SharedError::Rejected(e) => write!(f, "Redis refused the request: {e}"),
             SharedError::Protocol(what) => write!(f, "unexpected answer from Redis: {what}"),
         }
     }
@@ -70,7 +75,7 @@ impl fmt::Display for SharedError {
 impl std::error::Error for SharedError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SharedError::Unavailable(e) => Some(e),
+            SharedError::Unavailable(e) | SharedError::Rejected(e) => Some(e),
             SharedError::Refused(e) => Some(e),
             SharedError::Create(e) => Some(e),
             SharedError::Value(e) => Some(e),
@@ -80,8 +85,37 @@ impl std::error::Error for SharedError {
 }
 
 impl From<redis::RedisError> for SharedError {
+    /// An outage (no connection, no answer in time, a server loading, a
+    /// cluster failing over) is `Unavailable`; an error Redis answers on
+    /// purpose (a script error, a wrong type, no permission) is `Rejected`.
     fn from(e: redis::RedisError) -> Self {
-        SharedError::Unavailable(e)
+        use redis::{ErrorKind, ServerErrorKind};
+        let outage = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || matches!(
+                e.kind(),
+                ErrorKind::Io
+                    | ErrorKind::Parse
+                    | ErrorKind::AuthenticationFailed
+                    | ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::Server(
+                        ServerErrorKind::BusyLoading
+                            | ServerErrorKind::TryAgain
+                            | ServerErrorKind::ClusterDown
+                            | ServerErrorKind::MasterDown
+                            | ServerErrorKind::ReadOnly
+                            | ServerErrorKind::Moved
+                            | ServerErrorKind::Ask
+                            | ServerErrorKind::NoScript
+                    )
+            );
+        if outage {
+            SharedError::Unavailable(e)
+        } else {
+            SharedError::Rejected(e)
+        }
     }
 }
 
@@ -93,7 +127,9 @@ impl From<SharedError> for Error {
             SharedError::Create(c) => Error::Create(c),
             SharedError::Ended => Error::Ended,
             SharedError::Contended { .. } => Error::Contended,
-            SharedError::Value(_) | SharedError::Protocol(_) => Error::Store,
+            SharedError::Value(_) | SharedError::Rejected(_) | SharedError::Protocol(_) => {
+                Error::Store
+            }
         }
     }
 }

@@ -77,3 +77,9 @@ pub(crate) fn fields(all: &Value) -> HashMap<String, Field> {
 pub(crate) fn renewed_to(tomb: &str) -> Option<crate::id::SessionId> {
     tomb.strip_prefix("renewed:")?.parse().ok()
 }
+
+/// Where a `{'gone', tombstone}` answer says the session went: the new id
+/// when it was renewed (the handle follows it), `None` when it ended.
+pub(crate) fn gone_to(answer: &[Value]) -> Option<crate::id::SessionId> {
+    answer.get(1).and_then(text).and_then(renewed_to)
+}

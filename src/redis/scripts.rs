@@ -7,9 +7,9 @@
 //! `P:{s}:t:<id>` tombstones, `P:{s}:f:<id>` an ended session's shared
 //! values for the shared hooks); `P:n` and `P:ipn` count sessions for the
 //! limits. Times are milliseconds; an argument `now` of 0 means Redis `TIME`.
-//! The Redis TTL of a hash (its deadline plus a slack, a safety net only) is
-//! set relative to `now`, so a store clock unlike Redis' own never expires
-//! a hash early.
+//! A session hash has no Redis TTL: only a script ends a session (a lookup,
+//! the sweep, a delete), so the counters, the tombstone, the `End` event and
+//! the shared hooks follow every end, however late the sweep comes.
 //!
 //! The session hash: `c` created, `la` last access, `it` idle timeout, `ab`
 //! absolute deadline (0: none), `ip` the bound address, `ik` the address's
@@ -106,9 +106,13 @@ fn script(body: &str) -> Script {
 }
 
 /// KEYS: h due ev tomb n ipn. ARGV: now idle_ms absolute_ms ip ip_key
-/// max_sessions max_per_ip id retention_ms slack_ms evict namespace shards.
+/// max_sessions max_per_ip id retention_ms resent evict namespace shards.
 /// Reply: `{'ok', now [, evicted id, its fields]}`, `{'taken'}`,
 /// `{'full', limit}`, `{'ipfull', limit}`.
+///
+/// The per-address limit is checked before the total one, so a create it
+/// refuses never evicts a bystander. A create resent after a lost reply
+/// (`resent` = 1, the same id) finds its own session and answers `ok`.
 ///
 /// With `evict` = 1 a full store ends the session whose deadline is nearest
 /// in any shard (reason `evicted`) to make room: that reads every shard's
@@ -119,7 +123,17 @@ pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local now = now_ms(ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then
+  -- A create resent after its reply was lost finds its own session (the id
+  -- is 128 random bits this create drew: nobody else's).
+  if ARGV[10] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+    return {'ok', tonumber(redis.call('HGET', KEYS[1], 'c'))}
+  end
   return {'taken'}
+end
+-- The address first: a create it refuses must not evict anybody.
+local ipmax = tonumber(ARGV[7])
+if ipmax > 0 and ARGV[5] ~= '' and tonumber(redis.call('HGET', KEYS[6], ARGV[5]) or '0') >= ipmax then
+  return {'ipfull', ipmax}
 end
 local max = tonumber(ARGV[6])
 local evicted = nil
@@ -142,18 +156,12 @@ if max > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= max then
   end
   evicted = {best, all}
 end
-local ipmax = tonumber(ARGV[7])
-if ipmax > 0 and ARGV[5] ~= '' and tonumber(redis.call('HGET', KEYS[6], ARGV[5]) or '0') >= ipmax then
-  return {'ipfull', ipmax}
-end
 local it = tonumber(ARGV[2])
 local ab = 0
 if tonumber(ARGV[3]) > 0 then ab = now + tonumber(ARGV[3]) end
 redis.call('HSET', KEYS[1], 'c', now, 'la', now, 'it', it, 'ab', ab,
   'ip', ARGV[4], 'ik', ARGV[5], 'rev', 0)
-local d = deadline(now, it, ab)
-redis.call('PEXPIRE', KEYS[1], d - now + tonumber(ARGV[10]))
-redis.call('ZADD', KEYS[2], d, ARGV[8])
+redis.call('ZADD', KEYS[2], deadline(now, it, ab), ARGV[8])
 redis.call('INCR', KEYS[5])
 if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[6], ARGV[5], 1) end
 redis.call('XADD', KEYS[3], 'MINID', '~', trim_id(tonumber(ARGV[9])), '*',
@@ -164,11 +172,6 @@ return {'ok', now}
     )
 });
 
-/// KEYS: h due ev tomb n ipn. ARGV: now touch_every_ms known_rev id
-/// retention_ms slack_ms.
-/// Reply: `{'ok', c, la, it, ab, ip, rev, prev [, fields]}` (the fields only
-/// when `rev` differs from `known_rev`), `{'expired', reason, fields}` (this
-/// call ended it), `{'gone', tombstone}`, `{'missing'}`.
 pub(crate) static LOAD: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -193,7 +196,6 @@ if now - la >= tonumber(ARGV[2]) then
   redis.call('HSET', KEYS[1], 'la', now)
   local d = deadline(now, it, ab)
   redis.call('ZADD', KEYS[2], d, ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], d - now + tonumber(ARGV[6]))
   la = now
 end
 local rev = m['rev']
@@ -204,28 +206,32 @@ return head
     )
 });
 
-/// KEYS: h. ARGV: name bytes token.
-/// Reply: `{'ok', r [, old bytes]}`, `{'gone'}`.
+/// KEYS: h tomb. ARGV: name bytes token.
+/// Reply: `{'ok', r [, old bytes]}` (no old bytes for a resent write it had
+/// applied), `{'gone', tombstone}`.
 pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', redis.call('GET', KEYS[2])} end
+local seen = redis.call('HGET', KEYS[1], 'k:' .. ARGV[1])
+if seen_token(seen, ARGV[3]) then
+  return {'ok', tonumber(redis.call('HGET', KEYS[1], 'r:' .. ARGV[1]) or '0')}
+end
 local old = redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])
 local r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
-redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[2], 'k:' .. ARGV[1],
-  remember(redis.call('HGET', KEYS[1], 'k:' .. ARGV[1]), ARGV[3]))
+redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[2], 'k:' .. ARGV[1], remember(seen, ARGV[3]))
 return {'ok', r, old}
 "#,
     )
 });
 
-/// KEYS: h. ARGV: name expected_r bytes token.
-/// Reply: `{'ok', r}`, `{'conflict', r [, bytes]}`, `{'gone'}`.
+/// KEYS: h tomb. ARGV: name expected_r bytes token.
+/// Reply: `{'ok', r}`, `{'conflict', r [, bytes]}`, `{'gone', tombstone}`.
 pub(crate) static CAS: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', redis.call('GET', KEYS[2])} end
 local r = tonumber(redis.call('HGET', KEYS[1], 'r:' .. ARGV[1]) or '0')
 local seen = redis.call('HGET', KEYS[1], 'k:' .. ARGV[1])
 if seen_token(seen, ARGV[4]) then return {'ok', r} end
@@ -240,11 +246,12 @@ return {'ok', r}
     )
 });
 
-/// KEYS: h. ARGV: name. Reply: `{'ok', r [, old bytes]}`, `{'gone'}`.
+/// KEYS: h tomb. ARGV: name.
+/// Reply: `{'ok', r [, old bytes]}`, `{'gone', tombstone}`.
 pub(crate) static REMOVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', redis.call('GET', KEYS[2])} end
 local old = redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])
 if not old then
   return {'ok', tonumber(redis.call('HGET', KEYS[1], 'r:' .. ARGV[1]) or '0')}
@@ -253,6 +260,17 @@ redis.call('HDEL', KEYS[1], 'v:' .. ARGV[1], 'k:' .. ARGV[1])
 local r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
 return {'ok', r, old}
+"#,
+    )
+});
+
+/// KEYS: h tomb. Whether the session is there (before a local write).
+/// Reply: `{'ok'}`, `{'gone', tombstone}`.
+pub(crate) static ALIVE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', redis.call('GET', KEYS[2])} end
+return {'ok'}
 "#,
     )
 });
@@ -270,11 +288,18 @@ return {'ok', all}
 });
 
 /// KEYS: h_old h_new due ev tomb_old tomb_new. ARGV: old new retention_ms.
-/// Reply: `{'ok'}`, `{'gone'}`, `{'taken'}`.
+/// Reply: `{'ok'}`, `{'gone', tombstone}`, `{'taken'}`.
+///
+/// Safe to resend after a lost reply: the resend finds the old id's
+/// tombstone pointing at the new id it asks for, and answers `ok`.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone'} end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('GET', KEYS[5])
+  if t == 'renewed:' .. ARGV[2] then return {'ok'} end
+  return {'gone', t}
+end
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[6]) == 1 then return {'taken'} end
 local score = redis.call('ZSCORE', KEYS[3], ARGV[1])
 redis.call('RENAME', KEYS[1], KEYS[2])
@@ -290,22 +315,26 @@ return {'ok'}
     )
 });
 
-/// KEYS: h due. ARGV: now id slack_ms. Marks the session used now (a client
-/// is attached). Reply: 1, or 0 when it is gone.
+/// KEYS: h due ev tomb n ipn. ARGV: now id retention_ms. Marks the session
+/// used now (a client is attached); a session past its deadline is ended
+/// (with its counts, tombstone and `End`), never revived.
+/// Reply: `{'ok'}`, `{'expired', reason}`, `{'gone', tombstone}`.
 pub(crate) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local all = redis.call('HGETALL', KEYS[1])
-if #all == 0 then return 0 end
+if #all == 0 then return {'gone', redis.call('GET', KEYS[4])} end
 local now = now_ms(ARGV[1])
 local it = tonumber(field(all, 'it'))
 local ab = tonumber(field(all, 'ab'))
-if now >= deadline(tonumber(field(all, 'la')), it, ab) then return 0 end
+if now >= deadline(tonumber(field(all, 'la')), it, ab) then
+  local reason = expiry_reason(now, ab)
+  end_session(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], reason, tonumber(ARGV[3]))
+  return {'expired', reason}
+end
 redis.call('HSET', KEYS[1], 'la', now)
-local d = deadline(now, it, ab)
-redis.call('ZADD', KEYS[2], d, ARGV[2])
-redis.call('PEXPIRE', KEYS[1], d - now + tonumber(ARGV[3]))
-return 1
+redis.call('ZADD', KEYS[2], deadline(now, it, ab), ARGV[2])
+return {'ok'}
 "#,
     )
 });
@@ -342,24 +371,65 @@ return out
     )
 });
 
-/// KEYS: h due. ARGV: now id idle_ms slack_ms. Gives the session its own
-/// idle timeout ("remember me"), its deadline moved to match.
-/// Reply: 1, or 0 when it is gone or expired.
+/// KEYS: h due ev tomb n ipn. ARGV: now id idle_ms retention_ms. Gives the
+/// session its own idle timeout ("remember me"), its deadline moved to
+/// match; a session past its deadline is ended, never revived.
+/// Reply: `{'ok'}`, `{'expired', reason}`, `{'gone', tombstone}`.
 pub(crate) static SET_IDLE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local all = redis.call('HGETALL', KEYS[1])
-if #all == 0 then return 0 end
+if #all == 0 then return {'gone', redis.call('GET', KEYS[4])} end
 local now = now_ms(ARGV[1])
 local la = tonumber(field(all, 'la'))
 local ab = tonumber(field(all, 'ab'))
-if now >= deadline(la, tonumber(field(all, 'it')), ab) then return 0 end
+if now >= deadline(la, tonumber(field(all, 'it')), ab) then
+  local reason = expiry_reason(now, ab)
+  end_session(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], reason, tonumber(ARGV[4]))
+  return {'expired', reason}
+end
 local it = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'it', it, 'la', now)
-local d = deadline(now, it, ab)
-redis.call('ZADD', KEYS[2], d, ARGV[2])
-redis.call('PEXPIRE', KEYS[1], d - now + tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], deadline(now, it, ab), ARGV[2])
+return {'ok'}
+"#,
+    )
+});
+
+/// KEYS: stream. ARGV: group consumer. Removes `consumer` from the group
+/// unless it holds unacknowledged entries. Reply: 1 when removed, else 0.
+pub(crate) static LEAVE_GROUP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #held > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
+"#,
+    )
+});
+
+/// KEYS: stream. ARGV: group me dead_ms. Removes the group's members other
+/// than `me` idle for more than `dead_ms` that hold no entry.
+/// Reply: how many it removed.
+pub(crate) static TIDY_GROUP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ok, members = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local removed = 0
+for _, m in ipairs(members) do
+  local info = {}
+  for i = 1, #m, 2 do info[m[i]] = m[i + 1] end
+  if info['name'] ~= ARGV[2] and tonumber(info['pending']) == 0
+     and tonumber(info['idle']) > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
 "#,
     )
 });

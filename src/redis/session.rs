@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use parking_lot::Mutex;
+use redis::{ScriptInvocation, Value};
 
 use crate::borrow;
 use crate::id::SessionId;
@@ -36,6 +37,11 @@ pub struct RedisSession {
     pub(crate) peer: Option<IpAddr>,
     /// The session's idle timeout as loaded (its own after a "remember me").
     pub(crate) idle: Mutex<std::time::Duration>,
+    /// The absolute deadline, Unix milliseconds (0: none).
+    pub(crate) absolute_ms: i64,
+    /// The new id of a renew through this handle whose answer was lost: the
+    /// next renew asks for the same one (Redis may have applied it).
+    pub(crate) pending_renew: Mutex<Option<SessionId>>,
     pub(crate) shared: Mutex<HashMap<String, Field>>,
 }
 
@@ -65,6 +71,67 @@ impl RedisSession {
 
     fn local(&self) -> Option<Arc<LocalPart>> {
         self.engine.locals.lock().get(&self.id()).cloned()
+    }
+
+    /// Runs the script `make` builds for the session's id, following the
+    /// session through renews made anywhere (the tombstone's pointer): a
+    /// handle is the session itself, unlike a cookie, whose old id stays
+    /// refused. With `resend`, a reply lost to a timeout is asked for once
+    /// more (the scripts so resent recognise their own write). Answers with
+    /// the script's reply; `Ended` when the session ended.
+    pub(crate) async fn run_following(
+        &self,
+        resend: bool,
+        make: impl Fn(&SessionId) -> ScriptInvocation<'static>,
+    ) -> Result<Vec<Value>, SharedError> {
+        if self.engine.stopped() {
+            // As in memory: a store that shut down takes no more writes.
+            return Err(SharedError::Ended);
+        }
+        for _ in 0..8 {
+            let id = self.id();
+            let call = make(&id);
+            let answer = match self.engine.run(&call).await {
+                Err(SharedError::Unavailable(_)) if resend => self.engine.run(&call).await?,
+                answer => answer?,
+            };
+            if reply::tag(&answer) != "gone" {
+                return Ok(answer);
+            }
+            let Some(new) = reply::gone_to(&answer) else {
+                return Err(SharedError::Ended);
+            };
+            self.follow(id, new);
+        }
+        Err(SharedError::Ended)
+    }
+
+    /// Moves this handle (and this process's local part) from `old` to
+    /// `new`, where a renew took the session.
+    pub(crate) fn follow(&self, old: SessionId, new: SessionId) {
+        self.engine.rekey(&old, new);
+        let mut id = self.id.lock();
+        if *id == old {
+            *id = new;
+        }
+    }
+
+    /// Checks that the session is alive (following a renew), before a write
+    /// of a local value.
+    async fn alive(&self) -> Result<(), SharedError> {
+        let engine = &self.engine;
+        let answer = self
+            .run_following(false, |id| {
+                let k = engine.keys(id);
+                let mut call = scripts::ALIVE.prepare_invoke();
+                call.key(k.hash).key(k.tomb);
+                call
+            })
+            .await?;
+        match reply::tag(&answer) {
+            "ok" => Ok(()),
+            other => Err(SharedError::protocol(format!("alive answered {other:?}"))),
+        }
     }
 
     /// A clone of the value under `key`.
@@ -159,13 +226,19 @@ impl RedisSession {
         key.save_value(&value, &mut bytes)
             .map_err(SharedError::Value)?;
         let token = format!("{:016x}", rand::random::<u64>());
-        let id = self.id();
-        let mut call = scripts::PUT.prepare_invoke();
-        call.key(self.engine.keys(&id).hash)
-            .arg(key.name())
-            .arg(&bytes)
-            .arg(&token);
-        let answer = self.engine.run(&call).await?;
+        let engine = &self.engine;
+        let answer = self
+            .run_following(true, |id| {
+                let k = engine.keys(id);
+                let mut call = scripts::PUT.prepare_invoke();
+                call.key(k.hash)
+                    .key(k.tomb)
+                    .arg(key.name())
+                    .arg(&bytes)
+                    .arg(&token);
+                call
+            })
+            .await?;
         match reply::tag(&answer) {
             "ok" => {
                 let rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
@@ -179,7 +252,6 @@ impl RedisSession {
                     .and_then(reply::bytes)
                     .and_then(|old| key.load_value(&mut &old[..]).ok()))
             }
-            "gone" => Err(SharedError::Ended),
             other => Err(SharedError::protocol(format!("put answered {other:?}"))),
         }
     }
@@ -189,16 +261,15 @@ impl RedisSession {
         key: &Key<T>,
         value: T,
     ) -> Result<Option<T>, SharedError> {
-        let id = self.id();
-        let mut conn = self.engine.conn.clone();
-        let mut exists = redis::cmd("EXISTS");
-        exists.arg(self.engine.keys(&id).hash);
-        let alive: bool = self.engine.within(exists.query_async(&mut conn)).await?;
-        if !alive {
+        self.alive().await?;
+        let part = self.engine.local(self.id(), self.peer)?;
+        let mut values = borrow::write(&part.values, "set a value");
+        if part.is_closed() {
+            // The session ended (or the store shut down) since the check:
+            // its hooks already ran, and this value was never stored.
             return Err(SharedError::Ended);
         }
-        let part = self.engine.local(id, self.peer);
-        let old = borrow::write(&part.values, "set a value").put(key.slot(value));
+        let old = values.put(key.slot(value));
         Ok(old.ok().flatten().and_then(take_value::<T>))
     }
 
@@ -242,15 +313,30 @@ impl RedisSession {
         mut f: impl FnMut(&mut T) -> R,
     ) -> Result<Option<R>, SharedError> {
         if !is_shared(key) {
-            if let Some(init) = init.as_mut().filter(|_| !self.contains(key)) {
-                self.set_local(key, init()).await?;
-            }
-            let Some(part) = self.local() else {
-                return Ok(None);
+            let part = if init.is_some() {
+                if !self.contains(key) {
+                    self.alive().await?;
+                }
+                self.engine.local(self.id(), self.peer)?
+            } else {
+                match self.local() {
+                    Some(part) => part,
+                    None => return Ok(None),
+                }
             };
-            return Ok(borrow::write(&part.values, "update a value")
-                .value_mut::<T>(key.id())
-                .map(&mut f));
+            // Whether the value is there is decided under the lock: two
+            // first updates racing here both count, one on the other's value.
+            let mut values = borrow::write(&part.values, "update a value");
+            if part.is_closed() {
+                return Err(SharedError::Ended);
+            }
+            if values.position(key.id()).is_none() {
+                let Some(init) = init.as_mut() else {
+                    return Ok(None);
+                };
+                values.push(key.slot(init()));
+            }
+            return Ok(values.value_mut::<T>(key.id()).map(&mut f));
         }
         let token = format!("{:016x}", rand::random::<u64>());
         let attempts = self.engine.config.update_attempts;
@@ -269,20 +355,23 @@ impl RedisSession {
             let mut out = Vec::new();
             key.save_value(&value, &mut out)
                 .map_err(SharedError::Value)?;
-            let id = self.id();
-            let mut call = scripts::CAS.prepare_invoke();
-            call.key(self.engine.keys(&id).hash)
-                .arg(key.name())
-                .arg(rev)
-                .arg(&out)
-                .arg(&token);
             // A reply lost with the connection: the same write once more,
             // with the same token, which the script recognises if it was
             // applied.
-            let answer = match self.engine.run(&call).await {
-                Err(SharedError::Unavailable(_)) => self.engine.run(&call).await?,
-                answer => answer?,
-            };
+            let engine = &self.engine;
+            let answer = self
+                .run_following(true, |id| {
+                    let k = engine.keys(id);
+                    let mut call = scripts::CAS.prepare_invoke();
+                    call.key(k.hash)
+                        .key(k.tomb)
+                        .arg(key.name())
+                        .arg(rev)
+                        .arg(&out)
+                        .arg(&token);
+                    call
+                })
+                .await?;
             match reply::tag(&answer) {
                 "ok" => {
                     let rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
@@ -308,7 +397,6 @@ impl RedisSession {
                     };
                     self.shared.lock().insert(key.name().to_owned(), field);
                 }
-                "gone" => return Err(SharedError::Ended),
                 other => return Err(SharedError::protocol(format!("cas answered {other:?}"))),
             }
         }
@@ -322,11 +410,16 @@ impl RedisSession {
     /// # Errors
     /// [`SharedError::Ended`] when the session has ended or expired.
     pub async fn touch(&self) -> Result<(), SharedError> {
-        if self.engine.touch(&self.id()).await? {
-            Ok(())
-        } else {
-            Err(SharedError::Ended)
+        for _ in 0..8 {
+            let id = self.id();
+            let answer = self.engine.touch(&id).await?;
+            match (reply::tag(&answer), reply::gone_to(&answer)) {
+                ("ok", _) => return Ok(()),
+                ("gone", Some(new)) => self.follow(id, new),
+                _ => return Err(SharedError::Ended),
+            }
         }
+        Err(SharedError::Ended)
     }
 
     /// The session's idle timeout: the store's, or its own after
@@ -341,22 +434,29 @@ impl RedisSession {
     /// # Errors
     /// [`SharedError::Ended`] when the session has ended or expired.
     pub async fn set_idle_timeout(&self, idle: std::time::Duration) -> Result<(), SharedError> {
-        let id = self.id();
-        let k = self.engine.keys(&id);
-        let mut call = scripts::SET_IDLE.prepare_invoke();
-        call.key(&k.hash)
-            .key(&k.due)
-            .arg(self.engine.now_arg())
-            .arg(id.to_string())
-            .arg(Engine::millis(idle))
-            .arg(Engine::millis(crate::redis::config::Config::SLACK));
-        let mut conn = self.engine.conn.clone();
-        let set: i64 = self.engine.within(call.invoke_async(&mut conn)).await?;
-        if set != 1 {
-            return Err(SharedError::Ended);
+        let idle = crate::redis::config::clamp(idle);
+        let engine = &self.engine;
+        let answer = self
+            .run_following(false, |id| {
+                let mut call = engine.keys(id).invoke(&scripts::SET_IDLE);
+                call.arg(engine.now_arg())
+                    .arg(id.to_string())
+                    .arg(Engine::millis(idle))
+                    .arg(Engine::millis(engine.config.retention));
+                call
+            })
+            .await?;
+        match reply::tag(&answer) {
+            "ok" => {
+                *self.idle.lock() = idle;
+                Ok(())
+            }
+            // Past its deadline: ended now, with its hooks, never revived.
+            "expired" => Err(SharedError::Ended),
+            other => Err(SharedError::protocol(format!(
+                "set_idle answered {other:?}"
+            ))),
         }
-        *self.idle.lock() = idle;
-        Ok(())
     }
 
     /// Takes the value under `key` out of the session (no `on_delete`).
@@ -374,10 +474,15 @@ impl RedisSession {
             let slot = borrow::write(&part.values, "remove a value").remove(key.id());
             return Ok(slot.and_then(take_value));
         }
-        let id = self.id();
-        let mut call = scripts::REMOVE.prepare_invoke();
-        call.key(self.engine.keys(&id).hash).arg(key.name());
-        let answer = self.engine.run(&call).await?;
+        let engine = &self.engine;
+        let answer = self
+            .run_following(false, |id| {
+                let k = engine.keys(id);
+                let mut call = scripts::REMOVE.prepare_invoke();
+                call.key(k.hash).key(k.tomb).arg(key.name());
+                call
+            })
+            .await?;
         match reply::tag(&answer) {
             "ok" => {
                 let rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
@@ -392,7 +497,6 @@ impl RedisSession {
                     None => Ok(None),
                 }
             }
-            "gone" => Err(SharedError::Ended),
             other => Err(SharedError::protocol(format!("remove answered {other:?}"))),
         }
     }
