@@ -225,6 +225,10 @@ impl Subscription {
     /// [`RecvError::Lagged`] where events were dropped for this subscriber,
     /// [`RecvError::Closed`] once the store is gone and nothing is left.
     pub fn blocking_recv(&self) -> Result<Event, RecvError> {
+        match self.try_recv() {
+            Err(RecvError::Empty) => {}
+            done => return done,
+        }
         self.rx
             .recv()
             .map_err(|_| RecvError::Closed)
@@ -240,7 +244,13 @@ impl Subscription {
     pub fn try_recv(&self) -> Result<Event, RecvError> {
         match self.rx.try_recv() {
             Ok(message) => delivered(message),
-            Err(TryRecvError::Empty) => Err(RecvError::Empty),
+            // Events dropped after the last one delivered, and none sent
+            // since to carry the report: reported now, so that a subscriber
+            // never waits for an event it already lost.
+            Err(TryRecvError::Empty) => match self.shared.dropped.swap(0, Ordering::AcqRel) {
+                0 => Err(RecvError::Empty),
+                n => Err(RecvError::Lagged(n)),
+            },
             Err(TryRecvError::Disconnected) => Err(RecvError::Closed),
         }
     }
@@ -252,6 +262,10 @@ impl Subscription {
     /// events were dropped, [`RecvError::Closed`] once the store is gone and
     /// nothing is left.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvError> {
+        match self.try_recv() {
+            Err(RecvError::Empty) => {}
+            done => return done,
+        }
         match self.rx.recv_timeout(timeout) {
             Ok(message) => delivered(message),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(RecvError::Timeout),
@@ -457,14 +471,14 @@ impl Broadcaster {
         }
         let mut subscribers = self.subscribers.lock();
         subscribers.retain(|sub| {
-            let lagged = sub.shared.dropped.load(Ordering::Relaxed);
+            // Taken with a swap, as the receiver takes it when it finds its
+            // channel empty: each drop is reported once.
+            let lagged = sub.shared.dropped.swap(0, Ordering::AcqRel);
             if lagged > 0 {
                 match sub.tx.try_send(Message::Lagged(lagged)) {
-                    Ok(()) => {
-                        sub.shared.dropped.store(0, Ordering::Relaxed);
-                    }
+                    Ok(()) => {}
                     Err(TrySendError::Full(_)) => {
-                        sub.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                        sub.shared.dropped.fetch_add(lagged + 1, Ordering::AcqRel);
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                         return true;
                     }
@@ -477,7 +491,7 @@ impl Broadcaster {
                     true
                 }
                 Err(TrySendError::Full(_)) => {
-                    sub.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    sub.shared.dropped.fetch_add(1, Ordering::AcqRel);
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                     sub.shared.wake();
                     true

@@ -327,8 +327,16 @@ pub(crate) async fn shared_hooks(
         let Some(engine) = engine.upgrade() else {
             return;
         };
-        for (stream, entries) in batches {
-            let mut held: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+        // Every entry of the batch is held from now on: all of them are
+        // claimed again every third of `claim_after` until acknowledged.
+        let mut held: Vec<(String, Vec<String>)> = batches
+            .iter()
+            .map(|(stream, entries)| {
+                (stream.clone(), entries.iter().map(|(id, _)| id.clone()).collect())
+            })
+            .collect();
+        let mut refreshed = tokio::time::Instant::now();
+        for (at, (stream, entries)) in batches.into_iter().enumerate() {
             for (entry_id, fields) in entries {
                 let work = run_shared_for(&engine, c.clone(), &fields);
                 tokio::pin!(work);
@@ -336,8 +344,11 @@ pub(crate) async fn shared_hooks(
                 loop {
                     tokio::select! {
                         () = &mut work => break,
-                        () = tokio::time::sleep(claim_after / 3) => {
-                            refresh(&mut keep, &stream, &me, &held).await;
+                        () = tokio::time::sleep_until(refreshed + claim_after / 3) => {
+                            for (stream, ids) in &held {
+                                refresh(&mut keep, stream, &me, ids).await;
+                            }
+                            refreshed = tokio::time::Instant::now();
                         }
                     }
                 }
@@ -347,17 +358,18 @@ pub(crate) async fn shared_hooks(
                     .arg(&entry_id)
                     .query_async(c)
                     .await;
-                held.retain(|id| *id != entry_id);
+                held[at].1.retain(|id| *id != entry_id);
             }
         }
     }
 }
 
 /// How long a member of the group may stay idle, holding nothing, before
-/// another process removes it as dead: twice `claim_after`, at least a
-/// minute (a live member reads every half second).
+/// another process removes it as dead: twice `claim_after`, at least two
+/// seconds (a live member reads every half second, and one busy with hooks
+/// holds entries, so it is never removed).
 pub(crate) fn dead_after(claim_after: Duration) -> Duration {
-    (claim_after * 2).max(Duration::from_secs(60))
+    (claim_after * 2).max(Duration::from_secs(2))
 }
 
 /// The entries of `stream` another member left unacknowledged for longer
