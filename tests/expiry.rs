@@ -191,7 +191,7 @@ fn sweeping_survives_heavy_churn() {
             sessions.delete(&s.id());
         }
         for s in &made[450..] {
-            s.set_idle_timeout(secs(30 + round));
+            s.set_idle_timeout(secs(30 + round)).unwrap();
         }
         sessions.sweep();
     }
@@ -248,4 +248,48 @@ fn a_store_keeps_working_past_2106() {
     }
     assert!(!early.is_valid());
     let _: SystemTime = early.created();
+}
+
+/// Expiry is final through the timeout setters too: a session past its
+/// deadline but not yet swept is refused and ended by `set_idle_timeout`,
+/// `set_absolute_timeout(None)` and a "remember me", never revived.
+#[test]
+fn the_timeout_setters_never_revive_an_expired_session() {
+    let (seat, log) = tracked("seat");
+    let clock = ManualClock::new();
+    let sessions = builder(&clock).absolute_timeout(secs(600)).build();
+
+    let idle = sessions.create(None).unwrap();
+    idle.set(&seat, 1).unwrap();
+    clock.advance(secs(61));
+    assert!(idle.set_idle_timeout(secs(3600)).is_err());
+    assert_eq!(idle.end_reason(), Some(EndReason::IdleExpired));
+    assert_eq!(
+        *log.lock(),
+        [(1, DeleteCause::SessionEnded(EndReason::IdleExpired))]
+    );
+
+    let absolute = sessions.create(None).unwrap();
+    absolute.set(&seat, 2).unwrap();
+    for _ in 0..10 {
+        clock.advance(secs(55));
+        absolute.touch().unwrap();
+    }
+    clock.advance(secs(55));
+    assert!(absolute.set_absolute_timeout(None).is_err());
+    assert_eq!(absolute.end_reason(), Some(EndReason::AbsoluteExpired));
+    assert_eq!(log.lock().len(), 2);
+
+    #[cfg(feature = "http")]
+    {
+        use keyed_session::http::{CookiePolicy, SessionManager};
+        let manager = SessionManager::new(sessions.clone(), CookiePolicy::default()).unwrap();
+        let remembered = sessions.create(None).unwrap();
+        let cookie = format!("__Host-id={}", remembered.id());
+        let mut started = manager.start(Some(cookie.as_bytes()), None, "/");
+        clock.advance(secs(61));
+        assert!(started.remember(secs(30 * 24 * 3600)).is_err());
+        assert_eq!(remembered.end_reason(), Some(EndReason::IdleExpired));
+    }
+    assert_eq!(sessions.len(), 0, "nothing came back to life");
 }

@@ -134,8 +134,8 @@ fn per_session_timeouts_override_the_store() {
     let (sessions, clock) = store();
     let short = sessions.create(None).unwrap();
     let long = sessions.create(None).unwrap();
-    short.set_idle_timeout(secs(5));
-    long.set_idle_timeout(secs(600));
+    short.set_idle_timeout(secs(5)).unwrap();
+    long.set_idle_timeout(secs(600)).unwrap();
     assert_eq!(short.idle_timeout(), secs(5));
     clock.advance(secs(6));
     // The sweeper finds the shortened session, though it was scheduled for 60 s.
@@ -144,7 +144,7 @@ fn per_session_timeouts_override_the_store() {
     clock.advance(secs(100));
     assert_eq!(sessions.sweep(), 0);
     assert!(long.is_valid());
-    long.set_absolute_timeout(Some(secs(200)));
+    long.set_absolute_timeout(Some(secs(200))).unwrap();
     clock.advance(secs(95));
     assert_eq!(sessions.sweep(), 1);
     assert_eq!(

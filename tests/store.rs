@@ -512,7 +512,7 @@ fn expiry_heaps_stay_bounded_in_every_sweeper_mode() {
         let s = sessions.create(None).unwrap();
         let others: Vec<_> = (0..10).map(|_| sessions.create(None).unwrap()).collect();
         for i in 0..50_000u64 {
-            s.set_idle_timeout(secs(30 + i % 60));
+            s.set_idle_timeout(secs(30 + i % 60)).unwrap();
             if i % 10 == 0 {
                 sessions.renew(&others[(i / 10) as usize % 10]).unwrap();
             }
@@ -524,7 +524,7 @@ fn expiry_heaps_stay_bounded_in_every_sweeper_mode() {
             sessions.len()
         );
         // Still correct: the short timeout set last is honoured.
-        s.set_idle_timeout(secs(5));
+        s.set_idle_timeout(secs(5)).unwrap();
         clock.advance(secs(6));
         sessions.sweep();
         assert_eq!(s.end_reason(), Some(EndReason::IdleExpired));

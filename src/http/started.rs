@@ -219,13 +219,11 @@ impl Started {
     /// ```
     ///
     /// # Errors
-    /// [`SessionEnded`] when there is no session or it has ended.
+    /// [`SessionEnded`] when there is no session or it has ended or expired
+    /// (an expired session is ended now, never revived).
     pub fn remember(&mut self, idle: std::time::Duration) -> Result<(), SessionEnded> {
         let session = self.session.as_ref().ok_or(SessionEnded(()))?;
-        if session.end_reason().is_some() {
-            return Err(SessionEnded(()));
-        }
-        session.set_idle_timeout(idle);
+        session.set_idle_timeout(idle)?;
         self.remembered = true;
         self.issue = true;
         Ok(())

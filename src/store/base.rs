@@ -245,7 +245,7 @@ impl StoreInner {
     }
 
     /// Whether the session is alive at `now`; an expired one is ended (final).
-    fn alive(&self, rec: &Arc<Record>, now: u32) -> bool {
+    pub(crate) fn alive(&self, rec: &Arc<Record>, now: u32) -> bool {
         if rec.ended().is_some() {
             return false;
         }

@@ -277,15 +277,61 @@ impl Session {
     }
 
     /// Overrides the store's idle timeout for this session (whole seconds, at
-    /// least one).
-    pub fn set_idle_timeout(&self, timeout: Duration) {
+    /// least one). Expiry is final: a session whose deadline has passed is
+    /// not brought back by a longer timeout, even if no sweep has reclaimed
+    /// it yet; it is ended now (its hooks run on this thread).
+    ///
+    /// ```
+    /// # use keyed_session::{ManualClock, Sessions};
+    /// # use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let sessions = Sessions::builder()
+    ///     .idle_timeout(Duration::from_secs(60))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// let session = sessions.create(None).unwrap();
+    /// session.set_idle_timeout(Duration::from_secs(3600)).unwrap();
+    /// clock.advance(Duration::from_secs(3601));
+    /// assert!(session.set_idle_timeout(Duration::from_secs(7200)).is_err());
+    /// assert!(!session.is_valid(), "expired: ended, not revived");
+    /// ```
+    ///
+    /// # Errors
+    /// [`SessionEnded`] when the session has ended or expired.
+    pub fn set_idle_timeout(&self, timeout: Duration) -> Result<(), SessionEnded> {
+        if !self.store.alive(&self.rec, self.store.now()) {
+            return Err(SessionEnded(()));
+        }
         self.rec.set_idle(timeout_secs(timeout));
         self.store.reschedule(&self.rec);
+        Ok(())
     }
 
     /// Overrides the store's absolute timeout for this session, counted from its
-    /// creation; `None` removes it.
-    pub fn set_absolute_timeout(&self, timeout: Option<Duration>) {
+    /// creation; `None` removes it. As with
+    /// [`set_idle_timeout`](Self::set_idle_timeout), a session past its
+    /// deadline is ended now, never revived.
+    ///
+    /// ```
+    /// # use keyed_session::{ManualClock, Sessions};
+    /// # use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let sessions = Sessions::builder()
+    ///     .absolute_timeout(Duration::from_secs(60))
+    ///     .clock(clock.clone())
+    ///     .build();
+    /// let session = sessions.create(None).unwrap();
+    /// session.set_absolute_timeout(Some(Duration::from_secs(120))).unwrap();
+    /// clock.advance(Duration::from_secs(121));
+    /// assert!(session.set_absolute_timeout(None).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`SessionEnded`] when the session has ended or expired.
+    pub fn set_absolute_timeout(&self, timeout: Option<Duration>) -> Result<(), SessionEnded> {
+        if !self.store.alive(&self.rec, self.store.now()) {
+            return Err(SessionEnded(()));
+        }
         let deadline = timeout.map_or(NEVER, |t| {
             self.rec
                 .created()
@@ -294,6 +340,7 @@ impl Session {
         });
         self.rec.set_absolute(deadline);
         self.store.reschedule(&self.rec);
+        Ok(())
     }
 
     /// How many clients are attached.
