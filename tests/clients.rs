@@ -276,3 +276,42 @@ fn attaching_to_an_expired_session_does_not_revive_it() {
     assert!(sessions.get(&s.id(), None).is_err());
     assert_eq!(sessions.sweep(), 0, "already ended");
 }
+
+/// An `on_no_client` hook that ends its own session and answers `false`:
+/// its value reaches `on_delete` as `NoClient` (what the hook decided), the
+/// session's other values as `SessionEnded(Deleted)`, and `End` comes after
+/// both.
+#[test]
+fn a_no_client_hook_that_deletes_its_session_reports_no_client() {
+    let (sessions, _clock) = store();
+    let (other, other_log) = tracked("other");
+    let log: common::Log = Arc::default();
+    let sink = Arc::clone(&log);
+    let me: Arc<parking_lot::Mutex<Option<keyed_session::SessionId>>> = Arc::default();
+    let (store, mine) = (sessions.clone(), Arc::clone(&me));
+    let key: Key<u64> = Key::builder("leaving")
+        .on_no_client(move |_| {
+            let id = mine.lock().expect("set before the client left");
+            assert!(store.delete(&id));
+            false
+        })
+        .on_delete(move |v, ctx| sink.lock().push((v, ctx.cause)))
+        .build();
+    let events = sessions.subscribe();
+    let s = sessions.create(None).unwrap();
+    *me.lock() = Some(s.id());
+    s.set(&key, 1).unwrap();
+    s.set(&other, 2).unwrap();
+    drop(s.attach().unwrap());
+    assert_eq!(*log.lock(), [(1, DeleteCause::NoClient)]);
+    assert_eq!(
+        *other_log.lock(),
+        [(2, DeleteCause::SessionEnded(EndReason::Deleted))]
+    );
+    assert_eq!(s.end_reason(), Some(EndReason::Deleted));
+    let ends: Vec<_> = events
+        .try_iter()
+        .filter(|e| matches!(e, keyed_session::Event::End { .. }))
+        .collect();
+    assert_eq!(ends.len(), 1, "one End");
+}

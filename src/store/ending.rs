@@ -130,11 +130,11 @@ impl Ending {
         if dropped_keys.is_empty() {
             return;
         }
+        // Even when a hook ended the session meanwhile (its end waits for
+        // this borrow, or for the write lock), the values the hooks dropped
+        // leave now and reach `on_delete` as `NoClient`, as documented; the
+        // end takes the rest, and its `End` waits for these calls.
         let mut slots = slots.upgrade();
-        if rec.ended().is_some() {
-            // A hook ended the session: its end takes every value, these too.
-            return;
-        }
         let dropped: Vec<_> = dropped_keys
             .into_iter()
             .filter_map(|k| slots.position(k).and_then(|i| slots.swap_remove(i)))
