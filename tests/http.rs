@@ -605,3 +605,25 @@ fn remember_me_is_per_session() {
             .is_err()
     );
 }
+
+/// A 30-day "remember me" on a session with a 12-hour absolute timeout: the
+/// persistent cookie's Max-Age is the time left to the absolute deadline,
+/// not the idle timeout, so no dead cookie outlives its session.
+#[test]
+fn a_persistent_cookie_never_outlives_the_absolute_timeout() {
+    let clock = ManualClock::new();
+    let sessions = builder(&clock).absolute_timeout(secs(12 * 3600)).build();
+    let m = SessionManager::with_mode(sessions, CookiePolicy::new(), CreateMode::Eager).unwrap();
+    let mut login = m.start(None, None, "/");
+    login.remember(secs(30 * 24 * 3600)).unwrap();
+    let sc = set_cookie(&login).unwrap();
+    assert!(sc.contains("Max-Age=43200"), "{sc}");
+    // Created earlier: what is left of the 12 hours.
+    let session = login.session().unwrap().clone();
+    clock.advance(secs(11 * 3600));
+    let mut again = m.start(Some(pair(&sc).as_bytes()), None, "/");
+    assert!(again.session().unwrap().same_as(&session));
+    again.remember(secs(30 * 24 * 3600)).unwrap();
+    let renewed = set_cookie(&again).unwrap();
+    assert!(renewed.contains("Max-Age=3600"), "{renewed}");
+}

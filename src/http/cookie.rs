@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cookie::{Cookie, CookieJar};
 
-mod set_cookie;
+pub(crate) mod set_cookie;
 
 use crate::error::Rejection;
 use crate::id::SessionId;

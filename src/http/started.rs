@@ -256,7 +256,12 @@ impl Started {
                     return None;
                 }
                 let now = self.inner.sessions.now_unix();
-                policy.issue(id, s.idle_timeout(), now, self.remembered)
+                let max_age = crate::http::cookie::set_cookie::persistent_max_age(
+                    s.idle_timeout(),
+                    s.absolute_deadline_unix(),
+                    now,
+                );
+                policy.issue(id, max_age, now, self.remembered)
             }
             None if self.rejected == Some(Rejection::NoClientAddress) => None,
             None if self.ended || self.rejected.is_some() => policy.expire(),

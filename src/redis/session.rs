@@ -422,6 +422,15 @@ impl RedisSession {
         Err(SharedError::Ended)
     }
 
+    /// The absolute deadline, in Unix seconds (by the store's clock), if the
+    /// session has one.
+    pub(crate) fn absolute_deadline_unix(&self) -> Option<u64> {
+        u64::try_from(self.absolute_ms)
+            .ok()
+            .filter(|&ms| ms > 0)
+            .map(|ms| ms / 1000)
+    }
+
     /// The session's idle timeout: the store's, or its own after
     /// [`set_idle_timeout`](Self::set_idle_timeout).
     pub fn idle_timeout(&self) -> std::time::Duration {

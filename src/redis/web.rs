@@ -255,7 +255,12 @@ impl RedisStarted {
                     return None;
                 }
                 let now = crate::clock::unix_secs(std::time::SystemTime::now());
-                policy.issue(id, s.idle_timeout(), now, self.remembered)
+                let max_age = crate::http::cookie::set_cookie::persistent_max_age(
+                    s.idle_timeout(),
+                    s.absolute_deadline_unix(),
+                    now,
+                );
+                policy.issue(id, max_age, now, self.remembered)
             }
             None if self.rejected == Some(Rejection::NoClientAddress) => None,
             None if self.ended || self.rejected.is_some() => policy.expire(),

@@ -271,6 +271,14 @@ impl Session {
         }
     }
 
+    /// The absolute deadline, in Unix seconds, if the session has one.
+    pub(crate) fn absolute_deadline_unix(&self) -> Option<u64> {
+        match self.rec.absolute() {
+            NEVER => None,
+            at => Some(crate::clock::unix_secs(self.store.epoch.time(at))),
+        }
+    }
+
     /// This session's idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(u64::from(self.rec.idle()))

@@ -147,3 +147,54 @@ async fn remember_me_over_redis_gives_a_persistent_cookie() {
     let seen = other.get(&id, None).await.unwrap();
     assert_eq!(seen.idle_timeout(), Duration::from_secs(30 * 24 * 3600));
 }
+
+/// A 30-day "remember me" on a session with a 12-hour absolute timeout:
+/// the cookie lives no longer than the session can (Max-Age at most 12 h).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_cookie_never_outlives_the_absolute_timeout() {
+    use axum::Router;
+    use axum::routing::post;
+    use keyed_session::http::CookiePolicy;
+    use keyed_session::integrations::axum::{RequestSession, SessionLayer};
+    use keyed_session::redis::RedisManager;
+
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let sessions = RedisSessions::builder(&server.url())
+        .namespace("capped")
+        .sweep_every(None)
+        .absolute_timeout(Duration::from_secs(12 * 3600))
+        .build()
+        .await
+        .unwrap();
+    let manager = RedisManager::new(sessions.clone(), CookiePolicy::new().secure(false)).unwrap();
+    let app = Router::new()
+        .route(
+            "/login",
+            post(|s: RequestSession| async move {
+                s.open().await?;
+                s.remember(Duration::from_secs(30 * 24 * 3600)).await?;
+                Ok::<_, keyed_session::Error>("in")
+            }),
+        )
+        .layer(SessionLayer::redis(manager));
+    let base = serve_app(app, true).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let cookie = set_cookie(&resp).expect("a cookie");
+    let max_age: u64 = cookie
+        .split("; ")
+        .find_map(|a| a.strip_prefix("Max-Age="))
+        .expect("persistent")
+        .parse()
+        .unwrap();
+    assert!(
+        (12 * 3600 - 60..=12 * 3600).contains(&max_age),
+        "Max-Age {max_age}: the time left to the absolute deadline"
+    );
+}

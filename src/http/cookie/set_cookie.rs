@@ -16,6 +16,17 @@ use http::header::HeaderValue;
 use crate::http::cookie::{CookiePolicy, SameSite};
 use crate::id::{SESSION_ID_LEN, SessionId};
 
+/// How long a persistent cookie for a session lives: its idle timeout, but
+/// never past its absolute deadline (`absolute`, Unix seconds), so that a
+/// long "remember me" on a session with an absolute timeout does not keep a
+/// dead cookie after the session ended. Both stores' HTTP layers use it.
+pub(crate) fn persistent_max_age(idle: Duration, absolute: Option<u64>, now: u64) -> Duration {
+    match absolute {
+        Some(at) => idle.min(Duration::from_secs(at.saturating_sub(now))),
+        None => idle,
+    }
+}
+
 impl CookiePolicy {
     /// The `Set-Cookie` value that gives the client `id`, issued at `issued`
     /// (Unix seconds; written into persistent cookies only). `persistent`
