@@ -627,3 +627,19 @@ fn a_persistent_cookie_never_outlives_the_absolute_timeout() {
     let renewed = set_cookie(&again).unwrap();
     assert!(renewed.contains("Max-Age=3600"), "{renewed}");
 }
+
+/// When no presented cookie names a live session, the rejection reported is
+/// the first candidate's (as documented), not the last one's.
+#[test]
+fn the_first_refused_candidate_is_the_reason_reported() {
+    let (m, _clock) = manager(CookiePolicy::new().name("id"), CreateMode::Lazy);
+    let header = format!("id=garbage; id={}", SessionId::random());
+    let started = m.start(Some(header.as_bytes()), None, "/");
+    assert_eq!(started.rejected(), Some(Rejection::Malformed));
+    let header = format!("id={}; id=garbage", SessionId::random());
+    let started = m.start(Some(header.as_bytes()), None, "/");
+    assert_eq!(
+        started.rejected(),
+        Some(Rejection::Refused(Refused::NotFound))
+    );
+}

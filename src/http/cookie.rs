@@ -215,6 +215,19 @@ impl CookiePolicy {
 
     /// Whether the cookie is `Secure`, sent over HTTPS only (default `true`; turn
     /// it off only for plain-HTTP development on localhost).
+    ///
+    /// Without a [`name`](Self::name) of your own, this also picks the
+    /// cookie's name: `__Host-id` when secure, plain `id` when not (browsers
+    /// refuse a `__Host-` cookie without `Secure`). So switching this setting
+    /// between two deployments of one site changes the name, and every
+    /// client's session cookie is no longer read: everybody is logged out.
+    /// Set a name explicitly if one deployment must serve both.
+    ///
+    /// ```
+    /// use keyed_session::http::CookiePolicy;
+    /// assert_eq!(CookiePolicy::new().cookie_name(), "__Host-id");
+    /// assert_eq!(CookiePolicy::new().secure(false).cookie_name(), "id");
+    /// ```
     pub fn secure(mut self, secure: bool) -> Self {
         self.secure = secure;
         self

@@ -285,7 +285,9 @@ impl<S> Pick<S> {
                 }
             },
             Err(why) => {
-                if self.found.is_none() {
+                // Why the *first* refused candidate was not used: the most
+                // likely to be the client's own cookie.
+                if self.found.is_none() && self.rejected.is_none() {
                     self.rejected = Some(why);
                 }
             }

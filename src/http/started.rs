@@ -35,8 +35,15 @@ pub enum CreateMode {
     /// sessions for 404s, bots and visitors who never log in. The default.
     #[default]
     Lazy,
-    /// Every request in the cookie's path has a session: `start` creates one
-    /// when none was presented.
+    /// Every request in the cookie's path gets a session, with two
+    /// exceptions: `start` creates one when the request presented no usable
+    /// cookie (none, or one that was refused), except when its cookies name
+    /// two different live sessions ([`Rejection::Ambiguous`]: it gets none,
+    /// and the response expires the cookie, so the client comes back with
+    /// one), or when the store's limits refuse the create (the request goes
+    /// on without a session, as under `Lazy`).
+    ///
+    /// [`Rejection::Ambiguous`]: crate::Rejection::Ambiguous
     Eager,
 }
 

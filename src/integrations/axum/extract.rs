@@ -40,6 +40,12 @@ use crate::store::Session;
 /// [`session`](Self::session) and [`get_or_create`](Self::get_or_create)
 /// are the in-memory store's alone.
 ///
+/// Writes take effect when they are made, whatever the response: a handler
+/// that writes and then answers 5xx (or returns an error through `?`) keeps
+/// what it wrote, in either store. tower-sessions saves nothing when the
+/// handler fails; here, write last, or undo a write, when a failure must
+/// leave the session as it was.
+///
 /// Locking: the handle's own mutex is held only to read or update the
 /// request's state, never while the store runs user code (`on_delete` hooks of
 /// a session ended or evicted by `end`, `renew` or the create behind a write),
