@@ -7,6 +7,7 @@
 
 mod builder;
 mod load;
+pub(crate) mod names;
 mod slot;
 
 use std::borrow::Cow;
@@ -81,6 +82,13 @@ impl<T> Clone for DynHooks<T> {
 /// when they hold the same type: storage is by key, not by type. Clones are
 /// the same key.
 ///
+/// A key's name is its identity wherever values leave the process: in
+/// snapshots and in a store shared through Redis. So each name belongs to one
+/// key per store: a store that meets a second, different key with a name it
+/// has already seen panics at that key's first use (any read or write), in
+/// memory as over Redis, instead of letting one key read or erase the other's
+/// value. Use one `static` per name (clones are fine).
+///
 /// `T` needs only `Send + Sync + 'static`: a channel sender, a socket or a
 /// `Mutex<Connection>` is a fine value.
 ///
@@ -118,6 +126,9 @@ pub struct Key<T: 'static> {
 pub(crate) struct KeyInner<T: 'static> {
     id: u64,
     name: Cow<'static, str>,
+    /// The token of the store registry that last admitted this key (see
+    /// `names`): the check costs one load while a key is used with one store.
+    admitted_by: AtomicU64,
     fns: FnHooks<T>,
     dyns: DynHooks<T>,
     edits: u32,
@@ -202,6 +213,7 @@ impl<T> Key<T> {
             Arc::new(KeyInner {
                 id: NEXT_KEY_ID.fetch_add(1, Ordering::Relaxed),
                 name: self.name.clone(),
+                admitted_by: AtomicU64::new(0),
                 fns: self.fns,
                 dyns: self.dyns.clone(),
                 edits: self.edits,
@@ -368,7 +380,24 @@ impl<T: Send + Sync + 'static> Key<T> {
         self.inner().id
     }
 
-    /// The key's name.
+    /// The key's id, once `names` (a store's registry) admitted it: the
+    /// first use of the key with that store checks that no other key there
+    /// has its name.
+    ///
+    /// # Panics
+    /// When another key of the same name was used with that store.
+    #[inline]
+    pub(crate) fn id_in(&self, names: &names::KeyNames) -> u64 {
+        let inner = self.inner();
+        if inner.admitted_by.load(Ordering::Relaxed) != names.token() {
+            names.admit(&inner.name, inner.id);
+            inner.admitted_by.store(names.token(), Ordering::Relaxed);
+        }
+        inner.id
+    }
+
+    /// The key's name: its identity in snapshots and shared stores (one key
+    /// per name in a store; see [`Key`]).
     ///
     /// ```
     /// use keyed_session::Key;

@@ -52,7 +52,7 @@
 //! # The pieces
 //! - [`Key`]: a typed slot with its hooks, made once (a plain `static`, built by
 //!   `const fn`s; [`Key::builder`] for hooks with captured state). Two keys of
-//!   one type are different keys.
+//!   one type are different keys; a name belongs to one key per store.
 //! - [`Session`]: a cheap handle to one live session — `get`, `with`, `with_mut`,
 //!   `set`, `update`, `remove`, `contains`, `keys`, `touch`, `attach`, `ended`.
 //! - [`Sessions`]: the store — `create`, `get`, `delete`, `renew`, `iter`,

@@ -128,8 +128,12 @@ impl RedisSessions {
             next_waiter: std::sync::atomic::AtomicU64::new(0),
             reconciled: Mutex::new(Default::default()),
             seen: Mutex::new(HashMap::new()),
+            key_names: Default::default(),
             stop: watch::channel(false).0,
         });
+        for (name, id) in &engine.config.shared_ids {
+            engine.key_names.admit(name, *id);
+        }
         // Events from now on (by the clock of the machine; a few
         // milliseconds of skew only replays events this process ignores).
         let start_ms = std::time::SystemTime::now()
@@ -238,7 +242,10 @@ impl RedisSessions {
                 // An evicted session's hooks run from its End event.
                 "ok" => {
                     let now = answer.get(1).and_then(reply::int).unwrap_or(0);
-                    let absolute = e.config.absolute.map_or(0, |a| now + Engine::millis(a) as i64);
+                    let absolute = e
+                        .config
+                        .absolute
+                        .map_or(0, |a| now + Engine::millis(a) as i64);
                     return Ok(self.handle(id, peer, e.config.idle, absolute, HashMap::new()));
                 }
                 "taken" => continue,
@@ -365,10 +372,12 @@ impl RedisSessions {
             // the same shard (one script, one slot): a few draws, 124 random
             // bits left.
             let pending = session.pending_renew.lock().take();
-            let new = pending.filter(|n| e.shard(n) == shard).unwrap_or_else(|| loop {
-                let id = SessionId::random();
-                if e.shard(&id) == shard {
-                    break id;
+            let new = pending.filter(|n| e.shard(n) == shard).unwrap_or_else(|| {
+                loop {
+                    let id = SessionId::random();
+                    if e.shard(&id) == shard {
+                        break id;
+                    }
                 }
             });
             let (ko, kn) = (e.keys(&old), e.keys(&new));

@@ -150,6 +150,7 @@ impl Sessions {
                 ending,
                 counters,
                 shut: AtomicBool::new(false),
+                key_names: Default::default(),
                 cursor: AtomicUsize::new(0),
                 sweeper_stop: Mutex::new(stop),
                 epoch,

@@ -213,3 +213,35 @@ fn a_hook_set_after_first_use_is_refused_loudly() {
     // The session is untouched by the refused write.
     assert_eq!(s.get(&key), Some(1));
 }
+
+/// A name is a key's identity wherever values leave the process (snapshots,
+/// a shared store), so one store refuses a second, different key of a name
+/// it has seen, loudly, at that key's first use; clones of one key are that
+/// key, and another store is another registry.
+#[test]
+fn two_keys_of_one_name_in_one_store_are_refused_at_first_use() {
+    let user: Key<String> = Key::new("user");
+    let impostor: Key<u64> = Key::new("user");
+    let (sessions, _clock) = common::store();
+    let s = sessions.create(None).unwrap();
+    s.set(&user, "ada".to_owned()).unwrap();
+    s.set(&user.clone(), "grace".to_owned()).unwrap();
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = s.set(&impostor, 7);
+    }))
+    .expect_err("a second key named `user` is refused");
+    let message = refused
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("two different keys are named `user`"),
+        "{message}"
+    );
+    // Reads are refused too: over Redis they would read the other key's value.
+    assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.get(&impostor))).is_err());
+    assert_eq!(s.get(&user).as_deref(), Some("grace"), "nothing was erased");
+    // Another store has a registry of its own.
+    let (other, _clock) = common::store();
+    other.create(None).unwrap().set(&impostor, 7).unwrap();
+}

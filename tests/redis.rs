@@ -263,7 +263,11 @@ async fn expiry_by_lookup_and_by_sweep() {
     }
     clock.advance(Duration::from_secs(55));
     assert!(matches!(busy.touch().await, Err(SharedError::Ended)));
-    assert_eq!(a.sweep().await.unwrap(), 0, "the touch ended it, never revived it");
+    assert_eq!(
+        a.sweep().await.unwrap(),
+        0,
+        "the touch ended it, never revived it"
+    );
 
     let mut reasons = Vec::new();
     while reasons.len() < 3 {

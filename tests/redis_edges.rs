@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use keyed_session::redis::{RedisSessions, RedisSessionsBuilder, SharedError};
 use keyed_session::{
-    CreateError, DeleteCause, EndReason, Event, Key, ManualClock, Refused, SessionId,
-    Subscription, WhenFull,
+    CreateError, DeleteCause, EndReason, Event, Key, ManualClock, Refused, SessionId, Subscription,
+    WhenFull,
 };
 use parking_lot::Mutex;
 use redis_server::RedisServer;
@@ -68,7 +68,10 @@ fn logged(name: &'static str) -> (Key<u64>, Arc<Mutex<Vec<(u64, DeleteCause)>>>)
 async fn end_of(events: &mut Subscription, id: SessionId) -> EndReason {
     bounded("an End", async {
         loop {
-            if let Ok(Event::End { id: ended, reason, .. }) = events.recv().await {
+            if let Ok(Event::End {
+                id: ended, reason, ..
+            }) = events.recv().await
+            {
                 if ended == id {
                     return reason;
                 }
@@ -82,7 +85,10 @@ async fn end_of(events: &mut Subscription, id: SessionId) -> EndReason {
 /// how a reply is lost to the response timeout while Redis still applies the
 /// command.
 fn pause_clients(server: &RedisServer, ms: u64) {
-    assert_eq!(server.cli(&["CLIENT", "PAUSE", &ms.to_string(), "ALL"]), "OK");
+    assert_eq!(
+        server.cli(&["CLIENT", "PAUSE", &ms.to_string(), "ALL"]),
+        "OK"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +196,11 @@ async fn a_create_whose_reply_is_lost_leaves_no_count_behind() {
         }
     };
     store.get(&s.id(), None).await.unwrap();
-    assert_eq!(server.cli(&["GET", "lostcreate:n"]), "1", "one session counted");
+    assert_eq!(
+        server.cli(&["GET", "lostcreate:n"]),
+        "1",
+        "one session counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,7 +264,10 @@ async fn of_two_deletes_in_one_store_the_winner_returns_after_the_hooks() {
     let (one, two) = bounded("two deletes", async { tokio::join!(delete(), delete()) }).await;
     assert!(one.0 ^ two.0, "exactly one delete ended it");
     let winner = if one.0 { one } else { two };
-    assert_eq!(winner.1, 1, "the winning delete returned after the hook ran");
+    assert_eq!(
+        winner.1, 1,
+        "the winning delete returned after the hook ran"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -284,7 +297,10 @@ async fn a_busy_consumer_keeps_its_shared_hooks() {
         s.set(&cart, v).await.unwrap();
         assert!(a.delete(&s.id()).await.unwrap());
     }
-    eventually("every shared hook ran", || runs.lock().len() == ends as usize).await;
+    eventually("every shared hook ran", || {
+        runs.lock().len() == ends as usize
+    })
+    .await;
     // Well past `claim_after`: nothing a live process held was claimed.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let runs = runs.lock();
@@ -429,7 +445,10 @@ async fn consumers_leave_the_group_and_dead_ones_are_removed() {
             .cli(&["XINFO", "CONSUMERS", s, "shared-hooks"])
             .contains("dead")
     }) {
-        assert!(tokio::time::Instant::now() < deadline, "the dead member stayed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead member stayed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(live);
@@ -471,9 +490,16 @@ async fn a_slow_hook_stalls_no_other_delete() {
         let id = s1.id();
         tokio::spawn(async move { store.delete(&id).await })
     };
-    eventually("the slow hook started", || started.load(Ordering::SeqCst) == 1).await;
+    eventually("the slow hook started", || {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
     // The first hook still runs: another logout is not held up by it.
-    assert!(bounded("second delete", store.delete(&s2.id())).await.unwrap());
+    assert!(
+        bounded("second delete", store.delete(&s2.id()))
+            .await
+            .unwrap()
+    );
     assert_eq!(log.lock().len(), 1, "the second session's hook ran");
     assert_eq!(started.load(Ordering::SeqCst), 1);
     release.send(()).unwrap();
@@ -511,7 +537,11 @@ async fn ended_resolves_when_its_end_was_dropped_for_lag() {
         return;
     };
     let a = builder(&server, "lag").build().await.unwrap();
-    let b = builder(&server, "lag").event_capacity(2).build().await.unwrap();
+    let b = builder(&server, "lag")
+        .event_capacity(2)
+        .build()
+        .await
+        .unwrap();
     let s = a.create(None).await.unwrap();
     let id = s.id();
     let waiting = b.ended(&id);
@@ -545,7 +575,9 @@ fn ending_a_session_from_inside_its_own_local_value_closure() {
         .build()
         .unwrap();
     let (seat, log) = logged("seat");
-    let store = runtime.block_on(builder(&server, "reentry").build()).unwrap();
+    let store = runtime
+        .block_on(builder(&server, "reentry").build())
+        .unwrap();
     // A delete from inside `with` on the session's own local value.
     let s = runtime.block_on(store.create(None)).unwrap();
     runtime.block_on(s.set(&seat, 1)).unwrap();
@@ -609,4 +641,42 @@ async fn huge_durations_are_clamped_and_script_errors_are_not_outages() {
         Err(SharedError::Rejected(e)) => assert!(e.to_string().contains("WRONGTYPE"), "{e}"),
         other => panic!("expected Rejected, got {other:?}"),
     }
+}
+
+/// The same rule as in memory: one key per name in a store, refused loudly
+/// at the second key's first use (over Redis a second `user` key would read,
+/// or erase, the first one's value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_keys_of_one_name_are_refused_as_in_memory() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let user: Key<String> = Key::new("user").serde();
+    let impostor: Key<u64> = Key::new("user").serde();
+    let store = builder(&server, "names").build().await.unwrap();
+    let s = store.create(None).await.unwrap();
+    s.set(&user, "ada".into()).await.unwrap();
+    let s = Arc::new(s);
+    let reader = Arc::clone(&s);
+    let impostor2 = impostor.clone();
+    let refused = std::thread::spawn(move || reader.get(&impostor2)).join();
+    let message = refused
+        .expect_err("a second key named `user` is refused")
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("two different keys are named `user`"),
+        "{message}"
+    );
+    assert_eq!(
+        store
+            .get(&s.id(), None)
+            .await
+            .unwrap()
+            .get(&user)
+            .as_deref(),
+        Some("ada"),
+        "nothing was erased"
+    );
 }

@@ -47,6 +47,9 @@ pub(crate) struct Config {
     pub(crate) update_attempts: u32,
     pub(crate) event_capacity: usize,
     pub(crate) shared: HashMap<String, SharedHook>,
+    /// The registered shared keys' names and ids, admitted into the store's
+    /// one-key-per-name registry when it starts.
+    pub(crate) shared_ids: Vec<(String, u64)>,
 }
 
 impl Config {
@@ -108,6 +111,7 @@ impl RedisSessionsBuilder {
                 update_attempts: 16,
                 event_capacity: 1024,
                 shared: HashMap::new(),
+                shared_ids: Vec::new(),
             },
         }
     }
@@ -255,6 +259,7 @@ impl RedisSessionsBuilder {
             key.name()
         );
         let name = key.name().to_owned();
+        self.config.shared_ids.push((name.clone(), key.id()));
         let key = key.clone();
         let hook: SharedHook = Arc::new(move |bytes: &[u8], ctx: &DeleteContext| {
             if let Ok(value) = key.load_value(&mut &bytes[..]) {

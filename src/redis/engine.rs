@@ -23,12 +23,12 @@ use crate::borrow;
 use crate::clock::unix_secs;
 use crate::events::Broadcaster;
 use crate::id::SessionId;
+use crate::key::ErasedSlot;
 use crate::reason::{DeleteCause, DeleteContext, EndReason};
 use crate::redis::config::Config;
 use crate::redis::error::SharedError;
 use crate::redis::reply::{self, Field};
 use crate::redis::scripts;
-use crate::key::ErasedSlot;
 use crate::slots::Slots;
 
 /// What one process keeps of a session it touched: the values of its local
@@ -81,6 +81,8 @@ pub(crate) struct Engine {
     /// Ends that reconciliation found and handled (hooks, `End`) before the
     /// reader saw their event, if it ever does: the reader then skips it.
     pub(crate) reconciled: Mutex<HashSet<SessionId>>,
+    /// One key per name (see `key::names`).
+    pub(crate) key_names: crate::key::names::KeyNames,
     /// Changed (or dropped with the engine) to stop the background tasks.
     pub(crate) stop: watch::Sender<bool>,
 }
@@ -217,7 +219,11 @@ impl Engine {
     pub(crate) async fn end(&self, id: &SessionId, reason: EndReason) -> Result<bool, SharedError> {
         let token = self.next_waiter.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.waiting.lock().entry(*id).or_default().push((token, tx));
+        self.waiting
+            .lock()
+            .entry(*id)
+            .or_default()
+            .push((token, tx));
         // Asked before the script: once it ran, this process's reader may see
         // the End and take the local part before the question below, and the
         // caller would return before the hooks ran.
@@ -361,7 +367,10 @@ impl Engine {
             });
             return;
         }
-        let taken = part.values.try_write().map(|mut values| part.close(&mut values));
+        let taken = part
+            .values
+            .try_write()
+            .map(|mut values| part.close(&mut values));
         let values = match taken {
             Some(values) => values,
             // Another thread is inside a closure over the values: wait for it

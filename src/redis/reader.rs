@@ -332,7 +332,10 @@ pub(crate) async fn shared_hooks(
         let mut held: Vec<(String, Vec<String>)> = batches
             .iter()
             .map(|(stream, entries)| {
-                (stream.clone(), entries.iter().map(|(id, _)| id.clone()).collect())
+                (
+                    stream.clone(),
+                    entries.iter().map(|(id, _)| id.clone()).collect(),
+                )
             })
             .collect();
         let mut refreshed = tokio::time::Instant::now();
@@ -411,7 +414,12 @@ async fn refresh(c: &mut MultiplexedConnection, stream: &str, me: &str, ids: &[S
         return;
     }
     let mut cmd = redis::cmd("XCLAIM");
-    cmd.arg(stream).arg(GROUP).arg(me).arg(0).arg(ids).arg("JUSTID");
+    cmd.arg(stream)
+        .arg(GROUP)
+        .arg(me)
+        .arg(0)
+        .arg(ids)
+        .arg("JUSTID");
     let _: Result<Value, _> = cmd.query_async(c).await;
 }
 

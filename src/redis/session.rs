@@ -54,8 +54,13 @@ impl fmt::Debug for RedisSession {
     }
 }
 
-fn is_shared<T: Send + Sync + 'static>(key: &Key<T>) -> bool {
-    key.can_save() && key.can_load()
+impl RedisSession {
+    /// Whether `key` is shared (its value lives in Redis), once the store
+    /// admitted it: one key per name, as in memory.
+    fn is_shared<T: Send + Sync + 'static>(&self, key: &Key<T>) -> bool {
+        key.id_in(&self.engine.key_names);
+        key.can_save() && key.can_load()
+    }
 }
 
 impl RedisSession {
@@ -147,7 +152,7 @@ impl RedisSession {
         key: &Key<T>,
         f: impl FnOnce(&T) -> R,
     ) -> Option<R> {
-        if is_shared(key) {
+        if self.is_shared(key) {
             let bytes = self.shared.lock().get(key.name())?.bytes.clone()?;
             return key.load_value(&mut &bytes[..]).ok().as_ref().map(f);
         }
@@ -159,7 +164,7 @@ impl RedisSession {
 
     /// Whether the session holds a value under `key`.
     pub fn contains<T: Send + Sync + 'static>(&self, key: &Key<T>) -> bool {
-        if is_shared(key) {
+        if self.is_shared(key) {
             return self
                 .shared
                 .lock()
@@ -219,7 +224,7 @@ impl RedisSession {
         key: &Key<T>,
         value: T,
     ) -> Result<Option<T>, SharedError> {
-        if !is_shared(key) {
+        if !self.is_shared(key) {
             return self.set_local(key, value).await;
         }
         let mut bytes = Vec::new();
@@ -312,7 +317,7 @@ impl RedisSession {
         mut init: Option<impl FnMut() -> T>,
         mut f: impl FnMut(&mut T) -> R,
     ) -> Result<Option<R>, SharedError> {
-        if !is_shared(key) {
+        if !self.is_shared(key) {
             let part = if init.is_some() {
                 if !self.contains(key) {
                     self.alive().await?;
@@ -476,7 +481,7 @@ impl RedisSession {
         &self,
         key: &Key<T>,
     ) -> Result<Option<T>, SharedError> {
-        if !is_shared(key) {
+        if !self.is_shared(key) {
             let Some(part) = self.local() else {
                 return Ok(None);
             };

@@ -52,6 +52,8 @@ pub(crate) struct StoreInner {
     /// and the final one at shutdown never interleave. Reentrant: a `save` hook
     /// that shuts the store down from the snapshot thread must not wait for itself.
     pub(crate) snapshot_lock: ReentrantMutex<()>,
+    /// One key per name (see `key::names`).
+    pub(crate) key_names: crate::key::names::KeyNames,
 }
 
 impl StoreInner {

@@ -74,8 +74,9 @@ impl Session {
         key: &Key<T>,
         f: impl FnOnce(&T) -> R,
     ) -> Option<R> {
+        let id = key.id_in(&self.store.key_names);
         borrow::read(&self.rec.slots, "read a value")
-            .value::<T>(key.id())
+            .value::<T>(id)
             .map(f)
     }
 
@@ -86,8 +87,9 @@ impl Session {
         key: &Key<T>,
         f: impl FnOnce(&mut T) -> R,
     ) -> Option<R> {
+        let id = key.id_in(&self.store.key_names);
         borrow::write(&self.rec.slots, "change a value (with_mut)")
-            .value_mut::<T>(key.id())
+            .value_mut::<T>(id)
             .map(f)
     }
 
@@ -135,6 +137,7 @@ impl Session {
         value: T,
         what: &str,
     ) -> Result<Option<Box<dyn ErasedSlot>>, SessionEnded<T>> {
+        key.id_in(&self.store.key_names);
         let mut slots = borrow::write(&self.rec.slots, what);
         if self.rec.ended().is_some() {
             return Err(SessionEnded(value));
@@ -167,11 +170,11 @@ impl Session {
         init: impl FnOnce() -> T,
         f: impl FnOnce(&mut T) -> R,
     ) -> Result<R, SessionEnded> {
+        let id = key.id_in(&self.store.key_names);
         let mut slots = borrow::write(&self.rec.slots, "update a value");
         if self.rec.ended().is_some() {
             return Err(SessionEnded(()));
         }
-        let id = key.id();
         if let Some(value) = slots.value_mut::<T>(id) {
             return Ok(f(value));
         }
@@ -182,7 +185,8 @@ impl Session {
     /// Takes the value under `key` out of the session and hands it to you (no hook
     /// runs for it).
     pub fn remove<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
-        let slot = borrow::write(&self.rec.slots, "remove a value").remove(key.id())?;
+        let id = key.id_in(&self.store.key_names);
+        let slot = borrow::write(&self.rec.slots, "remove a value").remove(id)?;
         take_value(slot)
     }
 
@@ -191,8 +195,9 @@ impl Session {
     where
         T: Send + Sync + 'static,
     {
+        let id = key.id_in(&self.store.key_names);
         borrow::read(&self.rec.slots, "read it (contains)")
-            .position(key.id())
+            .position(id)
             .is_some()
     }
 
