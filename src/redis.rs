@@ -480,9 +480,8 @@ impl RedisSessions {
             // Subscribed first, then checked: an end in between is in both.
             // Checked again after the subscription lagged (events were
             // dropped, this one's `End` perhaps among them).
-            match self.check_ended(&mut id).await? {
-                Some(answer) => return Ok(answer),
-                None => {}
+            if let Some(answer) = self.check_ended(&mut id).await? {
+                return Ok(answer);
             }
             loop {
                 let event = tokio::select! {

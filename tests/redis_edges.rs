@@ -54,16 +54,6 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
     }
 }
 
-/// A local `u64` key whose `on_delete` logs the value and the cause.
-fn logged(name: &'static str) -> (Key<u64>, Arc<Mutex<Vec<(u64, DeleteCause)>>>) {
-    let log: Arc<Mutex<Vec<(u64, DeleteCause)>>> = Arc::default();
-    let sink = Arc::clone(&log);
-    let key = Key::builder(name)
-        .on_delete(move |v, ctx| sink.lock().push((v, ctx.cause)))
-        .build();
-    (key, log)
-}
-
 /// The next `End` of `id` on `events`, skipping the rest.
 async fn end_of(events: &mut Subscription, id: SessionId) -> EndReason {
     bounded("an End", async {
@@ -140,7 +130,7 @@ async fn concurrent_first_updates_of_a_local_key_both_count() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (hits, log) = logged("hits");
+    let (hits, log) = common::tracked("hits");
     let store = builder(&server, "firsts").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     let other = store.get(&s.id(), None).await.unwrap();
@@ -230,7 +220,7 @@ async fn a_handle_follows_a_renew_made_in_another_store() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (seat, log) = logged("seat");
+    let (seat, log) = common::tracked("seat");
     let a = builder(&server, "follow").build().await.unwrap();
     let b = builder(&server, "follow").build().await.unwrap();
     let s = a.create(None).await.unwrap();
@@ -363,7 +353,7 @@ async fn writes_after_shutdown_fail_and_delete_does_not_wait() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (seat, log) = logged("seat");
+    let (seat, log) = common::tracked("seat");
     let store = builder(&server, "shut").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     s.set(&seat, 1).await.unwrap();
@@ -492,7 +482,7 @@ async fn a_slow_hook_stalls_no_other_delete() {
             let _ = wait.lock().recv_timeout(Duration::from_secs(30));
         })
         .build();
-    let (seat, log) = logged("seat");
+    let (seat, log) = common::tracked("seat");
     let store = builder(&server, "slowhook").build().await.unwrap();
     let s1 = store.create(None).await.unwrap();
     s1.set(&held, 1).await.unwrap();
@@ -532,7 +522,7 @@ async fn a_hook_that_deletes_another_session_does_not_stall() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let (seat, log) = logged("seat");
+    let (seat, log) = common::tracked("seat");
     let store = builder(&server, "chain").build().await.unwrap();
     let other = store.create(None).await.unwrap();
     other.set(&seat, 2).await.unwrap();
@@ -595,7 +585,7 @@ fn ending_a_session_from_inside_its_own_local_value_closure() {
         .enable_all()
         .build()
         .unwrap();
-    let (seat, log) = logged("seat");
+    let (seat, log) = common::tracked("seat");
     let store = runtime
         .block_on(builder(&server, "reentry").build())
         .unwrap();

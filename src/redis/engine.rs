@@ -72,7 +72,7 @@ pub(crate) struct Engine {
     /// Callers of `delete` waiting for the reader to have run this process's
     /// local hooks for an id, each under a token of its own (so that one
     /// caller giving up never takes another's place).
-    pub(crate) waiting: Mutex<HashMap<SessionId, Vec<(u64, oneshot::Sender<()>)>>>,
+    pub(crate) waiting: Mutex<HashMap<SessionId, Vec<Waiter>>>,
     pub(crate) next_waiter: AtomicU64,
     /// The shared values of each session as this process last loaded them,
     /// with the session's revision: a lookup whose revision is unchanged
@@ -86,6 +86,10 @@ pub(crate) struct Engine {
     /// Changed (or dropped with the engine) to stop the background tasks.
     pub(crate) stop: watch::Sender<bool>,
 }
+
+/// A `delete` waiting for this process's local hooks: its token and its
+/// wake-up.
+pub(crate) type Waiter = (u64, oneshot::Sender<()>);
 
 /// A session's revision and its shared values, as last loaded.
 pub(crate) type Seen = (String, Arc<HashMap<String, Field>>);
