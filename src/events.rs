@@ -15,6 +15,9 @@ use parking_lot::Mutex;
 use crate::id::SessionId;
 use crate::reason::EndReason;
 
+mod iter;
+pub use iter::{IntoIter, Iter, TryIter};
+
 /// Something that happened to a session, as broadcast to every subscriber of
 /// [`Sessions::subscribe`](crate::Sessions::subscribe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,17 +276,6 @@ impl Subscription {
         }
     }
 
-    /// Blocking iteration over events (skipping the lag reports), ending when
-    /// the store is gone.
-    pub fn iter(&self) -> Iter<'_> {
-        Iter(self)
-    }
-
-    /// The events waiting now, without blocking (skipping the lag reports).
-    pub fn try_iter(&self) -> TryIter<'_> {
-        TryIter(self)
-    }
-
     /// How many events (and lag reports) are waiting.
     pub fn len(&self) -> usize {
         self.rx.len()
@@ -330,72 +322,6 @@ impl Drop for Subscription {
         if let Some(hub) = self.hub.upgrade() {
             hub.unsubscribe(self.id);
         }
-    }
-}
-
-/// Blocking iteration over a subscription's events; see [`Subscription::iter`].
-#[derive(Debug)]
-pub struct Iter<'a>(&'a Subscription);
-
-/// The next event from `recv`, passing over lag reports; `None` at the end.
-fn skip_lags(mut recv: impl FnMut() -> Result<Event, RecvError>) -> Option<Event> {
-    loop {
-        match recv() {
-            Ok(event) => return Some(event),
-            Err(RecvError::Lagged(_)) => continue,
-            Err(_) => return None,
-        }
-    }
-}
-
-impl Iterator for Iter<'_> {
-    type Item = Event;
-
-    fn next(&mut self) -> Option<Event> {
-        skip_lags(|| self.0.blocking_recv())
-    }
-}
-
-/// The events waiting now; see [`Subscription::try_iter`].
-#[derive(Debug)]
-pub struct TryIter<'a>(&'a Subscription);
-
-impl Iterator for TryIter<'_> {
-    type Item = Event;
-
-    fn next(&mut self) -> Option<Event> {
-        skip_lags(|| self.0.try_recv())
-    }
-}
-
-/// Blocking iteration over a subscription's events, ending when the store is
-/// gone; from `for event in subscription`.
-#[derive(Debug)]
-pub struct IntoIter(Subscription);
-
-impl Iterator for IntoIter {
-    type Item = Event;
-
-    fn next(&mut self) -> Option<Event> {
-        Iter(&self.0).next()
-    }
-}
-
-impl IntoIterator for Subscription {
-    type Item = Event;
-    type IntoIter = IntoIter;
-
-    fn into_iter(self) -> IntoIter {
-        IntoIter(self)
-    }
-}
-
-impl<'a> IntoIterator for &'a Subscription {
-    type Item = Event;
-    type IntoIter = Iter<'a>;
-
-    fn into_iter(self) -> Iter<'a> {
-        Iter(self)
     }
 }
 

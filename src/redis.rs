@@ -45,9 +45,12 @@
 
 mod attach;
 mod config;
+mod ended;
 mod engine;
 mod error;
+mod group;
 mod reader;
+mod repair;
 mod reply;
 mod scripts;
 mod session;
@@ -151,10 +154,10 @@ impl RedisSessions {
             // so no end after it is missed; the task makes sure again.
             let _ = tokio::time::timeout(
                 engine.config.response_timeout * 4,
-                reader::create_groups(&engine, &client),
+                group::create_groups(&engine, &client),
             )
             .await;
-            tokio::spawn(reader::shared_hooks(
+            tokio::spawn(group::shared_hooks(
                 Arc::downgrade(&engine),
                 client,
                 engine.config.claim_after,
@@ -458,80 +461,6 @@ impl RedisSessions {
             self.engine.end_locally(*id, EndReason::Shutdown).await;
         }
         ids.len()
-    }
-
-    /// Resolves when session `id` ends, anywhere, with the reason (following
-    /// it through renews), or with [`Shutdown`](EndReason::Shutdown) when this
-    /// process's store shuts down. A session that already ended gives its
-    /// reason while its tombstone lasts (the event retention); `None` for an
-    /// id Redis knows nothing of.
-    ///
-    /// # Errors
-    /// [`SharedError::Unavailable`] when Redis does not answer the first
-    /// check.
-    pub async fn ended(&self, id: &SessionId) -> Result<Option<EndReason>, SharedError> {
-        let mut events = self.subscribe();
-        let mut stop = self.engine.stop.subscribe();
-        if *stop.borrow_and_update() {
-            return Ok(Some(EndReason::Shutdown));
-        }
-        let mut id = *id;
-        loop {
-            // Subscribed first, then checked: an end in between is in both.
-            // Checked again after the subscription lagged (events were
-            // dropped, this one's `End` perhaps among them).
-            if let Some(answer) = self.check_ended(&mut id).await? {
-                return Ok(answer);
-            }
-            loop {
-                let event = tokio::select! {
-                    event = events.recv() => event,
-                    // This process shuts down: for it, the session is over.
-                    _ = stop.changed() => return Ok(Some(EndReason::Shutdown)),
-                };
-                match event {
-                    Ok(crate::events::Event::End {
-                        id: ended, reason, ..
-                    }) if ended == id => {
-                        return Ok(Some(reason));
-                    }
-                    Ok(crate::events::Event::Renewed { old, new }) if old == id => id = new,
-                    Ok(_) => {}
-                    Err(crate::events::RecvError::Lagged(_)) => break,
-                    Err(_) => return Ok(Some(EndReason::Shutdown)),
-                }
-            }
-        }
-    }
-
-    /// Whether session `id` has ended, by Redis: `Some` with the answer for
-    /// [`ended`](Self::ended) when it did (or never existed), `None` while
-    /// it is alive; follows renews, moving `id`.
-    async fn check_ended(
-        &self,
-        id: &mut SessionId,
-    ) -> Result<Option<Option<EndReason>>, SharedError> {
-        for _ in 0..16 {
-            let k = self.engine.keys(id);
-            let mut conn = self.engine.conn.clone();
-            let mut check = redis::pipe();
-            check.exists(&k.hash).get(&k.tomb);
-            let (alive, tomb): (bool, Option<String>) =
-                self.engine.within(check.query_async(&mut conn)).await?;
-            if alive {
-                return Ok(None);
-            }
-            // Gone: its tombstone says why (while events are retained), or
-            // where a renew took it.
-            let Some(tomb) = tomb else {
-                return Ok(Some(None));
-            };
-            match reply::renewed_to(&tomb) {
-                Some(new) => *id = new,
-                None => return Ok(Some(EndReason::from_name(&tomb))),
-            }
-        }
-        Ok(None)
     }
 
     /// Checks this process's local parts against Redis now (the background

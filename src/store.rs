@@ -6,6 +6,7 @@ mod capacity;
 mod config;
 mod ending;
 mod error;
+mod guard;
 mod notify;
 mod record;
 mod session;
@@ -28,7 +29,8 @@ use parking_lot::{Mutex, ReentrantMutex, RwLock};
 pub use config::{SessionsBuilder, Sweeper, WhenFull};
 pub(crate) use error::NO_CLIENT_ADDRESS;
 pub use error::{CreateError, Refused, SessionEnded};
-pub use session::{ClientGuard, Ended, Session};
+pub use guard::{ClientGuard, Ended};
+pub use session::Session;
 pub use stats::Stats;
 
 use crate::clock::{Clock, Epoch, SystemClock, Ticker};

@@ -1,11 +1,80 @@
-//! Keeping a shared session in use while a client is attached: a task that
-//! touches it every `touch_every`, following renews, until its guard drops.
+//! Keeping a shared session in use: `touch`, its own idle timeout ("remember
+//! me"), and a task that touches it every `touch_every` while a client is
+//! attached, following renews, until its guard drops.
 
 use std::sync::Arc;
 
+use crate::redis::engine::Engine;
+use crate::redis::error::SharedError;
 use crate::redis::session::RedisSession;
+use crate::redis::{reply, scripts};
 
 impl RedisSession {
+    /// Marks the session used now, whatever `touch_every` says: what a
+    /// process holding an attached client (a websocket) does every
+    /// `touch_every`, so the session does not idle out while it is in use.
+    ///
+    /// # Errors
+    /// [`SharedError::Ended`] when the session has ended or expired.
+    pub async fn touch(&self) -> Result<(), SharedError> {
+        for _ in 0..8 {
+            let id = self.id();
+            let answer = self.engine.touch(&id).await?;
+            match (reply::tag(&answer), reply::gone_to(&answer)) {
+                ("ok", _) => return Ok(()),
+                ("gone", Some(new)) => self.follow(id, new),
+                _ => return Err(SharedError::Ended),
+            }
+        }
+        Err(SharedError::Ended)
+    }
+
+    /// The absolute deadline, in Unix seconds (by the store's clock), if the
+    /// session has one.
+    pub(crate) fn absolute_deadline_unix(&self) -> Option<u64> {
+        u64::try_from(self.absolute_ms)
+            .ok()
+            .filter(|&ms| ms > 0)
+            .map(|ms| ms / 1000)
+    }
+
+    /// The session's idle timeout: the store's, or its own after
+    /// [`set_idle_timeout`](Self::set_idle_timeout).
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        *self.idle.lock()
+    }
+
+    /// Gives the session its own idle timeout ("remember me"), in every
+    /// process, and counts it as used now.
+    ///
+    /// # Errors
+    /// [`SharedError::Ended`] when the session has ended or expired.
+    pub async fn set_idle_timeout(&self, idle: std::time::Duration) -> Result<(), SharedError> {
+        let idle = crate::redis::config::clamp(idle);
+        let engine = &self.engine;
+        let answer = self
+            .run_following(false, |id| {
+                let mut call = engine.keys(id).invoke(&scripts::SET_IDLE);
+                call.arg(engine.now_arg())
+                    .arg(id.to_string())
+                    .arg(Engine::millis(idle))
+                    .arg(Engine::millis(engine.config.retention));
+                call
+            })
+            .await?;
+        match reply::tag(&answer) {
+            "ok" => {
+                *self.idle.lock() = idle;
+                Ok(())
+            }
+            // Past its deadline: ended now, with its hooks, never revived.
+            "expired" => Err(SharedError::Ended),
+            other => Err(SharedError::protocol(format!(
+                "set_idle answered {other:?}"
+            ))),
+        }
+    }
+
     /// Keeps the session in use while the returned guard lives (a websocket,
     /// an event stream): a task touches it every `touch_every`, following a
     /// renew, until the guard drops or the session ends. If this process

@@ -1,0 +1,286 @@
+//! The consumer group that runs the shared keys' `on_delete` hooks, one
+//! process per end: reading, keeping held entries claimed, reclaiming a dead
+//! process's, leaving the group and removing dead members.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::watch;
+
+use crate::id::SessionId;
+use crate::reason::EndReason;
+use crate::redis::engine::Engine;
+use crate::redis::reader::{BLOCK_MS, Entry, blocking_connection, pause, stream_entries};
+
+/// The consumer group that runs the shared keys' `on_delete` hooks: each
+/// `End` goes to one process of the group, which runs the hooks on the
+/// values' last bytes (`f:<id>`) and acknowledges it; an entry a process took
+/// and never acknowledged (it died) is claimed by another after
+/// `claim_after`, so a shared hook runs at least once even across a crash,
+/// and once when nothing crashes.
+///
+/// A live process keeps the entries it holds fresh while it works through
+/// them (it claims them for itself again every third of `claim_after`), so
+/// only a dead or stalled process's entries are ever claimed by another. The
+/// group is made at `$` when the store is built; made again after a read
+/// failed (Redis flushed or restarted empty), it starts at `0`, so the ends
+/// written in between reach the hooks too. A process leaves the group when
+/// its store stops (unless it still holds unacknowledged entries, which the
+/// others then claim), and removes members idle for longer than
+/// [`dead_after`] that hold nothing (processes that died).
+pub(crate) async fn shared_hooks(
+    engine: Weak<Engine>,
+    client: redis::Client,
+    claim_after: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(streams) = engine.upgrade().map(|e| e.streams()) else {
+        return;
+    };
+    let me = format!("{:016x}", rand::random::<u64>());
+    let mut conn: Option<MultiplexedConnection> = None;
+    // Where a group made by this task starts: the store's build made it at
+    // `$` (only what comes after); any later one replaces a lost group.
+    let mut start = "$";
+    let mut last_claim = tokio::time::Instant::now();
+    let mut last_tidy = tokio::time::Instant::now();
+    loop {
+        let Some(c) = conn.as_mut() else {
+            match blocking_connection(&client).await {
+                Ok(mut c) => {
+                    create_groups_on(&mut c, &streams, start).await;
+                    start = "0";
+                    conn = Some(c);
+                }
+                Err(_) => {
+                    start = "0";
+                    if pause(&mut stop, Duration::from_millis(100)).await {
+                        return;
+                    }
+                }
+            }
+            continue;
+        };
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(GROUP).arg(&me);
+        cmd.arg("COUNT")
+            .arg(64)
+            .arg("BLOCK")
+            .arg(BLOCK_MS)
+            .arg("STREAMS");
+        cmd.arg(&streams);
+        for _ in &streams {
+            cmd.arg(">");
+        }
+        let read: Result<Value, _> = tokio::select! {
+            r = cmd.query_async(c) => r,
+            _ = stop.changed() => {
+                leave(c, &streams, &me).await;
+                return;
+            }
+        };
+        let mut batches = match read {
+            Ok(v) => stream_entries(v),
+            Err(_) => {
+                conn = None;
+                start = "0";
+                if pause(&mut stop, Duration::from_millis(100)).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if last_claim.elapsed() >= claim_after / 2 {
+            last_claim = tokio::time::Instant::now();
+            for stream in &streams {
+                batches.extend(autoclaim(c, stream, &me, claim_after).await);
+            }
+        }
+        if last_tidy.elapsed() >= dead_after(claim_after) {
+            last_tidy = tokio::time::Instant::now();
+            tidy(c, &streams, &me, dead_after(claim_after)).await;
+        }
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        // Every entry of the batch is held from now on: all of them are
+        // claimed again every third of `claim_after` until acknowledged.
+        let mut held: Vec<(String, Vec<String>)> = batches
+            .iter()
+            .map(|(stream, entries)| {
+                (
+                    stream.clone(),
+                    entries.iter().map(|(id, _)| id.clone()).collect(),
+                )
+            })
+            .collect();
+        let mut refreshed = tokio::time::Instant::now();
+        for (at, (stream, entries)) in batches.into_iter().enumerate() {
+            for (entry_id, fields) in entries {
+                let work = run_shared_for(&engine, c.clone(), &fields);
+                tokio::pin!(work);
+                let mut keep = c.clone();
+                loop {
+                    tokio::select! {
+                        () = &mut work => break,
+                        () = tokio::time::sleep_until(refreshed + claim_after / 3) => {
+                            for (stream, ids) in &held {
+                                refresh(&mut keep, stream, &me, ids).await;
+                            }
+                            refreshed = tokio::time::Instant::now();
+                        }
+                    }
+                }
+                let _: Result<(), _> = redis::cmd("XACK")
+                    .arg(&stream)
+                    .arg(GROUP)
+                    .arg(&entry_id)
+                    .query_async(c)
+                    .await;
+                held[at].1.retain(|id| *id != entry_id);
+            }
+        }
+    }
+}
+
+/// How long a member of the group may stay idle, holding nothing, before
+/// another process removes it as dead: twice `claim_after`, at least two
+/// seconds (a live member reads every half second, and one busy with hooks
+/// holds entries, so it is never removed).
+pub(crate) fn dead_after(claim_after: Duration) -> Duration {
+    (claim_after * 2).max(Duration::from_secs(2))
+}
+
+/// The entries of `stream` another member left unacknowledged for longer
+/// than `claim_after` (it died or stalled), now this process's.
+async fn autoclaim(
+    c: &mut MultiplexedConnection,
+    stream: &str,
+    me: &str,
+    claim_after: Duration,
+) -> Vec<(String, Vec<Entry>)> {
+    let claimed: Result<Value, _> = redis::cmd("XAUTOCLAIM")
+        .arg(stream)
+        .arg(GROUP)
+        .arg(me)
+        .arg(claim_after.as_millis() as u64)
+        .arg("0-0")
+        .arg("COUNT")
+        .arg(64)
+        .query_async(c)
+        .await;
+    let Ok(Value::Array(mut parts)) = claimed else {
+        return Vec::new();
+    };
+    if parts.len() < 2 {
+        return Vec::new();
+    }
+    let entries = parts.swap_remove(1);
+    stream_entries(Value::Array(vec![Value::Array(vec![
+        Value::BulkString(stream.as_bytes().to_vec()),
+        entries,
+    ])]))
+}
+
+/// Claims `ids` (entries this process holds and works through) for itself
+/// again, which resets their idle time: another live process never takes
+/// them from a busy one.
+async fn refresh(c: &mut MultiplexedConnection, stream: &str, me: &str, ids: &[String]) {
+    if ids.is_empty() {
+        return;
+    }
+    let mut cmd = redis::cmd("XCLAIM");
+    cmd.arg(stream)
+        .arg(GROUP)
+        .arg(me)
+        .arg(0)
+        .arg(ids)
+        .arg("JUSTID");
+    let _: Result<Value, _> = cmd.query_async(c).await;
+}
+
+/// Leaves the group on every stream, unless this process still holds
+/// entries there (they stay for another process to claim).
+async fn leave(c: &mut MultiplexedConnection, streams: &[String], me: &str) {
+    let leave = async {
+        for stream in streams {
+            let mut call = crate::redis::scripts::LEAVE_GROUP.prepare_invoke();
+            call.key(stream).arg(GROUP).arg(me);
+            let _: Result<Value, _> = call.invoke_async(c).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), leave).await;
+}
+
+/// Removes the members of the group idle longer than `dead` that hold
+/// nothing: what is left of processes that died.
+async fn tidy(c: &mut MultiplexedConnection, streams: &[String], me: &str, dead: Duration) {
+    for stream in streams {
+        let mut call = crate::redis::scripts::TIDY_GROUP.prepare_invoke();
+        call.key(stream)
+            .arg(GROUP)
+            .arg(me)
+            .arg(dead.as_millis() as u64);
+        let _: Result<Value, _> = call.invoke_async(c).await;
+    }
+}
+
+/// The consumer group of the shared hooks.
+const GROUP: &str = "shared-hooks";
+
+/// Creates the group on every shard's stream from `start` (`$`: the events
+/// after its creation; `0`: every event the stream holds); an existing group
+/// (`BUSYGROUP`) is kept as it is.
+async fn create_groups_on(conn: &mut MultiplexedConnection, streams: &[String], start: &str) {
+    for stream in streams {
+        let _: Result<(), _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(start)
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+    }
+}
+
+/// [`create_groups_on`] at `$`, with a connection of its own.
+pub(crate) async fn create_groups(engine: &Engine, client: &redis::Client) {
+    let streams = engine.streams();
+    if let Ok(mut c) = blocking_connection(client).await {
+        create_groups_on(&mut c, &streams, "$").await;
+    }
+}
+
+/// The shared hooks of one `End` entry (nothing for other events).
+async fn run_shared_for(
+    engine: &Engine,
+    mut conn: MultiplexedConnection,
+    fields: &[(String, String)],
+) {
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let (Some("end"), Some(id)) = (
+        get("e"),
+        get("id").and_then(|t| t.parse::<SessionId>().ok()),
+    ) else {
+        return;
+    };
+    let reason = get("r")
+        .and_then(EndReason::from_name)
+        .unwrap_or(EndReason::Deleted);
+    let peer = get("ip").and_then(|t| t.parse().ok());
+    let fin = format!("{}f:{id}", engine.prefix(engine.shard(&id)));
+    let last: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+        .arg(&fin)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    engine.run_shared(id, reason, peer, last).await;
+}
