@@ -186,7 +186,10 @@ impl RedisSessions {
     ///
     /// # Errors
     /// [`SharedError::Create`] when a limit refuses it (counted across every
-    /// process), [`SharedError::Unavailable`] when Redis does not answer.
+    /// process) or this store has shut down ([`CreateError::ShutDown`]),
+    /// [`SharedError::Unavailable`] when Redis does not answer (a create whose
+    /// answer was lost is sent again; one that never got an answer is ended
+    /// in the background should Redis have made it).
     pub async fn create(
         &self,
         peer: impl Into<Option<IpAddr>>,
@@ -199,7 +202,7 @@ impl RedisSessions {
             .map(|p| per_ip_key(p).to_string())
             .unwrap_or_default();
         if e.stopped() {
-            return Err(SharedError::Ended);
+            return Err(SharedError::Create(CreateError::ShutDown));
         }
         for _ in 0..8 {
             let id = SessionId::random();
@@ -283,7 +286,8 @@ impl RedisSessions {
         }
     }
 
-    /// Looks a session up for a request from `peer`: one round trip that
+    /// Looks a session up for a request from `peer` (a cookie's id: an id a
+    /// renew replaced is refused, never followed): one round trip that
     /// checks expiry (ending an expired session, with its hooks), touches it
     /// at most every `touch_every`, and brings its shared values.
     ///
@@ -359,9 +363,16 @@ impl RedisSessions {
     /// Gives the session a new id, keeping its values: the old id is refused
     /// at once by every process, and local values follow in each.
     ///
+    /// Safe when a reply is lost: a renew whose answer misses the response
+    /// timeout is sent again with the same new id, which the script
+    /// recognises, so the handle (and the cookie) learns the new id. Should
+    /// no answer come at all, the next renew through this handle asks for
+    /// that same id, and any other call through it follows the old id's
+    /// tombstone. A lookup by the old id from a cookie stays refused.
+    ///
     /// # Errors
-    /// [`SharedError::Ended`] when the session has ended;
-    /// [`SharedError::Unavailable`].
+    /// [`SharedError::Ended`] when the session has ended, or this store has
+    /// shut down; [`SharedError::Unavailable`].
     pub async fn renew(&self, session: &RedisSession) -> Result<SessionId, SharedError> {
         let e = &self.engine;
         if e.stopped() {

@@ -366,7 +366,10 @@ async fn writes_after_shutdown_fail_and_delete_does_not_wait() {
         Err(SharedError::Ended)
     ));
     assert!(matches!(s.set(&COUNTER, 2).await, Err(SharedError::Ended)));
-    assert!(matches!(store.create(None).await, Err(SharedError::Ended)));
+    assert!(matches!(
+        store.create(None).await,
+        Err(SharedError::Create(CreateError::ShutDown))
+    ));
     assert_eq!(log.lock().len(), 1, "no value was stored past the shutdown");
     // The session lives on in Redis for the other processes; deleting it
     // from here has no local part to wait for (none was made after the

@@ -182,10 +182,14 @@ impl RedisSession {
     /// the whole session). The value it replaced is dropped without its
     /// `on_delete` (see [`replace`](Self::replace)).
     ///
+    /// A handle follows its session through a renew made anywhere: the write
+    /// reaches the session under its new id (and [`id`](Self::id) says so).
+    ///
     /// # Errors
     /// [`SharedError::Ended`] when the session ended (anywhere) before the
-    /// write, which then leaves nothing behind; `Unavailable`; `Value` when
-    /// a shared key's `save` fails.
+    /// write, or this process's store has shut down; the write then leaves
+    /// nothing behind. `Unavailable`; `Value` when a shared key's `save`
+    /// fails.
     pub async fn set<T: Send + Sync + 'static>(
         &self,
         key: &Key<T>,
