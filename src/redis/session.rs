@@ -121,17 +121,24 @@ impl RedisSession {
         }
     }
 
+    /// An invocation of `script` on session `id`'s hash and tombstone (the
+    /// two keys of every script a handle runs on one session).
+    fn on_session(
+        &self,
+        script: &'static redis::Script,
+        id: &SessionId,
+    ) -> ScriptInvocation<'static> {
+        let k = self.engine.keys(id);
+        let mut call = script.prepare_invoke();
+        call.key(k.hash).key(k.tomb);
+        call
+    }
+
     /// Checks that the session is alive (following a renew), before a write
     /// of a local value.
     async fn alive(&self) -> Result<(), SharedError> {
-        let engine = &self.engine;
         let answer = self
-            .run_following(false, |id| {
-                let k = engine.keys(id);
-                let mut call = scripts::ALIVE.prepare_invoke();
-                call.key(k.hash).key(k.tomb);
-                call
-            })
+            .run_following(false, |id| self.on_session(&scripts::ALIVE, id))
             .await?;
         match reply::tag(&answer) {
             "ok" => Ok(()),
@@ -235,16 +242,10 @@ impl RedisSession {
         key.save_value(&value, &mut bytes)
             .map_err(SharedError::Value)?;
         let token = format!("{:016x}", rand::random::<u64>());
-        let engine = &self.engine;
         let answer = self
             .run_following(true, |id| {
-                let k = engine.keys(id);
-                let mut call = scripts::PUT.prepare_invoke();
-                call.key(k.hash)
-                    .key(k.tomb)
-                    .arg(key.name())
-                    .arg(&bytes)
-                    .arg(&token);
+                let mut call = self.on_session(&scripts::PUT, id);
+                call.arg(key.name()).arg(&bytes).arg(&token);
                 call
             })
             .await?;
@@ -367,17 +368,10 @@ impl RedisSession {
             // A reply lost with the connection: the same write once more,
             // with the same token, which the script recognises if it was
             // applied.
-            let engine = &self.engine;
             let answer = self
                 .run_following(true, |id| {
-                    let k = engine.keys(id);
-                    let mut call = scripts::CAS.prepare_invoke();
-                    call.key(k.hash)
-                        .key(k.tomb)
-                        .arg(key.name())
-                        .arg(rev)
-                        .arg(&out)
-                        .arg(&token);
+                    let mut call = self.on_session(&scripts::CAS, id);
+                    call.arg(key.name()).arg(rev).arg(&out).arg(&token);
                     call
                 })
                 .await?;
@@ -427,12 +421,10 @@ impl RedisSession {
             let slot = borrow::write(&part.values, "remove a value").remove(key.id());
             return Ok(slot.and_then(take_value));
         }
-        let engine = &self.engine;
         let answer = self
             .run_following(false, |id| {
-                let k = engine.keys(id);
-                let mut call = scripts::REMOVE.prepare_invoke();
-                call.key(k.hash).key(k.tomb).arg(key.name());
+                let mut call = self.on_session(&scripts::REMOVE, id);
+                call.arg(key.name());
                 call
             })
             .await?;

@@ -97,25 +97,15 @@ async fn two_servers_over_one_redis_share_count_renew_and_logout() {
     }
 }
 
-/// "Remember me" over Redis: the session gets its own idle timeout in every
-/// process, and the response a persistent cookie whose Max-Age follows it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remember_me_over_redis_gives_a_persistent_cookie() {
+/// Logs in with a 30-day "remember me" through a server over `sessions`:
+/// the `Set-Cookie` of the answer.
+async fn remembered_login(sessions: &RedisSessions) -> String {
     use axum::Router;
     use axum::routing::post;
     use keyed_session::http::CookiePolicy;
     use keyed_session::integrations::axum::{RequestSession, SessionLayer};
     use keyed_session::redis::RedisManager;
 
-    let Some(server) = RedisServer::start() else {
-        return;
-    };
-    let sessions = RedisSessions::builder(&server.url())
-        .namespace("remember")
-        .sweep_every(None)
-        .build()
-        .await
-        .unwrap();
     let manager = RedisManager::new(sessions.clone(), CookiePolicy::new().secure(false)).unwrap();
     let app = Router::new()
         .route(
@@ -134,7 +124,23 @@ async fn remember_me_over_redis_gives_a_persistent_cookie() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let cookie = set_cookie(&resp).expect("a cookie");
+    set_cookie(&resp).expect("a cookie")
+}
+
+/// "Remember me" over Redis: the session gets its own idle timeout in every
+/// process, and the response a persistent cookie whose Max-Age follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remember_me_over_redis_gives_a_persistent_cookie() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let sessions = RedisSessions::builder(&server.url())
+        .namespace("remember")
+        .sweep_every(None)
+        .build()
+        .await
+        .unwrap();
+    let cookie = remembered_login(&sessions).await;
     assert!(cookie.contains("Max-Age=2592000"), "{cookie}");
     let value = cookie.split(';').next().unwrap().split_once('=').unwrap().1;
     let id: keyed_session::SessionId = value.split('.').next().unwrap().parse().unwrap();
@@ -152,12 +158,6 @@ async fn remember_me_over_redis_gives_a_persistent_cookie() {
 /// the cookie lives no longer than the session can (Max-Age at most 12 h).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_cookie_never_outlives_the_absolute_timeout() {
-    use axum::Router;
-    use axum::routing::post;
-    use keyed_session::http::CookiePolicy;
-    use keyed_session::integrations::axum::{RequestSession, SessionLayer};
-    use keyed_session::redis::RedisManager;
-
     let Some(server) = RedisServer::start() else {
         return;
     };
@@ -168,25 +168,7 @@ async fn a_persistent_cookie_never_outlives_the_absolute_timeout() {
         .build()
         .await
         .unwrap();
-    let manager = RedisManager::new(sessions.clone(), CookiePolicy::new().secure(false)).unwrap();
-    let app = Router::new()
-        .route(
-            "/login",
-            post(|s: RequestSession| async move {
-                s.open().await?;
-                s.remember(Duration::from_secs(30 * 24 * 3600)).await?;
-                Ok::<_, keyed_session::Error>("in")
-            }),
-        )
-        .layer(SessionLayer::redis(manager));
-    let base = serve_app(app, true).await;
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/login"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let cookie = set_cookie(&resp).expect("a cookie");
+    let cookie = remembered_login(&sessions).await;
     let max_age: u64 = cookie
         .split("; ")
         .find_map(|a| a.strip_prefix("Max-Age="))
