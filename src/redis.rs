@@ -49,6 +49,7 @@ mod ended;
 mod engine;
 mod error;
 mod group;
+mod lane;
 mod reader;
 mod repair;
 mod reply;
@@ -132,6 +133,7 @@ impl RedisSessions {
             reconciled: Mutex::new(Default::default()),
             seen: Mutex::new(HashMap::new()),
             key_names: Default::default(),
+            lanes: Default::default(),
             stop: watch::channel(false).0,
         });
         for (name, id) in &engine.config.shared_ids {

@@ -108,7 +108,7 @@ impl RedisSessionsBuilder {
                 reconcile_every: Some(Duration::from_secs(60)),
                 claim_after: Duration::from_secs(30),
                 clock: None,
-                update_attempts: 16,
+                update_attempts: 64,
                 event_capacity: 1024,
                 shared: HashMap::new(),
                 shared_ids: Vec::new(),
@@ -218,7 +218,12 @@ impl RedisSessionsBuilder {
     }
 
     /// How many times `update` runs its closure against a value other
-    /// processes keep changing before it gives up (default 16).
+    /// processes keep changing before it gives up with
+    /// [`SharedError::Contended`] (default 64). Updates of one key in one
+    /// process never compete with each other (they queue, each starting from
+    /// the value the one before it wrote), so only another process's write
+    /// costs an attempt; after three conflicts in a row an update waits a
+    /// random moment (up to 16 ms as the streak grows) before the next.
     pub fn update_attempts(mut self, attempts: u32) -> Self {
         self.config.update_attempts = attempts.max(1);
         self

@@ -83,6 +83,8 @@ pub(crate) struct Engine {
     pub(crate) reconciled: Mutex<HashSet<SessionId>>,
     /// One key per name (see `key::names`).
     pub(crate) key_names: crate::key::names::KeyNames,
+    /// This process's queues of updates of one shared key (see `lane.rs`).
+    pub(crate) lanes: crate::redis::lane::Lanes,
     /// Changed (or dropped with the engine) to stop the background tasks.
     pub(crate) stop: watch::Sender<bool>,
 }

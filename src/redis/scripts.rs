@@ -226,8 +226,15 @@ return {'ok', r, old}
     )
 });
 
-/// KEYS: h tomb. ARGV: name expected_r bytes token.
-/// Reply: `{'ok', r}`, `{'conflict', r [, bytes]}`, `{'gone', tombstone}`.
+/// KEYS: h tomb. ARGV: name expected_r bytes token turn_ms.
+/// Reply: `{'ok', r}`, `{'conflict', r [, bytes]}`, `{'wait', r [, bytes]}`,
+/// `{'gone', tombstone}`.
+///
+/// Fair between processes: a writer that lost (`conflict`) takes the key's
+/// next turn (field `q:<name>`, its token and a deadline `turn_ms` away)
+/// unless another loser holds it; while a turn is held by someone else, a
+/// write with the right revision answers `wait` without applying, so the
+/// loser's retry lands next. The turn goes with that write (or its deadline).
 pub(crate) static CAS: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -235,9 +242,23 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', redis.call('GET', KEY
 local r = tonumber(redis.call('HGET', KEYS[1], 'r:' .. ARGV[1]) or '0')
 local seen = redis.call('HGET', KEYS[1], 'k:' .. ARGV[1])
 if seen_token(seen, ARGV[4]) then return {'ok', r} end
+local qf = 'q:' .. ARGV[1]
+local q = redis.call('HGET', KEYS[1], qf)
+local holder = nil
+if q then
+  local tok, until_ms = string.match(q, '(%S+) (%d+)')
+  if tonumber(until_ms) > now_ms(0) then holder = tok end
+end
 if r ~= tonumber(ARGV[2]) then
+  if not holder then
+    redis.call('HSET', KEYS[1], qf, ARGV[4] .. ' ' .. (now_ms(0) + tonumber(ARGV[5])))
+  end
   return {'conflict', r, redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])}
 end
+if holder and holder ~= ARGV[4] then
+  return {'wait', r, redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])}
+end
+if q then redis.call('HDEL', KEYS[1], qf) end
 r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
 redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[3], 'k:' .. ARGV[1], remember(seen, ARGV[4]))

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use parking_lot::Mutex;
 use redis::{ScriptInvocation, Value};
@@ -123,7 +122,7 @@ impl RedisSession {
 
     /// An invocation of `script` on session `id`'s hash and tombstone (the
     /// two keys of every script a handle runs on one session).
-    fn on_session(
+    pub(crate) fn on_session(
         &self,
         script: &'static redis::Script,
         id: &SessionId,
@@ -348,62 +347,7 @@ impl RedisSession {
             }
             return Ok(values.value_mut::<T>(key.id()).map(&mut f));
         }
-        let token = format!("{:016x}", rand::random::<u64>());
-        let attempts = self.engine.config.update_attempts;
-        let (mut rev, mut bytes) = {
-            let shared = self.shared.lock();
-            let field = shared.get(key.name()).cloned().unwrap_or_default();
-            (field.rev, field.bytes)
-        };
-        for attempt in 0..attempts {
-            let mut value = match (&bytes, init.as_mut()) {
-                (Some(b), _) => key.load_value(&mut &b[..]).map_err(SharedError::Value)?,
-                (None, Some(init)) => init(),
-                (None, None) => return Ok(None),
-            };
-            let result = f(&mut value);
-            let mut out = Vec::new();
-            key.save_value(&value, &mut out)
-                .map_err(SharedError::Value)?;
-            // A reply lost with the connection: the same write once more,
-            // with the same token, which the script recognises if it was
-            // applied.
-            let answer = self
-                .run_following(true, |id| {
-                    let mut call = self.on_session(&scripts::CAS, id);
-                    call.arg(key.name()).arg(rev).arg(&out).arg(&token);
-                    call
-                })
-                .await?;
-            match reply::tag(&answer) {
-                "ok" => {
-                    let rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
-                    let field = Field {
-                        rev,
-                        bytes: Some(out),
-                    };
-                    self.shared.lock().insert(key.name().to_owned(), field);
-                    return Ok(Some(result));
-                }
-                "conflict" => {
-                    if attempt + 1 < attempts {
-                        self.engine
-                            .counters
-                            .cas_retries
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
-                    bytes = answer.get(2).and_then(reply::bytes).map(<[u8]>::to_vec);
-                    let field = Field {
-                        rev,
-                        bytes: bytes.clone(),
-                    };
-                    self.shared.lock().insert(key.name().to_owned(), field);
-                }
-                other => return Err(SharedError::protocol(format!("cas answered {other:?}"))),
-            }
-        }
-        Err(SharedError::Contended { attempts })
+        self.update_shared(key, init, f).await
     }
 
     /// Takes the value under `key` out of the session (no `on_delete`).

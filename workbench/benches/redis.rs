@@ -158,7 +158,6 @@ async fn main() {
     let floor = client.get_multiplexed_async_connection().await.unwrap();
     let keyed = RedisSessions::builder(&url)
         .namespace("bench")
-        .update_attempts(1_000_000)
         .sweep_every(None)
         .response_timeout(Duration::from_secs(5))
         .build()
@@ -347,32 +346,43 @@ async fn main() {
         memory.push((case, k, t));
     }
 
-    // Lost updates: 2 stores × 8 tasks incrementing one counter.
-    let per = if quick { 100 } else { 500 };
-    let keyed_two = RedisSessions::builder(&url)
-        .namespace("bench")
-        .update_attempts(1_000_000)
-        .sweep_every(None)
-        .build()
-        .await
-        .unwrap();
-    let id = keyed.create(None).await.unwrap().id();
+    // Contention: 2 stores × 8 tasks, each request a lookup then an increment
+    // of one shared counter, at default settings (refusals counted).
+    let per = if quick { 200 } else { 1_000 };
+    let default_store = || RedisSessions::builder(&url).namespace("bench").build();
+    let (keyed_one, keyed_two) = (
+        default_store().await.unwrap(),
+        default_store().await.unwrap(),
+    );
+    let id = keyed_one.create(None).await.unwrap().id();
     let mut handles = Vec::new();
-    for store in [keyed.clone(), keyed_two] {
+    let started = Instant::now();
+    for store in [keyed_one.clone(), keyed_two] {
         for _ in 0..8 {
             let store = store.clone();
             handles.push(tokio::spawn(async move {
-                let s = store.get(&id, None).await.unwrap();
+                let mut refused = 0u64;
                 for _ in 0..per {
-                    s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
+                    let s = store.get(&id, None).await.unwrap();
+                    if s.update(&COUNTER, || 0, |n| *n += 1).await.is_err() {
+                        refused += 1;
+                    }
                 }
+                refused
             }));
         }
     }
+    let mut keyed_refused = 0;
     for h in handles {
-        h.await.unwrap();
+        keyed_refused += h.await.unwrap();
     }
-    let keyed_kept = keyed.get(&id, None).await.unwrap().get(&COUNTER).unwrap();
+    let keyed_rps = (16 * per) as f64 / started.elapsed().as_secs_f64();
+    let keyed_kept = keyed_one
+        .get(&id, None)
+        .await
+        .unwrap()
+        .get(&COUNTER)
+        .unwrap();
     let pool_two = Pool::new(Config::from_url(&url).unwrap(), None, None, None, 6).unwrap();
     drop(pool_two.connect());
     pool_two.wait_for_connect().await.unwrap();
@@ -381,6 +391,7 @@ async fn main() {
     tower.create(&mut r).await.unwrap();
     let tid = r.id;
     let mut handles = Vec::new();
+    let started = Instant::now();
     for store in [tower.clone(), tower_two] {
         for _ in 0..8 {
             let store = store.clone();
@@ -398,12 +409,13 @@ async fn main() {
     for h in handles {
         h.await.unwrap();
     }
+    let tower_rps = (16 * per) as f64 / started.elapsed().as_secs_f64();
     let tower_kept = tower.load(&tid).await.unwrap().unwrap().data["counter"]
         .as_u64()
         .unwrap();
     let expected = 16 * per as u64;
     println!(
-        "lost-updates keyed-session {keyed_kept} of {expected}; tower-sessions {tower_kept} of {expected}"
+        "contention keyed-session {keyed_kept} of {expected} kept, {keyed_refused} refused, {keyed_rps:.0} req/s; tower-sessions {tower_kept} of {expected} kept, {tower_rps:.0} req/s"
     );
 
     // The README table.
@@ -452,8 +464,14 @@ async fn main() {
         println!("| {case} | {k} | {t} |");
     }
     println!();
-    println!("| lost updates, 2 stores × 8 tasks × {per} | kept |");
-    println!("| --- | ---: |");
-    println!("| keyed-session (`update`, compare-and-set) | {keyed_kept} of {expected} |");
-    println!("| tower-sessions (load, modify, save) | {tower_kept} of {expected} |");
+    println!(
+        "| contention, 2 stores × 8 tasks × {per} (lookup + increment, default settings) | kept | refused | req/s |"
+    );
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| keyed-session (`update`, compare-and-set) | {keyed_kept} of {expected} | {keyed_refused} | {keyed_rps:.0} |"
+    );
+    println!(
+        "| tower-sessions (load, modify, save) | {tower_kept} of {expected} | 0 | {tower_rps:.0} |"
+    );
 }
