@@ -71,11 +71,7 @@ async fn worker() {
         return;
     };
     let idle = Duration::from_millis(std::env::var("KS_IDLE_MS").unwrap().parse().unwrap());
-    let store = builder(&url, idle)
-        .update_attempts(100_000)
-        .build()
-        .await
-        .unwrap();
+    let store = builder(&url, idle).build().await.unwrap();
     let id: SessionId = id.parse().unwrap();
     match role.as_str() {
         "increment" => {

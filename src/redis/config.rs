@@ -13,7 +13,7 @@ use crate::reason::DeleteContext;
 use crate::redis::RedisSessions;
 use crate::redis::error::SharedError;
 
-/// The longest duration the store keeps (about 31,700 years): times are
+/// The longest duration the store keeps (about 35,700 years): times are
 /// milliseconds in Redis' Lua numbers, exact below 2^53. Longer durations,
 /// `Duration::MAX` included, are clamped to it, never a failed script.
 pub(crate) const MAX_DURATION: Duration = Duration::from_millis(1 << 50);

@@ -42,13 +42,23 @@ impl Engine {
     fn lane(&self, id: SessionId, name: &str) -> Lane {
         Arc::clone(self.lanes.lock().entry((id, name.to_owned())).or_default())
     }
+}
 
-    /// Gives `lane` back: the last one out removes it from the map.
-    fn lane_done(&self, id: SessionId, name: &str, lane: Lane) {
-        let mut lanes = self.lanes.lock();
+/// A place in a lane, given back when dropped (also when the update's future
+/// is dropped half-way): the last one out removes the lane from the map.
+struct Ticket<'a> {
+    engine: &'a Engine,
+    id: SessionId,
+    name: &'a str,
+    lane: Lane,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut lanes = self.engine.lanes.lock();
         // The map's reference and this one: nobody else holds or waits.
-        if Arc::strong_count(&lane) == 2 {
-            lanes.remove(&(id, name.to_owned()));
+        if Arc::strong_count(&self.lane) == 2 {
+            lanes.remove(&(self.id, self.name.to_owned()));
         }
     }
 }
@@ -63,28 +73,27 @@ impl RedisSession {
         mut f: impl FnMut(&mut T) -> R,
     ) -> Result<Option<R>, SharedError> {
         let id = self.id();
-        let lane = self.engine.lane(id, key.name());
-        let result = {
-            let mut known = lane.lock().await;
-            // Start from the fresher of this handle's copy and what the
-            // update before this one here learnt.
-            let mine = self
-                .shared
-                .lock()
-                .get(key.name())
-                .cloned()
-                .unwrap_or_default();
-            let start = match known.take() {
-                Some(field) if field.rev >= mine.rev => field,
-                _ => mine,
-            };
-            let out = self
-                .attempt(key, &mut init, &mut f, start, &mut known)
-                .await;
-            out
+        let ticket = Ticket {
+            engine: &self.engine,
+            id,
+            name: key.name(),
+            lane: self.engine.lane(id, key.name()),
         };
-        self.engine.lane_done(id, key.name(), lane);
-        result
+        let mut known = ticket.lane.lock().await;
+        // Start from the fresher of this handle's copy and what the update
+        // before this one here learnt.
+        let mine = self
+            .shared
+            .lock()
+            .get(key.name())
+            .cloned()
+            .unwrap_or_default();
+        let start = match known.take() {
+            Some(field) if field.rev >= mine.rev => field,
+            _ => mine,
+        };
+        self.attempt(key, &mut init, &mut f, start, &mut known)
+            .await
     }
 
     /// The compare-and-set loop, from `start`; leaves in `known` the value

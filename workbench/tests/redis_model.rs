@@ -259,7 +259,6 @@ proptest! {
                     .touch_every(Duration::ZERO)
                     .sweep_every(None)
                     .reconcile_every(None)
-                    .update_attempts(1_000)
                     .response_timeout(Duration::from_secs(5))
                     .build()
             };
