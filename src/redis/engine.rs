@@ -84,10 +84,14 @@ pub(crate) struct Engine {
     /// One key per name (see `key::names`).
     pub(crate) key_names: crate::key::names::KeyNames,
     /// This process's queues of updates of one shared key (see `lane.rs`).
-    pub(crate) lanes: crate::redis::lane::Lanes,
+    pub(crate) lanes: Mutex<HashMap<(SessionId, String), Lane>>,
     /// Changed (or dropped with the engine) to stop the background tasks.
     pub(crate) stop: watch::Sender<bool>,
 }
+
+/// One shared key's queue of updates in one process (see `lane.rs`): what
+/// the last update of it here learnt of its value (`None` before the first).
+pub(crate) type Lane = Arc<tokio::sync::Mutex<Option<Field>>>;
 
 /// A `delete` waiting for this process's local hooks: its token and its
 /// wake-up.

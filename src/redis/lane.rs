@@ -5,25 +5,17 @@
 //! update then runs again on the value the answer brought, backing off with
 //! jitter after a few conflicts in a row.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::id::SessionId;
 use crate::key::Key;
-use crate::redis::engine::Engine;
+use crate::redis::engine::{Engine, Lane};
 use crate::redis::error::SharedError;
 use crate::redis::reply::{self, Field};
 use crate::redis::scripts;
 use crate::redis::session::RedisSession;
-
-/// One key's queue in one process: what the last update of it here learnt
-/// of its value (`None` before the first).
-pub(crate) type Lane = Arc<tokio::sync::Mutex<Option<Field>>>;
-
-/// The lanes with updates queued or running, by session and key name.
-pub(crate) type Lanes = parking_lot::Mutex<HashMap<(SessionId, String), Lane>>;
 
 /// How many conflicts in a row an update takes without waiting; after them
 /// it waits a random time before each attempt, growing with the streak.
