@@ -63,6 +63,20 @@ pub(crate) struct Counters {
     pub(crate) redis_errors: AtomicU64,
 }
 
+impl Counters {
+    /// Runs `hooks` here and now, each under its own `catch_unwind`: a panic
+    /// is counted and the others still run. Every hook runner of the store
+    /// goes through it.
+    pub(crate) fn run_caught<H: FnOnce()>(&self, hooks: impl IntoIterator<Item = H>) {
+        let panics = hooks
+            .into_iter()
+            .map(|hook| catch_unwind(AssertUnwindSafe(hook)).is_err())
+            .filter(|&panicked| panicked)
+            .count() as u64;
+        self.hook_panics.fetch_add(panics, Ordering::Relaxed);
+    }
+}
+
 pub(crate) struct Engine {
     pub(crate) config: Config,
     pub(crate) conn: ConnectionManager,
@@ -238,12 +252,7 @@ impl Engine {
         // the End and take the local part before the question below, and the
         // caller would return before the hooks ran.
         let local = self.locals.lock().get(id).cloned();
-        let k = self.keys(id);
-        let mut call = k.invoke(&scripts::END);
-        call.arg(id.to_string())
-            .arg(reason.as_str())
-            .arg(Self::millis(self.config.retention));
-        let ended = match self.run(&call).await {
+        let ended = match self.run(&self.end_call(id, reason)).await {
             Ok(answer) => reply::tag(&answer) == "ok",
             Err(e) => {
                 self.unwait(id, token);
@@ -281,6 +290,15 @@ impl Engine {
             self.end_locally(*id, reason).await;
         }
         Ok(true)
+    }
+
+    /// The END script for session `id` with `reason`.
+    pub(crate) fn end_call(&self, id: &SessionId, reason: EndReason) -> ScriptInvocation<'static> {
+        let mut call = self.keys(id).invoke(&scripts::END);
+        call.arg(id.to_string())
+            .arg(reason.as_str())
+            .arg(Self::millis(self.config.retention));
+        call
     }
 
     /// Forgets the waiter `token` of `id` (and only it).
@@ -342,12 +360,7 @@ impl Engine {
             let held = Arc::clone(&part);
             borrow::defer(&part.values, move || {
                 let values = held.close(&mut borrow::write(&held.values, "end it"));
-                let panics = values
-                    .into_iter()
-                    .map(|slot| catch_unwind(AssertUnwindSafe(|| slot.delete(&ctx))).is_err())
-                    .filter(|&panicked| panicked)
-                    .count() as u64;
-                counters.hook_panics.fetch_add(panics, Ordering::Relaxed);
+                counters.run_caught(values.into_iter().map(|slot| || slot.delete(&ctx)));
             });
             return;
         }
@@ -382,18 +395,8 @@ impl Engine {
     /// and the others still run.
     async fn run_hooks(&self, hooks: impl Iterator<Item = Hook>) {
         let hooks: Vec<Hook> = hooks.collect();
-        let panics = tokio::task::spawn_blocking(move || {
-            hooks
-                .into_iter()
-                .map(|hook| catch_unwind(AssertUnwindSafe(hook)).is_err())
-                .filter(|&panicked| panicked)
-                .count() as u64
-        })
-        .await
-        .unwrap_or(0);
-        self.counters
-            .hook_panics
-            .fetch_add(panics, Ordering::Relaxed);
+        let counters = Arc::clone(&self.counters);
+        let _ = tokio::task::spawn_blocking(move || counters.run_caught(hooks)).await;
     }
 
     /// Ends what is due in one shard (at most 256 sessions); their hooks run

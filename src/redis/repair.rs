@@ -2,9 +2,7 @@
 //! this process missed), moving a local part to a renewed id, and ending a
 //! create whose answer never came.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use redis::Value;
 
@@ -12,7 +10,7 @@ use crate::id::SessionId;
 use crate::reason::{DeleteCause, DeleteContext, EndReason};
 use crate::redis::engine::Engine;
 use crate::redis::error::SharedError;
-use crate::redis::{reply, scripts};
+use crate::redis::reply;
 
 impl Engine {
     /// Ends session `id` once Redis answers (reason `Deleted`), in the
@@ -30,11 +28,7 @@ impl Engine {
                 if e.stopped() {
                     return;
                 }
-                let mut call = e.keys(&id).invoke(&scripts::END);
-                call.arg(id.to_string())
-                    .arg(EndReason::Deleted.as_str())
-                    .arg(Self::millis(e.config.retention));
-                if e.run(&call).await.is_ok() {
+                if e.run(&e.end_call(&id, EndReason::Deleted)).await.is_ok() {
                     return;
                 }
             }
@@ -130,11 +124,8 @@ impl Engine {
                 peer: into.peer,
                 cause: DeleteCause::Replaced,
             };
-            for slot in replaced {
-                if catch_unwind(AssertUnwindSafe(|| slot.delete(&ctx))).is_err() {
-                    self.counters.hook_panics.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            self.counters
+                .run_caught(replaced.into_iter().map(|slot| || slot.delete(&ctx)));
         }
         let mut seen = self.seen.lock();
         if let Some(entry) = seen.remove(old) {
