@@ -100,7 +100,7 @@ impl RedisSession {
     ) -> Result<Option<R>, SharedError> {
         let token = format!("{:016x}", rand::random::<u64>());
         let attempts = self.engine.config.update_attempts;
-        let Field { mut rev, mut bytes } = start;
+        let mut current = start;
         let mut streak = 0u32;
         let mut waits = 0u32;
         let mut attempt = 0u32;
@@ -114,7 +114,7 @@ impl RedisSession {
                 let wait = rand::random::<u64>() % (cap * 1000);
                 tokio::time::sleep(Duration::from_micros(wait)).await;
             }
-            let mut value = match (&bytes, init.as_mut()) {
+            let mut value = match (&current.bytes, init.as_mut()) {
                 (Some(b), _) => key.load_value(&mut &b[..]).map_err(SharedError::Value)?,
                 (None, Some(init)) => init(),
                 (None, None) => return Ok(None),
@@ -130,7 +130,7 @@ impl RedisSession {
                 .run_following(true, |id| {
                     let mut call = self.on_session(&scripts::CAS, id);
                     call.arg(key.name())
-                        .arg(rev)
+                        .arg(current.rev)
                         .arg(&out)
                         .arg(&token)
                         .arg(TURN_MS);
@@ -139,15 +139,7 @@ impl RedisSession {
                 .await?;
             match reply::tag(&answer) {
                 "ok" => {
-                    let rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
-                    let field = Field {
-                        rev,
-                        bytes: Some(out),
-                    };
-                    self.shared
-                        .lock()
-                        .insert(key.name().to_owned(), field.clone());
-                    *known = Some(field);
+                    self.learn(key.name(), reply::written(&answer, Some(out)), known);
                     return Ok(Some(result));
                 }
                 // Another process lost the last round and has the turn:
@@ -166,21 +158,21 @@ impl RedisSession {
                             .cas_retries
                             .fetch_add(1, Ordering::Relaxed);
                     }
-                    rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
-                    bytes = answer.get(2).and_then(reply::bytes).map(<[u8]>::to_vec);
-                    let field = Field {
-                        rev,
-                        bytes: bytes.clone(),
-                    };
-                    self.shared
-                        .lock()
-                        .insert(key.name().to_owned(), field.clone());
-                    *known = Some(field);
+                    let bytes = answer.get(2).and_then(reply::bytes).map(<[u8]>::to_vec);
+                    current = reply::written(&answer, bytes);
+                    self.learn(key.name(), current.clone(), known);
                 }
                 "wait" => break,
                 other => return Err(SharedError::protocol(format!("cas answered {other:?}"))),
             }
         }
         Err(SharedError::Contended { attempts })
+    }
+
+    /// Keeps what an answer said of key `name`, in this handle's copy and in
+    /// the lane (for the next update of the key in this process).
+    fn learn(&self, name: &str, field: Field, known: &mut Option<Field>) {
+        self.shared.lock().insert(name.to_owned(), field.clone());
+        *known = Some(field);
     }
 }

@@ -51,6 +51,15 @@ pub(crate) struct Field {
     pub(crate) bytes: Option<Vec<u8>>,
 }
 
+/// A key as a write's answer leaves it: the revision the answer names (its
+/// second item) with `bytes`.
+pub(crate) fn written(answer: &[Value], bytes: Option<Vec<u8>>) -> Field {
+    Field {
+        rev: answer.get(1).and_then(int).unwrap_or(0) as u64,
+        bytes,
+    }
+}
+
 /// The shared keys' fields of a flat `HGETALL` reply (`v:<name>` and
 /// `r:<name>`), by key name.
 pub(crate) fn fields(all: &Value) -> HashMap<String, Field> {

@@ -250,11 +250,7 @@ impl RedisSession {
             .await?;
         match reply::tag(&answer) {
             "ok" => {
-                let rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
-                let field = Field {
-                    rev,
-                    bytes: Some(bytes),
-                };
+                let field = reply::written(&answer, Some(bytes));
                 self.shared.lock().insert(key.name().to_owned(), field);
                 Ok(answer
                     .get(2)
@@ -374,10 +370,8 @@ impl RedisSession {
             .await?;
         match reply::tag(&answer) {
             "ok" => {
-                let rev = answer.get(1).and_then(reply::int).unwrap_or(0) as u64;
-                self.shared
-                    .lock()
-                    .insert(key.name().to_owned(), Field { rev, bytes: None });
+                let field = reply::written(&answer, None);
+                self.shared.lock().insert(key.name().to_owned(), field);
                 match answer.get(2).and_then(reply::bytes) {
                     Some(old) => key
                         .load_value(&mut &old[..])
