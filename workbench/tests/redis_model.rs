@@ -232,17 +232,26 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-static CASE: AtomicU64 = AtomicU64::new(0);
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-
-    #[test]
-    fn two_stores_agree_with_one_model(ops in proptest::collection::vec(op(), 1..40)) {
-        let Some(server) = SERVER.as_ref() else { return Ok(()) };
+/// One server for every case (each case has its own namespace), owned by
+/// the test so that it is stopped when the test ends (a `static` would never
+/// be dropped, and would leave the server running).
+#[test]
+fn two_stores_agree_with_one_model() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let case = AtomicU64::new(0);
+    let config = ProptestConfig {
+        cases: 24,
+        source_file: Some(file!()),
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let ops = proptest::collection::vec(op(), 1..40);
+    let outcome = runner.run(&ops, |ops| {
         let rt = runtime();
         rt.block_on(async {
-            let ns = format!("model{}", CASE.fetch_add(1, Ordering::Relaxed));
+            let ns = format!("model{}", case.fetch_add(1, Ordering::Relaxed));
             let clock = ManualClock::new();
             let local_ends: [Arc<Mutex<HashMap<SessionId, u64>>>; 2] = Default::default();
             let keys = [0, 1].map(|store: usize| {
@@ -278,9 +287,9 @@ proptest! {
             }
             world.check_ends().await;
         });
+        Ok(())
+    });
+    if let Err(failure) = outcome {
+        panic!("{failure}");
     }
 }
-
-/// One server for every case (each case has its own namespace).
-static SERVER: std::sync::LazyLock<Option<RedisServer>> =
-    std::sync::LazyLock::new(RedisServer::start);
