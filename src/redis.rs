@@ -44,6 +44,7 @@
 //! ```
 
 mod attach;
+mod cache;
 mod config;
 mod ended;
 mod engine;
@@ -51,10 +52,12 @@ mod error;
 mod group;
 mod lane;
 mod reader;
+mod renew;
 mod repair;
 mod reply;
 mod scripts;
 mod session;
+mod stats;
 #[cfg(feature = "axum")]
 mod web;
 
@@ -79,6 +82,7 @@ pub use attach::RedisClientGuard;
 pub use config::RedisSessionsBuilder;
 pub use error::SharedError;
 pub use session::RedisSession;
+pub use stats::RedisStats;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use web::RedisManager;
@@ -119,6 +123,7 @@ impl RedisSessions {
             .set_connection_timeout(Some(config.response_timeout))
             .set_number_of_retries(2);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
+        let cache = cache::Cache::new(&client, config.local_cache, config.response_timeout)?;
         let event_capacity = config.event_capacity;
         let sweep_every = config.sweep_every;
         let reconcile_every = config.reconcile_every;
@@ -131,7 +136,7 @@ impl RedisSessions {
             waiting: Mutex::new(HashMap::new()),
             next_waiter: std::sync::atomic::AtomicU64::new(0),
             reconciled: Mutex::new(Default::default()),
-            seen: Mutex::new(HashMap::new()),
+            cache,
             key_names: Default::default(),
             lanes: Default::default(),
             stop: watch::channel(false).0,
@@ -254,7 +259,7 @@ impl RedisSessions {
                         .config
                         .absolute
                         .map_or(0, |a| now + Engine::millis(a) as i64);
-                    return Ok(self.handle(id, peer, e.config.idle, absolute, HashMap::new()));
+                    return Ok(self.handle(id, peer, e.config.idle, absolute, Arc::default()));
                 }
                 "taken" => continue,
                 "full" => return Err(SharedError::Create(CreateError::Full { limit: limit() })),
@@ -275,7 +280,7 @@ impl RedisSessions {
         peer: Option<IpAddr>,
         idle: std::time::Duration,
         absolute_ms: i64,
-        shared: HashMap<String, reply::Field>,
+        shared: Arc<HashMap<String, reply::Field>>,
     ) -> RedisSession {
         RedisSession {
             engine: Arc::clone(&self.engine),
@@ -304,23 +309,40 @@ impl RedisSessions {
     ) -> Result<RedisSession, SharedError> {
         let peer = peer.into();
         let e = &self.engine;
+        let touch_ms = Engine::millis(e.config.touch_every()) as i64;
+        if let Some(copy) = e.cache.hit(id, e.clock_ms(), touch_ms)
+            && e.config.binding.allows(copy.bound, peer)
+        {
+            let idle = std::time::Duration::from_millis(copy.idle_ms.max(0) as u64);
+            let fields = Arc::clone(&copy.fields);
+            return Ok(self.handle(*id, copy.bound, idle, copy.absolute_ms, fields));
+        }
+        let ticket = e.cache.begin(id);
+        let known = ticket.as_ref().and_then(|t| t.known.as_ref());
         let k = e.keys(id);
         let id_text = id.to_string();
-        let known = e.seen.lock().get(id).map(|(rev, _)| rev.clone());
         let mut call = k.invoke(&scripts::LOAD);
         call.arg(e.now_arg())
             .arg(Engine::millis(e.config.touch_every()))
-            .arg(known.as_deref().unwrap_or("-1"))
+            .arg(known.map_or("-1", |(rev, _)| rev.as_str()))
             .arg(&id_text)
             .arg(Engine::millis(e.config.retention));
-        let answer = e.run(&call).await?;
+        let sent_ms = cache::local_ms();
+        let answer = e.run_tracked(&call).await?;
         match reply::tag(&answer) {
             "ok" => {}
             // Ended by this call: the hooks run from its End event.
-            "expired" => return Err(SharedError::Refused(Refused::Expired)),
-            "gone" | "missing" => return Err(SharedError::Refused(Refused::NotFound)),
+            "expired" => {
+                e.cache.forget(id);
+                return Err(SharedError::Refused(Refused::Expired));
+            }
+            "gone" | "missing" => {
+                e.cache.forget(id);
+                return Err(SharedError::Refused(Refused::NotFound));
+            }
             other => return Err(SharedError::protocol(format!("load answered {other:?}"))),
         }
+        let int = |i: usize| answer.get(i).and_then(reply::int).unwrap_or(0);
         let bound: Option<IpAddr> = answer
             .get(5)
             .and_then(reply::text)
@@ -330,25 +352,31 @@ impl RedisSessions {
             return Err(SharedError::Refused(Refused::IpMismatch));
         }
         let rev = answer.get(6).and_then(reply::text).unwrap_or("").to_owned();
-        let shared = match answer.get(8) {
+        let fields = match (answer.get(9), known) {
             // Changed since this process last looked (or never seen).
-            Some(all) => {
-                let fields = Arc::new(reply::fields(all));
-                e.seen.lock().insert(*id, (rev, Arc::clone(&fields)));
-                fields
-            }
-            None => match e.seen.lock().get(id) {
-                Some((_, fields)) => Arc::clone(fields),
-                None => Arc::default(),
-            },
+            (Some(all), _) => Arc::new(reply::fields(all)),
+            (None, Some((_, fields))) => Arc::clone(fields),
+            (None, None) => Arc::default(),
         };
-        let idle = answer
+        let idle_ms = answer
             .get(3)
             .and_then(reply::int)
-            .and_then(|ms| u64::try_from(ms).ok())
-            .map_or(e.config.idle, std::time::Duration::from_millis);
-        let absolute = answer.get(4).and_then(reply::int).unwrap_or(0);
-        Ok(self.handle(*id, bound, idle, absolute, (*shared).clone()))
+            .unwrap_or(Engine::millis(e.config.idle) as i64);
+        let absolute = int(4);
+        if let Some(ticket) = &ticket {
+            let entry = cache::Entry {
+                la: int(2),
+                idle_ms,
+                absolute_ms: absolute,
+                bound,
+                rev,
+                fields: Arc::clone(&fields),
+                offset_ms: int(8).saturating_sub(sent_ms),
+            };
+            e.cache.fill(id, ticket, entry);
+        }
+        let idle = std::time::Duration::from_millis(idle_ms.max(0) as u64);
+        Ok(self.handle(*id, bound, idle, absolute, fields))
     }
 
     /// Ends session `id` (reason [`Deleted`](EndReason::Deleted)) in every
@@ -360,86 +388,6 @@ impl RedisSessions {
     /// [`SharedError::Unavailable`].
     pub async fn delete(&self, id: &SessionId) -> Result<bool, SharedError> {
         self.engine.end(id, EndReason::Deleted).await
-    }
-
-    /// Gives the session a new id, keeping its values: the old id is refused
-    /// at once by every process, and local values follow in each.
-    ///
-    /// Safe when a reply is lost: a renew whose answer misses the response
-    /// timeout is sent again with the same new id, which the script
-    /// recognises, so the handle (and the cookie) learns the new id. Should
-    /// no answer come at all, the next renew through this handle asks for
-    /// that same id, and any other call through it follows the old id's
-    /// tombstone. A lookup by the old id from a cookie stays refused.
-    ///
-    /// # Errors
-    /// [`SharedError::Ended`] when the session has ended, or this store has
-    /// shut down; [`SharedError::Unavailable`].
-    pub async fn renew(&self, session: &RedisSession) -> Result<SessionId, SharedError> {
-        let e = &self.engine;
-        if e.stopped() {
-            return Err(SharedError::Ended);
-        }
-        for _ in 0..64 {
-            let old = session.id();
-            let shard = e.shard(&old);
-            // A renew whose reply was lost is asked for again with the same
-            // new id, which the script recognises; otherwise a fresh one in
-            // the same shard (one script, one slot): a few draws, 124 random
-            // bits left.
-            let pending = session.pending_renew.lock().take();
-            let new = pending.filter(|n| e.shard(n) == shard).unwrap_or_else(|| {
-                loop {
-                    let id = SessionId::random();
-                    if e.shard(&id) == shard {
-                        break id;
-                    }
-                }
-            });
-            let (ko, kn) = (e.keys(&old), e.keys(&new));
-            let mut call = scripts::RENEW.prepare_invoke();
-            call.key(&ko.hash)
-                .key(&kn.hash)
-                .key(&ko.due)
-                .key(&ko.events)
-                .key(&ko.tomb)
-                .key(&kn.tomb)
-                .arg(old.to_string())
-                .arg(new.to_string())
-                .arg(Engine::millis(e.config.retention));
-            let mut answer = e.run(&call).await;
-            for _ in 0..3 {
-                match answer {
-                    Err(SharedError::Unavailable(_)) => answer = e.run(&call).await,
-                    _ => break,
-                }
-            }
-            let answer = match answer {
-                Err(why) => {
-                    // Redis may have applied it: the next renew through this
-                    // handle asks for the same new id, and any other call
-                    // through it follows the old id's tombstone.
-                    *session.pending_renew.lock() = Some(new);
-                    return Err(why);
-                }
-                Ok(answer) => answer,
-            };
-            match reply::tag(&answer) {
-                "ok" => {
-                    session.follow(old, new);
-                    return Ok(new);
-                }
-                "taken" => continue,
-                // Renewed elsewhere since this handle was taken: follow it,
-                // then renew that.
-                "gone" => match reply::gone_to(&answer) {
-                    Some(there) => session.follow(old, there),
-                    None => return Err(SharedError::Ended),
-                },
-                other => return Err(SharedError::protocol(format!("renew answered {other:?}"))),
-            }
-        }
-        Err(SharedError::Create(CreateError::IdCollision))
     }
 
     /// Every process's begin, renew and end events, each `End` after this
@@ -486,13 +434,5 @@ impl RedisSessions {
     /// [`SharedError::Unavailable`].
     pub async fn reconcile(&self) -> Result<usize, SharedError> {
         self.engine.reconcile().await
-    }
-
-    /// How many `on_delete` hooks panicked in this process (caught).
-    pub fn hook_panics(&self) -> u64 {
-        self.engine
-            .counters
-            .hook_panics
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }

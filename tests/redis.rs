@@ -86,7 +86,13 @@ async fn two_stores_share_sessions_and_keep_local_keys_apart() {
         "still there in the process that set it"
     );
     assert_eq!(seen.remove(&COUNTER).await.unwrap(), Some(5));
-    assert_eq!(a.get(&s.id(), None).await.unwrap().get(&COUNTER), None);
+    // The writer sees its write at once; the other store once Redis'
+    // invalidation of its copy arrives.
+    assert_eq!(b.get(&s.id(), None).await.unwrap().get(&COUNTER), None);
+    redis_server::seen_by(&a, &s.id(), "the removal", |s| {
+        s.as_ref().is_ok_and(|s| s.get(&COUNTER).is_none())
+    })
+    .await;
 }
 
 /// 2 stores × 8 tasks × 1,000 requests that each look the session up and

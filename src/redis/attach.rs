@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::redis::engine::Engine;
 use crate::redis::error::SharedError;
-use crate::redis::session::RedisSession;
+use crate::redis::session::{RedisSession, Route};
 use crate::redis::{reply, scripts};
 
 impl RedisSession {
@@ -53,7 +53,7 @@ impl RedisSession {
         let idle = crate::redis::config::clamp(idle);
         let engine = &self.engine;
         let answer = self
-            .run_following(false, |id| {
+            .run_following(Route::Write, false, |id| {
                 let mut call = engine.keys(id).invoke(&scripts::SET_IDLE);
                 call.arg(engine.now_arg())
                     .arg(id.to_string())

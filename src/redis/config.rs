@@ -46,6 +46,7 @@ pub(crate) struct Config {
     pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) update_attempts: u32,
     pub(crate) event_capacity: usize,
+    pub(crate) local_cache: usize,
     pub(crate) shared: HashMap<String, SharedHook>,
     /// The registered shared keys' names and ids, admitted into the store's
     /// one-key-per-name registry when it starts.
@@ -110,6 +111,7 @@ impl RedisSessionsBuilder {
                 clock: None,
                 update_attempts: 64,
                 event_capacity: 1024,
+                local_cache: 10_000,
                 shared: HashMap::new(),
                 shared_ids: Vec::new(),
             },
@@ -243,6 +245,31 @@ impl RedisSessionsBuilder {
     /// [`RedisSessions::ended`] then asks Redis instead.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.config.event_capacity = capacity.max(1);
+        self
+    }
+
+    /// How many sessions this process keeps a copy of (default 10,000; 0
+    /// for none), so that the lookup of a session it served recently costs
+    /// no round trip.
+    ///
+    /// Redis keeps the copy true: lookups and shared-value writes go over a
+    /// connection of their own with client tracking on (RESP3, Redis 6+),
+    /// and Redis pushes an invalidation on it when another process changes,
+    /// renews or ends a session this process read. A lookup is answered from
+    /// the copy only when no invalidation came since it was read, its
+    /// deadline has not passed and no touch is due (`touch_every`); writes
+    /// this process makes show in its copy at once. Another process's change
+    /// shows here once its invalidation arrives (well under a millisecond on
+    /// loopback). A lost connection or a flush drops every copy.
+    ///
+    /// ```
+    /// use keyed_session::redis::RedisSessions;
+    /// // Every lookup asks Redis (no copy, no tracking connection).
+    /// let builder = RedisSessions::builder("redis://127.0.0.1:6379").local_cache(0);
+    /// # drop(builder);
+    /// ```
+    pub fn local_cache(mut self, sessions: usize) -> Self {
+        self.config.local_cache = sessions;
         self
     }
 

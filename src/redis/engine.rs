@@ -88,10 +88,9 @@ pub(crate) struct Engine {
     /// caller giving up never takes another's place).
     pub(crate) waiting: Mutex<HashMap<SessionId, Vec<Waiter>>>,
     pub(crate) next_waiter: AtomicU64,
-    /// The shared values of each session as this process last loaded them,
-    /// with the session's revision: a lookup whose revision is unchanged
-    /// brings no values. Dropped at the session's end.
-    pub(crate) seen: Mutex<HashMap<SessionId, Seen>>,
+    /// The sessions this process served, as Redis keeps them true (see
+    /// `cache.rs`).
+    pub(crate) cache: crate::redis::cache::Cache,
     /// Ends that reconciliation found and handled (hooks, `End`) before the
     /// reader saw their event, if it ever does: the reader then skips it.
     pub(crate) reconciled: Mutex<HashSet<SessionId>>,
@@ -110,9 +109,6 @@ pub(crate) type Lane = Arc<tokio::sync::Mutex<Option<Field>>>;
 /// A `delete` waiting for this process's local hooks: its token and its
 /// wake-up.
 pub(crate) type Waiter = (u64, oneshot::Sender<()>);
-
-/// A session's revision and its shared values, as last loaded.
-pub(crate) type Seen = (String, Arc<HashMap<String, Field>>);
 
 /// One user hook, ready to run.
 type Hook = Box<dyn FnOnce() + Send>;
@@ -187,6 +183,31 @@ impl Engine {
         u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Runs a script that reads or writes values of one session over the
+    /// cache's tracked link (over the main connection without a cache).
+    pub(crate) async fn run_tracked(
+        &self,
+        call: &ScriptInvocation<'_>,
+    ) -> Result<Vec<Value>, SharedError> {
+        if !self.cache.enabled() {
+            return self.run(call).await;
+        }
+        let answer = self.cache.run(call).await;
+        if answer.is_err() {
+            self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        reply::array(answer?)
+    }
+
+    /// The scripts' clock when the store has one (Unix ms), else `None`
+    /// (Redis' own).
+    pub(crate) fn clock_ms(&self) -> Option<i64> {
+        self.config
+            .clock
+            .as_ref()
+            .map(|_| i64::try_from(self.now_arg()).unwrap_or(i64::MAX))
+    }
+
     /// Runs a script, failing with `Unavailable` after the response timeout.
     pub(crate) async fn run(&self, call: &ScriptInvocation<'_>) -> Result<Vec<Value>, SharedError> {
         let mut conn = self.conn.clone();
@@ -226,7 +247,9 @@ impl Engine {
         call.arg(self.now_arg())
             .arg(id.to_string())
             .arg(Self::millis(self.config.retention));
-        self.run(&call).await
+        let answer = self.run(&call).await;
+        self.cache.invalidate(id);
+        answer
     }
 
     /// Whether this process's store shut down (its background tasks are
@@ -252,7 +275,9 @@ impl Engine {
         // the End and take the local part before the question below, and the
         // caller would return before the hooks ran.
         let local = self.locals.lock().get(id).cloned();
-        let ended = match self.run(&self.end_call(id, reason)).await {
+        let answer = self.run(&self.end_call(id, reason)).await;
+        self.cache.forget(id);
+        let ended = match answer {
             Ok(answer) => reply::tag(&answer) == "ok",
             Err(e) => {
                 self.unwait(id, token);
@@ -266,7 +291,6 @@ impl Engine {
         let Some(part) = local else {
             // No local value here: no hook for the reader to run first.
             self.unwait(id, token);
-            self.seen.lock().remove(id);
             return Ok(true);
         };
         if self.stopped() || borrow::held(&part.values).is_some() {
@@ -346,7 +370,7 @@ impl Engine {
     /// closure over the part's values (an end from inside `with`), the values
     /// are taken and their hooks run as the closure returns, as in memory.
     pub(crate) async fn end_locally(&self, id: SessionId, reason: EndReason) {
-        self.seen.lock().remove(&id);
+        self.cache.forget(&id);
         let Some(part) = self.locals.lock().remove(&id) else {
             return;
         };

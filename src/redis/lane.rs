@@ -15,7 +15,7 @@ use crate::redis::engine::{Engine, Lane};
 use crate::redis::error::SharedError;
 use crate::redis::reply::{self, Field};
 use crate::redis::scripts;
-use crate::redis::session::RedisSession;
+use crate::redis::session::{Pending, RedisSession, Route};
 
 /// How many conflicts in a row an update takes without waiting; after them
 /// it waits a random time before each attempt, growing with the streak.
@@ -126,8 +126,9 @@ impl RedisSession {
             // A reply lost with the connection: the same write once more,
             // with the same token, which the script recognises if it was
             // applied.
+            let pending = Pending::new(self);
             let answer = self
-                .run_following(true, |id| {
+                .run_following(Route::Tracked, true, |id| {
                     let mut call = self.on_session(&scripts::CAS, id);
                     call.arg(key.name())
                         .arg(current.rev)
@@ -139,7 +140,9 @@ impl RedisSession {
                 .await?;
             match reply::tag(&answer) {
                 "ok" => {
-                    self.learn(key.name(), reply::written(&answer, Some(out)), known);
+                    let field = reply::written(&answer, Some(out));
+                    *known = Some(field.clone());
+                    pending.wrote(key.name(), field);
                     return Ok(Some(result));
                 }
                 // Another process lost the last round and has the turn:
@@ -172,7 +175,7 @@ impl RedisSession {
     /// Keeps what an answer said of key `name`, in this handle's copy and in
     /// the lane (for the next update of the key in this process).
     fn learn(&self, name: &str, field: Field, known: &mut Option<Field>) {
-        self.shared.lock().insert(name.to_owned(), field.clone());
+        Arc::make_mut(&mut self.shared.lock()).insert(name.to_owned(), field.clone());
         *known = Some(field);
     }
 }

@@ -138,7 +138,7 @@ fn handle(engine: &Arc<Engine>, fields: &[(String, String)]) {
                 .and_then(EndReason::from_name)
                 .unwrap_or(EndReason::Deleted);
             if !engine.locals.lock().contains_key(&id) {
-                engine.seen.lock().remove(&id);
+                engine.cache.forget(&id);
                 engine.events.send(Event::End { id, peer, reason });
                 engine.handled(&id);
                 return;

@@ -127,9 +127,7 @@ impl Engine {
             self.counters
                 .run_caught(replaced.into_iter().map(|slot| || slot.delete(&ctx)));
         }
-        let mut seen = self.seen.lock();
-        if let Some(entry) = seen.remove(old) {
-            seen.insert(new, entry);
-        }
+        self.cache.forget(old);
+        self.cache.forget(&new);
     }
 }

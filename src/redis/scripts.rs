@@ -64,6 +64,11 @@ end
 local function seen_token(seen, token)
   return string.find(' ' .. (seen or '') .. ' ', ' ' .. token .. ' ', 1, true) ~= nil
 end
+-- A write over the tracked link (NOLOOP) stops Redis tracking the hash
+-- for it; reading the hash again tracks it again.
+local function retrack(h)
+  redis.call('EXISTS', h)
+end
 local function expiry_reason(now, ab)
   if ab > 0 and now >= ab then return 'absolute-expired' end
   return 'idle-expired'
@@ -197,9 +202,11 @@ if now - la >= tonumber(ARGV[2]) then
   local d = deadline(now, it, ab)
   redis.call('ZADD', KEYS[2], d, ARGV[4])
   la = now
+  retrack(KEYS[1])
 end
 local rev = m['rev']
-local head = {'ok', m['c'], string.format('%d', la), m['it'], m['ab'], m['ip'] or '', rev, m['prev'] or ''}
+local head = {'ok', m['c'], string.format('%d', la), m['it'], m['ab'], m['ip'] or '', rev, m['prev'] or '',
+  string.format('%d', now)}
 if rev ~= ARGV[3] then table.insert(head, all) end
 return head
 "#,
@@ -221,6 +228,7 @@ local old = redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])
 local r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
 redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[2], 'k:' .. ARGV[1], remember(seen, ARGV[3]))
+retrack(KEYS[1])
 return {'ok', r, old}
 "#,
     )
@@ -252,6 +260,7 @@ end
 if r ~= tonumber(ARGV[2]) then
   if not holder then
     redis.call('HSET', KEYS[1], qf, ARGV[4] .. ' ' .. (now_ms(0) + tonumber(ARGV[5])))
+    retrack(KEYS[1])
   end
   return {'conflict', r, redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])}
 end
@@ -262,6 +271,7 @@ if q then redis.call('HDEL', KEYS[1], qf) end
 r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
 redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[3], 'k:' .. ARGV[1], remember(seen, ARGV[4]))
+retrack(KEYS[1])
 return {'ok', r}
 "#,
     )
@@ -280,6 +290,7 @@ end
 redis.call('HDEL', KEYS[1], 'v:' .. ARGV[1], 'k:' .. ARGV[1])
 local r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
 redis.call('HINCRBY', KEYS[1], 'rev', 1)
+retrack(KEYS[1])
 return {'ok', r, old}
 "#,
     )

@@ -18,6 +18,19 @@ use crate::redis::error::SharedError;
 use crate::redis::reply::{self, Field};
 use crate::redis::scripts;
 
+/// Which connection a script of a handle runs over, and what this
+/// process's copy of the session makes of it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// A read over the main connection.
+    Read,
+    /// A change over the main connection: the copy stops answering.
+    Write,
+    /// A value write over the cache's tracked link: the caller applies it
+    /// to the copy ([`Cache::wrote`](crate::redis::cache::Cache::wrote)).
+    Tracked,
+}
+
 /// A session of a [`RedisSessions`](crate::redis::RedisSessions) store, as
 /// one request sees it.
 ///
@@ -41,7 +54,41 @@ pub struct RedisSession {
     /// The new id of a renew through this handle whose answer was lost: the
     /// next renew asks for the same one (Redis may have applied it).
     pub(crate) pending_renew: Mutex<Option<SessionId>>,
-    pub(crate) shared: Mutex<HashMap<String, Field>>,
+    pub(crate) shared: Mutex<Arc<HashMap<String, Field>>>,
+}
+
+/// A value write over the cache's link whose effect on this process's copy
+/// is not known yet: given up (an error, or the future dropped half-way),
+/// the copy stops answering.
+pub(crate) struct Pending<'a> {
+    session: &'a RedisSession,
+    done: bool,
+}
+
+impl<'a> Pending<'a> {
+    pub(crate) fn new(session: &'a RedisSession) -> Self {
+        Pending {
+            session,
+            done: false,
+        }
+    }
+
+    /// The write landed with key `name` now at `field`: this handle and the
+    /// copy take it.
+    pub(crate) fn wrote(mut self, name: &str, field: Field) {
+        self.done = true;
+        let s = self.session;
+        s.engine.cache.wrote(&s.id(), name, &field);
+        Arc::make_mut(&mut s.shared.lock()).insert(name.to_owned(), field);
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.session.engine.cache.invalidate(&self.session.id());
+        }
+    }
 }
 
 impl fmt::Debug for RedisSession {
@@ -81,10 +128,12 @@ impl RedisSession {
     /// session through renews made anywhere (the tombstone's pointer): a
     /// handle is the session itself, unlike a cookie, whose old id stays
     /// refused. With `resend`, a reply lost to a timeout is asked for once
-    /// more (the scripts so resent recognise their own write). Answers with
-    /// the script's reply; `Ended` when the session ended.
+    /// more (the scripts so resent recognise their own write). `route` says
+    /// which connection and what the cache makes of it. Answers with the
+    /// script's reply; `Ended` when the session ended.
     pub(crate) async fn run_following(
         &self,
+        route: Route,
         resend: bool,
         make: impl Fn(&SessionId) -> ScriptInvocation<'static>,
     ) -> Result<Vec<Value>, SharedError> {
@@ -95,13 +144,26 @@ impl RedisSession {
         for _ in 0..8 {
             let id = self.id();
             let call = make(&id);
-            let answer = match self.engine.run(&call).await {
-                Err(SharedError::Unavailable(_)) if resend => self.engine.run(&call).await?,
+            let run = || async {
+                let answer = match route {
+                    Route::Tracked => self.engine.run_tracked(&call).await,
+                    Route::Read | Route::Write => self.engine.run(&call).await,
+                };
+                if route == Route::Write {
+                    // A change over the main connection: this process's
+                    // copy stops answering at once (Redis tells the others).
+                    self.engine.cache.invalidate(&id);
+                }
+                answer
+            };
+            let answer = match run().await {
+                Err(SharedError::Unavailable(_)) if resend => run().await?,
                 answer => answer?,
             };
             if reply::tag(&answer) != "gone" {
                 return Ok(answer);
             }
+            self.engine.cache.forget(&id);
             let Some(new) = reply::gone_to(&answer) else {
                 return Err(SharedError::Ended);
             };
@@ -137,7 +199,9 @@ impl RedisSession {
     /// of a local value.
     async fn alive(&self) -> Result<(), SharedError> {
         let answer = self
-            .run_following(false, |id| self.on_session(&scripts::ALIVE, id))
+            .run_following(Route::Read, false, |id| {
+                self.on_session(&scripts::ALIVE, id)
+            })
             .await?;
         match reply::tag(&answer) {
             "ok" => Ok(()),
@@ -241,8 +305,9 @@ impl RedisSession {
         key.save_value(&value, &mut bytes)
             .map_err(SharedError::Value)?;
         let token = format!("{:016x}", rand::random::<u64>());
+        let pending = Pending::new(self);
         let answer = self
-            .run_following(true, |id| {
+            .run_following(Route::Tracked, true, |id| {
                 let mut call = self.on_session(&scripts::PUT, id);
                 call.arg(key.name()).arg(&bytes).arg(&token);
                 call
@@ -250,8 +315,7 @@ impl RedisSession {
             .await?;
         match reply::tag(&answer) {
             "ok" => {
-                let field = reply::written(&answer, Some(bytes));
-                self.shared.lock().insert(key.name().to_owned(), field);
+                pending.wrote(key.name(), reply::written(&answer, Some(bytes)));
                 Ok(answer
                     .get(2)
                     .and_then(reply::bytes)
@@ -361,8 +425,9 @@ impl RedisSession {
             let slot = borrow::write(&part.values, "remove a value").remove(key.id());
             return Ok(slot.and_then(take_value));
         }
+        let pending = Pending::new(self);
         let answer = self
-            .run_following(false, |id| {
+            .run_following(Route::Tracked, false, |id| {
                 let mut call = self.on_session(&scripts::REMOVE, id);
                 call.arg(key.name());
                 call
@@ -370,8 +435,7 @@ impl RedisSession {
             .await?;
         match reply::tag(&answer) {
             "ok" => {
-                let field = reply::written(&answer, None);
-                self.shared.lock().insert(key.name().to_owned(), field);
+                pending.wrote(key.name(), reply::written(&answer, None));
                 match answer.get(2).and_then(reply::bytes) {
                     Some(old) => key
                         .load_value(&mut &old[..])

@@ -94,3 +94,27 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// Looks `id` up in `store` until `check` holds for the answer (at most 10 s,
+/// a bound against a hang): another store's change reaches this store's copy
+/// of the session once Redis' invalidation arrives, well within a
+/// millisecond on loopback, but not at the instant the writer returns.
+#[cfg(feature = "redis")]
+#[allow(dead_code)]
+pub async fn seen_by(
+    store: &keyed_session::redis::RedisSessions,
+    id: &keyed_session::SessionId,
+    what: &str,
+    check: impl Fn(
+        &Result<keyed_session::redis::RedisSession, keyed_session::redis::SharedError>,
+    ) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if check(&store.get(id, None).await) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never seen: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

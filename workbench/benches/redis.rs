@@ -158,8 +158,6 @@ async fn main() {
     let floor = client.get_multiplexed_async_connection().await.unwrap();
     let keyed = RedisSessions::builder(&url)
         .namespace("bench")
-        .sweep_every(None)
-        .response_timeout(Duration::from_secs(5))
         .build()
         .await
         .unwrap();
@@ -416,6 +414,12 @@ async fn main() {
     let expected = 16 * per as u64;
     println!(
         "contention keyed-session {keyed_kept} of {expected} kept, {keyed_refused} refused, {keyed_rps:.0} req/s; tower-sessions {tower_kept} of {expected} kept, {tower_rps:.0} req/s"
+    );
+
+    let st = keyed.stats();
+    println!(
+        "cache of the main store: {} hits, {} misses, {} invalidations, {} resets",
+        st.cache_hits, st.cache_misses, st.invalidations, st.cache_resets
     );
 
     // The README table.

@@ -1,0 +1,295 @@
+//! The Redis store's local copy of the sessions it served, kept true by
+//! Redis' client tracking, against a real `redis-server`: a hot lookup costs
+//! no round trip; another store's write, renew or end reaches the copy once
+//! Redis' invalidation arrives; this store's own changes show at once; a
+//! lost tracking connection or a flush drops every copy.
+#![cfg(feature = "redis")]
+
+mod common;
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
+use std::time::Duration;
+
+use keyed_session::redis::{RedisSessions, RedisSessionsBuilder, SharedError};
+use keyed_session::{Key, ManualClock, Refused};
+use redis_server::{RedisServer, seen_by};
+
+static COUNTER: Key<u64> = Key::new("counter").serde();
+
+fn builder(server: &RedisServer, ns: &str) -> RedisSessionsBuilder {
+    RedisSessions::builder(&server.url())
+        .namespace(ns)
+        .sweep_every(None)
+}
+
+/// How many scripts Redis ran so far (every lookup and write is one).
+fn scripts_run(server: &RedisServer) -> u64 {
+    let stats = server.cli(&["INFO", "commandstats"]);
+    ["cmdstat_evalsha:", "cmdstat_eval:"]
+        .iter()
+        .filter_map(|name| {
+            let line = stats.lines().find(|l| l.starts_with(name))?;
+            line.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_lookup_costs_no_round_trip_and_sees_its_own_writes() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = builder(&server, "hot").build().await.unwrap();
+    let id = store.create(None).await.unwrap().id();
+    // The first lookup reads over the tracked connection (whose first read
+    // may go unkept while it connects); from then on the copy answers.
+    for _ in 0..2 {
+        store.get(&id, None).await.unwrap();
+    }
+    let before = (scripts_run(&server), store.stats().cache_hits);
+    for _ in 0..100 {
+        assert!(store.get(&id, None).await.unwrap().get(&COUNTER).is_none());
+    }
+    assert_eq!(
+        scripts_run(&server),
+        before.0,
+        "no script ran for a hot lookup"
+    );
+    assert_eq!(store.stats().cache_hits, before.1 + 100);
+
+    // This store's own writes show in its copy at once, still without a
+    // lookup's round trip.
+    for n in 1..=20u64 {
+        let s = store.get(&id, None).await.unwrap();
+        assert_eq!(s.get(&COUNTER), (n > 1).then_some(n - 1));
+        s.update(&COUNTER, || 0, |c| *c += 1).await.unwrap();
+    }
+    let hits = store.stats().cache_hits;
+    assert_eq!(store.get(&id, None).await.unwrap().get(&COUNTER), Some(20));
+    assert_eq!(store.stats().cache_hits, hits + 1, "served from the copy");
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_stores_write_renew_and_end_reach_the_copy() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = builder(&server, "spread").build().await.unwrap();
+    let b = builder(&server, "spread").build().await.unwrap();
+    let id = a.create(None).await.unwrap().id();
+    for _ in 0..3 {
+        a.get(&id, None).await.unwrap();
+    }
+    assert!(a.stats().cache_hits > 0, "a holds a copy");
+    // a's own write keeps its copy (and Redis still tracks it for a).
+    a.get(&id, None)
+        .await
+        .unwrap()
+        .set(&COUNTER, 1)
+        .await
+        .unwrap();
+    assert_eq!(a.get(&id, None).await.unwrap().get(&COUNTER), Some(1));
+
+    // A write in b.
+    b.get(&id, None)
+        .await
+        .unwrap()
+        .set(&COUNTER, 7)
+        .await
+        .unwrap();
+    seen_by(&a, &id, "b's write", |s| {
+        s.as_ref().is_ok_and(|s| s.get(&COUNTER) == Some(7))
+    })
+    .await;
+    assert!(a.stats().invalidations > 0);
+
+    // A renew in b: the old id is refused here too.
+    let in_b = b.get(&id, None).await.unwrap();
+    let new = b.renew(&in_b).await.unwrap();
+    seen_by(&a, &id, "b's renew", |s| {
+        matches!(s, Err(SharedError::Refused(Refused::NotFound)))
+    })
+    .await;
+    assert_eq!(a.get(&new, None).await.unwrap().get(&COUNTER), Some(7));
+    a.get(&new, None).await.unwrap();
+
+    // An end in b.
+    assert!(b.delete(&new).await.unwrap());
+    seen_by(&a, &new, "b's delete", |s| {
+        matches!(s, Err(SharedError::Refused(Refused::NotFound)))
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn this_stores_own_delete_and_renew_show_at_once() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = builder(&server, "own").build().await.unwrap();
+    for _ in 0..20 {
+        let id = store.create(None).await.unwrap().id();
+        let s = store.get(&id, None).await.unwrap();
+        store.get(&id, None).await.unwrap();
+        let new = store.renew(&s).await.unwrap();
+        assert!(matches!(
+            store.get(&id, None).await,
+            Err(SharedError::Refused(Refused::NotFound))
+        ));
+        store.get(&new, None).await.unwrap();
+        store.get(&new, None).await.unwrap();
+        assert!(store.delete(&new).await.unwrap());
+        assert!(matches!(
+            store.get(&new, None).await,
+            Err(SharedError::Refused(Refused::NotFound))
+        ));
+    }
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_never_served_past_its_deadline_or_a_due_touch() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let clock = ManualClock::new();
+    let store = builder(&server, "due")
+        .clock(clock.clone())
+        .idle_timeout(Duration::from_secs(160))
+        .build()
+        .await
+        .unwrap();
+    let id = store.create(None).await.unwrap().id();
+    for _ in 0..3 {
+        store.get(&id, None).await.unwrap();
+    }
+    // A touch is due every 10 s (idle/16): the lookup goes to Redis.
+    let before = scripts_run(&server);
+    clock.advance(Duration::from_secs(11));
+    store.get(&id, None).await.unwrap();
+    assert_eq!(
+        scripts_run(&server),
+        before + 1,
+        "a due touch reached Redis"
+    );
+    // Past the deadline: expired, not answered from the copy.
+    store.get(&id, None).await.unwrap();
+    clock.advance(Duration::from_secs(161));
+    assert!(matches!(
+        store.get(&id, None).await,
+        Err(SharedError::Refused(Refused::Expired))
+    ));
+    store.shutdown().await;
+}
+
+/// On Redis' own clock (no `ManualClock`), as this machine estimates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_clock_a_due_touch_reaches_redis() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = builder(&server, "realclock")
+        .idle_timeout(Duration::from_millis(1600))
+        .build()
+        .await
+        .unwrap();
+    let id = store.create(None).await.unwrap().id();
+    for _ in 0..3 {
+        store.get(&id, None).await.unwrap();
+    }
+    let before = scripts_run(&server);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    store.get(&id, None).await.unwrap();
+    assert_eq!(
+        scripts_run(&server),
+        before + 1,
+        "a due touch (every 100 ms) reached Redis"
+    );
+    store.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_tracking_connection_or_a_flush_drops_every_copy() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = builder(&server, "lost").build().await.unwrap();
+    let b = builder(&server, "lost").build().await.unwrap();
+    let id = a.create(None).await.unwrap().id();
+    for _ in 0..3 {
+        a.get(&id, None).await.unwrap();
+    }
+    // Kill every tracking connection (`t` in its flags): a's copies go.
+    let clients = server.cli(&["CLIENT", "LIST"]);
+    let tracking: Vec<&str> = clients
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.starts_with("flags=") && f.contains('t'))
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert!(!tracking.is_empty(), "a tracking connection: {clients}");
+    for client in tracking {
+        server.cli(&["CLIENT", "KILL", "ID", client]);
+    }
+    let resets = |s: &RedisSessions| s.stats().cache_resets;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while resets(&a) == 0 {
+        assert!(std::time::Instant::now() < deadline, "copies never dropped");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Whatever b writes now, a's next lookup asks Redis.
+    b.get(&id, None)
+        .await
+        .unwrap()
+        .set(&COUNTER, 3)
+        .await
+        .unwrap();
+    assert_eq!(a.get(&id, None).await.unwrap().get(&COUNTER), Some(3));
+
+    // A flush: every copy goes, and the session is gone for a at once.
+    for _ in 0..3 {
+        a.get(&id, None).await.unwrap();
+    }
+    let before = resets(&a);
+    assert_eq!(server.cli(&["FLUSHALL"]), "OK");
+    seen_by(&a, &id, "the flush", |s| {
+        matches!(s, Err(SharedError::Refused(Refused::NotFound)))
+    })
+    .await;
+    assert!(resets(&a) > before, "the flush dropped every copy");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_cache_every_lookup_asks_redis() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = builder(&server, "nocache")
+        .local_cache(0)
+        .build()
+        .await
+        .unwrap();
+    let id = store.create(None).await.unwrap().id();
+    // The first run of a script may count twice (loaded, then run).
+    store.get(&id, None).await.unwrap();
+    let before = scripts_run(&server);
+    for _ in 0..10 {
+        store.get(&id, None).await.unwrap();
+    }
+    assert_eq!(scripts_run(&server), before + 10);
+    assert_eq!(store.stats().cache_hits, 0);
+    store.shutdown().await;
+}
