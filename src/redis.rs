@@ -44,6 +44,7 @@
 //! ```
 
 mod attach;
+mod batch;
 mod cache;
 mod config;
 mod ended;

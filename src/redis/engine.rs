@@ -27,7 +27,7 @@ use crate::key::ErasedSlot;
 use crate::reason::{DeleteCause, DeleteContext, EndReason};
 use crate::redis::config::Config;
 use crate::redis::error::SharedError;
-use crate::redis::reply::{self, Field};
+use crate::redis::reply;
 use crate::redis::scripts;
 use crate::slots::Slots;
 
@@ -102,9 +102,7 @@ pub(crate) struct Engine {
     pub(crate) stop: watch::Sender<bool>,
 }
 
-/// One shared key's queue of updates in one process (see `lane.rs`): what
-/// the last update of it here learnt of its value (`None` before the first).
-pub(crate) type Lane = Arc<tokio::sync::Mutex<Option<Field>>>;
+pub(crate) use crate::redis::batch::Lane;
 
 /// A `delete` waiting for this process's local hooks: its token and its
 /// wake-up.

@@ -1,181 +1,332 @@
-//! Updates of one shared key of one session queue in this process: they go
-//! to Redis one after the other, each from the value the one before it left
-//! (its own compare-and-set's answer), so that they never race each other at
-//! Redis. Only another process's write can make a compare-and-set fail; the
-//! update then runs again on the value the answer brought, backing off with
-//! jitter after a few conflicts in a row.
+//! Updates of one shared key of one session queue in this process and go to
+//! Redis together (a group commit): while one compare-and-set is on its way,
+//! every update that arrives applies its own closure, in its own task, to
+//! the value that one will leave, and the next compare-and-set carries them
+//! all. Updates of one key in one process therefore never race each other
+//! at Redis; only another process's write makes a compare-and-set fail, and
+//! then every member of the batch applies its closure again on the value the
+//! answer brought, backing off with jitter after a few lost rounds in a row.
+//!
+//! A task of the store's own sends the batches, so an update dropped half-way
+//! (its future cancelled) never leaves the others waiting.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
+
 use crate::id::SessionId;
 use crate::key::Key;
-use crate::redis::engine::{Engine, Lane};
+use crate::redis::batch::{Batch, Lane, Outcome};
+use crate::redis::engine::Engine;
 use crate::redis::error::SharedError;
 use crate::redis::reply::{self, Field};
 use crate::redis::scripts;
-use crate::redis::session::{Pending, RedisSession, Route};
+use crate::redis::session::RedisSession;
 
-/// How many conflicts in a row an update takes without waiting; after them
-/// it waits a random time before each attempt, growing with the streak.
+/// How many lost rounds in a row a key takes without waiting; after them
+/// the next batch waits a random moment, growing with the streak.
 const CONFLICTS_BEFORE_BACKOFF: u32 = 3;
 
 /// How long a loser's turn holds the key for its retry (see `scripts::CAS`).
 const TURN_MS: u64 = 20;
 
-/// How many `wait` answers (another process's turn) an update takes before
-/// it gives up as `Contended`: each turn lasts at most `TURN_MS`, and waits
-/// after the first few sleep a millisecond or two.
+/// How many `wait` answers (another process's turn) a batch takes before
+/// its members count a lost round: each turn lasts at most `TURN_MS`, and
+/// waits after the first few sleep a millisecond or two.
 const MAX_WAITS: u32 = 256;
+
+/// How long the batch after a lost round waits for the lost round's members
+/// to apply their closures again (one whose update was dropped never does).
+const REJOIN_WAIT: Duration = Duration::from_millis(2);
 
 impl Engine {
     /// The lane of key `name` of session `id`, made when first needed.
     fn lane(&self, id: SessionId, name: &str) -> Lane {
         Arc::clone(self.lanes.lock().entry((id, name.to_owned())).or_default())
     }
+
+    /// Gives back a hold on a lane: the last one out removes it from the
+    /// map (the hold is dropped under the map's lock, so two last holders
+    /// never both see the other).
+    fn release(&self, id: SessionId, name: &str, lane: Lane) {
+        let mut lanes = self.lanes.lock();
+        if Arc::strong_count(&lane) == 2 {
+            lanes.remove(&(id, name.to_owned()));
+        }
+        drop(lane);
+    }
 }
 
-/// A place in a lane, given back when dropped (also when the update's future
-/// is dropped half-way): the last one out removes the lane from the map.
-struct Ticket<'a> {
+/// A member's hold on a lane, given back when dropped (also when the
+/// update's future is dropped half-way).
+struct Hold<'a> {
     engine: &'a Engine,
     id: SessionId,
     name: &'a str,
-    lane: Lane,
+    lane: Option<Lane>,
 }
 
-impl Drop for Ticket<'_> {
+impl Drop for Hold<'_> {
     fn drop(&mut self) {
-        let mut lanes = self.engine.lanes.lock();
-        // The map's reference and this one: nobody else holds or waits.
-        if Arc::strong_count(&self.lane) == 2 {
-            lanes.remove(&(self.id, self.name.to_owned()));
+        if let Some(lane) = self.lane.take() {
+            self.engine.release(self.id, self.name, lane);
         }
     }
 }
 
 impl RedisSession {
-    /// `update`/`with_mut` of a shared key: a compare-and-set on the key's
-    /// revision, queued behind this process's other updates of the key.
+    /// `update`/`with_mut` of a shared key: joins this process's batch of
+    /// updates of the key, applying `f` to the value the batches before it
+    /// will leave, and waits for the compare-and-set that carries it.
     pub(crate) async fn update_shared<T: Send + Sync + 'static, R>(
         &self,
         key: &Key<T>,
         mut init: Option<impl FnMut() -> T>,
         mut f: impl FnMut(&mut T) -> R,
     ) -> Result<Option<R>, SharedError> {
-        let id = self.id();
-        let ticket = Ticket {
-            engine: &self.engine,
-            id,
-            name: key.name(),
-            lane: self.engine.lane(id, key.name()),
-        };
-        let mut known = ticket.lane.lock().await;
-        // Start from the fresher of this handle's copy and what the update
-        // before this one here learnt.
-        let mine = self
-            .shared
-            .lock()
-            .get(key.name())
-            .cloned()
-            .unwrap_or_default();
-        let start = match known.take() {
-            Some(field) if field.rev >= mine.rev => field,
-            _ => mine,
-        };
-        self.attempt(key, &mut init, &mut f, start, &mut known)
-            .await
-    }
-
-    /// The compare-and-set loop, from `start`; leaves in `known` the value
-    /// it last learnt.
-    async fn attempt<T: Send + Sync + 'static, R>(
-        &self,
-        key: &Key<T>,
-        init: &mut Option<impl FnMut() -> T>,
-        f: &mut impl FnMut(&mut T) -> R,
-        start: Field,
-        known: &mut Option<Field>,
-    ) -> Result<Option<R>, SharedError> {
-        let token = format!("{:016x}", rand::random::<u64>());
         let attempts = self.engine.config.update_attempts;
-        let mut current = start;
-        let mut streak = 0u32;
-        let mut waits = 0u32;
-        let mut attempt = 0u32;
-        while attempt < attempts {
-            if waits > 2 {
-                let wait = 500 + rand::random::<u64>() % 1500;
-                tokio::time::sleep(Duration::from_micros(wait)).await;
+        let (mut lost, mut hops) = (0u32, 0u32);
+        let mut again = false;
+        loop {
+            if self.engine.stopped() {
+                return Err(SharedError::Ended);
             }
-            if streak > CONFLICTS_BEFORE_BACKOFF {
-                let cap = 1u64 << (streak - CONFLICTS_BEFORE_BACKOFF).min(4);
-                let wait = rand::random::<u64>() % (cap * 1000);
-                tokio::time::sleep(Duration::from_micros(wait)).await;
-            }
-            let mut value = match (&current.bytes, init.as_mut()) {
-                (Some(b), _) => key.load_value(&mut &b[..]).map_err(SharedError::Value)?,
-                (None, Some(init)) => init(),
-                (None, None) => return Ok(None),
+            let id = self.id();
+            let hold = Hold {
+                engine: &self.engine,
+                id,
+                name: key.name(),
+                lane: Some(self.engine.lane(id, key.name())),
             };
-            let result = f(&mut value);
-            let mut out = Vec::new();
-            key.save_value(&value, &mut out)
-                .map_err(SharedError::Value)?;
-            // A reply lost with the connection: the same write once more,
-            // with the same token, which the script recognises if it was
-            // applied.
-            let pending = Pending::new(self);
-            let answer = self
-                .run_following(Route::Tracked, true, |id| {
-                    let mut call = self.on_session(&scripts::CAS, id);
-                    call.arg(key.name())
-                        .arg(current.rev)
-                        .arg(&out)
-                        .arg(&token)
-                        .arg(TURN_MS);
-                    call
-                })
-                .await?;
-            match reply::tag(&answer) {
-                "ok" => {
-                    let field = reply::written(&answer, Some(out));
-                    *known = Some(field.clone());
-                    pending.wrote(key.name(), field);
+            let Some(lane) = hold.lane.as_ref() else {
+                return Err(SharedError::Ended);
+            };
+            let (result, rx) = {
+                let mut data = lane.lock().await;
+                // Build on the batch being gathered, else on the one on its
+                // way, else on the fresher of this handle's copy and what the
+                // last answer here said.
+                let mine = self.shared.lock().get(key.name()).cloned();
+                let none = Field::default();
+                let (expected, base) = match (&data.next, &data.flight) {
+                    (Some(batch), _) => (batch.expected, Some(&batch.bytes[..])),
+                    (None, Some(flight)) => (flight.rev, flight.bytes.as_deref()),
+                    (None, None) => {
+                        let field = match (&data.known, &mine) {
+                            (Some(known), Some(mine)) if mine.rev > known.rev => mine,
+                            (Some(known), _) => known,
+                            (None, Some(mine)) => mine,
+                            (None, None) => &none,
+                        };
+                        (field.rev, field.bytes.as_deref())
+                    }
+                };
+                let mut value = match (base, init.as_mut()) {
+                    (Some(b), _) => key.load_value(&mut &b[..]).map_err(SharedError::Value)?,
+                    (None, Some(init)) => init(),
+                    (None, None) => return Ok(None),
+                };
+                let result = f(&mut value);
+                let mut out = Vec::new();
+                key.save_value(&value, &mut out)
+                    .map_err(SharedError::Value)?;
+                let (tx, rx) = oneshot::channel();
+                match data.next.as_mut() {
+                    Some(batch) => {
+                        batch.bytes = out;
+                        batch.members.push(tx);
+                    }
+                    None => {
+                        data.next = Some(Batch {
+                            expected,
+                            bytes: out,
+                            members: vec![tx],
+                        })
+                    }
+                }
+                if again && data.rejoin > 0 {
+                    data.rejoin -= 1;
+                    if data.rejoin == 0 {
+                        data.rejoined.notify_one();
+                    }
+                }
+                if !data.committing {
+                    data.committing = true;
+                    tokio::spawn(commit(
+                        Arc::clone(&self.engine),
+                        id,
+                        key.name().to_owned(),
+                        Arc::clone(lane),
+                    ));
+                }
+                (result, rx)
+            };
+            let outcome = rx.await;
+            again = matches!(outcome, Ok(Outcome::Conflict | Outcome::Retry));
+            match outcome {
+                Ok(Outcome::Committed(field)) => {
+                    Arc::make_mut(&mut self.shared.lock()).insert(key.name().to_owned(), field);
                     return Ok(Some(result));
                 }
-                // Another process lost the last round and has the turn:
-                // not an attempt of this update's (its value was right).
-                "wait" if waits < MAX_WAITS => {
-                    waits += 1;
-                    continue;
-                }
-                "conflict" => {
-                    attempt += 1;
-                    waits = 0;
-                    streak += 1;
-                    if attempt < attempts {
-                        self.engine
-                            .counters
-                            .cas_retries
-                            .fetch_add(1, Ordering::Relaxed);
+                Ok(Outcome::Conflict) => {
+                    lost += 1;
+                    if lost >= attempts {
+                        return Err(SharedError::Contended { attempts });
                     }
-                    let bytes = answer.get(2).and_then(reply::bytes).map(<[u8]>::to_vec);
-                    current = reply::written(&answer, bytes);
-                    self.learn(key.name(), current.clone(), known);
+                    self.engine
+                        .counters
+                        .cas_retries
+                        .fetch_add(1, Ordering::Relaxed);
                 }
-                "wait" => break,
-                other => return Err(SharedError::protocol(format!("cas answered {other:?}"))),
+                Ok(Outcome::Retry) => {}
+                Ok(Outcome::Gone(Some(new))) if hops < 8 => {
+                    hops += 1;
+                    self.follow(id, new);
+                }
+                Ok(Outcome::Gone(_)) => return Err(SharedError::Ended),
+                Ok(Outcome::Failed(e)) => return Err(e),
+                // The sending task was stopped (the runtime is shutting
+                // down): whether the write landed is unknown.
+                Err(_) => return Err(crate::redis::engine::timeout_error()),
             }
         }
-        Err(SharedError::Contended { attempts })
     }
+}
 
-    /// Keeps what an answer said of key `name`, in this handle's copy and in
-    /// the lane (for the next update of the key in this process).
-    fn learn(&self, name: &str, field: Field, known: &mut Option<Field>) {
-        Arc::make_mut(&mut self.shared.lock()).insert(name.to_owned(), field.clone());
-        *known = Some(field);
+/// Sends the batches of one lane one after the other until none is left.
+async fn commit(engine: Arc<Engine>, id: SessionId, name: String, lane: Lane) {
+    loop {
+        // The members of a batch that did not land go again together.
+        let rejoined = {
+            let data = lane.lock().await;
+            (data.rejoin > 0).then(|| Arc::clone(&data.rejoined))
+        };
+        if let Some(rejoined) = rejoined {
+            let _ = tokio::time::timeout(REJOIN_WAIT, rejoined.notified()).await;
+        }
+        let (batch, token, streak) = {
+            let mut data = lane.lock().await;
+            data.rejoin = 0;
+            let Some(batch) = data.next.take() else {
+                data.committing = false;
+                data.flight = None;
+                drop(data);
+                engine.release(id, &name, lane);
+                return;
+            };
+            data.flight = Some(Field {
+                rev: batch.expected + 1,
+                bytes: Some(batch.bytes.clone()),
+            });
+            let token = data
+                .token
+                .get_or_insert_with(|| format!("{:016x}", rand::random::<u64>()))
+                .clone();
+            (batch, token, data.streak)
+        };
+        if streak > CONFLICTS_BEFORE_BACKOFF {
+            let cap = 1u64 << (streak - CONFLICTS_BEFORE_BACKOFF).min(4);
+            let wait = rand::random::<u64>() % (cap * 1000);
+            tokio::time::sleep(Duration::from_micros(wait)).await;
+        }
+        let (outcome, current) = send(&engine, &id, &name, &batch, &token).await;
+        let void = {
+            let mut data = lane.lock().await;
+            data.flight = None;
+            match &outcome {
+                Outcome::Committed(field) => {
+                    data.known = Some(field.clone());
+                    data.token = None;
+                    data.streak = 0;
+                    engine.cache.wrote(&id, &name, field);
+                }
+                Outcome::Conflict => {
+                    data.known = current;
+                    data.streak += 1;
+                }
+                Outcome::Retry | Outcome::Gone(_) | Outcome::Failed(_) => {
+                    data.known = None;
+                    data.token = None;
+                    engine.cache.invalidate(&id);
+                }
+            }
+            // The batch gathered behind this one built on a value that did
+            // not land: its members apply their closures again too.
+            let void = match outcome {
+                Outcome::Committed(_) => None,
+                _ => data.next.take(),
+            };
+            if matches!(outcome, Outcome::Conflict) {
+                data.rejoin = batch.members.len() + void.as_ref().map_or(0, |b| b.members.len());
+            }
+            void
+        };
+        for member in void.into_iter().flat_map(|b| b.members) {
+            let again = match &outcome {
+                Outcome::Committed(_) | Outcome::Conflict | Outcome::Retry => Outcome::Retry,
+                other => other.copy(),
+            };
+            let _ = member.send(again);
+        }
+        for member in batch.members {
+            let _ = member.send(outcome.copy());
+        }
+    }
+}
+
+/// One batch's compare-and-set (sent again with the same token when its
+/// reply is lost, and while another process holds the key's turn): how it
+/// went, and on a conflict the key as Redis has it.
+async fn send(
+    engine: &Engine,
+    id: &SessionId,
+    name: &str,
+    batch: &Batch,
+    token: &str,
+) -> (Outcome, Option<Field>) {
+    let keys = engine.keys(id);
+    let mut call = scripts::CAS.prepare_invoke();
+    call.key(&keys.hash)
+        .key(&keys.tomb)
+        .arg(name)
+        .arg(batch.expected)
+        .arg(&batch.bytes)
+        .arg(token)
+        .arg(TURN_MS);
+    let mut waits = 0u32;
+    loop {
+        if waits > 2 {
+            let wait = 500 + rand::random::<u64>() % 1500;
+            tokio::time::sleep(Duration::from_micros(wait)).await;
+        }
+        let answer = match engine.run_tracked(&call).await {
+            Err(SharedError::Unavailable(_)) => engine.run_tracked(&call).await,
+            answer => answer,
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => return (Outcome::Failed(e), None),
+        };
+        let current = || {
+            let bytes = answer.get(2).and_then(reply::bytes).map(<[u8]>::to_vec);
+            reply::written(&answer, bytes)
+        };
+        match reply::tag(&answer) {
+            "ok" => {
+                let field = reply::written(&answer, Some(batch.bytes.clone()));
+                return (Outcome::Committed(field), None);
+            }
+            // Another process lost the last round and has the turn: not a
+            // lost round of this batch's (its value was right).
+            "wait" if waits < MAX_WAITS => waits += 1,
+            "wait" | "conflict" => return (Outcome::Conflict, Some(current())),
+            "gone" => return (Outcome::Gone(reply::gone_to(&answer)), None),
+            other => {
+                let e = SharedError::protocol(format!("cas answered {other:?}"));
+                return (Outcome::Failed(e), None);
+            }
+        }
     }
 }
