@@ -219,17 +219,15 @@ return head
 pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', redis.call('GET', KEYS[2])} end
-local seen = redis.call('HGET', KEYS[1], 'k:' .. ARGV[1])
-if seen_token(seen, ARGV[3]) then
-  return {'ok', tonumber(redis.call('HGET', KEYS[1], 'r:' .. ARGV[1]) or '0')}
-end
-local old = redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])
-local r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
-redis.call('HINCRBY', KEYS[1], 'rev', 1)
-redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[2], 'k:' .. ARGV[1], remember(seen, ARGV[3]))
+local name = ARGV[1]
+local got = redis.call('HMGET', KEYS[1], 'rev', 'r:' .. name, 'k:' .. name, 'v:' .. name)
+if not got[1] then return {'gone', redis.call('GET', KEYS[2])} end
+if seen_token(got[3], ARGV[3]) then return {'ok', tonumber(got[2] or '0')} end
+local r = tonumber(got[2] or '0') + 1
+redis.call('HSET', KEYS[1], 'v:' .. name, ARGV[2], 'k:' .. name, remember(got[3], ARGV[3]),
+  'r:' .. name, r, 'rev', tonumber(got[1]) + 1)
 retrack(KEYS[1])
-return {'ok', r, old}
+return {'ok', r, got[4]}
 "#,
     )
 });
@@ -246,31 +244,35 @@ return {'ok', r, old}
 pub(crate) static CAS: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', redis.call('GET', KEYS[2])} end
-local r = tonumber(redis.call('HGET', KEYS[1], 'r:' .. ARGV[1]) or '0')
-local seen = redis.call('HGET', KEYS[1], 'k:' .. ARGV[1])
+local name = ARGV[1]
+local got = redis.call('HMGET', KEYS[1], 'rev', 'r:' .. name, 'k:' .. name, 'q:' .. name)
+if not got[1] then return {'gone', redis.call('GET', KEYS[2])} end
+local r = tonumber(got[2] or '0')
+local seen = got[3]
 if seen_token(seen, ARGV[4]) then return {'ok', r} end
-local qf = 'q:' .. ARGV[1]
-local q = redis.call('HGET', KEYS[1], qf)
+local q = got[4]
 local holder = nil
+local now = 0
 if q then
+  now = now_ms(0)
   local tok, until_ms = string.match(q, '(%S+) (%d+)')
-  if tonumber(until_ms) > now_ms(0) then holder = tok end
+  if tonumber(until_ms) > now then holder = tok end
 end
 if r ~= tonumber(ARGV[2]) then
   if not holder then
-    redis.call('HSET', KEYS[1], qf, ARGV[4] .. ' ' .. (now_ms(0) + tonumber(ARGV[5])))
+    if now == 0 then now = now_ms(0) end
+    redis.call('HSET', KEYS[1], 'q:' .. name, ARGV[4] .. ' ' .. (now + tonumber(ARGV[5])))
     retrack(KEYS[1])
   end
-  return {'conflict', r, redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])}
+  return {'conflict', r, redis.call('HGET', KEYS[1], 'v:' .. name)}
 end
 if holder and holder ~= ARGV[4] then
-  return {'wait', r, redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])}
+  return {'wait', r, redis.call('HGET', KEYS[1], 'v:' .. name)}
 end
-if q then redis.call('HDEL', KEYS[1], qf) end
-r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
-redis.call('HINCRBY', KEYS[1], 'rev', 1)
-redis.call('HSET', KEYS[1], 'v:' .. ARGV[1], ARGV[3], 'k:' .. ARGV[1], remember(seen, ARGV[4]))
+if q then redis.call('HDEL', KEYS[1], 'q:' .. name) end
+r = r + 1
+redis.call('HSET', KEYS[1], 'v:' .. name, ARGV[3], 'k:' .. name, remember(seen, ARGV[4]),
+  'r:' .. name, r, 'rev', tonumber(got[1]) + 1)
 retrack(KEYS[1])
 return {'ok', r}
 "#,

@@ -72,6 +72,27 @@ struct Run {
     p50_us: f64,
     p99_us: f64,
     commands_per_op: f64,
+    /// Redis' own time per operation (`INFO commandstats`, every command).
+    server_us_per_op: f64,
+}
+
+/// Redis' time in commands so far, µs (`INFO commandstats`).
+async fn server_usec(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|l| {
+            l.split("usec=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
@@ -99,6 +120,7 @@ where
 {
     let op = Arc::new(op);
     let before = commands(probe).await;
+    let usec_before = server_usec(probe).await;
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
@@ -119,8 +141,9 @@ where
         times.extend(h.await.unwrap());
     }
     let wall = start.elapsed();
-    // The INFO call itself counts once.
-    let after = commands(probe).await.saturating_sub(1);
+    // The INFO calls themselves count (one stats, one commandstats).
+    let after = commands(probe).await.saturating_sub(2);
+    let usec_after = server_usec(probe).await;
     times.sort();
     let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
     let ops = times.len() as f64;
@@ -129,6 +152,7 @@ where
         p50_us: pct(0.50).as_secs_f64() * 1e6,
         p99_us: pct(0.99).as_secs_f64() * 1e6,
         commands_per_op: (after - before) as f64 / ops,
+        server_us_per_op: usec_after.saturating_sub(usec_before) as f64 / ops,
     }
 }
 
@@ -425,7 +449,7 @@ async fn main() {
     // The README table.
     println!();
     println!(
-        "| scenario | tasks | floor req/s | keyed-session req/s (p50 / p99 µs, commands) | tower-sessions req/s (p50 / p99 µs, commands) | keyed ÷ floor | keyed ÷ tower |"
+        "| scenario | tasks | floor req/s | keyed-session req/s (p50 / p99 µs, commands, Redis µs) | tower-sessions req/s (p50 / p99 µs, commands, Redis µs) | keyed ÷ floor | keyed ÷ tower |"
     );
     println!("| --- | ---: | ---: | --- | --- | ---: | ---: |");
     let floor_of = |tasks: usize| {
@@ -446,16 +470,18 @@ async fn main() {
                 continue;
             };
             println!(
-                "| {scenario} | {tasks} | {:.0} | {:.0} ({:.0} / {:.0}, {:.1}) | {:.0} ({:.0} / {:.0}, {:.1}) | {:.2}× | {:.2}× |",
+                "| {scenario} | {tasks} | {:.0} | {:.0} ({:.0} / {:.0}, {:.1}, {:.1}) | {:.0} ({:.0} / {:.0}, {:.1}, {:.1}) | {:.2}× | {:.2}× |",
                 floor_of(tasks),
                 k.ops_per_s,
                 k.p50_us,
                 k.p99_us,
                 k.commands_per_op,
+                k.server_us_per_op,
                 t.ops_per_s,
                 t.p50_us,
                 t.p99_us,
                 t.commands_per_op,
+                t.server_us_per_op,
                 k.ops_per_s / floor_of(tasks),
                 k.ops_per_s / t.ops_per_s
             );
