@@ -440,6 +440,38 @@ async fn main() {
         "contention keyed-session {keyed_kept} of {expected} kept, {keyed_refused} refused, {keyed_rps:.0} req/s; tower-sessions {tower_kept} of {expected} kept, {tower_rps:.0} req/s"
     );
 
+    // The window between a write in one store and another store's copy
+    // showing it (the invalidation's trip), at default settings.
+    let watcher = default_store().await.unwrap();
+    let writer = default_store().await.unwrap();
+    let wid = writer.create(None).await.unwrap().id();
+    let mut windows = Vec::new();
+    for n in 0..(if quick { 200u64 } else { 2_000 }) {
+        watcher.get(&wid, None).await.unwrap();
+        watcher.get(&wid, None).await.unwrap();
+        writer
+            .get(&wid, None)
+            .await
+            .unwrap()
+            .set(&COUNTER, n)
+            .await
+            .unwrap();
+        let written = Instant::now();
+        while watcher.get(&wid, None).await.unwrap().get(&COUNTER) != Some(n) {
+            tokio::task::yield_now().await;
+        }
+        windows.push(written.elapsed());
+    }
+    windows.sort();
+    let at = |p: f64| windows[((windows.len() as f64 * p) as usize).min(windows.len() - 1)];
+    println!(
+        "invalidation window (write returned in one store -> seen by another's lookup): p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs over {} writes",
+        at(0.5).as_secs_f64() * 1e6,
+        at(0.99).as_secs_f64() * 1e6,
+        windows[windows.len() - 1].as_secs_f64() * 1e6,
+        windows.len()
+    );
+
     let st = keyed.stats();
     println!(
         "cache of the main store: {} hits, {} misses, {} invalidations, {} resets",
