@@ -362,7 +362,7 @@ impl Cache {
         };
         let conn = tokio::time::timeout(self.timeout * 2, connect)
             .await
-            .map_err(|_| crate::redis::engine::timeout_error())??;
+            .map_err(|_| SharedError::timed_out())??;
         // Every fill begun before this link is refused (its epoch is older).
         let mut link = self.inner.link.lock();
         let epoch = self.inner.epoch.fetch_add(1, Ordering::AcqRel) + 1;
@@ -380,7 +380,7 @@ impl Cache {
         let (epoch, mut conn) = self.link().await?;
         let answer = tokio::time::timeout(self.timeout, call.invoke_async::<Value>(&mut conn))
             .await
-            .map_err(|_| crate::redis::engine::timeout_error())
+            .map_err(|_| SharedError::timed_out())
             .and_then(|r| r.map_err(SharedError::from));
         if answer.is_err() {
             self.inner.reset(epoch);

@@ -229,7 +229,7 @@ impl Engine {
     ) -> Result<T, SharedError> {
         let answer = tokio::time::timeout(deadline, answer)
             .await
-            .map_err(|_| timeout_error())
+            .map_err(|_| SharedError::timed_out())
             .and_then(|r| r.map_err(SharedError::from));
         if answer.is_err() {
             self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
@@ -468,11 +468,4 @@ impl Engine {
             })
         })))
     }
-}
-
-pub(crate) fn timeout_error() -> SharedError {
-    SharedError::Unavailable(redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "no answer from Redis within the response timeout",
-    )))
 }

@@ -50,6 +50,14 @@ impl SharedError {
     pub(crate) fn protocol(what: impl Into<String>) -> Self {
         SharedError::Protocol(what.into())
     }
+
+    /// No answer within the response timeout.
+    pub(crate) fn timed_out() -> Self {
+        SharedError::Unavailable(redis::RedisError::from(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no answer from Redis within the response timeout",
+        )))
+    }
 }
 
 impl fmt::Display for SharedError {

@@ -189,7 +189,7 @@ impl RedisSession {
                 Ok(Outcome::Failed(e)) => return Err(e),
                 // The sending task was stopped (the runtime is shutting
                 // down): whether the write landed is unknown.
-                Err(_) => return Err(crate::redis::engine::timeout_error()),
+                Err(_) => return Err(SharedError::timed_out()),
             }
         }
     }
