@@ -16,8 +16,11 @@
 //!
 //! Every change is one atomic Lua script that first checks the session is
 //! alive, so no write, touch or renew recreates a session another process
-//! ended. A lookup is one round trip (expiry check, a touch at most every
-//! `touch_every`, and the shared values). Ends travel through one Redis
+//! ended. A lookup is at most one round trip (expiry check, a touch at most
+//! every `touch_every`, and the shared values), and none for a session this
+//! process served recently: its copy is kept true by Redis' client tracking
+//! (see [`RedisSessionsBuilder::local_cache`]). Updates of one key in one
+//! process go to Redis together, in one compare-and-set. Ends travel through one Redis
 //! stream per shard that every process reads, resuming after a reconnect.
 //! There are no keyspace notifications and no `CONFIG SET`; run Redis with
 //! `maxmemory-policy noeviction`, since an evicted session hash would be a

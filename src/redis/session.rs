@@ -41,8 +41,9 @@ pub(crate) enum Route {
 /// ends, wherever it was ended.
 ///
 /// Shared values are read from what the lookup brought: a write by another
-/// process after this lookup shows at the next lookup (or in the conflict an
-/// `update` resolves).
+/// process after this lookup shows at a later lookup, once Redis' invalidation
+/// of this process's copy arrived (or in the conflict an `update` resolves);
+/// this process's own writes show at once.
 pub struct RedisSession {
     pub(crate) engine: Arc<Engine>,
     pub(crate) id: Mutex<SessionId>,
