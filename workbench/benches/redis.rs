@@ -72,27 +72,23 @@ struct Run {
     p50_us: f64,
     p99_us: f64,
     commands_per_op: f64,
-    /// Redis' own time per operation (`INFO commandstats`, every command).
+    /// Redis' CPU time per operation (`INFO cpu`), background work included.
     server_us_per_op: f64,
 }
 
-/// Redis' time in commands so far, µs (`INFO commandstats`).
+/// The CPU time Redis has used so far, µs (`INFO cpu`: user and system).
 async fn server_usec(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     let info: String = redis::cmd("INFO")
-        .arg("commandstats")
+        .arg("cpu")
         .query_async(conn)
         .await
         .unwrap();
-    info.lines()
-        .filter_map(|l| {
-            l.split("usec=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    let secs: f64 = info
+        .lines()
+        .filter(|l| l.starts_with("used_cpu_user:") || l.starts_with("used_cpu_sys:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum();
+    (secs * 1e6) as u64
 }
 
 async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
@@ -141,7 +137,7 @@ where
         times.extend(h.await.unwrap());
     }
     let wall = start.elapsed();
-    // The INFO calls themselves count (one stats, one commandstats).
+    // The INFO calls themselves count (one stats, one cpu).
     let after = commands(probe).await.saturating_sub(2);
     let usec_after = server_usec(probe).await;
     times.sort();
@@ -205,6 +201,9 @@ async fn main() {
     let (keyed_ids, tower_ids) = (Arc::new(keyed_ids), Arc::new(tower_ids));
 
     let mut lines = Vec::new();
+    // `ONLY=get+update` (say) runs one scenario, for profiling.
+    let only = std::env::var("ONLY").ok();
+    let wanted = |scenario: &str| only.as_deref().is_none_or(|o| o == scenario);
     for tasks in [1usize, 8, 64] {
         let per_task = (total / tasks).max(10);
         let mut report = |variant: &str, scenario: &str, run: Run| {
@@ -230,90 +229,96 @@ async fn main() {
             .await,
         );
 
-        let (k, ids) = (keyed.clone(), Arc::clone(&keyed_ids));
-        report(
-            "keyed-session",
-            "get+read",
-            measure(&mut probe, tasks, per_task, move |i| {
-                let (k, id) = (k.clone(), ids[i % slots]);
-                async move {
-                    let s = k.get(&id, None).await.unwrap();
-                    assert!(s.get(&COUNTER).is_some());
-                }
-            })
-            .await,
-        );
-        let (t, ids) = (tower.clone(), Arc::clone(&tower_ids));
-        report(
-            "tower-sessions",
-            "get+read",
-            measure(&mut probe, tasks, per_task, move |i| {
-                let (t, id) = (t.clone(), ids[i % slots]);
-                async move {
-                    let r = t.load(&id).await.unwrap().unwrap();
-                    assert!(r.data.contains_key("counter"));
-                }
-            })
-            .await,
-        );
+        if wanted("get+read") {
+            let (k, ids) = (keyed.clone(), Arc::clone(&keyed_ids));
+            report(
+                "keyed-session",
+                "get+read",
+                measure(&mut probe, tasks, per_task, move |i| {
+                    let (k, id) = (k.clone(), ids[i % slots]);
+                    async move {
+                        let s = k.get(&id, None).await.unwrap();
+                        assert!(s.get(&COUNTER).is_some());
+                    }
+                })
+                .await,
+            );
+            let (t, ids) = (tower.clone(), Arc::clone(&tower_ids));
+            report(
+                "tower-sessions",
+                "get+read",
+                measure(&mut probe, tasks, per_task, move |i| {
+                    let (t, id) = (t.clone(), ids[i % slots]);
+                    async move {
+                        let r = t.load(&id).await.unwrap().unwrap();
+                        assert!(r.data.contains_key("counter"));
+                    }
+                })
+                .await,
+            );
+        }
 
-        let (k, ids) = (keyed.clone(), Arc::clone(&keyed_ids));
-        report(
-            "keyed-session",
-            "get+update",
-            measure(&mut probe, tasks, per_task, move |i| {
-                let (k, id) = (k.clone(), ids[i % slots]);
-                async move {
-                    let s = k.get(&id, None).await.unwrap();
-                    s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
-                }
-            })
-            .await,
-        );
-        let (t, ids) = (tower.clone(), Arc::clone(&tower_ids));
-        report(
-            "tower-sessions",
-            "get+update",
-            measure(&mut probe, tasks, per_task, move |i| {
-                let (t, id) = (t.clone(), ids[i % slots]);
-                async move {
-                    let mut r = t.load(&id).await.unwrap().unwrap();
-                    let n = r.data["counter"].as_u64().unwrap_or(0);
-                    r.data
-                        .insert("counter".into(), serde_json::Value::from(n + 1));
-                    t.save(&r).await.unwrap();
-                }
-            })
-            .await,
-        );
+        if wanted("get+update") {
+            let (k, ids) = (keyed.clone(), Arc::clone(&keyed_ids));
+            report(
+                "keyed-session",
+                "get+update",
+                measure(&mut probe, tasks, per_task, move |i| {
+                    let (k, id) = (k.clone(), ids[i % slots]);
+                    async move {
+                        let s = k.get(&id, None).await.unwrap();
+                        s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
+                    }
+                })
+                .await,
+            );
+            let (t, ids) = (tower.clone(), Arc::clone(&tower_ids));
+            report(
+                "tower-sessions",
+                "get+update",
+                measure(&mut probe, tasks, per_task, move |i| {
+                    let (t, id) = (t.clone(), ids[i % slots]);
+                    async move {
+                        let mut r = t.load(&id).await.unwrap().unwrap();
+                        let n = r.data["counter"].as_u64().unwrap_or(0);
+                        r.data
+                            .insert("counter".into(), serde_json::Value::from(n + 1));
+                        t.save(&r).await.unwrap();
+                    }
+                })
+                .await,
+            );
+        }
 
-        let k = keyed.clone();
-        report(
-            "keyed-session",
-            "create+delete",
-            measure(&mut probe, tasks, per_task, move |_| {
-                let k = k.clone();
-                async move {
-                    let s = k.create(None).await.unwrap();
-                    k.delete(&s.id()).await.unwrap();
-                }
-            })
-            .await,
-        );
-        let t = tower.clone();
-        report(
-            "tower-sessions",
-            "create+delete",
-            measure(&mut probe, tasks, per_task, move |_| {
-                let t = t.clone();
-                async move {
-                    let mut r = record(Id::default(), 0);
-                    t.create(&mut r).await.unwrap();
-                    t.delete(&r.id).await.unwrap();
-                }
-            })
-            .await,
-        );
+        if wanted("create+delete") {
+            let k = keyed.clone();
+            report(
+                "keyed-session",
+                "create+delete",
+                measure(&mut probe, tasks, per_task, move |_| {
+                    let k = k.clone();
+                    async move {
+                        let s = k.create(None).await.unwrap();
+                        k.delete(&s.id()).await.unwrap();
+                    }
+                })
+                .await,
+            );
+            let t = tower.clone();
+            report(
+                "tower-sessions",
+                "create+delete",
+                measure(&mut probe, tasks, per_task, move |_| {
+                    let t = t.clone();
+                    async move {
+                        let mut r = record(Id::default(), 0);
+                        t.create(&mut r).await.unwrap();
+                        t.delete(&r.id).await.unwrap();
+                    }
+                })
+                .await,
+            );
+        }
     }
 
     // Memory per session, as Redis counts it.
