@@ -76,6 +76,7 @@ use tokio::sync::watch;
 
 use crate::events::{Broadcaster, Subscription};
 use crate::id::SessionId;
+use crate::key::Key;
 use crate::net::per_ip_key;
 use crate::reason::EndReason;
 use crate::redis::config::Config;
@@ -205,8 +206,62 @@ impl RedisSessions {
         &self,
         peer: impl Into<Option<IpAddr>>,
     ) -> Result<RedisSession, SharedError> {
-        let peer = peer.into();
+        self.create_first(peer.into(), None).await
+    }
+
+    /// Creates a session holding `value` under `key` from the start: one
+    /// script, where [`create`](Self::create) then
+    /// [`set`](RedisSession::set) take two. A local key's value is stored
+    /// after the create, as `set` would.
+    ///
+    /// ```no_run
+    /// use keyed_session::Key;
+    /// use keyed_session::redis::RedisSessions;
+    ///
+    /// static USER: Key<String> = Key::new("user").serde();
+    ///
+    /// # async fn run(sessions: RedisSessions) -> Result<(), keyed_session::redis::SharedError> {
+    /// let session = sessions.create_with(None, &USER, "ada".to_owned()).await?;
+    /// assert_eq!(session.get(&USER).as_deref(), Some("ada"));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`create`](Self::create); [`SharedError::Value`] when the key's
+    /// `save` fails (no session is made).
+    pub async fn create_with<T: Send + Sync + 'static>(
+        &self,
+        peer: impl Into<Option<IpAddr>>,
+        key: &Key<T>,
+        value: T,
+    ) -> Result<RedisSession, SharedError> {
+        if !self.is_shared(key) {
+            let session = self.create(peer).await?;
+            session.set(key, value).await?;
+            return Ok(session);
+        }
+        let mut bytes = Vec::new();
+        key.save_value(&value, &mut bytes)
+            .map_err(SharedError::Value)?;
+        self.create_first(peer.into(), Some((key.name(), bytes)))
+            .await
+    }
+
+    /// Whether `key` is shared in this store (admitting it: one key per
+    /// name).
+    pub(crate) fn is_shared<T: Send + Sync + 'static>(&self, key: &Key<T>) -> bool {
+        key.id_in(&self.engine.key_names);
+        key.can_save() && key.can_load()
+    }
+
+    /// `create`, with a shared key's first value (its name and bytes).
+    pub(crate) async fn create_first(
+        &self,
+        peer: Option<IpAddr>,
+        first: Option<(&str, Vec<u8>)>,
+    ) -> Result<RedisSession, SharedError> {
         let e = &self.engine;
+        let token = format!("{:016x}", rand::random::<u64>());
         let ip = peer.map(|p| p.to_string()).unwrap_or_default();
         let ip_key = peer
             .filter(|_| e.config.max_per_ip > 0)
@@ -234,6 +289,10 @@ impl RedisSessions {
                     .arg(if e.config.evict { "1" } else { "0" })
                     .arg(&e.config.namespace)
                     .arg(e.config.shards);
+                match &first {
+                    Some((name, bytes)) => call.arg(*name).arg(bytes).arg(&token),
+                    None => call.arg("").arg("").arg(""),
+                };
                 call
             };
             // A reply lost to a timeout: the same create again (the script
@@ -263,7 +322,15 @@ impl RedisSessions {
                         .config
                         .absolute
                         .map_or(0, |a| now + Engine::millis(a) as i64);
-                    return Ok(self.handle(id, peer, e.config.idle, absolute, Arc::default()));
+                    let fields = first.map(|(name, bytes)| {
+                        let field = reply::Field {
+                            rev: 1,
+                            bytes: Some(bytes),
+                        };
+                        HashMap::from([(name.to_owned(), field)])
+                    });
+                    let fields = Arc::new(fields.unwrap_or_default());
+                    return Ok(self.handle(id, peer, e.config.idle, absolute, fields));
                 }
                 "taken" => continue,
                 "full" => return Err(SharedError::Create(CreateError::Full { limit: limit() })),

@@ -95,6 +95,39 @@ async fn two_stores_share_sessions_and_keep_local_keys_apart() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_created_with_its_first_value_is_one_script() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let make = || builder(&server, "first").max_sessions_per_ip(1).build();
+    let (a, b) = (make().await.unwrap(), make().await.unwrap());
+    // The scripts are loaded once (a first run may count twice).
+    a.delete(&a.create(None).await.unwrap().id()).await.unwrap();
+    let before = server.scripts_run();
+    let s = a.create_with(ip(1), &COUNTER, 41).await.unwrap();
+    assert_eq!(server.scripts_run(), before + 1, "one script");
+    assert_eq!(s.get(&COUNTER), Some(41));
+    // Another store sees it, and updates from both continue from it.
+    let seen = b.get(&s.id(), ip(1)).await.unwrap();
+    assert_eq!(seen.get(&COUNTER), Some(41));
+    seen.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
+    s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
+    assert_eq!(b.get(&s.id(), ip(1)).await.unwrap().get(&COUNTER), Some(43));
+    // The limits hold as for `create`.
+    assert!(matches!(
+        b.create_with(ip(1), &COUNTER, 1).await,
+        Err(SharedError::Create(keyed_session::CreateError::PerIpFull {
+            limit: 1
+        }))
+    ));
+    // A local key's value is stored after the create.
+    let (tx, _rx) = mpsc::channel();
+    let local = a.create_with(None, &CHANNEL, tx).await.unwrap();
+    assert!(local.contains(&CHANNEL));
+    assert!(!b.get(&local.id(), None).await.unwrap().contains(&CHANNEL));
+}
+
 /// 2 stores × 8 tasks × 1,000 requests that each look the session up and
 /// increment one shared key, at default settings: every increment kept, none
 /// refused as `Contended`.

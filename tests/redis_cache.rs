@@ -25,19 +25,7 @@ fn builder(server: &RedisServer, ns: &str) -> RedisSessionsBuilder {
 
 /// How many scripts Redis ran so far (every lookup and write is one).
 fn scripts_run(server: &RedisServer) -> u64 {
-    let stats = server.cli(&["INFO", "commandstats"]);
-    ["cmdstat_evalsha:", "cmdstat_eval:"]
-        .iter()
-        .filter_map(|name| {
-            let line = stats.lines().find(|l| l.starts_with(name))?;
-            line.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    server.scripts_run()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

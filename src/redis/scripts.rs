@@ -111,7 +111,9 @@ fn script(body: &str) -> Script {
 }
 
 /// KEYS: h due ev tomb n ipn. ARGV: now idle_ms absolute_ms ip ip_key
-/// max_sessions max_per_ip id retention_ms resent evict namespace shards.
+/// max_sessions max_per_ip id retention_ms resent evict namespace shards
+/// first_name first_bytes first_token (a shared key's first value, written
+/// with the session; `first_name` empty for none).
 /// Reply: `{'ok', now [, evicted id, its fields]}`, `{'taken'}`,
 /// `{'full', limit}`, `{'ipfull', limit}`.
 ///
@@ -164,8 +166,15 @@ end
 local it = tonumber(ARGV[2])
 local ab = 0
 if tonumber(ARGV[3]) > 0 then ab = now + tonumber(ARGV[3]) end
-redis.call('HSET', KEYS[1], 'c', now, 'la', now, 'it', it, 'ab', ab,
-  'ip', ARGV[4], 'ik', ARGV[5], 'rev', 0)
+if ARGV[14] ~= '' then
+  -- The session's first value, written with it.
+  redis.call('HSET', KEYS[1], 'c', now, 'la', now, 'it', it, 'ab', ab,
+    'ip', ARGV[4], 'ik', ARGV[5], 'rev', 1,
+    'v:' .. ARGV[14], ARGV[15], 'r:' .. ARGV[14], 1, 'k:' .. ARGV[14], ARGV[16])
+else
+  redis.call('HSET', KEYS[1], 'c', now, 'la', now, 'it', it, 'ab', ab,
+    'ip', ARGV[4], 'ik', ARGV[5], 'rev', 0)
+end
 redis.call('ZADD', KEYS[2], deadline(now, it, ab), ARGV[8])
 redis.call('INCR', KEYS[5])
 if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[6], ARGV[5], 1) end

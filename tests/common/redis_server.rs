@@ -78,6 +78,24 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// How many scripts the server ran so far (`INFO commandstats`).
+    #[allow(dead_code)]
+    pub fn scripts_run(&self) -> u64 {
+        let stats = self.cli(&["INFO", "commandstats"]);
+        ["cmdstat_evalsha:", "cmdstat_eval:"]
+            .iter()
+            .filter_map(|name| {
+                let line = stats.lines().find(|l| l.starts_with(name))?;
+                line.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
     /// Runs one command through `redis-cli` (for checks on the raw layout).
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")

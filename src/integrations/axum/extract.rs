@@ -168,7 +168,24 @@ impl RequestSession {
     /// As for [`open`](Self::open), and [`Error::Ended`] when the session
     /// ended meanwhile (the value is dropped).
     pub async fn set<T: Send + Sync + 'static>(&self, key: &Key<T>, value: T) -> Result<(), Error> {
-        match self.open_current().await? {
+        let mut value = Some(value);
+        let first = self.first_value(key, || value.take().expect("taken once"))?;
+        let (current, value) = match (first, value) {
+            (None, Some(value)) => (self.open_current().await?, value),
+            (Some(bytes), _) => {
+                let (current, written) = self.open_with(Some((key.name(), bytes.clone()))).await?;
+                if written {
+                    return Ok(());
+                }
+                // Another create of this request won: the value goes there.
+                (
+                    current,
+                    key.load_value(&mut &bytes[..]).map_err(store_error)?,
+                )
+            }
+            (None, None) => unreachable!("the value is taken only with its bytes"),
+        };
+        match current {
             Current::Memory(s) => s.set(key, value).map(drop).map_err(Error::from),
             #[cfg(feature = "redis")]
             Current::Redis(s) => Ok(s.set(key, value).await?),
@@ -205,9 +222,27 @@ impl RequestSession {
     pub async fn update<T: Send + Sync + 'static, R>(
         &self,
         key: &Key<T>,
-        init: impl FnMut() -> T,
-        f: impl FnMut(&mut T) -> R,
+        mut init: impl FnMut() -> T,
+        mut f: impl FnMut(&mut T) -> R,
     ) -> Result<R, Error> {
+        let mut result = None;
+        let first = self.first_value(key, || {
+            let mut value = init();
+            result = Some(f(&mut value));
+            value
+        })?;
+        if let Some(bytes) = first {
+            let (current, written) = self.open_with(Some((key.name(), bytes))).await?;
+            if written && let Some(result) = result {
+                return Ok(result);
+            }
+            // Another create of this request won: the update runs on it.
+            return match current {
+                Current::Memory(s) => Ok(s.update(key, init, f)?),
+                #[cfg(feature = "redis")]
+                Current::Redis(s) => Ok(s.update(key, init, f).await?),
+            };
+        }
         match self.open_current().await? {
             Current::Memory(s) => Ok(s.update(key, init, f)?),
             #[cfg(feature = "redis")]
@@ -276,22 +311,47 @@ impl RequestSession {
     }
 
     async fn open_current(&self) -> Result<Current, Error> {
+        Ok(self.open_with(None).await?.0)
+    }
+
+    /// The request's session, created if need be; over Redis a new session
+    /// holds `first` from the start (one script): `true` when it does.
+    async fn open_with(&self, first: Option<(&str, Vec<u8>)>) -> Result<(Current, bool), Error> {
         // The create runs with this handle's lock released: an eviction it
         // causes runs hooks, which may use this request's session handle.
         let creator = match self.0.lock().current_or_creator()? {
-            Ok(current) => return Ok(current),
+            Ok(current) => return Ok((current, false)),
             Err(creator) => creator,
         };
         let store = self.0.lock().store();
-        let created = creator.create().await?;
+        let (created, written) = creator.create(first).await?;
         let adopted = self.0.lock().adopt(created);
         match adopted {
-            Ok(current) => Ok(current),
+            Ok(current) => Ok((current, written)),
             Err((kept, extra)) => {
                 store.delete(&extra.id()).await?;
-                Ok(kept)
+                Ok((kept, false))
             }
         }
+    }
+
+    /// `value`'s bytes when the request has no session yet and `key` is
+    /// shared over Redis: the session is then created holding them.
+    fn first_value<T: Send + Sync + 'static>(
+        &self,
+        key: &Key<T>,
+        value: impl FnOnce() -> T,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let holds = match self.0.lock().current_or_creator()? {
+            Ok(_) => false,
+            Err(creator) => creator.holds_first(key),
+        };
+        if !holds {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        key.save_value(&value(), &mut bytes).map_err(store_error)?;
+        Ok(Some(bytes))
     }
 
     /// New id, same values, new cookie: call it after a login or any change
@@ -375,6 +435,11 @@ impl RequestSession {
     pub fn attach(&self) -> Option<Attached> {
         self.0.lock().attach()
     }
+}
+
+/// A value's `save` or `load` failing for a shared store.
+fn store_error(_: std::io::Error) -> Error {
+    Error::Store
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestSession {

@@ -9,6 +9,7 @@ use http::HeaderMap;
 
 use crate::error::{Error, Rejection};
 use crate::http::{SessionManager, Started};
+use crate::key::Key;
 use crate::store::{ClientGuard, Session};
 
 #[cfg(feature = "redis")]
@@ -126,13 +127,32 @@ impl State {
 
 impl Creator {
     /// Creates the session, with no lock held.
-    pub(crate) async fn create(self) -> Result<Current, Error> {
+    /// Over Redis, `first` (a shared key's name and bytes) is written with
+    /// the session, in the create's one script: `true` when it was.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) async fn create(
+        self,
+        first: Option<(&str, Vec<u8>)>,
+    ) -> Result<(Current, bool), Error> {
         match self {
-            Creator::Memory(sessions, peer) => Ok(Current::Memory(sessions.create(peer)?)),
+            Creator::Memory(sessions, peer) => Ok((Current::Memory(sessions.create(peer)?), false)),
             #[cfg(feature = "redis")]
             Creator::Redis(sessions, peer) => {
-                Ok(Current::Redis(Arc::new(sessions.create(peer).await?)))
+                let written = first.is_some();
+                let created = sessions.create_first(peer, first).await?;
+                Ok((Current::Redis(Arc::new(created)), written))
             }
+        }
+    }
+
+    /// Whether `key`'s first value can be written with the session (a
+    /// shared key over Redis).
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    pub(crate) fn holds_first<T: Send + Sync + 'static>(&self, key: &Key<T>) -> bool {
+        match self {
+            Creator::Memory(..) => false,
+            #[cfg(feature = "redis")]
+            Creator::Redis(sessions, _) => sessions.is_shared(key),
         }
     }
 }
