@@ -128,6 +128,42 @@ async fn a_session_created_with_its_first_value_is_one_script() {
     assert!(!b.get(&local.id(), None).await.unwrap().contains(&CHANNEL));
 }
 
+/// An update whose future is dropped while its compare-and-set is on the
+/// way (the lane was idle, so it was sending its own batch) leaves nobody
+/// waiting: the update queued behind it lands, and so do later ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_update_leaves_nobody_waiting() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = builder(&server, "dropped").build().await.unwrap();
+    let s = Arc::new(store.create(None).await.unwrap());
+    s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
+    // Replies held back for 200 ms (within the response timeout).
+    assert_eq!(server.cli(&["CLIENT", "PAUSE", "200", "ALL"]), "OK");
+    let update = || {
+        let s = Arc::clone(&s);
+        tokio::spawn(async move { s.update(&COUNTER, || 0, |n| *n += 1).await })
+    };
+    let first = update();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let behind = update();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled(), "dropped half-way");
+    tokio::time::timeout(Duration::from_secs(10), behind)
+        .await
+        .expect("the update behind it does not hang")
+        .unwrap()
+        .unwrap();
+    s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
+    // The dropped update's compare-and-set had reached Redis (held by the
+    // pause), so it counts too: 1 + 1 + 1 + 1.
+    let n = store.get(&s.id(), None).await.unwrap().get(&COUNTER);
+    assert_eq!(n, Some(4));
+    store.shutdown().await;
+}
+
 /// 2 stores × 8 tasks × 1,000 requests that each look the session up and
 /// increment one shared key, at default settings: every increment kept, none
 /// refused as `Contended`.

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::id::SessionId;
 use crate::key::Key;
-use crate::redis::batch::{Batch, Lane, Outcome};
+use crate::redis::batch::{Batch, Lane, LaneData, Outcome};
 use crate::redis::engine::Engine;
 use crate::redis::error::SharedError;
 use crate::redis::reply::{self, Field};
@@ -103,7 +103,7 @@ impl RedisSession {
             let Some(lane) = hold.lane.as_ref() else {
                 return Err(SharedError::Ended);
             };
-            let (result, rx) = {
+            let (result, rx, own) = {
                 let mut data = lane.lock().await;
                 // Build on the batch being gathered, else on the one on its
                 // way, else on the fresher of this handle's copy and what the
@@ -152,8 +152,38 @@ impl RedisSession {
                         data.rejoined.notify_one();
                     }
                 }
-                if !data.committing {
+                // An idle lane: this update sends its batch itself (no task,
+                // no hand-over); the updates that gather meanwhile go next.
+                let own = if data.committing {
+                    None
+                } else {
                     data.committing = true;
+                    take(&mut data)
+                };
+                (result, rx, own)
+            };
+            if let Some((batch, token, streak)) = own {
+                let mut sending = Sending {
+                    engine: Arc::clone(&self.engine),
+                    id,
+                    name: key.name().to_owned(),
+                    lane: Arc::clone(lane),
+                    armed: true,
+                };
+                backoff(streak).await;
+                let (outcome, current) = send(&self.engine, &id, key.name(), &batch, &token).await;
+                sending.armed = false;
+                settle(&self.engine, id, key.name(), lane, batch, outcome, current).await;
+                // What gathered meanwhile (or must go again) goes from a task.
+                let idle = {
+                    let mut data = lane.lock().await;
+                    let idle = data.next.is_none() && data.rejoin == 0;
+                    if idle {
+                        data.committing = false;
+                    }
+                    idle
+                };
+                if !idle {
                     tokio::spawn(commit(
                         Arc::clone(&self.engine),
                         id,
@@ -161,8 +191,7 @@ impl RedisSession {
                         Arc::clone(lane),
                     ));
                 }
-                (result, rx)
-            };
+            }
             let outcome = rx.await;
             again = matches!(outcome, Ok(Outcome::Conflict | Outcome::Retry));
             match outcome {
@@ -206,73 +235,130 @@ async fn commit(engine: Arc<Engine>, id: SessionId, name: String, lane: Lane) {
         if let Some(rejoined) = rejoined {
             let _ = tokio::time::timeout(REJOIN_WAIT, rejoined.notified()).await;
         }
-        let (batch, token, streak) = {
+        let taken = {
             let mut data = lane.lock().await;
             data.rejoin = 0;
-            let Some(batch) = data.next.take() else {
-                data.committing = false;
-                data.flight = None;
-                drop(data);
-                engine.release(id, &name, lane);
-                return;
-            };
-            data.flight = Some(Field {
-                rev: batch.expected + 1,
-                bytes: Some(batch.bytes.clone()),
-            });
-            let token = data
-                .token
-                .get_or_insert_with(|| format!("{:016x}", rand::random::<u64>()))
-                .clone();
-            (batch, token, data.streak)
+            take(&mut data)
         };
-        if streak > CONFLICTS_BEFORE_BACKOFF {
-            let cap = 1u64 << (streak - CONFLICTS_BEFORE_BACKOFF).min(4);
-            let wait = rand::random::<u64>() % (cap * 1000);
-            tokio::time::sleep(Duration::from_micros(wait)).await;
-        }
+        let Some((batch, token, streak)) = taken else {
+            engine.release(id, &name, lane);
+            return;
+        };
+        backoff(streak).await;
         let (outcome, current) = send(&engine, &id, &name, &batch, &token).await;
-        let void = {
-            let mut data = lane.lock().await;
-            data.flight = None;
-            match &outcome {
-                Outcome::Committed(field) => {
-                    data.known = Some(field.clone());
-                    data.token = None;
-                    data.streak = 0;
-                    engine.cache.wrote(&id, &name, field);
-                }
-                Outcome::Conflict => {
-                    data.known = current;
-                    data.streak += 1;
-                }
-                Outcome::Retry | Outcome::Gone(_) | Outcome::Failed(_) => {
-                    data.known = None;
-                    data.token = None;
-                    engine.cache.invalidate(&id);
-                }
+        settle(&engine, id, &name, &lane, batch, outcome, current).await;
+    }
+}
+
+/// Takes the next batch to send, with the token to send it with and the
+/// lost rounds in a row; `None` (and the lane idle) when there is none.
+fn take(data: &mut LaneData) -> Option<(Batch, String, u32)> {
+    let Some(batch) = data.next.take() else {
+        data.committing = false;
+        data.flight = None;
+        return None;
+    };
+    data.flight = Some(Field {
+        rev: batch.expected + 1,
+        bytes: Some(batch.bytes.clone()),
+    });
+    let token = data
+        .token
+        .get_or_insert_with(|| format!("{:016x}", rand::random::<u64>()))
+        .clone();
+    Some((batch, token, data.streak))
+}
+
+/// After a few lost rounds in a row, a random wait growing with the streak.
+async fn backoff(streak: u32) {
+    if streak > CONFLICTS_BEFORE_BACKOFF {
+        let cap = 1u64 << (streak - CONFLICTS_BEFORE_BACKOFF).min(4);
+        let wait = rand::random::<u64>() % (cap * 1000);
+        tokio::time::sleep(Duration::from_micros(wait)).await;
+    }
+}
+
+/// What a sent batch's answer leaves: the lane learns it, the batch behind
+/// it goes again when this one did not land, and every member is told.
+async fn settle(
+    engine: &Engine,
+    id: SessionId,
+    name: &str,
+    lane: &Lane,
+    batch: Batch,
+    outcome: Outcome,
+    current: Option<Field>,
+) {
+    let void = {
+        let mut data = lane.lock().await;
+        data.flight = None;
+        match &outcome {
+            Outcome::Committed(field) => {
+                data.known = Some(field.clone());
+                data.token = None;
+                data.streak = 0;
+                engine.cache.wrote(&id, name, field);
             }
-            // The batch gathered behind this one built on a value that did
-            // not land: its members apply their closures again too.
-            let void = match outcome {
-                Outcome::Committed(_) => None,
-                _ => data.next.take(),
-            };
-            if matches!(outcome, Outcome::Conflict) {
-                data.rejoin = batch.members.len() + void.as_ref().map_or(0, |b| b.members.len());
+            Outcome::Conflict => {
+                data.known = current;
+                data.streak += 1;
             }
-            void
+            Outcome::Retry | Outcome::Gone(_) | Outcome::Failed(_) => {
+                data.known = None;
+                data.token = None;
+                engine.cache.invalidate(&id);
+            }
+        }
+        // The batch gathered behind this one built on a value that did
+        // not land: its members apply their closures again too.
+        let void = match outcome {
+            Outcome::Committed(_) => None,
+            _ => data.next.take(),
         };
-        for member in void.into_iter().flat_map(|b| b.members) {
-            let again = match &outcome {
-                Outcome::Committed(_) | Outcome::Conflict | Outcome::Retry => Outcome::Retry,
-                other => other.copy(),
-            };
-            let _ = member.send(again);
+        if matches!(outcome, Outcome::Conflict) {
+            data.rejoin = batch.members.len() + void.as_ref().map_or(0, |b| b.members.len());
         }
-        for member in batch.members {
-            let _ = member.send(outcome.copy());
+        void
+    };
+    for member in void.into_iter().flat_map(|b| b.members) {
+        let again = match &outcome {
+            Outcome::Committed(_) | Outcome::Conflict | Outcome::Retry => Outcome::Retry,
+            other => other.copy(),
+        };
+        let _ = member.send(again);
+    }
+    for member in batch.members {
+        let _ = member.send(outcome.copy());
+    }
+}
+
+/// A member sending its own batch (the lane was idle): dropped half-way, it
+/// hands the lane to a task, which forgets the value that may or may not
+/// have landed and sends what gathered behind it.
+struct Sending {
+    engine: Arc<Engine>,
+    id: SessionId,
+    name: String,
+    lane: Lane,
+    armed: bool,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
         }
+        let (engine, id, lane) = (Arc::clone(&self.engine), self.id, Arc::clone(&self.lane));
+        let name = std::mem::take(&mut self.name);
+        tokio::spawn(async move {
+            {
+                let mut data = lane.lock().await;
+                data.flight = None;
+                data.known = None;
+            }
+            engine.cache.invalidate(&id);
+            commit(engine, id, name, lane).await;
+        });
     }
 }
 
