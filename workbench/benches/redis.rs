@@ -74,6 +74,26 @@ struct Run {
     commands_per_op: f64,
     /// Redis' CPU time per operation (`INFO cpu`), background work included.
     server_us_per_op: f64,
+    /// This process's CPU time per operation (`/proc/self/stat`): the
+    /// client's side, both stores' background tasks included.
+    client_us_per_op: f64,
+}
+
+/// This process's CPU time so far, µs (user and system, from
+/// `/proc/self/stat`; 0 where there is none).
+fn client_usec() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // Clock ticks are 1/100 s on Linux.
+    ticks * 10_000
 }
 
 /// The CPU time Redis has used so far, µs (`INFO cpu`: user and system).
@@ -117,6 +137,7 @@ where
     let op = Arc::new(op);
     let before = commands(probe).await;
     let usec_before = server_usec(probe).await;
+    let client_before = client_usec();
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
@@ -140,6 +161,7 @@ where
     // The INFO calls themselves count (one stats, one cpu).
     let after = commands(probe).await.saturating_sub(2);
     let usec_after = server_usec(probe).await;
+    let client_after = client_usec();
     times.sort();
     let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
     let ops = times.len() as f64;
@@ -149,6 +171,7 @@ where
         p99_us: pct(0.99).as_secs_f64() * 1e6,
         commands_per_op: (after - before) as f64 / ops,
         server_us_per_op: usec_after.saturating_sub(usec_before) as f64 / ops,
+        client_us_per_op: client_after.saturating_sub(client_before) as f64 / ops,
     }
 }
 
@@ -486,7 +509,7 @@ async fn main() {
     // The README table.
     println!();
     println!(
-        "| scenario | tasks | floor req/s | keyed-session req/s (p50 / p99 µs, commands, Redis µs) | tower-sessions req/s (p50 / p99 µs, commands, Redis µs) | keyed ÷ floor | keyed ÷ tower |"
+        "| scenario | tasks | floor req/s | keyed-session req/s (p50 / p99 µs, commands, Redis µs, client µs) | tower-sessions req/s (p50 / p99 µs, commands, Redis µs, client µs) | keyed ÷ floor | keyed ÷ tower |"
     );
     println!("| --- | ---: | ---: | --- | --- | ---: | ---: |");
     let floor_of = |tasks: usize| {
@@ -507,18 +530,20 @@ async fn main() {
                 continue;
             };
             println!(
-                "| {scenario} | {tasks} | {:.0} | {:.0} ({:.0} / {:.0}, {:.1}, {:.1}) | {:.0} ({:.0} / {:.0}, {:.1}, {:.1}) | {:.2}× | {:.2}× |",
+                "| {scenario} | {tasks} | {:.0} | {:.0} ({:.0} / {:.0}, {:.1}, {:.1}, {:.1}) | {:.0} ({:.0} / {:.0}, {:.1}, {:.1}, {:.1}) | {:.2}× | {:.2}× |",
                 floor_of(tasks),
                 k.ops_per_s,
                 k.p50_us,
                 k.p99_us,
                 k.commands_per_op,
                 k.server_us_per_op,
+                k.client_us_per_op,
                 t.ops_per_s,
                 t.p50_us,
                 t.p99_us,
                 t.commands_per_op,
                 t.server_us_per_op,
+                t.client_us_per_op,
                 k.ops_per_s / floor_of(tasks),
                 k.ops_per_s / t.ops_per_s
             );
