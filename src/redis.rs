@@ -261,7 +261,7 @@ impl RedisSessions {
         first: Option<(&str, Vec<u8>)>,
     ) -> Result<RedisSession, SharedError> {
         let e = &self.engine;
-        let token = format!("{:016x}", rand::random::<u64>());
+        let token = rand::random::<[u8; 8]>();
         let ip = peer.map(|p| p.to_string()).unwrap_or_default();
         let ip_key = peer
             .filter(|_| e.config.max_per_ip > 0)
@@ -290,7 +290,7 @@ impl RedisSessions {
                     .arg(&e.config.namespace)
                     .arg(e.config.shards);
                 match &first {
-                    Some((name, bytes)) => call.arg(*name).arg(bytes).arg(&token),
+                    Some((name, bytes)) => call.arg(*name).arg(bytes).arg(&token[..]),
                     None => call.arg("").arg("").arg(""),
                 };
                 call

@@ -694,3 +694,32 @@ async fn two_keys_of_one_name_are_refused_as_in_memory() {
         "nothing was erased"
     );
 }
+
+/// An update whose reply is lost (the server stalls past the response
+/// timeout, then runs the command it had already read) is sent again with
+/// its token, which the script recognises: counted once, not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_whose_reply_is_lost_counts_once() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = builder(&server, "lostcas").build().await.unwrap();
+    let s = store.create(None).await.unwrap();
+    s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
+    let mut counted = 1;
+    // A few rounds: whether the first send or only the resend runs depends
+    // on timing; in each, the count must go up by exactly what returned Ok.
+    for _ in 0..3 {
+        let sleeper = sleep_server(&server, 0.4);
+        let updated = tokio::time::timeout(HANG, s.update(&COUNTER, || 0, |n| *n += 1))
+            .await
+            .expect("no hang");
+        sleeper.join().unwrap();
+        if updated.is_ok() {
+            counted += 1;
+        }
+        let now = store.get(&s.id(), None).await.unwrap().get(&COUNTER);
+        assert_eq!(now, Some(counted), "the update counted once ({updated:?})");
+    }
+    store.shutdown().await;
+}

@@ -28,7 +28,7 @@ pub(crate) struct LaneData {
     pub(crate) committing: bool,
     /// The write token that holds (or will claim) the key's turn after a
     /// lost round (see `scripts::CAS`).
-    pub(crate) token: Option<String>,
+    pub(crate) token: Option<[u8; 8]>,
     /// Lost rounds in a row (another process wrote first).
     pub(crate) streak: u32,
     /// Members of a batch that did not land who have yet to apply their

@@ -252,7 +252,7 @@ async fn commit(engine: Arc<Engine>, id: SessionId, name: String, lane: Lane) {
 
 /// Takes the next batch to send, with the token to send it with and the
 /// lost rounds in a row; `None` (and the lane idle) when there is none.
-fn take(data: &mut LaneData) -> Option<(Batch, String, u32)> {
+fn take(data: &mut LaneData) -> Option<(Batch, [u8; 8], u32)> {
     let Some(batch) = data.next.take() else {
         data.committing = false;
         data.flight = None;
@@ -262,11 +262,8 @@ fn take(data: &mut LaneData) -> Option<(Batch, String, u32)> {
         rev: batch.expected + 1,
         bytes: Some(batch.bytes.clone()),
     });
-    let token = data
-        .token
-        .get_or_insert_with(|| format!("{:016x}", rand::random::<u64>()))
-        .clone();
-    Some((batch, token, data.streak))
+    let token = data.token.get_or_insert_with(rand::random::<[u8; 8]>);
+    Some((batch, *token, data.streak))
 }
 
 /// After a few lost rounds in a row, a random wait growing with the streak.
@@ -370,7 +367,7 @@ async fn send(
     id: &SessionId,
     name: &str,
     batch: &Batch,
-    token: &str,
+    token: &[u8; 8],
 ) -> (Outcome, Option<Field>) {
     let keys = engine.keys(id);
     let mut call = scripts::CAS.prepare_invoke();
@@ -379,7 +376,7 @@ async fn send(
         .arg(name)
         .arg(batch.expected)
         .arg(&batch.bytes)
-        .arg(token)
+        .arg(&token[..])
         .arg(TURN_MS);
     let mut waits = 0u32;
     loop {

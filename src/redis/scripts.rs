@@ -12,14 +12,16 @@
 //! the shared hooks follow every end, however late the sweep comes.
 //!
 //! The session hash: `c` created, `la` last access, `it` idle timeout, `ab`
-//! absolute deadline (0: none), `ip` the bound address, `ik` the address's
-//! key for the per-address limit, `rev` bumped by every value write, `prev`
+//! absolute deadline (0: none), `ip` the bound address and `ik` the address's
+//! key for the per-address limit (both only when set), `rev` bumped by every
+//! value write, `prev`
 //! the id before a renew; per shared key `v:<name>` its bytes, `r:<name>` its
 //! revision (it only grows, removals included, so a stale compare-and-set
 //! never succeeds) and `k:<name>` the tokens of its last three writes (so a
 //! write resent after a lost reply is recognised, not applied twice, even when
-//! another write or two came between; 16 hex digits each, so that the field
-//! stays under Redis' 64-byte limit for compact hashes).
+//! another write or two came between; 8 random bytes each, 24 bytes in all).
+//! `q:<name>` is a key's turn after a lost round: the holder's token, then
+//! its deadline.
 
 use std::sync::LazyLock;
 
@@ -50,19 +52,18 @@ local function deadline(la, it, ab)
   if ab > 0 and ab < d then d = ab end
   return d
 end
--- The tokens of the last few writes of a key, newest first, with `token`
--- added: how a write resent after a lost reply is recognised.
+-- The tokens of the last three writes of a key (8 bytes each, newest
+-- first), with `token` added: how a write resent after a lost reply is
+-- recognised.
 local function remember(seen, token)
-  local kept, n = {token}, 1
-  for t in string.gmatch(seen or '', '%S+') do
-    if n >= 3 then break end
-    n = n + 1
-    kept[n] = t
-  end
-  return table.concat(kept, ' ')
+  return token .. string.sub(seen or '', 1, 16)
 end
 local function seen_token(seen, token)
-  return string.find(' ' .. (seen or '') .. ' ', ' ' .. token .. ' ', 1, true) ~= nil
+  if not seen then return false end
+  for i = 1, #seen, 8 do
+    if string.sub(seen, i, i + 7) == token then return true end
+  end
+  return false
 end
 -- A write over the tracked link (NOLOOP) stops Redis tracking the hash
 -- for it; reading the hash again tracks it again.
@@ -166,15 +167,24 @@ end
 local it = tonumber(ARGV[2])
 local ab = 0
 if tonumber(ARGV[3]) > 0 then ab = now + tonumber(ARGV[3]) end
+local fields = {'c', now, 'la', now, 'it', it, 'ab', ab, 'rev', 0}
+-- The address and its key only when there is one (a field less to keep).
+if ARGV[4] ~= '' then
+  table.insert(fields, 'ip')
+  table.insert(fields, ARGV[4])
+end
+if ARGV[5] ~= '' then
+  table.insert(fields, 'ik')
+  table.insert(fields, ARGV[5])
+end
 if ARGV[14] ~= '' then
   -- The session's first value, written with it.
-  redis.call('HSET', KEYS[1], 'c', now, 'la', now, 'it', it, 'ab', ab,
-    'ip', ARGV[4], 'ik', ARGV[5], 'rev', 1,
-    'v:' .. ARGV[14], ARGV[15], 'r:' .. ARGV[14], 1, 'k:' .. ARGV[14], ARGV[16])
-else
-  redis.call('HSET', KEYS[1], 'c', now, 'la', now, 'it', it, 'ab', ab,
-    'ip', ARGV[4], 'ik', ARGV[5], 'rev', 0)
+  fields[10] = 1
+  for _, f in ipairs({'v:' .. ARGV[14], ARGV[15], 'r:' .. ARGV[14], 1, 'k:' .. ARGV[14], ARGV[16]}) do
+    table.insert(fields, f)
+  end
 end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[2], deadline(now, it, ab), ARGV[8])
 redis.call('INCR', KEYS[5])
 if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[6], ARGV[5], 1) end
@@ -264,13 +274,13 @@ local holder = nil
 local now = 0
 if q then
   now = now_ms(0)
-  local tok, until_ms = string.match(q, '(%S+) (%d+)')
-  if tonumber(until_ms) > now then holder = tok end
+  -- The holder's token (8 bytes), then its deadline.
+  if tonumber(string.sub(q, 9)) > now then holder = string.sub(q, 1, 8) end
 end
 if r ~= tonumber(ARGV[2]) then
   if not holder then
     if now == 0 then now = now_ms(0) end
-    redis.call('HSET', KEYS[1], 'q:' .. name, ARGV[4] .. ' ' .. (now + tonumber(ARGV[5])))
+    redis.call('HSET', KEYS[1], 'q:' .. name, ARGV[4] .. string.format('%d', now + tonumber(ARGV[5])))
     retrack(KEYS[1])
   end
   return {'conflict', r, redis.call('HGET', KEYS[1], 'v:' .. name)}

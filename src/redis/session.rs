@@ -305,12 +305,12 @@ impl RedisSession {
         let mut bytes = Vec::new();
         key.save_value(&value, &mut bytes)
             .map_err(SharedError::Value)?;
-        let token = format!("{:016x}", rand::random::<u64>());
+        let token = rand::random::<[u8; 8]>();
         let pending = Pending::new(self);
         let answer = self
             .run_following(Route::Tracked, true, |id| {
                 let mut call = self.on_session(&scripts::PUT, id);
-                call.arg(key.name()).arg(&bytes).arg(&token);
+                call.arg(key.name()).arg(&bytes).arg(&token[..]);
                 call
             })
             .await?;

@@ -347,7 +347,7 @@ async fn main() {
     // Memory per session, as Redis counts it.
     println!("memory per session (MEMORY USAGE, bytes): case keyed-session tower-sessions");
     let mut memory = Vec::new();
-    for case in ["empty", "u64", "four"] {
+    for case in ["empty", "u64", "u64-updated", "four"] {
         let s = keyed.create(None).await.unwrap();
         let mut r = record(Id::default(), 0);
         r.data.clear();
@@ -355,6 +355,13 @@ async fn main() {
             "u64" => {
                 s.set(&COUNTER, 7).await.unwrap();
                 r.data.insert("counter".into(), 7.into());
+            }
+            // The write tokens kept for resends reach their steady size.
+            "u64-updated" => {
+                for _ in 0..10 {
+                    s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
+                }
+                r.data.insert("counter".into(), 10.into());
             }
             "four" => {
                 s.set(&COUNTER, 7).await.unwrap();
