@@ -222,10 +222,11 @@ impl RedisSessionsBuilder {
     /// How many times `update` runs its closure against a value other
     /// processes keep changing before it gives up with
     /// [`SharedError::Contended`] (default 64). Updates of one key in one
-    /// process never compete with each other (they queue, each starting from
-    /// the value the one before it wrote), so only another process's write
-    /// costs an attempt; after three conflicts in a row an update waits a
-    /// random moment (up to 16 ms as the streak grows) before the next.
+    /// process never compete with each other: they go to Redis together, in
+    /// one compare-and-set (a group commit), so only another process's write
+    /// costs an attempt; the process that lost a round has the key's next
+    /// turn, and after three lost rounds in a row the next waits a random
+    /// moment (up to 16 ms as the streak grows).
     pub fn update_attempts(mut self, attempts: u32) -> Self {
         self.config.update_attempts = attempts.max(1);
         self
