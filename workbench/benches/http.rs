@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 #[cfg(feature = "redis")]
-#[path = "../../tests/common/redis_server.rs"]
+#[path = "../tests/common/redis_server.rs"]
 mod redis_server;
 
 const VARIANTS: [&str; 3] = ["none", "keyed-session", "tower-sessions"];

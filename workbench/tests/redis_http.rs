@@ -6,7 +6,7 @@ mod common;
 #[allow(dead_code)]
 #[path = "../../examples/redis_counter.rs"]
 mod redis_counter;
-#[path = "../../tests/common/redis_server.rs"]
+#[path = "common/redis_server.rs"]
 mod redis_server;
 
 use std::time::Duration;
@@ -21,6 +21,7 @@ async fn serve(sessions: &RedisSessions) -> String {
     serve_app(redis_counter::app(sessions), true).await
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_over_one_redis_share_count_renew_and_logout() {
     let Some(mut server) = RedisServer::start() else {
@@ -139,6 +140,7 @@ async fn remembered_login(sessions: &RedisSessions) -> String {
 
 /// "Remember me" over Redis: the session gets its own idle timeout in every
 /// process, and the response a persistent cookie whose Max-Age follows it.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remember_me_over_redis_gives_a_persistent_cookie() {
     let Some(server) = RedisServer::start() else {
@@ -166,6 +168,7 @@ async fn remember_me_over_redis_gives_a_persistent_cookie() {
 
 /// A 30-day "remember me" on a session with a 12-hour absolute timeout:
 /// the cookie lives no longer than the session can (Max-Age at most 12 h).
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_cookie_never_outlives_the_absolute_timeout() {
     let Some(server) = RedisServer::start() else {

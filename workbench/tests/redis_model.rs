@@ -7,7 +7,7 @@
 //! `End` for every session that ended, with the model's reason, and local
 //! `on_delete` ran once per store per value.
 
-#[path = "../../tests/common/redis_server.rs"]
+#[path = "common/redis_server.rs"]
 mod redis_server;
 
 use std::collections::HashMap;
@@ -235,6 +235,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// One server for every case (each case has its own namespace), owned by
 /// the test so that it is stopped when the test ends (a `static` would never
 /// be dropped, and would leave the server running).
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[test]
 fn two_stores_agree_with_one_model() {
     let Some(server) = RedisServer::start() else {

@@ -179,6 +179,7 @@ impl Drop for Worker {
     }
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_increments() {
     let Some(server) = RedisServer::start() else {
@@ -203,6 +204,7 @@ async fn two_processes_share_increments() {
 
 /// A delete in this process runs the local hooks of both processes, and the
 /// shared hook once.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_in_one_process_runs_hooks_in_both() {
     let Some(server) = RedisServer::start() else {
@@ -226,6 +228,7 @@ async fn a_delete_in_one_process_runs_hooks_in_both() {
 /// One process is killed (`kill -9`) while it holds a session: the session
 /// idles out and the survivor's sweeper ends it; the survivor's hooks run
 /// once.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_kill_the_survivor_ends_the_session_once() {
     let Some(server) = RedisServer::start() else {
@@ -263,6 +266,7 @@ async fn after_a_kill_the_survivor_ends_the_session_once() {
 /// A process takes a session's `End` for the shared hook and dies in the
 /// middle of it (`kill -9`): another process claims the entry after
 /// `claim_after` and runs the hook. At least once across a crash.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_hook_cut_short_by_a_crash_runs_elsewhere() {
     let Some(server) = RedisServer::start() else {

@@ -58,6 +58,7 @@ async fn next(events: &mut Subscription) -> Event {
         .unwrap()
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stores_share_sessions_and_keep_local_keys_apart() {
     let Some(server) = RedisServer::start() else {
@@ -95,6 +96,7 @@ async fn two_stores_share_sessions_and_keep_local_keys_apart() {
     .await;
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_created_with_its_first_value_is_one_script() {
     let Some(server) = RedisServer::start() else {
@@ -131,6 +133,7 @@ async fn a_session_created_with_its_first_value_is_one_script() {
 /// An update whose future is dropped while its compare-and-set is on the
 /// way (the lane was idle, so it was sending its own batch) leaves nobody
 /// waiting: the update queued behind it lands, and so do later ones.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_update_leaves_nobody_waiting() {
     let Some(server) = RedisServer::start() else {
@@ -167,6 +170,7 @@ async fn a_dropped_update_leaves_nobody_waiting() {
 /// 2 stores × 8 tasks × 1,000 requests that each look the session up and
 /// increment one shared key, at default settings: every increment kept, none
 /// refused as `Contended`.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_updates_from_two_stores_lose_nothing() {
     let Some(server) = RedisServer::start() else {
@@ -205,6 +209,7 @@ async fn concurrent_updates_from_two_stores_lose_nothing() {
     assert_eq!(b.get(&id, None).await.unwrap().get(&COUNTER), Some(16_000));
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_after_another_stores_delete_fail_cleanly() {
     let Some(server) = RedisServer::start() else {
@@ -242,6 +247,7 @@ async fn writes_after_another_stores_delete_fail_cleanly() {
 /// A local key's `on_delete` runs once in each store holding a value; a
 /// shared key's once in all; each store's subscriber gets one `End`, after
 /// that store's hooks.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ends_run_local_hooks_in_each_store_and_shared_hooks_once() {
     let Some(server) = RedisServer::start() else {
@@ -307,6 +313,7 @@ async fn ends_run_local_hooks_in_each_store_and_shared_hooks_once() {
     assert!(events_a.try_recv().is_err() && events_b.try_recv().is_err());
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_by_lookup_and_by_sweep() {
     let Some(server) = RedisServer::start() else {
@@ -374,6 +381,7 @@ async fn expiry_by_lookup_and_by_sweep() {
     );
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renew_is_seen_by_both_stores_and_local_values_follow() {
     let Some(server) = RedisServer::start() else {
@@ -399,6 +407,7 @@ async fn renew_is_seen_by_both_stores_and_local_values_follow() {
     assert_eq!(next(&mut events).await, Event::Renewed { old, new });
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ip_mismatch_ends_the_session_everywhere() {
     let Some(server) = RedisServer::start() else {
@@ -418,6 +427,7 @@ async fn ip_mismatch_ends_the_session_everywhere() {
     ));
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_hold_across_stores() {
     let Some(server) = RedisServer::start() else {
@@ -451,6 +461,7 @@ async fn limits_hold_across_stores() {
 
 /// Redis stopped: errors, no panic, no fresh session. Restarted: service
 /// resumes by itself.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_fails_cleanly_and_service_resumes() {
     let Some(mut server) = RedisServer::start() else {
@@ -497,6 +508,7 @@ async fn an_outage_fails_cleanly_and_service_resumes() {
 /// Redis restarted without persistence: a session this process held local
 /// values of is gone without a trace. Reconciliation ends it here with
 /// `Vanished`, its local hooks once, one `End`.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_lost_with_redis_end_as_vanished() {
     let Some(mut server) = RedisServer::start() else {
@@ -541,6 +553,7 @@ async fn sessions_lost_with_redis_end_as_vanished() {
 
 /// A renew this store did not see (its reader is not told) is found by
 /// reconciliation through the tombstone: the local value follows the new id.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconciliation_follows_a_renew_through_its_tombstone() {
     let Some(server) = RedisServer::start() else {
@@ -568,6 +581,7 @@ async fn reconciliation_follows_a_renew_through_its_tombstone() {
 /// Every connection of the stores is cut (`CLIENT KILL`) and an end happens
 /// while they reconnect: the event reader resumes where it left off, and the
 /// local hook runs once.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_cut_off_catches_up_with_hooks_exactly_once() {
     let Some(server) = RedisServer::start() else {
@@ -613,6 +627,7 @@ async fn a_reader_cut_off_catches_up_with_hooks_exactly_once() {
 /// A lookup writes the last access at most every `touch_every`: many lookups
 /// within it write nothing (counted in Redis' own command statistics), and a
 /// session may idle out up to `touch_every` early, never late.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_touch_at_most_every_touch_every() {
     let Some(server) = RedisServer::start() else {
@@ -662,6 +677,7 @@ type HookLog = Arc<parking_lot::Mutex<Vec<(String, Option<EndReason>)>>>;
 /// value, the shared hook once in all, one `End` per subscriber with the
 /// reason. A store's shutdown runs its own local hooks (`Shutdown`) and
 /// leaves the session alive for the other.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_end_reason_runs_each_hook_once() {
     let Some(server) = RedisServer::start() else {
@@ -773,6 +789,7 @@ async fn every_end_reason_runs_each_hook_once() {
 
 /// An attached client (a websocket) keeps the session in use: the guard's
 /// task touches it every `touch_every`; once dropped, the session idles out.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attached_clients_keep_a_session_alive() {
     let Some(server) = RedisServer::start() else {
@@ -818,6 +835,7 @@ async fn attached_clients_keep_a_session_alive() {
 /// A full store set to evict ends the session whose deadline is nearest, in
 /// whichever process or shard it is, with reason `Evicted`; its hooks run
 /// (local in the store that held a value).
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_store_evicts_the_least_recently_used_across_stores() {
     let Some(server) = RedisServer::start() else {

@@ -99,6 +99,7 @@ fn pause_clients(server: &RedisServer, ms: u64) {
     );
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_the_address_limit_refuses_evicts_nobody() {
     let Some(server) = RedisServer::start() else {
@@ -125,6 +126,7 @@ async fn a_create_the_address_limit_refuses_evicts_nobody() {
     assert_eq!(server.cli(&["GET", "ipfirst:n"]), "2");
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_first_updates_of_a_local_key_both_count() {
     let Some(server) = RedisServer::start() else {
@@ -148,6 +150,7 @@ async fn concurrent_first_updates_of_a_local_key_both_count() {
     assert_eq!(log.lock()[0].0, 2);
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renew_whose_reply_is_lost_keeps_the_session() {
     let Some(server) = RedisServer::start() else {
@@ -175,6 +178,7 @@ async fn a_renew_whose_reply_is_lost_keeps_the_session() {
     );
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_whose_reply_is_lost_leaves_no_count_behind() {
     let Some(server) = RedisServer::start() else {
@@ -215,6 +219,7 @@ async fn a_create_whose_reply_is_lost_leaves_no_count_behind() {
     sleeper.join().unwrap();
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_follows_a_renew_made_in_another_store() {
     let Some(server) = RedisServer::start() else {
@@ -252,6 +257,7 @@ async fn a_handle_follows_a_renew_made_in_another_store() {
     assert_eq!(log[0], (6, DeleteCause::SessionEnded(EndReason::Deleted)));
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_deletes_in_one_store_the_winner_returns_after_the_hooks() {
     let Some(server) = RedisServer::start() else {
@@ -282,6 +288,7 @@ async fn of_two_deletes_in_one_store_the_winner_returns_after_the_hooks() {
     );
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_busy_consumer_keeps_its_shared_hooks() {
     let Some(server) = RedisServer::start() else {
@@ -323,6 +330,7 @@ async fn a_busy_consumer_keeps_its_shared_hooks() {
     );
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ends_right_after_a_flush_reach_the_shared_hooks() {
     let Some(server) = RedisServer::start() else {
@@ -348,6 +356,7 @@ async fn ends_right_after_a_flush_reach_the_shared_hooks() {
     assert_eq!(*runs.lock(), [42]);
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_after_shutdown_fail_and_delete_does_not_wait() {
     let Some(server) = RedisServer::start() else {
@@ -377,6 +386,7 @@ async fn writes_after_shutdown_fail_and_delete_does_not_wait() {
     assert!(bounded("delete", store.delete(&s.id())).await.unwrap());
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_past_its_deadline_keeps_counts_and_events_right() {
     let Some(server) = RedisServer::start() else {
@@ -410,6 +420,7 @@ async fn a_session_past_its_deadline_keeps_counts_and_events_right() {
         .expect("the address's count was released");
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_leave_the_group_and_dead_ones_are_removed() {
     let Some(server) = RedisServer::start() else {
@@ -470,6 +481,7 @@ fn eventually_sync(what: &str, check: impl Fn() -> bool) {
     }
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_hook_stalls_no_other_delete() {
     let Some(server) = RedisServer::start() else {
@@ -520,6 +532,7 @@ async fn a_slow_hook_stalls_no_other_delete() {
     assert!(bounded("first delete", first).await.unwrap().unwrap());
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_that_deletes_another_session_does_not_stall() {
     let Some(server) = RedisServer::start() else {
@@ -545,6 +558,7 @@ async fn a_hook_that_deletes_another_session_does_not_stall() {
     assert_eq!(log.lock().len(), 1, "the other session's hook ran");
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ended_resolves_when_its_end_was_dropped_for_lag() {
     let Some(server) = RedisServer::start() else {
@@ -578,6 +592,7 @@ async fn ended_resolves_when_its_end_was_dropped_for_lag() {
     assert_eq!(reason, Some(EndReason::Deleted));
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[test]
 fn ending_a_session_from_inside_its_own_local_value_closure() {
     let Some(server) = RedisServer::start() else {
@@ -630,6 +645,7 @@ fn ending_a_session_from_inside_its_own_local_value_closure() {
     assert_eq!(log[1], (2, DeleteCause::SessionEnded(EndReason::Shutdown)));
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_durations_are_clamped_and_script_errors_are_not_outages() {
     let Some(server) = RedisServer::start() else {
@@ -660,6 +676,7 @@ async fn huge_durations_are_clamped_and_script_errors_are_not_outages() {
 /// The same rule as in memory: one key per name in a store, refused loudly
 /// at the second key's first use (over Redis a second `user` key would read,
 /// or erase, the first one's value).
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_keys_of_one_name_are_refused_as_in_memory() {
     let Some(server) = RedisServer::start() else {
@@ -698,6 +715,7 @@ async fn two_keys_of_one_name_are_refused_as_in_memory() {
 /// An update whose reply is lost (the server stalls past the response
 /// timeout, then runs the command it had already read) is sent again with
 /// its token, which the script recognises: counted once, not twice.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_whose_reply_is_lost_counts_once() {
     let Some(server) = RedisServer::start() else {

@@ -28,6 +28,7 @@ fn scripts_run(server: &RedisServer) -> u64 {
     server.scripts_run()
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_lookup_costs_no_round_trip_and_sees_its_own_writes() {
     let Some(server) = RedisServer::start() else {
@@ -64,6 +65,7 @@ async fn a_hot_lookup_costs_no_round_trip_and_sees_its_own_writes() {
     store.shutdown().await;
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_stores_write_renew_and_end_reach_the_copy() {
     let Some(server) = RedisServer::start() else {
@@ -118,6 +120,7 @@ async fn another_stores_write_renew_and_end_reach_the_copy() {
     b.shutdown().await;
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn this_stores_own_delete_and_renew_show_at_once() {
     let Some(server) = RedisServer::start() else {
@@ -144,6 +147,7 @@ async fn this_stores_own_delete_and_renew_show_at_once() {
     store.shutdown().await;
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_is_never_served_past_its_deadline_or_a_due_touch() {
     let Some(server) = RedisServer::start() else {
@@ -180,6 +184,7 @@ async fn a_copy_is_never_served_past_its_deadline_or_a_due_touch() {
 }
 
 /// On Redis' own clock (no `ManualClock`), as this machine estimates it.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_redis_clock_a_due_touch_reaches_redis() {
     let Some(server) = RedisServer::start() else {
@@ -205,6 +210,7 @@ async fn on_redis_clock_a_due_touch_reaches_redis() {
     store.shutdown().await;
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_tracking_connection_or_a_flush_drops_every_copy() {
     let Some(server) = RedisServer::start() else {
@@ -260,6 +266,7 @@ async fn a_lost_tracking_connection_or_a_flush_drops_every_copy() {
     b.shutdown().await;
 }
 
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_cache_every_lookup_asks_redis() {
     let Some(server) = RedisServer::start() else {
