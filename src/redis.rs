@@ -62,6 +62,7 @@ mod reply;
 mod scripts;
 mod session;
 mod stats;
+mod watched;
 #[cfg(feature = "axum")]
 mod web;
 
@@ -141,6 +142,7 @@ impl RedisSessions {
             waiting: Mutex::new(HashMap::new()),
             next_waiter: std::sync::atomic::AtomicU64::new(0),
             reconciled: Mutex::new(Default::default()),
+            watched: Default::default(),
             cache,
             key_names: Default::default(),
             lanes: Default::default(),
@@ -495,11 +497,15 @@ impl RedisSessions {
         ids.len()
     }
 
-    /// Checks this process's local parts against Redis now (the background
-    /// task does it every `reconcile_every`): ends the ones whose session
-    /// ended unseen (with the reason its tombstone keeps) or whose data Redis
-    /// lost ([`EndReason::Vanished`]), re-keys the ones renewed unseen.
-    /// Returns how many it ended.
+    /// Checks this process's local parts, and the sessions it watches
+    /// without a value (an [`ended`](Self::ended) waiter, an attached
+    /// client), against Redis now. The background task does it every
+    /// `reconcile_every`, and at once when the event reader gets back to
+    /// Redis after losing it. Ends the ones whose session ended unseen (with
+    /// the reason its tombstone keeps) or whose data Redis lost
+    /// ([`EndReason::Vanished`]: their `End` goes to the subscribers and
+    /// waiters here), re-keys the ones renewed unseen. Returns how many it
+    /// ended.
     ///
     /// # Errors
     /// [`SharedError::Unavailable`].

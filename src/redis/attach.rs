@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::redis::engine::Engine;
 use crate::redis::error::SharedError;
 use crate::redis::session::{RedisSession, Route};
+use crate::redis::watched::Watch;
 use crate::redis::{reply, scripts};
 
 impl RedisSession {
@@ -90,6 +91,9 @@ impl RedisSession {
             .touch_every()
             .max(std::time::Duration::from_millis(10));
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        // Watched while attached: should Redis lose the session, the next
+        // reconciliation ends it here (`Vanished`).
+        let mut watch = Watch::new(&engine, id);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -99,8 +103,20 @@ impl RedisSession {
                 match engine.touch(&id).await {
                     Ok(answer) if crate::redis::reply::tag(&answer) == "ok" => {}
                     Ok(answer) => match crate::redis::reply::gone_to(&answer) {
-                        Some(new) => id = new,
-                        None => return,
+                        Some(new) => {
+                            id = new;
+                            watch.move_to(id);
+                        }
+                        None => {
+                            // Ended (its event says how) or lost by Redis
+                            // (no tombstone): reconciliation tells.
+                            if crate::redis::reply::tag(&answer) == "gone"
+                                && answer.get(1).and_then(crate::redis::reply::text).is_none()
+                            {
+                                let _ = engine.ended_unseen(id, crate::reason::EndReason::Vanished);
+                            }
+                            return;
+                        }
                     },
                     // Redis away: try again at the next tick.
                     Err(_) => {}

@@ -4,6 +4,7 @@ use crate::events::Event;
 use crate::id::SessionId;
 use crate::reason::EndReason;
 use crate::redis::error::SharedError;
+use crate::redis::watched::Watch;
 use crate::redis::{RedisSessions, reply};
 
 impl RedisSessions {
@@ -11,7 +12,11 @@ impl RedisSessions {
     /// it through renews), or with [`Shutdown`](EndReason::Shutdown) when this
     /// process's store shuts down. A session that already ended gives its
     /// reason while its tombstone lasts (the event retention); `None` for an
-    /// id Redis knows nothing of.
+    /// id Redis knows nothing of. A session Redis loses while this waits
+    /// (restarted empty, flushed, evicted) gives
+    /// [`Vanished`](EndReason::Vanished), at the next reconciliation: at once
+    /// when this process's event reader gets back to Redis, else within
+    /// `reconcile_every`.
     ///
     /// # Errors
     /// [`SharedError::Unavailable`] when Redis does not answer the first
@@ -23,6 +28,9 @@ impl RedisSessions {
             return Ok(Some(EndReason::Shutdown));
         }
         let mut id = *id;
+        // Watched while waiting: should Redis lose the session, the next
+        // reconciliation tells this waiter (`Vanished`).
+        let mut watch = Watch::new(&self.engine, id);
         loop {
             // Subscribed first, then checked: an end in between is in both.
             // Checked again after the subscription lagged (events were
@@ -30,6 +38,7 @@ impl RedisSessions {
             if let Some(answer) = self.check_ended(&mut id).await? {
                 return Ok(answer);
             }
+            watch.move_to(id);
             loop {
                 let event = tokio::select! {
                     event = events.recv() => event,
@@ -42,7 +51,10 @@ impl RedisSessions {
                     }) if ended == id => {
                         return Ok(Some(reason));
                     }
-                    Ok(Event::Renewed { old, new }) if old == id => id = new,
+                    Ok(Event::Renewed { old, new }) if old == id => {
+                        id = new;
+                        watch.move_to(id);
+                    }
                     Ok(_) => {}
                     Err(crate::events::RecvError::Lagged(_)) => break,
                     Err(_) => return Ok(Some(EndReason::Shutdown)),

@@ -33,6 +33,10 @@ pub(crate) async fn read_events(
     };
     let mut last: Vec<String> = vec![start; streams.len()];
     let mut conn: Option<MultiplexedConnection> = None;
+    // Set when a read failed: once reads work again, this process checks
+    // what it holds and watches against Redis at once (Redis may have come
+    // back empty), instead of at the next `reconcile_every`.
+    let mut cut_off = false;
     loop {
         if conn.is_none() {
             match blocking_connection(&client).await {
@@ -60,6 +64,7 @@ pub(crate) async fn read_events(
         let batches = match read {
             Ok(v) => v,
             Err(_) => {
+                cut_off = true;
                 conn = None;
                 if pause(&mut stop, Duration::from_millis(100)).await {
                     return;
@@ -70,6 +75,18 @@ pub(crate) async fn read_events(
         let Some(engine) = engine.upgrade() else {
             return;
         };
+        if std::mem::take(&mut cut_off) {
+            let engine = Arc::clone(&engine);
+            tokio::spawn(async move {
+                // The main connection may still be reconnecting.
+                for _ in 0..20 {
+                    if engine.stopped() || engine.reconcile().await.is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            });
+        }
         for (stream, entries) in stream_entries(batches) {
             let Some(at) = streams.iter().position(|s| *s == stream) else {
                 continue;

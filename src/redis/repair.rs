@@ -40,7 +40,18 @@ impl Engine {
     /// reason its tombstone keeps; one with no trace at all ends with
     /// [`EndReason::Vanished`]. Returns how many it ended.
     pub(crate) async fn reconcile(&self) -> Result<usize, SharedError> {
-        let ids: Vec<SessionId> = self.locals.lock().keys().copied().collect();
+        let mut ids: Vec<SessionId> = self.locals.lock().keys().copied().collect();
+        // And the sessions watched here without a value (an `ended()`
+        // waiter, an attached client).
+        let watched: Vec<SessionId> = self.watched.lock().keys().copied().collect();
+        let watched: Vec<SessionId> = {
+            let locals = self.locals.lock();
+            watched
+                .into_iter()
+                .filter(|id| !locals.contains_key(id))
+                .collect()
+        };
+        ids.extend(watched);
         let mut ended = 0;
         for chunk in ids.chunks(256) {
             let mut pipe = redis::pipe();
@@ -67,6 +78,13 @@ impl Engine {
                 let reason = tomb
                     .and_then(EndReason::from_name)
                     .unwrap_or(EndReason::Vanished);
+                if !self.locals.lock().contains_key(id) {
+                    // Watched here, no value: only the news to pass on.
+                    if self.ended_unseen(*id, reason) {
+                        ended += 1;
+                    }
+                    continue;
+                }
                 let peer = self.locals.lock().get(id).and_then(|p| p.peer);
                 self.reconciled.lock().insert(*id);
                 self.end_locally(*id, reason).await;
