@@ -95,7 +95,7 @@ pub(crate) struct Engine {
     /// reader saw their event, if it ever does: the reader then skips it.
     pub(crate) reconciled: Mutex<HashSet<SessionId>>,
     /// Sessions watched here without a local value (see `watched.rs`).
-    pub(crate) watched: crate::redis::watched::Watched,
+    pub(crate) watched: Mutex<HashMap<SessionId, usize>>,
     /// One key per name (see `key::names`).
     pub(crate) key_names: crate::key::names::KeyNames,
     /// This process's queues of updates of one shared key (see `lane.rs`).

@@ -4,18 +4,12 @@
 //! evicted) ends as `Vanished` for them too, instead of leaving them waiting
 //! for an `End` that no script will ever write.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use crate::events::Event;
 use crate::id::SessionId;
 use crate::reason::EndReason;
 use crate::redis::engine::Engine;
-
-/// How many watchers each watched session has in this process.
-pub(crate) type Watched = Mutex<HashMap<SessionId, usize>>;
 
 /// One watcher's hold on a session id, given back when dropped.
 pub(crate) struct Watch {
