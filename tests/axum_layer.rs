@@ -415,3 +415,51 @@ fn hooks_may_use_the_request_handle_while_it_ends_the_session() {
         "the hook saw the session already taken out"
     );
 }
+
+/// `set` hands back the value it replaced (tower-sessions' `insert`), and
+/// `renew` on a request without a session is a no-op (a login flow may
+/// renew before it stores the user): no error, no session, no cookie.
+#[tokio::test]
+async fn set_returns_the_old_value_and_renew_without_a_session_does_nothing() {
+    static USER: Key<String> = Key::new("user");
+    let sessions = store();
+    let manager = SessionManager::new(sessions.clone(), CookiePolicy::new()).unwrap();
+    let app =
+        Router::new()
+            .route(
+                "/login",
+                get(|r: RequestSession| async move {
+                    // Renewed before anything is stored: nothing to renew.
+                    assert_eq!(r.renew().await.unwrap(), None);
+                    let first = r.set(&USER, "ada".to_owned()).await.unwrap();
+                    let second = r.set(&USER, "grace".to_owned()).await.unwrap();
+                    format!("{first:?} {second:?}")
+                }),
+            )
+            .route(
+                "/renew",
+                get(|r: RequestSession| async move {
+                    format!("{:?}", r.renew().await.unwrap().is_some())
+                }),
+            )
+            .layer(SessionLayer::new(manager));
+    let resp = app
+        .clone()
+        .oneshot(request("/renew", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    assert_eq!(&body[..], b"false");
+    assert_eq!(sessions.len(), 0, "no session made");
+
+    let resp = app
+        .oneshot(request("/login", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    assert_eq!(&body[..], br#"None Some("ada")"#);
+    assert_eq!(sessions.len(), 1);
+}

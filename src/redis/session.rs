@@ -249,9 +249,20 @@ impl RedisSession {
         })
     }
 
-    /// Stores `value` under `key`: last writer wins for this key (never for
-    /// the whole session). The value it replaced is dropped without its
-    /// `on_delete` (see [`replace`](Self::replace)).
+    /// Stores `value` under `key` and hands back the value it replaced
+    /// (`None` when there was none): last writer wins for this key (never
+    /// for the whole session). The old value's `on_delete` does not run: it
+    /// is yours now; use [`replace`](Self::replace) to have it run (a
+    /// re-login closing the first login's channel).
+    ///
+    /// ```no_run
+    /// use keyed_session::Key;
+    /// static USER: Key<String> = Key::new("user").serde();
+    /// # async fn run(session: keyed_session::redis::RedisSession) -> Result<(), keyed_session::redis::SharedError> {
+    /// let before = session.set(&USER, "ada".to_owned()).await?;
+    /// assert_eq!(before, None);
+    /// # Ok(()) }
+    /// ```
     ///
     /// A handle follows its session through a renew made anywhere: the write
     /// reaches the session under its new id (and [`id`](Self::id) says so).
@@ -265,8 +276,8 @@ impl RedisSession {
         &self,
         key: &Key<T>,
         value: T,
-    ) -> Result<(), SharedError> {
-        self.put(key, value).await.map(drop)
+    ) -> Result<Option<T>, SharedError> {
+        self.put(key, value).await
     }
 
     /// Stores `value` under `key` and runs the old value's `on_delete` with

@@ -78,7 +78,17 @@ async fn two_stores_share_sessions_and_keep_local_keys_apart() {
         !seen.contains(&CHANNEL),
         "a local value stays in its process"
     );
-    seen.set(&NAME, "ada".into()).await.unwrap();
+    // `set` hands back what it replaced, shared or local.
+    assert_eq!(seen.set(&NAME, "ada".into()).await.unwrap(), None);
+    assert_eq!(
+        seen.set(&NAME, "ada".into()).await.unwrap().as_deref(),
+        Some("ada")
+    );
+    let (tx2, _rx2) = mpsc::channel();
+    assert!(
+        s.set(&CHANNEL, tx2).await.unwrap().is_some(),
+        "the first channel"
+    );
 
     let again = a.get(&s.id(), None).await.unwrap();
     assert_eq!(again.get(&NAME).as_deref(), Some("ada"));

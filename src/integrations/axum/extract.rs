@@ -162,12 +162,20 @@ impl RequestSession {
     }
 
     /// Stores `value` under `key`, creating the session if the request has
-    /// none. The value it replaces is dropped (see [`replace`](Self::replace)).
+    /// none, and hands back the value it replaced (as tower-sessions'
+    /// `insert` does). The old value's `on_delete` does not run: it is
+    /// yours now. Use [`replace`](Self::replace) when it holds something
+    /// live that must be closed (a second login's channel replacing the
+    /// first's).
     ///
     /// # Errors
     /// As for [`open`](Self::open), and [`Error::Ended`] when the session
     /// ended meanwhile (the value is dropped).
-    pub async fn set<T: Send + Sync + 'static>(&self, key: &Key<T>, value: T) -> Result<(), Error> {
+    pub async fn set<T: Send + Sync + 'static>(
+        &self,
+        key: &Key<T>,
+        value: T,
+    ) -> Result<Option<T>, Error> {
         let mut value = Some(value);
         let first = self.first_value(key, || value.take().expect("taken once"))?;
         let (current, value) = match (first, value) {
@@ -175,7 +183,8 @@ impl RequestSession {
             (Some(bytes), _) => {
                 let (current, written) = self.open_with(Some((key.name(), bytes.clone()))).await?;
                 if written {
-                    return Ok(());
+                    // A new session: nothing was there before.
+                    return Ok(None);
                 }
                 // Another create of this request won: the value goes there.
                 (
@@ -186,7 +195,7 @@ impl RequestSession {
             (None, None) => unreachable!("the value is taken only with its bytes"),
         };
         match current {
-            Current::Memory(s) => s.set(key, value).map(drop).map_err(Error::from),
+            Current::Memory(s) => s.set(key, value).map_err(Error::from),
             #[cfg(feature = "redis")]
             Current::Redis(s) => Ok(s.set(key, value).await?),
         }
@@ -355,18 +364,24 @@ impl RequestSession {
     }
 
     /// New id, same values, new cookie: call it after a login or any change
-    /// of privilege.
+    /// of privilege. The new id, or `None` when the request has no session:
+    /// then there is nothing to renew and nothing happens (a login flow may
+    /// renew before it stores the user, as axum-login does).
     ///
     /// # Errors
-    /// [`Error::Ended`] when there is no live session.
-    pub async fn renew(&self) -> Result<SessionId, Error> {
+    /// [`Error::Ended`] when the request's session ended meanwhile;
+    /// [`Error::Unavailable`] when a shared store does not answer.
+    pub async fn renew(&self) -> Result<Option<SessionId>, Error> {
         // No lock held while the store works (a renew of an expired session
         // ends it, running hooks); the response compares the ids anyway.
         let (current, store) = {
             let state = self.0.lock();
-            (state.current().ok_or(Error::Ended)?, state.store())
+            let Some(current) = state.current() else {
+                return Ok(None);
+            };
+            (current, state.store())
         };
-        store.renew(&current).await
+        store.renew(&current).await.map(Some)
     }
 
     /// "Remember me": this session's own idle timeout and a persistent cookie
