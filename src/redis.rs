@@ -198,14 +198,15 @@ impl RedisSessions {
         &self,
         id: SessionId,
         peer: Option<IpAddr>,
-        idle: std::time::Duration,
-        absolute_ms: i64,
+        times: (i64, std::time::Duration, i64),
         shared: Arc<HashMap<String, reply::Field>>,
     ) -> RedisSession {
+        let (last_access_ms, idle, absolute_ms) = times;
         RedisSession {
             engine: Arc::clone(&self.engine),
             id: Mutex::new(id),
             peer,
+            last_access_ms: Mutex::new(last_access_ms),
             idle: Mutex::new(idle),
             absolute_ms,
             pending_renew: Mutex::new(None),
@@ -235,7 +236,8 @@ impl RedisSessions {
         {
             let idle = std::time::Duration::from_millis(copy.idle_ms.max(0) as u64);
             let fields = Arc::clone(&copy.fields);
-            return Ok(self.handle(*id, copy.bound, idle, copy.absolute_ms, fields));
+            let times = (copy.la, idle, copy.absolute_ms);
+            return Ok(self.handle(*id, copy.bound, times, fields));
         }
         let ticket = e.cache.begin(id);
         let known = ticket.as_ref().and_then(|t| t.known.as_ref());
@@ -296,7 +298,7 @@ impl RedisSessions {
             e.cache.fill(id, ticket, entry);
         }
         let idle = std::time::Duration::from_millis(idle_ms.max(0) as u64);
-        Ok(self.handle(*id, bound, idle, absolute, fields))
+        Ok(self.handle(*id, bound, (int(2), idle, absolute), fields))
     }
 
     /// Ends session `id` (reason [`Deleted`](EndReason::Deleted)) in every

@@ -463,3 +463,53 @@ async fn set_returns_the_old_value_and_renew_without_a_session_does_nothing() {
     assert_eq!(&body[..], br#"None Some("ada")"#);
     assert_eq!(sessions.len(), 1);
 }
+
+/// The session's expiry and idle timeout are readable from the extractor,
+/// and follow "remember me".
+#[tokio::test]
+async fn the_extractor_tells_when_the_session_expires() {
+    static USER: Key<String> = Key::new("user");
+    let sessions = Sessions::builder()
+        .sweeper(Sweeper::Manual)
+        .idle_timeout(std::time::Duration::from_secs(600))
+        .build();
+    let manager = SessionManager::new(sessions, CookiePolicy::new()).unwrap();
+    let app = Router::new()
+        .route(
+            "/",
+            get(|r: RequestSession| async move {
+                assert_eq!(r.expires_at(), None, "no session yet");
+                assert_eq!(r.idle_timeout(), None);
+                r.set(&USER, "ada".to_owned()).await.unwrap();
+                let left = |r: &RequestSession| {
+                    r.expires_at()
+                        .unwrap()
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default()
+                        .as_secs()
+                };
+                let before = (r.idle_timeout().unwrap().as_secs(), left(&r));
+                r.remember(std::time::Duration::from_secs(86_400))
+                    .await
+                    .unwrap();
+                let after = (r.idle_timeout().unwrap().as_secs(), left(&r));
+                format!("{before:?} {after:?}")
+            }),
+        )
+        .layer(SessionLayer::new(manager));
+    let resp = app
+        .oneshot(request("/", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    // (idle, seconds left) before and after: 600 and about 600, then a day.
+    let nums: Vec<u64> = text
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(nums[0], 600, "{text}");
+    assert!((598..=600).contains(&nums[1]), "{text}");
+    assert_eq!(nums[2], 86_400, "{text}");
+    assert!((86_398..=86_400).contains(&nums[3]), "{text}");
+}

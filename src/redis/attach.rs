@@ -22,7 +22,12 @@ impl RedisSession {
             let id = self.id();
             let answer = self.engine.touch(&id).await?;
             match (reply::tag(&answer), reply::gone_to(&answer)) {
-                ("ok", _) => return Ok(()),
+                ("ok", _) => {
+                    if let Some(now) = answer.get(1).and_then(reply::int) {
+                        *self.last_access_ms.lock() = now;
+                    }
+                    return Ok(());
+                }
                 ("gone", Some(new)) => self.follow(id, new),
                 _ => return Err(SharedError::Ended),
             }
@@ -37,6 +42,36 @@ impl RedisSession {
             .ok()
             .filter(|&ms| ms > 0)
             .map(|ms| ms / 1000)
+    }
+
+    /// When the session expires if nothing touches it: its last access as
+    /// this handle saw it plus its idle timeout, or its absolute deadline if
+    /// that comes first (Redis' clock).
+    ///
+    /// ```no_run
+    /// # async fn run(session: keyed_session::redis::RedisSession) {
+    /// let left = session
+    ///     .expires_at()
+    ///     .duration_since(std::time::SystemTime::now())
+    ///     .unwrap_or_default();
+    /// println!("{} s left", left.as_secs());
+    /// # }
+    /// ```
+    pub fn expires_at(&self) -> std::time::SystemTime {
+        let idle = i64::try_from(self.idle_timeout().as_millis()).unwrap_or(i64::MAX);
+        let mut at = self.last_access_ms.lock().saturating_add(idle);
+        if self.absolute_ms > 0 {
+            at = at.min(self.absolute_ms);
+        }
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(at).unwrap_or(0))
+    }
+
+    /// The session's absolute deadline, if it has one.
+    pub fn absolute_deadline(&self) -> Option<std::time::SystemTime> {
+        u64::try_from(self.absolute_ms)
+            .ok()
+            .filter(|&ms| ms > 0)
+            .map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
     }
 
     /// The session's idle timeout: the store's, or its own after
@@ -66,6 +101,9 @@ impl RedisSession {
         match reply::tag(&answer) {
             "ok" => {
                 *self.idle.lock() = idle;
+                if let Some(now) = answer.get(1).and_then(reply::int) {
+                    *self.last_access_ms.lock() = now;
+                }
                 Ok(())
             }
             // Past its deadline: ended now, with its hooks, never revived.

@@ -151,7 +151,8 @@ impl RedisSessions {
                         HashMap::from([(name.to_owned(), field)])
                     });
                     let fields = Arc::new(fields.unwrap_or_default());
-                    return Ok(self.handle(id, peer, e.config.idle, absolute, fields));
+                    let times = (now, e.config.idle, absolute);
+                    return Ok(self.handle(id, peer, times, fields));
                 }
                 "taken" => continue,
                 "full" => return Err(SharedError::Create(CreateError::Full { limit: limit() })),

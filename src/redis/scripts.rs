@@ -371,7 +371,7 @@ return {'ok'}
 /// KEYS: h due ev tomb n ipn. ARGV: now id retention_ms. Marks the session
 /// used now (a client is attached); a session past its deadline is ended
 /// (with its counts, tombstone and `End`), never revived.
-/// Reply: `{'ok'}`, `{'expired', reason}`, `{'gone', tombstone}`.
+/// Reply: `{'ok', now}`, `{'expired', reason}`, `{'gone', tombstone}`.
 pub(crate) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -387,7 +387,7 @@ if now >= deadline(tonumber(field(all, 'la')), it, ab) then
 end
 redis.call('HSET', KEYS[1], 'la', now)
 redis.call('ZADD', KEYS[2], deadline(now, it, ab), ARGV[2])
-return {'ok'}
+return {'ok', now}
 "#,
     )
 });
@@ -427,7 +427,7 @@ return out
 /// KEYS: h due ev tomb n ipn. ARGV: now id idle_ms retention_ms. Gives the
 /// session its own idle timeout ("remember me"), its deadline moved to
 /// match; a session past its deadline is ended, never revived.
-/// Reply: `{'ok'}`, `{'expired', reason}`, `{'gone', tombstone}`.
+/// Reply: `{'ok', now}`, `{'expired', reason}`, `{'gone', tombstone}`.
 pub(crate) static SET_IDLE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -444,7 +444,7 @@ end
 local it = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'it', it, 'la', now)
 redis.call('ZADD', KEYS[2], deadline(now, it, ab), ARGV[2])
-return {'ok'}
+return {'ok', now}
 "#,
     )
 });

@@ -48,6 +48,8 @@ pub struct RedisSession {
     pub(crate) engine: Arc<Engine>,
     pub(crate) id: Mutex<SessionId>,
     pub(crate) peer: Option<IpAddr>,
+    /// The last access as Redis had it (Unix ms, Redis' clock).
+    pub(crate) last_access_ms: Mutex<i64>,
     /// The session's idle timeout as loaded (its own after a "remember me").
     pub(crate) idle: Mutex<std::time::Duration>,
     /// The absolute deadline, Unix milliseconds (0: none).

@@ -177,6 +177,40 @@ async fn a_dropped_update_leaves_nobody_waiting() {
     store.shutdown().await;
 }
 
+/// A handle tells when its session expires (last access plus idle timeout,
+/// or the absolute deadline), following touches and "remember me".
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_tells_when_its_session_expires() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let clock = ManualClock::new();
+    let start = keyed_session::Clock::now(&clock);
+    let at = |secs: u64| start + Duration::from_secs(secs);
+    let store = builder(&server, "expiry")
+        .clock(clock.clone())
+        .idle_timeout(Duration::from_secs(600))
+        .absolute_timeout(Duration::from_secs(7_200))
+        .build()
+        .await
+        .unwrap();
+    let s = store.create(None).await.unwrap();
+    assert_eq!(s.expires_at(), at(600));
+    assert_eq!(s.absolute_deadline(), Some(at(7_200)));
+    clock.advance(Duration::from_secs(100));
+    s.touch().await.unwrap();
+    assert_eq!(s.expires_at(), at(700));
+    s.set_idle_timeout(Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    // A day of idle time, but the absolute deadline comes first.
+    assert_eq!(s.expires_at(), at(7_200));
+    let seen = store.get(&s.id(), None).await.unwrap();
+    assert_eq!(seen.expires_at(), at(7_200));
+    assert_eq!(seen.idle_timeout(), Duration::from_secs(86_400));
+}
+
 /// 2 stores × 8 tasks × 1,000 requests that each look the session up and
 /// increment one shared key, at default settings: every increment kept, none
 /// refused as `Contended`.

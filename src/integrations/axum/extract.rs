@@ -155,6 +155,34 @@ impl RequestSession {
         either!(self.current()?, s => s.with(key, f))
     }
 
+    /// When the request's session expires if nothing touches it (its last
+    /// access plus its idle timeout, or its absolute deadline if that comes
+    /// first); `None` without a session, or over memory while a client is
+    /// attached and no absolute timeout is set.
+    ///
+    /// ```
+    /// use keyed_session::integrations::axum::RequestSession;
+    /// async fn handler(session: RequestSession) -> String {
+    ///     match session.expires_at() {
+    ///         Some(at) => format!("expires in {:?}", at.duration_since(std::time::SystemTime::now())),
+    ///         None => "no expiry".to_owned(),
+    ///     }
+    /// }
+    /// ```
+    pub fn expires_at(&self) -> Option<std::time::SystemTime> {
+        match self.current()? {
+            Current::Memory(s) => s.expires_at(),
+            #[cfg(feature = "redis")]
+            Current::Redis(s) => Some(s.expires_at()),
+        }
+    }
+
+    /// The request's session's idle timeout (the store's, or its own after
+    /// [`remember`](Self::remember)); `None` without a session.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        Some(either!(self.current()?, s => s.idle_timeout()))
+    }
+
     /// Whether the session holds a value under `key` (`false` without one).
     pub fn contains<T: Send + Sync + 'static>(&self, key: &Key<T>) -> bool {
         self.current()
