@@ -177,6 +177,11 @@ pub use store::{
     SessionsBuilder, Stats, Sweeper, WeakSessions, WhenFull,
 };
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+#[doc = include_str!("../docs/from_tower_sessions.md")]
+pub mod from_tower_sessions {}
+
 /// The README's examples, compiled and run as doctests (they use every feature).
 #[cfg(all(doctest, feature = "axum", feature = "serde"))]
 #[doc = include_str!("../README.md")]
