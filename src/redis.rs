@@ -312,6 +312,11 @@ impl RedisSessions {
         self.engine.end(id, EndReason::Deleted).await
     }
 
+    /// The store's idle timeout (a session's own may differ).
+    pub(crate) fn default_idle(&self) -> std::time::Duration {
+        self.engine.config.idle
+    }
+
     /// Every process's begin, renew and end events, each `End` after this
     /// process's hooks for it ran.
     pub fn subscribe(&self) -> Subscription {

@@ -406,6 +406,11 @@ impl Sessions {
     /// The store's clock in Unix seconds, for the HTTP layer (the ticker's
     /// second on the default clock, as for lookups).
     #[cfg(feature = "http")]
+    /// The store's idle timeout (a session's own may differ).
+    pub(crate) fn default_idle(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.inner.config.idle))
+    }
+
     pub(crate) fn now_unix(&self) -> u64 {
         crate::clock::unix_now(self.inner.ticker.as_ref(), &*self.inner.clock)
     }

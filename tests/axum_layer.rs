@@ -465,7 +465,7 @@ async fn set_returns_the_old_value_and_renew_without_a_session_does_nothing() {
 }
 
 /// The session's expiry and idle timeout are readable from the extractor,
-/// and follow "remember me".
+/// and follow "remember me" and "forget me".
 #[tokio::test]
 async fn the_extractor_tells_when_the_session_expires() {
     static USER: Key<String> = Key::new("user");
@@ -493,7 +493,9 @@ async fn the_extractor_tells_when_the_session_expires() {
                     .await
                     .unwrap();
                 let after = (r.idle_timeout().unwrap().as_secs(), left(&r));
-                format!("{before:?} {after:?}")
+                r.forget().await.unwrap();
+                let forgot = (r.idle_timeout().unwrap().as_secs(), left(&r));
+                format!("{before:?} {after:?} {forgot:?}")
             }),
         )
         .layer(SessionLayer::new(manager));
@@ -512,4 +514,6 @@ async fn the_extractor_tells_when_the_session_expires() {
     assert!((598..=600).contains(&nums[1]), "{text}");
     assert_eq!(nums[2], 86_400, "{text}");
     assert!((86_398..=86_400).contains(&nums[3]), "{text}");
+    assert_eq!(nums[4], 600, "forgotten: {text}");
+    assert!((598..=600).contains(&nums[5]), "{text}");
 }

@@ -236,6 +236,34 @@ impl Started {
         Ok(())
     }
 
+    /// Undoes [`remember`](Self::remember): the session takes the store's
+    /// idle timeout again and the response turns the persistent cookie back
+    /// into the policy's cookie (a session cookie by default), as a "log me
+    /// out when I close the browser" would.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
+    /// use keyed_session::Sessions;
+    /// let manager = SessionManager::with_mode(Sessions::default(), CookiePolicy::new(), CreateMode::Eager)?;
+    /// let mut login = manager.start(None, None, "/");
+    /// login.remember(Duration::from_secs(30 * 24 * 3600)).unwrap();
+    /// login.forget().unwrap();
+    /// let set_cookie = login.set_cookie().unwrap();
+    /// assert!(!set_cookie.to_str().unwrap().contains("Max-Age"));
+    /// # Ok::<(), keyed_session::http::PolicyError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`SessionEnded`] when there is no session or it has ended or expired.
+    pub fn forget(&mut self) -> Result<(), SessionEnded> {
+        let session = self.session.as_ref().ok_or(SessionEnded(()))?;
+        session.set_idle_timeout(self.inner.sessions.default_idle())?;
+        self.remembered = false;
+        self.issue = true;
+        Ok(())
+    }
+
     /// Attaches a client for a long-lived connection (a websocket, a stream):
     /// keep the guard for as long as the connection lives. `None` when there is
     /// no session, or it has ended or expired.

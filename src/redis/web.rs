@@ -232,6 +232,13 @@ impl RedisStarted {
         self.issue = true;
     }
 
+    /// The session took the store's idle timeout again: the response sets
+    /// the policy's cookie in place of the persistent one.
+    pub(crate) fn mark_forgotten(&mut self) {
+        self.remembered = false;
+        self.issue = true;
+    }
+
     /// Takes the session out for an end, marking the cookie for expiry.
     pub(crate) fn take_for_end(&mut self) -> Option<Arc<RedisSession>> {
         let session = self.session.take()?;

@@ -111,6 +111,11 @@ async fn two_servers_over_one_redis_share_count_renew_and_logout() {
 /// Logs in with a 30-day "remember me" through a server over `sessions`:
 /// the `Set-Cookie` of the answer.
 async fn remembered_login(sessions: &RedisSessions) -> String {
+    remembered_login_at(sessions).await.0
+}
+
+/// As [`remembered_login`], with the server's base URL.
+async fn remembered_login_at(sessions: &RedisSessions) -> (String, String) {
     use axum::Router;
     use axum::routing::post;
     use keyed_session::http::CookiePolicy;
@@ -127,6 +132,13 @@ async fn remembered_login(sessions: &RedisSessions) -> String {
                 Ok::<_, keyed_session::Error>("in")
             }),
         )
+        .route(
+            "/forget",
+            post(|s: RequestSession| async move {
+                s.forget().await?;
+                Ok::<_, keyed_session::Error>("out of remembering")
+            }),
+        )
         .layer(SessionLayer::redis(manager));
     let base = serve_app(app, true).await;
     let resp = reqwest::Client::new()
@@ -135,7 +147,53 @@ async fn remembered_login(sessions: &RedisSessions) -> String {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    set_cookie(&resp).expect("a cookie")
+    (set_cookie(&resp).expect("a cookie"), base)
+}
+
+/// "Forget me" over Redis turns the persistent cookie back into a session
+/// cookie, and the session back to the store's idle timeout.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_me_over_redis_gives_a_session_cookie_again() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let sessions = RedisSessions::builder(&server.url())
+        .namespace("forget")
+        .sweep_every(None)
+        .build()
+        .await
+        .unwrap();
+    let (cookie, base) = remembered_login_at(&sessions).await;
+    assert!(cookie.contains("Max-Age"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let forgot = reqwest::Client::new()
+        .post(format!("{base}/forget"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forgot.status(), StatusCode::OK);
+    let plain = set_cookie(&forgot).expect("a new cookie");
+    assert!(!plain.contains("Max-Age"), "{plain}");
+    let id: keyed_session::SessionId = pair
+        .split_once('=')
+        .unwrap()
+        .1
+        .split('.')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        sessions.get(&id, None).await.unwrap().idle_timeout(),
+        sessions_default_idle()
+    );
+}
+
+/// The store's idle timeout (the builder's default: 30 minutes).
+fn sessions_default_idle() -> Duration {
+    Duration::from_secs(30 * 60)
 }
 
 /// "Remember me" over Redis: the session gets its own idle timeout in every

@@ -439,6 +439,37 @@ impl RequestSession {
         }
     }
 
+    /// Undoes [`remember`](Self::remember): the store's idle timeout again,
+    /// and the policy's cookie (a session cookie by default) in place of the
+    /// persistent one; see [`Started::forget`](crate::http::Started::forget).
+    ///
+    /// # Errors
+    /// [`Error::Ended`] when there is no live session;
+    /// [`Error::Unavailable`] when a shared store does not answer.
+    pub async fn forget(&self) -> Result<(), Error> {
+        #[cfg(not(feature = "redis"))]
+        {
+            let State::Memory(s) = &mut *self.0.lock();
+            Ok(s.forget()?)
+        }
+        #[cfg(feature = "redis")]
+        {
+            let (shared, idle) = match &mut *self.0.lock() {
+                State::Memory(s) => return Ok(s.forget()?),
+                State::Redis(s) => (
+                    s.session.clone().ok_or(Error::Ended)?,
+                    s.sessions().default_idle(),
+                ),
+            };
+            // No lock held across the round trip.
+            shared.set_idle_timeout(idle).await?;
+            if let State::Redis(s) = &mut *self.0.lock() {
+                s.mark_forgotten();
+            }
+            Ok(())
+        }
+    }
+
     /// Ends the session (reason [`Deleted`](crate::EndReason::Deleted)) and
     /// expires the cookie; `Ok(false)` when there was none. This process's
     /// `on_delete` hooks ran when it returns, with no lock of this handle held.
