@@ -128,6 +128,9 @@ pub enum DeleteCause {
     /// [`Session::replace`](crate::Session::replace) put another value under
     /// the key (a re-login, say); the session lives on.
     Replaced,
+    /// [`Session::clear`](crate::Session::clear) emptied the session; the
+    /// session lives on, with its id.
+    Cleared,
 }
 
 /// What an `on_delete` hook is told besides the value.
@@ -164,7 +167,10 @@ impl DeleteContext {
     pub fn end_reason(&self) -> Option<EndReason> {
         match self.cause {
             DeleteCause::SessionEnded(r) => Some(r),
-            DeleteCause::NoClient | DeleteCause::NotRestored | DeleteCause::Replaced => None,
+            DeleteCause::NoClient
+            | DeleteCause::NotRestored
+            | DeleteCause::Replaced
+            | DeleteCause::Cleared => None,
         }
     }
 }

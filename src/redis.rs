@@ -49,6 +49,7 @@
 mod attach;
 mod batch;
 mod cache;
+mod clear;
 mod config;
 mod create;
 mod ended;

@@ -517,3 +517,53 @@ async fn the_extractor_tells_when_the_session_expires() {
     assert_eq!(nums[4], 600, "forgotten: {text}");
     assert!((598..=600).contains(&nums[5]), "{text}");
 }
+
+/// `clear` empties the session and keeps it: each value's `on_delete` runs
+/// with `Cleared`, the id and cookie stay.
+#[tokio::test]
+async fn clear_empties_the_session_and_keeps_it() {
+    use std::sync::Mutex;
+    static LOG: Mutex<Vec<(String, Option<keyed_session::DeleteCause>)>> = Mutex::new(Vec::new());
+    fn log(name: &str) -> impl Fn(u8, &keyed_session::DeleteContext) + Send + Sync + 'static {
+        let name = name.to_owned();
+        move |_, ctx| LOG.lock().unwrap().push((name.clone(), Some(ctx.cause)))
+    }
+    let (a, b): (Key<u8>, Key<u8>) = (
+        Key::builder("a").on_delete(log("a")).build(),
+        Key::builder("b").on_delete(log("b")).build(),
+    );
+    let sessions = store();
+    let manager = SessionManager::new(sessions.clone(), CookiePolicy::new()).unwrap();
+    let app = Router::new()
+        .route(
+            "/",
+            get(move |r: RequestSession| async move {
+                assert_eq!(r.clear().await.unwrap(), 0, "no session: nothing");
+                r.set(&a, 1).await.unwrap();
+                r.set(&b, 2).await.unwrap();
+                let id = r.id();
+                let cleared = r.clear().await.unwrap();
+                assert_eq!(r.id(), id, "the same session");
+                assert!(!r.contains(&a) && !r.contains(&b));
+                format!("{cleared}")
+            }),
+        )
+        .layer(SessionLayer::new(manager));
+    let resp = app
+        .oneshot(request("/", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    assert_eq!(&body[..], b"2");
+    assert_eq!(sessions.len(), 1, "the session lives on");
+    let mut log = LOG.lock().unwrap().clone();
+    log.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        log,
+        [
+            ("a".to_owned(), Some(keyed_session::DeleteCause::Cleared)),
+            ("b".to_owned(), Some(keyed_session::DeleteCause::Cleared))
+        ]
+    );
+}

@@ -111,7 +111,7 @@ pub(crate) use crate::redis::batch::Lane;
 pub(crate) type Waiter = (u64, oneshot::Sender<()>);
 
 /// One user hook, ready to run.
-type Hook = Box<dyn FnOnce() + Send>;
+pub(crate) type Hook = Box<dyn FnOnce() + Send>;
 
 /// The Redis keys of one session.
 pub(crate) struct Keys {
@@ -417,7 +417,7 @@ impl Engine {
     /// Runs `hooks` on the blocking pool (never on a runtime worker, never
     /// under a lock), each under its own `catch_unwind`: a panic is counted
     /// and the others still run.
-    async fn run_hooks(&self, hooks: impl Iterator<Item = Hook>) {
+    pub(crate) async fn run_hooks(&self, hooks: impl Iterator<Item = Hook>) {
         let hooks: Vec<Hook> = hooks.collect();
         let counters = Arc::clone(&self.counters);
         let _ = tokio::task::spawn_blocking(move || counters.run_caught(hooks)).await;

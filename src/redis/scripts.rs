@@ -317,6 +317,30 @@ return {'ok', r, old}
     )
 });
 
+/// KEYS: h tomb. Empties the session of its shared values and keeps it:
+/// each key's revision goes up (a stale compare-and-set never succeeds).
+/// Reply: `{'ok', {name, bytes, ...}}`, `{'gone', tombstone}`.
+pub(crate) static CLEAR: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', redis.call('GET', KEYS[2])} end
+local all = redis.call('HGETALL', KEYS[1])
+local old = {}
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, 2) == 'v:' then
+    local name = string.sub(all[i], 3)
+    table.insert(old, name)
+    table.insert(old, all[i + 1])
+    redis.call('HDEL', KEYS[1], all[i], 'k:' .. name, 'q:' .. name)
+    redis.call('HINCRBY', KEYS[1], 'r:' .. name, 1)
+  end
+end
+if #old > 0 then redis.call('HINCRBY', KEYS[1], 'rev', 1) end
+return {'ok', old}
+"#,
+    )
+});
+
 /// KEYS: h tomb. Whether the session is there (before a local write).
 /// Reply: `{'ok'}`, `{'gone', tombstone}`.
 pub(crate) static ALIVE: LazyLock<Script> = LazyLock::new(|| {

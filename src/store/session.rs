@@ -180,6 +180,44 @@ impl Session {
         slots.value_mut::<T>(id).map(f).ok_or(SessionEnded(()))
     }
 
+    /// Empties the session and keeps it (same id, same cookie): every value
+    /// goes to its key's `on_delete` with cause
+    /// [`Cleared`](DeleteCause::Cleared), on this thread, with no lock of the
+    /// store held. Returns how many values there were.
+    ///
+    /// ```
+    /// # use keyed_session::{Key, Sessions, Sweeper};
+    /// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+    /// let cart: Key<Vec<u32>> = Key::new("cart");
+    /// let s = sessions.create(None).unwrap();
+    /// s.set(&cart, vec![7]).unwrap();
+    /// assert_eq!(s.clear().unwrap(), 1);
+    /// assert!(!s.contains(&cart));
+    /// assert!(s.is_valid(), "the session lives on");
+    /// ```
+    ///
+    /// # Errors
+    /// [`SessionEnded`] when the session has ended.
+    pub fn clear(&self) -> Result<usize, SessionEnded> {
+        let taken = {
+            let mut slots = borrow::write(&self.rec.slots, "clear the session");
+            if self.rec.ended().is_some() {
+                return Err(SessionEnded(()));
+            }
+            slots.take_all()
+        };
+        let cleared = taken.len();
+        let ctx = DeleteContext {
+            id: self.rec.id(),
+            peer: self.rec.peer(),
+            cause: DeleteCause::Cleared,
+        };
+        for slot in taken {
+            self.store.ending.run_hook(|| slot.delete(&ctx));
+        }
+        Ok(cleared)
+    }
+
     /// Takes the value under `key` out of the session and hands it to you (no hook
     /// runs for it).
     pub fn remove<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {

@@ -14,8 +14,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use keyed_session::redis::{RedisSessions, RedisSessionsBuilder, SharedError};
-use keyed_session::{EndReason, Event, IpBinding, Key, ManualClock, Refused, Subscription};
-use redis_server::RedisServer;
+use keyed_session::{
+    DeleteCause, EndReason, Event, IpBinding, Key, ManualClock, Refused, Subscription,
+};
+use redis_server::{RedisServer, seen_by};
 
 static COUNTER: Key<u64> = Key::new("counter").serde();
 static NAME: Key<String> = Key::new("name").serde();
@@ -175,6 +177,56 @@ async fn a_dropped_update_leaves_nobody_waiting() {
     let n = store.get(&s.id(), None).await.unwrap().get(&COUNTER);
     assert_eq!(n, Some(4));
     store.shutdown().await;
+}
+
+/// `clear` empties a shared session and keeps it: the shared values go for
+/// every process, this process's local values too, each to its `on_delete`
+/// with `Cleared`; a stale update afterwards starts from nothing.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_empties_a_shared_session_and_keeps_it() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let causes = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let (l, sh) = (Arc::clone(&causes), Arc::clone(&causes));
+    let local: Key<u8> = Key::builder("local")
+        .on_delete(move |_, ctx| l.lock().push(("local", ctx.cause)))
+        .build();
+    let cart: Key<Vec<u32>> = Key::builder("cart")
+        .serde()
+        .on_delete(move |_, ctx| sh.lock().push(("cart", ctx.cause)))
+        .build();
+    let make = || builder(&server, "clear").shared(&cart).build();
+    let (a, b) = (make().await.unwrap(), make().await.unwrap());
+    let s = a.create(None).await.unwrap();
+    s.set(&local, 1).await.unwrap();
+    s.set(&cart, vec![1, 2]).await.unwrap();
+    let stale = b.get(&s.id(), None).await.unwrap();
+    assert_eq!(stale.get(&cart), Some(vec![1, 2]));
+
+    assert_eq!(s.clear().await.unwrap(), 2);
+    assert!(!s.contains(&local) && !s.contains(&cart));
+    let mut seen = causes.lock().clone();
+    seen.sort_by_key(|(k, _)| *k);
+    assert_eq!(
+        seen,
+        [
+            ("cart", DeleteCause::Cleared),
+            ("local", DeleteCause::Cleared)
+        ]
+    );
+    seen_by(&b, &s.id(), "the clear", |r| {
+        r.as_ref().is_ok_and(|x| x.get(&cart).is_none())
+    })
+    .await;
+    // A handle from before the clear updates from nothing, not from its copy.
+    stale.update(&cart, Vec::new, |c| c.push(9)).await.unwrap();
+    assert_eq!(
+        a.get(&s.id(), None).await.unwrap().get(&cart),
+        Some(vec![9])
+    );
+    assert_eq!(causes.lock().len(), 2, "no hook ran twice");
 }
 
 /// A handle tells when its session expires (last access plus idle timeout,

@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
@@ -11,9 +10,8 @@ use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::id::SessionId;
-use crate::integrations::axum::state::{Attached, Current, State};
+use crate::integrations::axum::state::{Current, State};
 use crate::key::Key;
-use crate::reason::EndReason;
 use crate::store::Session;
 
 /// The request's session, as the one extractor a handler needs: read values
@@ -112,6 +110,8 @@ macro_rules! either {
     };
 }
 
+mod lifecycle;
+
 impl RequestSession {
     pub(crate) fn new(state: State) -> Self {
         RequestSession(Arc::new(Mutex::new(state)))
@@ -153,34 +153,6 @@ impl RequestSession {
         f: impl FnOnce(&T) -> R,
     ) -> Option<R> {
         either!(self.current()?, s => s.with(key, f))
-    }
-
-    /// When the request's session expires if nothing touches it (its last
-    /// access plus its idle timeout, or its absolute deadline if that comes
-    /// first); `None` without a session, or over memory while a client is
-    /// attached and no absolute timeout is set.
-    ///
-    /// ```
-    /// use keyed_session::integrations::axum::RequestSession;
-    /// async fn handler(session: RequestSession) -> String {
-    ///     match session.expires_at() {
-    ///         Some(at) => format!("expires in {:?}", at.duration_since(std::time::SystemTime::now())),
-    ///         None => "no expiry".to_owned(),
-    ///     }
-    /// }
-    /// ```
-    pub fn expires_at(&self) -> Option<std::time::SystemTime> {
-        match self.current()? {
-            Current::Memory(s) => s.expires_at(),
-            #[cfg(feature = "redis")]
-            Current::Redis(s) => Some(s.expires_at()),
-        }
-    }
-
-    /// The request's session's idle timeout (the store's, or its own after
-    /// [`remember`](Self::remember)); `None` without a session.
-    pub fn idle_timeout(&self) -> Option<Duration> {
-        Some(either!(self.current()?, s => s.idle_timeout()))
     }
 
     /// Whether the session holds a value under `key` (`false` without one).
@@ -389,125 +361,6 @@ impl RequestSession {
         let mut bytes = Vec::new();
         key.save_value(&value(), &mut bytes).map_err(store_error)?;
         Ok(Some(bytes))
-    }
-
-    /// New id, same values, new cookie: call it after a login or any change
-    /// of privilege. The new id, or `None` when the request has no session:
-    /// then there is nothing to renew and nothing happens (a login flow may
-    /// renew before it stores the user, as axum-login does).
-    ///
-    /// # Errors
-    /// [`Error::Ended`] when the request's session ended meanwhile;
-    /// [`Error::Unavailable`] when a shared store does not answer.
-    pub async fn renew(&self) -> Result<Option<SessionId>, Error> {
-        // No lock held while the store works (a renew of an expired session
-        // ends it, running hooks); the response compares the ids anyway.
-        let (current, store) = {
-            let state = self.0.lock();
-            let Some(current) = state.current() else {
-                return Ok(None);
-            };
-            (current, state.store())
-        };
-        store.renew(&current).await.map(Some)
-    }
-
-    /// "Remember me": this session's own idle timeout and a persistent cookie
-    /// that follows it; see [`Started::remember`](crate::http::Started::remember).
-    ///
-    /// # Errors
-    /// [`Error::Ended`] when there is no live session;
-    /// [`Error::Unavailable`] when a shared store does not answer.
-    pub async fn remember(&self, idle: Duration) -> Result<(), Error> {
-        #[cfg(not(feature = "redis"))]
-        {
-            let State::Memory(s) = &mut *self.0.lock();
-            Ok(s.remember(idle)?)
-        }
-        #[cfg(feature = "redis")]
-        {
-            let shared = match &mut *self.0.lock() {
-                State::Memory(s) => return Ok(s.remember(idle)?),
-                State::Redis(s) => s.session.clone().ok_or(Error::Ended)?,
-            };
-            // No lock held across the round trip.
-            shared.set_idle_timeout(idle).await?;
-            if let State::Redis(s) = &mut *self.0.lock() {
-                s.mark_remembered();
-            }
-            Ok(())
-        }
-    }
-
-    /// Undoes [`remember`](Self::remember): the store's idle timeout again,
-    /// and the policy's cookie (a session cookie by default) in place of the
-    /// persistent one; see [`Started::forget`](crate::http::Started::forget).
-    ///
-    /// # Errors
-    /// [`Error::Ended`] when there is no live session;
-    /// [`Error::Unavailable`] when a shared store does not answer.
-    pub async fn forget(&self) -> Result<(), Error> {
-        #[cfg(not(feature = "redis"))]
-        {
-            let State::Memory(s) = &mut *self.0.lock();
-            Ok(s.forget()?)
-        }
-        #[cfg(feature = "redis")]
-        {
-            let (shared, idle) = match &mut *self.0.lock() {
-                State::Memory(s) => return Ok(s.forget()?),
-                State::Redis(s) => (
-                    s.session.clone().ok_or(Error::Ended)?,
-                    s.sessions().default_idle(),
-                ),
-            };
-            // No lock held across the round trip.
-            shared.set_idle_timeout(idle).await?;
-            if let State::Redis(s) = &mut *self.0.lock() {
-                s.mark_forgotten();
-            }
-            Ok(())
-        }
-    }
-
-    /// Ends the session (reason [`Deleted`](crate::EndReason::Deleted)) and
-    /// expires the cookie; `Ok(false)` when there was none. This process's
-    /// `on_delete` hooks ran when it returns, with no lock of this handle held.
-    ///
-    /// # Errors
-    /// [`Error::Unavailable`] when a shared store does not answer (the
-    /// cookie is expired anyway).
-    pub async fn end(&self) -> Result<bool, Error> {
-        let (current, store) = {
-            let mut state = self.0.lock();
-            (state.take_for_end(), state.store())
-        };
-        match current {
-            Some(current) => store.delete(&current.id()).await,
-            None => Ok(false),
-        }
-    }
-
-    /// Resolves with the reason when the request's session ends, wherever it
-    /// is ended; `None` when the request has no live session.
-    pub async fn ended(&self) -> Option<EndReason> {
-        match self.current()? {
-            Current::Memory(s) => Some(s.ended().await),
-            #[cfg(feature = "redis")]
-            Current::Redis(s) => {
-                let store = match self.0.lock().store() {
-                    crate::integrations::axum::state::Store::Redis(store) => store,
-                    crate::integrations::axum::state::Store::Memory(_) => return None,
-                };
-                store.ended(&s.id()).await.ok().flatten()
-            }
-        }
-    }
-
-    /// Attaches a client for a websocket's lifetime: move the guard into the
-    /// upgraded connection's task. `None` without a live session.
-    pub fn attach(&self) -> Option<Attached> {
-        self.0.lock().attach()
     }
 }
 
