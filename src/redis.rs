@@ -46,6 +46,8 @@
 //! # Ok(()) }
 //! ```
 
+#![doc = ""]
+#![doc = include_str!("../docs/many_processes.md")]
 mod attach;
 mod batch;
 mod cache;

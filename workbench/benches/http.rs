@@ -8,7 +8,7 @@
 //! tiny page. Variants: `none` (an `AtomicU64`, no sessions: the floor),
 //! `keyed-session` (its `SessionLayer` over the in-memory store) and
 //! `tower-sessions` (`SessionManagerLayer` over its `MemoryStore`). Scenarios:
-//! With `--features redis` (the README's bench command for Redis), two more:
+//! With `--features redis` (BENCHMARKS.md's command for Redis), two more:
 //! `keyed-session-redis` (`SessionLayer::redis` over `RedisSessions`) and
 //! `tower-sessions-redis` (its layer over `tower-sessions-redis-store`), both
 //! on one `redis-server` the bench starts on a free port (skipped with a
@@ -18,7 +18,7 @@
 //! session). wrk runs with one thread and 32 keep-alive connections after a
 //! warm-up; variants alternate over the rounds and the medians are reported,
 //! one line each: `http <variant> <scenario> <requests_per_s> <p50_us> <p99_us>`,
-//! then a README table with the ratios to `none` and to tower-sessions.
+//! then a BENCHMARKS.md table with the ratios to `none` and to tower-sessions.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -7,7 +7,7 @@
 //! it says so and stops. It prints one line per measurement:
 //! `redis <variant> <scenario> <tasks> <ops_per_s> <p50_us> <p99_us> <commands_per_op>`,
 //! then `MEMORY USAGE` per session and the lost updates of 2 stores × 8 tasks
-//! on one counter, then the README table.
+//! on one counter, then the BENCHMARKS.md tables.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -513,7 +513,7 @@ async fn main() {
         st.cache_hits, st.cache_misses, st.invalidations, st.cache_resets
     );
 
-    // The README table.
+    // The BENCHMARKS.md tables.
     println!();
     println!(
         "| scenario | tasks | floor req/s | keyed-session req/s (p50 / p99 µs, commands, Redis µs, client µs) | tower-sessions req/s (p50 / p99 µs, commands, Redis µs, client µs) | keyed ÷ floor | keyed ÷ tower |"
