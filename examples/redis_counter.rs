@@ -52,6 +52,14 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    if let Err(e) = sessions.ping().await {
+        // The store connects by itself once Redis is up; until then every
+        // page answers 503.
+        eprintln!(
+            "the Redis at {url} does not answer ({e}): pages answer 503 until it does \
+             (start one with `redis-server`, or set REDIS_URL)"
+        );
+    }
     let (listener, port) = counter::listen().await;
     println!("counter on http://127.0.0.1:{port}/ over {url}");
     let app = app(&sessions).into_make_service_with_connect_info::<SocketAddr>();

@@ -144,6 +144,7 @@ mod borrow;
 mod clock;
 mod error;
 mod events;
+mod hooks;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;

@@ -315,6 +315,30 @@ impl RedisSessions {
         self.engine.end(id, EndReason::Deleted).await
     }
 
+    /// Whether Redis answers now, within the response timeout: a health
+    /// check (at start-up, or for a readiness probe). The store does not
+    /// need it: it reconnects by itself, and answers
+    /// [`SharedError::Unavailable`] meanwhile.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), keyed_session::redis::SharedError> {
+    /// use keyed_session::redis::RedisSessions;
+    /// let sessions = RedisSessions::builder("redis://127.0.0.1:6379").build().await?;
+    /// if let Err(e) = sessions.ping().await {
+    ///     eprintln!("Redis does not answer yet: {e}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`SharedError::Unavailable`] when Redis does not answer.
+    pub async fn ping(&self) -> Result<(), SharedError> {
+        let mut conn = self.engine.conn.clone();
+        self.engine
+            .within(redis::cmd("PING").query_async::<()>(&mut conn))
+            .await
+    }
+
     /// The store's idle timeout (a session's own may differ).
     pub(crate) fn default_idle(&self) -> std::time::Duration {
         self.engine.config.idle

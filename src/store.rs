@@ -411,6 +411,7 @@ impl Sessions {
         std::time::Duration::from_secs(u64::from(self.inner.config.idle))
     }
 
+    #[cfg(feature = "http")]
     pub(crate) fn now_unix(&self) -> u64 {
         crate::clock::unix_now(self.inner.ticker.as_ref(), &*self.inner.clock)
     }

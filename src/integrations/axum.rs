@@ -279,6 +279,8 @@ where
 fn refusal<B>(handle: &RequestSession) -> Option<http::Response<SessionBody<B>>> {
     // Binding would fail open: refuse loudly instead.
     (handle.state().rejected() == Some(Rejection::NoClientAddress)).then(|| {
+        #[cfg(feature = "tracing")]
+        tracing::error!("{}", crate::store::NO_CLIENT_ADDRESS);
         refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
             crate::store::NO_CLIENT_ADDRESS,

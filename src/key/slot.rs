@@ -20,6 +20,9 @@ pub(crate) trait ErasedSlot: Send + Sync {
     fn keep_without_client(&self) -> bool;
     /// Hands the value to `on_delete`, or drops it when there is none.
     fn delete(self: Box<Self>, ctx: &DeleteContext);
+    /// [`delete`](Self::delete) under [`hooks::run`](crate::hooks::run):
+    /// `false` when the hook panicked (reported).
+    fn delete_caught(self: Box<Self>, ctx: &DeleteContext) -> bool;
     /// Writes the value with the key's `save` hook; `None` when it has none.
     fn save(&self, out: &mut dyn Write) -> Option<io::Result<()>>;
     /// The value as what a session's value slot holds (no allocation).
@@ -94,6 +97,11 @@ impl<T: Send + Sync + 'static> Holder for TypedSlot<T> {
 impl<T: Send + Sync + 'static> ErasedSlot for TypedSlot<T> {
     fn key_id(&self) -> u64 {
         self.key.id
+    }
+
+    fn delete_caught(self: Box<Self>, ctx: &DeleteContext) -> bool {
+        let key = std::sync::Arc::clone(&self.key);
+        crate::hooks::run(&key.name, "on_delete", || self.delete(ctx)).is_some()
     }
 
     fn key_name(&self) -> &str {

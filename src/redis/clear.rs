@@ -74,8 +74,10 @@ impl RedisSession {
         let mut hooks: Vec<Hook> = Vec::new();
         for (name, bytes) in &old {
             if let Some(hook) = self.engine.config.shared.get(name) {
-                let (hook, bytes) = (Arc::clone(hook), bytes.clone());
-                hooks.push(Box::new(move || hook(&bytes, &ctx)));
+                let (hook, bytes, name) = (Arc::clone(hook), bytes.clone(), name.clone());
+                hooks.push(Box::new(move || {
+                    crate::hooks::run(&name, "on_delete", || hook(&bytes, &ctx)).is_some()
+                }));
             }
         }
         let mut cleared = old.len();
@@ -90,7 +92,7 @@ impl RedisSession {
             };
             cleared += taken.len();
             for slot in taken {
-                hooks.push(Box::new(move || slot.delete(&ctx)));
+                hooks.push(Box::new(move || slot.delete_caught(&ctx)));
             }
         }
         self.engine.run_hooks(hooks.into_iter()).await;

@@ -10,7 +10,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -64,14 +63,15 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    /// Runs `hooks` here and now, each under its own `catch_unwind`: a panic
-    /// is counted and the others still run. Every hook runner of the store
-    /// goes through it.
-    pub(crate) fn run_caught<H: FnOnce()>(&self, hooks: impl IntoIterator<Item = H>) {
+    /// Runs `hooks` here and now, each caught and reported on its own
+    /// (`hooks::run`; each answers `false` when it panicked): the panics are
+    /// counted and the others still run. Every hook runner of the store goes
+    /// through it.
+    pub(crate) fn run_caught<H: FnOnce() -> bool>(&self, hooks: impl IntoIterator<Item = H>) {
         let panics = hooks
             .into_iter()
-            .map(|hook| catch_unwind(AssertUnwindSafe(hook)).is_err())
-            .filter(|&panicked| panicked)
+            .map(|hook| hook())
+            .filter(|ok| !ok)
             .count() as u64;
         self.hook_panics.fetch_add(panics, Ordering::Relaxed);
     }
@@ -110,8 +110,9 @@ pub(crate) use crate::redis::batch::Lane;
 /// wake-up.
 pub(crate) type Waiter = (u64, oneshot::Sender<()>);
 
-/// One user hook, ready to run.
-pub(crate) type Hook = Box<dyn FnOnce() + Send>;
+/// One user hook, ready to run: `false` when it panicked (caught and
+/// reported by `hooks::run`).
+pub(crate) type Hook = Box<dyn FnOnce() -> bool + Send>;
 
 /// The Redis keys of one session.
 pub(crate) struct Keys {
@@ -346,9 +347,12 @@ impl Engine {
         peer: Option<IpAddr>,
         last: Vec<(String, Vec<u8>)>,
     ) {
-        let jobs: Vec<(crate::redis::config::SharedHook, Vec<u8>)> = last
+        let jobs: Vec<(String, crate::redis::config::SharedHook, Vec<u8>)> = last
             .into_iter()
-            .filter_map(|(name, bytes)| Some((Arc::clone(self.config.shared.get(&name)?), bytes)))
+            .filter_map(|(name, bytes)| {
+                let hook = Arc::clone(self.config.shared.get(&name)?);
+                Some((name, hook, bytes))
+            })
             .collect();
         if jobs.is_empty() {
             return;
@@ -358,10 +362,10 @@ impl Engine {
             peer,
             cause: DeleteCause::SessionEnded(reason),
         };
-        self.run_hooks(
-            jobs.into_iter()
-                .map(|(hook, bytes)| Box::new(move || hook(&bytes, &ctx)) as Hook),
-        )
+        self.run_hooks(jobs.into_iter().map(|(name, hook, bytes)| {
+            Box::new(move || crate::hooks::run(&name, "on_delete", || hook(&bytes, &ctx)).is_some())
+                as Hook
+        }))
         .await;
     }
 
@@ -384,7 +388,7 @@ impl Engine {
             let held = Arc::clone(&part);
             borrow::defer(&part.values, move || {
                 let values = held.close(&mut borrow::write(&held.values, "end it"));
-                counters.run_caught(values.into_iter().map(|slot| || slot.delete(&ctx)));
+                counters.run_caught(values.into_iter().map(|slot| || slot.delete_caught(&ctx)));
             });
             return;
         }
@@ -409,7 +413,7 @@ impl Engine {
         self.run_hooks(
             values
                 .into_iter()
-                .map(|slot| Box::new(move || slot.delete(&ctx)) as Hook),
+                .map(|slot| Box::new(move || slot.delete_caught(&ctx)) as Hook),
         )
         .await;
     }

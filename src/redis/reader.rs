@@ -63,7 +63,11 @@ pub(crate) async fn read_events(
         };
         let batches = match read {
             Ok(v) => v,
-            Err(_) => {
+            Err(_e) => {
+                #[cfg(feature = "tracing")]
+                if !cut_off {
+                    tracing::warn!(error = %_e, "Redis unreachable: requests answer 503 until it is back");
+                }
                 cut_off = true;
                 conn = None;
                 if pause(&mut stop, Duration::from_millis(100)).await {
@@ -76,6 +80,8 @@ pub(crate) async fn read_events(
             return;
         };
         if std::mem::take(&mut cut_off) {
+            #[cfg(feature = "tracing")]
+            tracing::info!("Redis reachable again; checking this process's sessions against it");
             let engine = Arc::clone(&engine);
             tokio::spawn(async move {
                 // The main connection may still be reconnecting.

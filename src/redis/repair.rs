@@ -143,7 +143,7 @@ impl Engine {
                 cause: DeleteCause::Replaced,
             };
             self.counters
-                .run_caught(replaced.into_iter().map(|slot| || slot.delete(&ctx)));
+                .run_caught(replaced.into_iter().map(|slot| || slot.delete_caught(&ctx)));
         }
         self.cache.forget(old);
         self.cache.forget(&new);

@@ -302,7 +302,14 @@ impl RedisSession {
             cause: crate::reason::DeleteCause::Replaced,
         };
         let key = key.clone();
-        let _ = tokio::task::spawn_blocking(move || key.run_on_delete(old, &ctx)).await;
+        let counters = Arc::clone(&self.engine.counters);
+        let _ = tokio::task::spawn_blocking(move || {
+            counters.run_caught([|| {
+                crate::hooks::run(key.name(), "on_delete", || key.run_on_delete(old, &ctx))
+                    .is_some()
+            }])
+        })
+        .await;
         Ok(())
     }
 

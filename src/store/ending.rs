@@ -3,7 +3,6 @@
 //! `Event::End` sent after every `on_delete` of the session, those of values an
 //! `on_no_client` hook dropped included.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Weak};
 
 use crate::borrow;
@@ -38,20 +37,27 @@ impl Ending {
         })
     }
 
-    /// Runs a user hook, catching and counting a panic; `None` when it panicked.
-    pub(crate) fn run_hook<R>(&self, hook: impl FnOnce() -> R) -> Option<R> {
-        match catch_unwind(AssertUnwindSafe(hook)) {
-            Ok(r) => Some(r),
-            Err(_) => {
-                bump(&self.counters.hook_panics);
-                None
-            }
+    /// Runs the `what` hook of key `key`, catching, reporting and counting a
+    /// panic; `None` when it panicked.
+    pub(crate) fn run_hook<R>(
+        &self,
+        key: &str,
+        what: &'static str,
+        hook: impl FnOnce() -> R,
+    ) -> Option<R> {
+        let r = crate::hooks::run(key, what, hook);
+        if r.is_none() {
+            bump(&self.counters.hook_panics);
         }
+        r
     }
 
-    /// Counts a panic of a user hook that was caught elsewhere.
-    pub(crate) fn count_hook_panic(&self) {
-        bump(&self.counters.hook_panics);
+    /// Hands `slot` to its `on_delete`, catching, reporting and counting a
+    /// panic.
+    pub(crate) fn delete(&self, slot: Box<dyn ErasedSlot>, ctx: &DeleteContext) {
+        if !slot.delete_caught(ctx) {
+            bump(&self.counters.hook_panics);
+        }
     }
 
     /// The values' part of an end, once the session was claimed, marked ended
@@ -94,7 +100,7 @@ impl Ending {
 
     fn delete_values(&self, slots: Vec<Box<dyn ErasedSlot>>, ctx: &DeleteContext) {
         for slot in slots {
-            self.run_hook(|| slot.delete(ctx));
+            self.delete(slot, ctx);
         }
     }
 
@@ -123,7 +129,10 @@ impl Ending {
         let mut dropped_keys = Vec::new();
         for slot in slots.iter().filter(|s| s.has_no_client_hook()) {
             // A hook that panics keeps its value: nothing is lost by a bug.
-            if !self.run_hook(|| slot.keep_without_client()).unwrap_or(true) {
+            let keep = self.run_hook(slot.key_name(), "on_no_client", || {
+                slot.keep_without_client()
+            });
+            if !keep.unwrap_or(true) {
                 dropped_keys.push(slot.key_id());
             }
         }

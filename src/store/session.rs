@@ -110,7 +110,7 @@ impl Session {
                 peer: self.rec.peer(),
                 cause: DeleteCause::Replaced,
             };
-            self.store.ending.run_hook(|| old.delete(&ctx));
+            self.store.ending.delete(old, &ctx);
         }
         Ok(())
     }
@@ -213,7 +213,7 @@ impl Session {
             cause: DeleteCause::Cleared,
         };
         for slot in taken {
-            self.store.ending.run_hook(|| slot.delete(&ctx));
+            self.store.ending.delete(slot, &ctx);
         }
         Ok(cleared)
     }
@@ -313,6 +313,7 @@ impl Session {
     }
 
     /// The absolute deadline, in Unix seconds, if the session has one.
+    #[cfg(feature = "http")]
     pub(crate) fn absolute_deadline_unix(&self) -> Option<u64> {
         match self.rec.absolute() {
             NEVER => None,

@@ -2,7 +2,6 @@
 //! records, writing a snapshot file, and records back from images.
 
 use std::io;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,14 +24,10 @@ fn image(rec: &Record, epoch: Epoch, report: &mut SaveReport, ending: &Ending) -
         let slots = borrow::read_eagerly(&rec.slots, "take a snapshot of it");
         for slot in slots.iter() {
             let mut data = Vec::new();
-            match catch_unwind(AssertUnwindSafe(|| slot.save(&mut data))) {
-                Ok(None) => count(&mut report.unsaved, slot.key_name()),
-                Ok(Some(Ok(()))) => values.push((slot.key_name().to_owned(), data)),
-                Ok(Some(Err(_))) => count(&mut report.failed, slot.key_name()),
-                Err(_) => {
-                    ending.count_hook_panic();
-                    count(&mut report.failed, slot.key_name());
-                }
+            match ending.run_hook(slot.key_name(), "save", || slot.save(&mut data)) {
+                Some(None) => count(&mut report.unsaved, slot.key_name()),
+                Some(Some(Ok(()))) => values.push((slot.key_name().to_owned(), data)),
+                Some(Some(Err(_))) | None => count(&mut report.failed, slot.key_name()),
             }
         }
     }
@@ -113,16 +108,12 @@ pub(crate) fn record_from(
             continue;
         };
         let mut input: &[u8] = data;
-        match catch_unwind(AssertUnwindSafe(|| key.load_value_erased(&mut input))) {
-            Ok(Ok(value)) => {
+        match ending.run_hook(name, "load", || key.load_value_erased(&mut input)) {
+            Some(Ok(value)) => {
                 borrow::write(&rec.slots, "restore it").push(value.0);
                 loaded.push(name);
             }
-            Ok(Err(_)) => count(&mut report.failed_loads, name),
-            Err(_) => {
-                ending.count_hook_panic();
-                count(&mut report.failed_loads, name);
-            }
+            Some(Err(_)) | None => count(&mut report.failed_loads, name),
         }
     }
     Some(rec)
@@ -138,7 +129,7 @@ pub(crate) fn not_restored(rec: &Arc<Record>, ending: &Ending) {
         cause: DeleteCause::NotRestored,
     };
     for value in values {
-        ending.run_hook(|| value.delete(&ctx));
+        ending.delete(value, &ctx);
     }
 }
 
@@ -153,6 +144,10 @@ pub(crate) fn write_counted(
 ) {
     match write(records, epoch, now, path, ending) {
         Ok(_) => bump(&counters.snapshots_written),
-        Err(_) => bump(&counters.snapshot_errors),
+        Err(_e) => {
+            #[cfg(feature = "tracing")]
+            tracing::error!(path = %path.display(), error = %_e, "saving the session snapshot failed");
+            bump(&counters.snapshot_errors);
+        }
     }
 }

@@ -569,7 +569,12 @@ async fn an_outage_fails_cleanly_and_service_resumes() {
         .await
         .unwrap();
     let s = store.create(None).await.unwrap();
+    store.ping().await.unwrap();
     server.stop();
+    assert!(matches!(
+        store.ping().await,
+        Err(SharedError::Unavailable(_))
+    ));
     assert!(matches!(
         store.get(&s.id(), None).await,
         Err(SharedError::Unavailable(_))
@@ -594,6 +599,7 @@ async fn an_outage_fails_cleanly_and_service_resumes() {
         }
     };
     fresh.set(&COUNTER, 1).await.unwrap();
+    store.ping().await.unwrap();
     // The old session's data went with the old server.
     assert!(matches!(
         store.get(&s.id(), None).await,

@@ -43,7 +43,11 @@ impl IntoResponse for Error {
                     .insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
                 response
             }
-            _ => respond(StatusCode::INTERNAL_SERVER_ERROR, self.to_string()),
+            _ => {
+                #[cfg(feature = "tracing")]
+                tracing::error!(error = %self, "answered 500");
+                respond(StatusCode::INTERNAL_SERVER_ERROR, self.to_string())
+            }
         }
     }
 }
