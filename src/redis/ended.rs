@@ -93,3 +93,29 @@ impl RedisSessions {
         Ok(None)
     }
 }
+
+impl crate::redis::RedisSession {
+    /// Resolves with the reason when this session ends, anywhere (following
+    /// it through renews): [`RedisSessions::ended`] for this handle's
+    /// session, as [`Session::ended`](crate::Session::ended) is in memory.
+    /// `None` when Redis knows nothing of the session any more (ended longer
+    /// ago than the event retention).
+    ///
+    /// ```no_run
+    /// # async fn run(session: keyed_session::redis::RedisSession) -> Result<(), keyed_session::redis::SharedError> {
+    /// // An event stream that should close with its session:
+    /// let reason = session.ended().await?;
+    /// println!("the session ended: {reason:?}");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`SharedError::Unavailable`] when Redis does not answer the first
+    /// check.
+    pub async fn ended(&self) -> Result<Option<EndReason>, SharedError> {
+        let store = RedisSessions {
+            engine: std::sync::Arc::clone(&self.engine),
+        };
+        store.ended(&self.id()).await
+    }
+}

@@ -2,9 +2,11 @@
 //! process per end: reading, keeping held entries claimed, reclaiming a dead
 //! process's, leaving the group and removing dead members.
 
+use std::sync::LazyLock;
 use std::sync::Weak;
 use std::time::Duration;
 
+use redis::Script;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
@@ -206,7 +208,7 @@ async fn refresh(c: &mut MultiplexedConnection, stream: &str, me: &str, ids: &[S
 async fn leave(c: &mut MultiplexedConnection, streams: &[String], me: &str) {
     let leave = async {
         for stream in streams {
-            let mut call = crate::redis::scripts::LEAVE_GROUP.prepare_invoke();
+            let mut call = LEAVE_GROUP.prepare_invoke();
             call.key(stream).arg(GROUP).arg(me);
             let _: Result<Value, _> = call.invoke_async(c).await;
         }
@@ -218,7 +220,7 @@ async fn leave(c: &mut MultiplexedConnection, streams: &[String], me: &str) {
 /// nothing: what is left of processes that died.
 async fn tidy(c: &mut MultiplexedConnection, streams: &[String], me: &str, dead: Duration) {
     for stream in streams {
-        let mut call = crate::redis::scripts::TIDY_GROUP.prepare_invoke();
+        let mut call = TIDY_GROUP.prepare_invoke();
         call.key(stream)
             .arg(GROUP)
             .arg(me)
@@ -284,3 +286,41 @@ async fn run_shared_for(
         .unwrap_or_default();
     engine.run_shared(id, reason, peer, last).await;
 }
+
+/// KEYS: stream. ARGV: group consumer. Removes `consumer` from the group
+/// unless it holds unacknowledged entries. Reply: 1 when removed, else 0.
+static LEAVE_GROUP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local held = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #held > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#,
+    )
+});
+
+/// KEYS: stream. ARGV: group me dead_ms. Removes the group's members other
+/// than `me` idle for more than `dead_ms` that hold no entry.
+/// Reply: how many it removed.
+static TIDY_GROUP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ok, members = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local removed = 0
+for _, m in ipairs(members) do
+  local info = {}
+  for i = 1, #m, 2 do info[m[i]] = m[i + 1] end
+  if info['name'] ~= ARGV[2] and tonumber(info['pending']) == 0
+     and tonumber(info['idle']) > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"#,
+    )
+});

@@ -229,6 +229,29 @@ async fn clear_empties_a_shared_session_and_keeps_it() {
     assert_eq!(causes.lock().len(), 2, "no hook ran twice");
 }
 
+/// A handle's `ended()` resolves when its session ends in another store,
+/// as `Session::ended` does in memory.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_is_told_when_its_session_ends_anywhere() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let (a, b) = pair(&server, "handleended").await;
+    let s = a.create(None).await.unwrap();
+    let id = s.id();
+    let waiting = tokio::spawn(async move { s.ended().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "alive: it waits");
+    assert!(b.delete(&id).await.unwrap());
+    let reason = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("told")
+        .unwrap()
+        .unwrap();
+    assert_eq!(reason, Some(EndReason::Deleted));
+}
+
 /// A handle tells when its session expires (last access plus idle timeout,
 /// or the absolute deadline), following touches and "remember me".
 #[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]

@@ -160,13 +160,7 @@ impl RequestSession {
         match self.current()? {
             Current::Memory(s) => Some(s.ended().await),
             #[cfg(feature = "redis")]
-            Current::Redis(s) => {
-                let store = match self.0.lock().store() {
-                    crate::integrations::axum::state::Store::Redis(store) => store,
-                    crate::integrations::axum::state::Store::Memory(_) => return None,
-                };
-                store.ended(&s.id()).await.ok().flatten()
-            }
+            Current::Redis(s) => s.ended().await.ok().flatten(),
         }
     }
 
