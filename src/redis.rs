@@ -103,6 +103,14 @@ pub(crate) use web::RedisStarted;
 /// Dropping the last clone stops this process's background tasks;
 /// [`shutdown`](Self::shutdown) also runs this process's local hooks, and
 /// leaves the shared sessions alive for the other processes.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), keyed_session::redis::SharedError> {
+/// use keyed_session::redis::RedisSessions;
+/// let sessions = RedisSessions::builder("redis://127.0.0.1:6379").build().await?;
+/// let for_a_task = sessions.clone(); // cheap: one store, shared
+/// # drop(for_a_task); Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct RedisSessions {
     engine: Arc<Engine>,
@@ -120,6 +128,18 @@ impl fmt::Debug for RedisSessions {
 impl RedisSessions {
     /// Starts a builder for a store over the Redis at `url`
     /// (`redis://host:port/db`).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), keyed_session::redis::SharedError> {
+    /// use std::time::Duration;
+    /// use keyed_session::redis::RedisSessions;
+    /// let sessions = RedisSessions::builder("redis://127.0.0.1:6379")
+    ///     .namespace("shop")
+    ///     .idle_timeout(Duration::from_secs(30 * 60))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn builder(url: &str) -> RedisSessionsBuilder {
         RedisSessionsBuilder::new(url)
     }
@@ -222,6 +242,16 @@ impl RedisSessions {
     /// checks expiry (ending an expired session, with its hooks), touches it
     /// at most every `touch_every`, and brings its shared values.
     ///
+    /// ```no_run
+    /// # async fn run(sessions: keyed_session::redis::RedisSessions, cookie: &str) -> Result<(), keyed_session::redis::SharedError> {
+    /// use keyed_session::{Key, SessionId};
+    /// static VISITS: Key<u64> = Key::new("visits").serde();
+    /// let Ok(id) = cookie.parse::<SessionId>() else { return Ok(()) };
+    /// let session = sessions.get(&id, None).await?;
+    /// println!("{} visits", session.get(&VISITS).unwrap_or(0));
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`SharedError::Refused`]: `NotFound` (unknown, ended, or renewed to
     /// another id), `Expired`, `IpMismatch` (the session is then ended
@@ -309,6 +339,14 @@ impl RedisSessions {
     /// hooks for it ran; the other processes run theirs as they read the
     /// event.
     ///
+    /// ```no_run
+    /// # async fn run(sessions: keyed_session::redis::RedisSessions) -> Result<(), keyed_session::redis::SharedError> {
+    /// let session = sessions.create(None).await?;
+    /// assert!(sessions.delete(&session.id()).await?); // a logout
+    /// assert!(!sessions.delete(&session.id()).await?); // once
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     /// [`SharedError::Unavailable`].
     pub async fn delete(&self, id: &SessionId) -> Result<bool, SharedError> {
@@ -346,6 +384,18 @@ impl RedisSessions {
 
     /// Every process's begin, renew and end events, each `End` after this
     /// process's hooks for it ran.
+    ///
+    /// ```no_run
+    /// # async fn run(sessions: keyed_session::redis::RedisSessions) {
+    /// use keyed_session::Event;
+    /// let mut events = sessions.subscribe();
+    /// while let Ok(event) = events.recv().await {
+    ///     if let Event::End { id, reason, .. } = event {
+    ///         println!("{id:?} ended: {reason:?}");
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub fn subscribe(&self) -> Subscription {
         Broadcaster::subscribe(&self.engine.events)
     }
@@ -353,6 +403,15 @@ impl RedisSessions {
     /// Ends every session whose deadline passed, in every shard (the
     /// background sweeper does one shard per tick); returns how many this
     /// call ended.
+    ///
+    /// ```no_run
+    /// # async fn run(sessions: keyed_session::redis::RedisSessions) -> Result<(), keyed_session::redis::SharedError> {
+    /// // With `sweep_every(None)`, expired sessions end when this is called
+    /// // (or when a lookup finds them).
+    /// let ended = sessions.sweep().await?;
+    /// println!("{ended} sessions expired");
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`SharedError::Unavailable`].
@@ -368,6 +427,14 @@ impl RedisSessions {
     /// [`Shutdown`](EndReason::Shutdown)); the sessions stay alive in Redis
     /// for the other processes (and for this one after a restart). Returns
     /// how many local parts it ended.
+    ///
+    /// ```no_run
+    /// # async fn run(sessions: keyed_session::redis::RedisSessions) {
+    /// // Inside axum's graceful-shutdown signal, so that open event streams end.
+    /// let _ = tokio::signal::ctrl_c().await;
+    /// sessions.shutdown().await;
+    /// # }
+    /// ```
     pub async fn shutdown(&self) -> usize {
         // `send_replace`: the flag is set even when no task listens any more.
         self.engine.stop.send_replace(true);
@@ -387,6 +454,14 @@ impl RedisSessions {
     /// ([`EndReason::Vanished`]: their `End` goes to the subscribers and
     /// waiters here), re-keys the ones renewed unseen. Returns how many it
     /// ended.
+    ///
+    /// ```no_run
+    /// # async fn run(sessions: keyed_session::redis::RedisSessions) -> Result<(), keyed_session::redis::SharedError> {
+    /// // After restoring Redis from a backup, say: settle what this process holds.
+    /// let ended = sessions.reconcile().await?;
+    /// println!("{ended} sessions Redis no longer had");
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`SharedError::Unavailable`].

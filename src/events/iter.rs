@@ -17,6 +17,17 @@ impl Subscription {
 }
 
 /// Blocking iteration over a subscription's events; see [`Subscription::iter`].
+///
+/// ```
+/// use keyed_session::{Event, Sessions};
+/// let sessions = Sessions::default();
+/// let events = sessions.subscribe();
+/// let s = sessions.create(None).unwrap();
+/// sessions.delete(&s.id());
+/// let mut it = events.iter();
+/// assert!(matches!(it.next(), Some(Event::Begin { .. })));
+/// assert!(matches!(it.next(), Some(Event::End { .. })));
+/// ```
 #[derive(Debug)]
 pub struct Iter<'a>(&'a Subscription);
 
@@ -40,6 +51,15 @@ impl Iterator for Iter<'_> {
 }
 
 /// The events waiting now; see [`Subscription::try_iter`].
+///
+/// ```
+/// use keyed_session::Sessions;
+/// let sessions = Sessions::default();
+/// let events = sessions.subscribe();
+/// sessions.create(None).unwrap();
+/// assert_eq!(events.try_iter().count(), 1); // the Begin; it never waits
+/// assert_eq!(events.try_iter().count(), 0);
+/// ```
 #[derive(Debug)]
 pub struct TryIter<'a>(&'a Subscription);
 
@@ -53,6 +73,16 @@ impl Iterator for TryIter<'_> {
 
 /// Blocking iteration over a subscription's events, ending when the store is
 /// gone; from `for event in subscription`.
+///
+/// ```
+/// use keyed_session::Sessions;
+/// let sessions = Sessions::default();
+/// let events = sessions.subscribe();
+/// sessions.create(None).unwrap();
+/// drop(sessions); // the store is gone: the loop ends after what is queued
+/// let seen: Vec<_> = events.into_iter().collect();
+/// assert!(!seen.is_empty());
+/// ```
 #[derive(Debug)]
 pub struct IntoIter(Subscription);
 

@@ -132,6 +132,17 @@ impl SessionLayer {
     /// handlers stay the same as over [`new`](Self::new). When Redis does not
     /// answer, the request gets `503 Service Unavailable` with `Retry-After`,
     /// never a fresh session or an expiring cookie.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use keyed_session::http::CookiePolicy;
+    /// use keyed_session::integrations::axum::SessionLayer;
+    /// use keyed_session::redis::{RedisManager, RedisSessions};
+    /// let sessions = RedisSessions::builder("redis://127.0.0.1:6379").build().await?;
+    /// let layer = SessionLayer::redis(RedisManager::new(sessions, CookiePolicy::new())?);
+    /// let app: axum::Router = axum::Router::new().layer(layer);
+    /// # drop(app); Ok(()) }
+    /// ```
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis(manager: crate::redis::RedisManager) -> Self {
@@ -149,6 +160,18 @@ impl SessionLayer {
 
     /// Reads the client address from `Forwarded` / `X-Forwarded-For` when the
     /// direct peer is one of `proxies`.
+    ///
+    /// ```
+    /// use std::net::Ipv4Addr;
+    /// use keyed_session::Sessions;
+    /// use keyed_session::http::{CookiePolicy, SessionManager, TrustedProxies};
+    /// use keyed_session::integrations::axum::SessionLayer;
+    /// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new()).unwrap();
+    /// // The load balancer's network writes X-Forwarded-For.
+    /// let proxies = TrustedProxies::new().trust(Ipv4Addr::new(10, 0, 0, 0).into(), 8);
+    /// let layer = SessionLayer::new(manager).trusted_proxies(proxies);
+    /// # drop(layer);
+    /// ```
     pub fn trusted_proxies(self, proxies: TrustedProxies) -> Self {
         SessionLayer {
             shared: Arc::new(Shared {

@@ -44,6 +44,20 @@ pub(crate) enum Route {
 /// process after this lookup shows at a later lookup, once Redis' invalidation
 /// of this process's copy arrived (or in the conflict an `update` resolves);
 /// this process's own writes show at once.
+///
+/// ```no_run
+/// use keyed_session::Key;
+/// static VISITS: Key<u64> = Key::new("visits").serde(); // shared
+/// static SOCKET: Key<std::sync::mpsc::Sender<String>> = Key::new("socket"); // local
+///
+/// # async fn run(sessions: keyed_session::redis::RedisSessions) -> Result<(), keyed_session::redis::SharedError> {
+/// let session = sessions.create(None).await?;
+/// let n = session.update(&VISITS, || 0, |n| { *n += 1; *n }).await?;
+/// let (tx, _rx) = std::sync::mpsc::channel();
+/// session.set(&SOCKET, tx).await?; // stays in this process
+/// assert_eq!(session.get(&VISITS), Some(n));
+/// # Ok(()) }
+/// ```
 pub struct RedisSession {
     pub(crate) engine: Arc<Engine>,
     pub(crate) id: Mutex<SessionId>,
