@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::store::{CreateError, NO_CLIENT_ADDRESS, Refused, SessionEnded};
+use crate::outcome::{CreateError, NO_CLIENT_ADDRESS, Refused, SessionEnded};
 
 /// Why the session cookie a request presented was not used.
 ///

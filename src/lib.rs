@@ -154,6 +154,7 @@ mod id;
 pub mod integrations;
 mod key;
 mod net;
+mod outcome;
 pub mod persist;
 mod reason;
 #[cfg(feature = "redis")]

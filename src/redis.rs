@@ -81,10 +81,10 @@ use tokio::sync::watch;
 
 use crate::events::{Broadcaster, Subscription};
 use crate::id::SessionId;
+use crate::outcome::Refused;
 use crate::reason::EndReason;
 use crate::redis::config::Config;
 use crate::redis::engine::{Counters, Engine};
-use crate::store::Refused;
 
 pub use attach::RedisClientGuard;
 pub use config::RedisSessionsBuilder;

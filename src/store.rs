@@ -24,9 +24,8 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, ReentrantMutex, RwLock};
 
-pub use config::{SessionsBuilder, Sweeper, WhenFull};
-pub(crate) use error::NO_CLIENT_ADDRESS;
-pub use error::{CreateError, Refused, SessionEnded};
+pub use crate::outcome::{CreateError, Refused, SessionEnded, WhenFull};
+pub use config::{SessionsBuilder, Sweeper};
 pub use guard::{ClientGuard, Ended};
 pub use session::Session;
 pub use stats::Stats;

@@ -303,10 +303,10 @@ fn refusal<B>(handle: &RequestSession) -> Option<http::Response<SessionBody<B>>>
     // Binding would fail open: refuse loudly instead.
     (handle.state().rejected() == Some(Rejection::NoClientAddress)).then(|| {
         #[cfg(feature = "tracing")]
-        tracing::error!("{}", crate::store::NO_CLIENT_ADDRESS);
+        tracing::error!("{}", crate::outcome::NO_CLIENT_ADDRESS);
         refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
-            crate::store::NO_CLIENT_ADDRESS,
+            crate::outcome::NO_CLIENT_ADDRESS,
         )
     })
 }

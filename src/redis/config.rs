@@ -168,8 +168,8 @@ impl RedisSessionsBuilder {
     /// (default), or end the session whose deadline is nearest, in any
     /// process, with reason [`Evicted`](crate::EndReason::Evicted). The
     /// per-address limit always refuses over Redis.
-    pub fn when_full(mut self, policy: crate::store::WhenFull) -> Self {
-        self.config.evict = policy == crate::store::WhenFull::EvictLeastRecentlyUsed;
+    pub fn when_full(mut self, policy: crate::outcome::WhenFull) -> Self {
+        self.config.evict = policy == crate::outcome::WhenFull::EvictLeastRecentlyUsed;
         self
     }
 

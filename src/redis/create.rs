@@ -8,10 +8,10 @@ use std::sync::Arc;
 use crate::id::SessionId;
 use crate::key::Key;
 use crate::net::per_ip_key;
+use crate::outcome::CreateError;
 use crate::redis::engine::Engine;
 use crate::redis::error::SharedError;
 use crate::redis::{RedisSession, RedisSessions, reply, scripts};
-use crate::store::CreateError;
 
 impl RedisSessions {
     /// Creates a session for a client at `peer` (`None` when there is no

@@ -4,7 +4,7 @@ use std::fmt;
 use std::io;
 
 use crate::error::Error;
-use crate::store::{CreateError, Refused};
+use crate::outcome::{CreateError, Refused};
 
 /// Why an operation of [`RedisSessions`](crate::redis::RedisSessions) failed.
 /// Converts into the crate's [`Error`] (and so into a response under `axum`).

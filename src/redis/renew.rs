@@ -2,10 +2,10 @@
 //! at once by every process.
 
 use crate::id::SessionId;
+use crate::outcome::CreateError;
 use crate::redis::engine::Engine;
 use crate::redis::error::SharedError;
 use crate::redis::{RedisSession, RedisSessions, reply, scripts};
-use crate::store::CreateError;
 
 impl RedisSessions {
     /// Gives the session a new id, keeping its values: the old id is refused

@@ -201,7 +201,7 @@ impl RedisStarted {
             return Err(Error::OutOfScope);
         }
         if self.rejected == Some(Rejection::NoClientAddress) {
-            return Err(Error::Create(crate::store::CreateError::NoClientAddress));
+            return Err(Error::Create(crate::outcome::CreateError::NoClientAddress));
         }
         Ok(None)
     }

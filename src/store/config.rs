@@ -6,29 +6,7 @@ use std::time::Duration;
 use crate::clock::{Clock, timeout_secs};
 use crate::id::{IdGenerator, RandomIds};
 use crate::net::IpBinding;
-
-/// What `create` does when a capacity limit is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum WhenFull {
-    /// Refuse the new session with [`CreateError::Full`](crate::CreateError::Full)
-    /// or [`CreateError::PerIpFull`](crate::CreateError::PerIpFull) (the default).
-    #[default]
-    Refuse,
-    /// End the least recently used session (of the whole store, or of the same
-    /// client address for the per-IP limit) with reason
-    /// [`EndReason::Evicted`](crate::EndReason::Evicted) to make room.
-    ///
-    /// Precisely, the victim is the session whose expiry is nearest, sessions with
-    /// an attached client counting as just used and going only after every
-    /// session without a client (looked for among the next few in each shard);
-    /// a victim chosen without a client that gets one before it is ended is
-    /// spared. With one idle timeout for all
-    /// sessions that is the least recently used one; a session about to hit its
-    /// absolute timeout or a shorter per-session timeout goes first, as it has the
-    /// least life left.
-    EvictLeastRecentlyUsed,
-}
+use crate::outcome::WhenFull;
 
 /// How expired sessions are reclaimed (their hooks run, their memory is freed).
 ///

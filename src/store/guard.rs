@@ -6,8 +6,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::outcome::SessionEnded;
 use crate::reason::EndReason;
-use crate::store::error::SessionEnded;
 use crate::store::session::Session;
 
 impl Session {

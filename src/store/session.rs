@@ -10,9 +10,9 @@ use crate::borrow;
 use crate::clock::{NEVER, timeout_secs};
 use crate::id::SessionId;
 use crate::key::{ErasedSlot, Key, take_value};
+use crate::outcome::SessionEnded;
 use crate::reason::{DeleteCause, DeleteContext, EndReason};
 use crate::store::base::StoreInner;
-use crate::store::error::SessionEnded;
 use crate::store::record::Record;
 
 /// A handle to one live session. Cheap to clone (two `Arc`s); every clone sees the

@@ -17,8 +17,8 @@ use http::header::RETRY_AFTER;
 use crate::error::Error;
 use crate::events::RecvError;
 use crate::http::{KeyTooShort, PolicyError, Rejection};
+use crate::outcome::{CreateError, Refused, SessionEnded};
 use crate::persist::SnapshotError;
-use crate::store::{CreateError, Refused, SessionEnded};
 
 fn respond(status: StatusCode, message: String) -> Response {
     (status, message).into_response()
