@@ -93,6 +93,41 @@ pub fn routes(layer: SessionLayer, subscribe: Subscribe) -> Router {
         .route("/events", get(events))
         .with_state(AppState { subscribe, recent })
         .layer(layer)
+        // The session layer's own answers (503 when Redis is away, 500 for
+        // a set-up mistake) are plain text: pages here, with a way back.
+        .layer(axum::middleware::map_response(html_errors))
+}
+
+/// A plain-text error response as a page with a way back.
+async fn html_errors(response: Response) -> Response {
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/plain"));
+    if !(response.status().is_client_error() || response.status().is_server_error()) || !plain {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    parts.headers.remove(axum::http::header::CONTENT_TYPE);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let page = page_for(parts.status, &text);
+    let mut html = Html(page).into_response();
+    *html.status_mut() = parts.status;
+    html.headers_mut().extend(parts.headers);
+    html
+}
+
+/// The HTML of an error page: the status, what went wrong, a way back.
+fn page_for(status: axum::http::StatusCode, message: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>{status}</title>\
+         <p>{status}: {}</p><p><a href=\"/\">Back to the counter</a></p></html>",
+        html_escape(message)
+    )
 }
 
 /// Serves `app(sessions)` until `signal` resolves, then shuts the store down
@@ -140,17 +175,18 @@ async fn keep_recent(mut events: Subscription, recent: Recent) {
             Err(_) => return, // the store is gone
         };
         let mut recent = recent.lock().unwrap();
-        recent.push_front(line);
-        recent.truncate(RECENT);
+        // A visitor's own `begin` may be there already: the page put it
+        // first, so that it shows on the page that made the session.
+        if !recent.contains(&line) {
+            recent.push_front(line);
+            recent.truncate(RECENT);
+        }
     }
 }
 
-async fn index(
-    State(state): State<AppState>,
-    session: RequestSession,
-) -> Result<Html<String>, Error> {
+async fn index(State(state): State<AppState>, session: RequestSession) -> Response {
     // The write creates the session on the first visit.
-    let n = session
+    let counted = session
         .update(
             &VISITS,
             || 0,
@@ -159,8 +195,22 @@ async fn index(
                 *n
             },
         )
-        .await?;
+        .await;
+    let n = match counted {
+        Ok(n) => n,
+        Err(e) => return error_page(e),
+    };
     let id = session.id().map(|id| short(&id)).unwrap_or_default();
+    if n == 1 {
+        // This request made the session: its `begin` shows on this page,
+        // whether or not the event list has caught up yet.
+        let mut recent = state.recent.lock().unwrap();
+        let line = format!("begin {id}");
+        if !recent.contains(&line) {
+            recent.push_front(line);
+            recent.truncate(RECENT);
+        }
+    }
     let items: String = state
         .recent
         .lock()
@@ -168,7 +218,7 @@ async fn index(
         .iter()
         .map(|line| format!("<li>{line}</li>"))
         .collect();
-    Ok(Html(format!(
+    Html(format!(
         r#"<!doctype html>
 <html lang="en">
 <meta charset="utf-8">
@@ -186,6 +236,7 @@ async fn index(
 <form method="post" action="/logout"><button>Log out (end the session)</button></form>
 <h2>Session events</h2>
 <p>The latest begin, renew and end of every session on this server, live (ids shortened).</p>
+<p id="ended" hidden>This session ended (<span id="reason"></span>): <a href="/">reload</a> to start a new one.</p>
 <ul id="events">{items}</ul>
 <script>
   const list = document.getElementById("events");
@@ -196,37 +247,80 @@ async fn index(
     list.prepend(item);
     while (list.children.length > {RECENT}) list.lastElementChild.remove();
   }});
-  source.addEventListener("end", () => source.close());
+  source.addEventListener("end", (e) => {{
+    source.close();
+    document.getElementById("reason").textContent = e.data;
+    document.getElementById("ended").hidden = false;
+  }});
 </script>
 </html>
 "#
-    )))
+    ))
+    .into_response()
+}
+
+/// An error as a page with a way back (the status and headers stay the
+/// error's: `Retry-After` on a 503).
+fn error_page(e: Error) -> Response {
+    let message = e.to_string();
+    let mut response = e.into_response();
+    let page = page_for(response.status(), &message);
+    response
+        .headers_mut()
+        .remove(axum::http::header::CONTENT_TYPE);
+    response
+        .headers_mut()
+        .remove(axum::http::header::CONTENT_LENGTH);
+    let mut html = Html(page).into_response();
+    *html.status_mut() = response.status();
+    html.headers_mut().extend(response.headers().clone());
+    html
+}
+
+/// `text` safe inside HTML.
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 async fn renew(session: RequestSession) -> Response {
     match session.renew().await {
         // Post/redirect/get: the page shows the new id.
         Ok(_) => Redirect::to("/").into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => error_page(e),
     }
 }
 
-async fn logout(session: RequestSession) -> Result<Html<&'static str>, Error> {
-    session.end().await?;
-    Ok(Html(
+async fn logout(session: RequestSession) -> Response {
+    if let Err(e) = session.end().await {
+        return error_page(e);
+    }
+    Html(
         "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Logged out</title>\
          <p>Logged out: the session ended.</p><p><a href=\"/\">Start again</a></p></html>",
-    ))
+    )
+    .into_response()
 }
 
 /// A greeting, then every session event of the store, until this visitor's
 /// session ends (for whatever reason: the last event says which).
-async fn events(
-    State(state): State<AppState>,
+async fn events(State(state): State<AppState>, session: RequestSession) -> Response {
+    // Watching a session needs one, and this makes none: without one the
+    // answer is 204, which tells the browser not to reconnect.
+    let Some(id) = session.id() else {
+        return axum::http::StatusCode::NO_CONTENT.into_response();
+    };
+    watch(state, session, id).into_response()
+}
+
+/// The event stream of `events`: a greeting, the store's events, and the end.
+fn watch(
+    state: AppState,
     session: RequestSession,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Error> {
-    // Watching a session needs one.
-    let id = session.open().await?;
+    id: SessionId,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let hello = SseEvent::default()
         .event("hello")
         .data(format!("watching session {}", short(&id)));
@@ -246,11 +340,11 @@ async fn events(
     let feed = feed.take_until(Box::pin(async move {
         session.ended().await;
     }));
-    Ok(Sse::new(
+    Sse::new(
         stream::once(async { Ok(hello) })
             .chain(feed)
             .chain(stream::once(end)),
-    ))
+    )
 }
 
 /// The listener on 127.0.0.1 and `PORT` (default 3000), and that port; a

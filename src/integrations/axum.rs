@@ -218,6 +218,10 @@ fn refuse<B>(status: StatusCode, message: &'static str) -> http::Response<Sessio
         _client: None,
     });
     *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response
             .headers_mut()

@@ -207,6 +207,11 @@ async fn the_counter_page_counts_renews_and_logs_out() {
     assert_eq!(id.len(), 6);
     let session = sessions.iter().next().unwrap();
     assert!(session.id().to_string().starts_with(&id));
+    assert!(
+        first.contains(&format!("<li>begin {id}</li>")),
+        "the visitor's own begin is on the first page"
+    );
+    assert!(first.contains("this session ended") || first.contains("This session ended"));
 
     let second = page_until(&client, &format!("{base}/"), |p| {
         p.contains(&format!("begin {id}"))
@@ -261,4 +266,16 @@ async fn the_counter_page_counts_renews_and_logs_out() {
         .expect("serve returned")
         .unwrap()
         .unwrap();
+}
+
+/// The event stream needs a session and makes none: without one the answer
+/// is 204 (the browser does not reconnect), with no cookie.
+#[tokio::test]
+async fn events_without_a_session_make_none() {
+    let server = serve().await;
+    let client = client_from(None);
+    let resp = fetch(&client, &server, "/events", None).await;
+    assert_eq!(resp.status(), reqwest::StatusCode::NO_CONTENT);
+    assert!(set_cookie(&resp).is_none());
+    assert_eq!(server.sessions.len(), 0);
 }

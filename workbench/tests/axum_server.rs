@@ -175,7 +175,13 @@ async fn graceful_shutdown_ends_open_event_streams() {
     let server = tokio::spawn(counter::serve_until(listener, sessions.clone(), async {
         let _ = stopped.await;
     }));
-    let mut stream = reqwest::get(format!("{base}/events")).await.unwrap();
+    // The page makes the session; its event stream watches it.
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    client.get(format!("{base}/")).send().await.unwrap();
+    let mut stream = client.get(format!("{base}/events")).send().await.unwrap();
     assert_eq!(stream.status(), StatusCode::OK);
     let first = stream.chunk().await.unwrap().expect("the first event");
     assert!(String::from_utf8_lossy(&first).contains("watching session"));

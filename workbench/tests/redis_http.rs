@@ -91,6 +91,11 @@ async fn two_servers_over_one_redis_share_count_renew_and_logout() {
     assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(down.headers()["retry-after"], "1");
     assert!(set_cookie(&down).is_none());
+    let down_page = down.text().await.unwrap();
+    assert!(
+        down_page.contains("<html") && down_page.contains(r#"<a href="/">"#),
+        "an error page with a way back: {down_page}"
+    );
     // Back: service resumes by itself (the data went with the old server).
     server.restart();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
