@@ -59,6 +59,7 @@ mod engine;
 mod error;
 mod group;
 mod lane;
+mod layout;
 mod reader;
 mod renew;
 mod repair;

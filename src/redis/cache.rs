@@ -162,7 +162,8 @@ impl Inner {
     }
 }
 
-/// The session id of a session hash's key name (`P:{s}:h:<id>`).
+/// The session id of a session hash's key name (`P:{s}:h:<id>`, see
+/// `layout.rs`).
 fn session_of(key: &str) -> Option<SessionId> {
     key.rsplit_once(":h:")?.1.parse().ok()
 }

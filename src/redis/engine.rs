@@ -114,60 +114,7 @@ pub(crate) type Waiter = (u64, oneshot::Sender<()>);
 /// reported by `hooks::run`).
 pub(crate) type Hook = Box<dyn FnOnce() -> bool + Send>;
 
-/// The Redis keys of one session.
-pub(crate) struct Keys {
-    pub(crate) hash: String,
-    pub(crate) due: String,
-    pub(crate) events: String,
-    pub(crate) tomb: String,
-    pub(crate) count: String,
-    pub(crate) per_ip: String,
-}
-
-impl Keys {
-    /// An invocation of `script` with this session's six keys (hash, due,
-    /// events, tombstone, count, per-address count), in the scripts' order.
-    pub(crate) fn invoke<'a>(&self, script: &'a redis::Script) -> ScriptInvocation<'a> {
-        let mut call = script.prepare_invoke();
-        call.key(&self.hash)
-            .key(&self.due)
-            .key(&self.events)
-            .key(&self.tomb)
-            .key(&self.count)
-            .key(&self.per_ip);
-        call
-    }
-}
-
 impl Engine {
-    /// The event stream of every shard.
-    pub(crate) fn streams(&self) -> Vec<String> {
-        (0..self.config.shards)
-            .map(|s| format!("{}ev", self.prefix(s)))
-            .collect()
-    }
-
-    pub(crate) fn shard(&self, id: &SessionId) -> u64 {
-        id.mix() % self.config.shards
-    }
-
-    /// `P:{s}:` — the prefix of every key of shard `s`.
-    pub(crate) fn prefix(&self, shard: u64) -> String {
-        format!("{}:{{{shard}}}:", self.config.namespace)
-    }
-
-    pub(crate) fn keys(&self, id: &SessionId) -> Keys {
-        let p = self.prefix(self.shard(id));
-        Keys {
-            hash: format!("{p}h:{id}"),
-            due: format!("{p}due"),
-            events: format!("{p}ev"),
-            tomb: format!("{p}t:{id}"),
-            count: format!("{}:n", self.config.namespace),
-            per_ip: format!("{}:ipn", self.config.namespace),
-        }
-    }
-
     /// The scripts' `now`: the configured clock in milliseconds, or 0 for
     /// Redis' own `TIME`.
     pub(crate) fn now_arg(&self) -> u64 {
@@ -430,15 +377,15 @@ impl Engine {
     /// Ends what is due in one shard (at most 256 sessions); their hooks run
     /// from their `End` events. Returns how many it ended.
     pub(crate) async fn sweep_shard(&self, shard: u64) -> Result<usize, SharedError> {
-        let p = self.prefix(shard);
+        let k = self.shard_keys(shard);
         let mut call = scripts::SWEEP.prepare_invoke();
-        call.key(format!("{p}due"))
-            .key(format!("{p}ev"))
-            .key(format!("{}:n", self.config.namespace))
-            .key(format!("{}:ipn", self.config.namespace))
+        call.key(&k.due)
+            .key(&k.events)
+            .key(&k.count)
+            .key(&k.per_ip)
             .arg(self.now_arg())
             .arg(256)
-            .arg(&p)
+            .arg(&k.prefix)
             .arg(Self::millis(self.config.retention));
         let ended = self.run(&call).await?;
         Ok(ended

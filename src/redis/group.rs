@@ -278,7 +278,7 @@ async fn run_shared_for(
         .and_then(EndReason::from_name)
         .unwrap_or(EndReason::Deleted);
     let peer = get("ip").and_then(|t| t.parse().ok());
-    let fin = format!("{}f:{id}", engine.prefix(engine.shard(&id)));
+    let fin = engine.final_values_key(&id);
     let last: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
         .arg(&fin)
         .query_async(&mut conn)
