@@ -298,41 +298,36 @@ impl RedisSessions {
             }
             other => return Err(SharedError::protocol(format!("load answered {other:?}"))),
         }
-        let int = |i: usize| answer.get(i).and_then(reply::int).unwrap_or(0);
-        let bound: Option<IpAddr> = answer
-            .get(5)
-            .and_then(reply::text)
-            .and_then(|t| t.parse().ok());
+        let loaded = reply::Loaded::read(&answer);
+        let bound = loaded.bound;
         if !e.config.binding.allows(bound, peer) {
             e.end(id, EndReason::IpMismatch).await?;
             return Err(SharedError::Refused(Refused::IpMismatch));
         }
-        let rev = answer.get(6).and_then(reply::text).unwrap_or("").to_owned();
-        let fields = match (answer.get(9), known) {
+        let fields = match (loaded.all, known) {
             // Changed since this process last looked (or never seen).
             (Some(all), _) => Arc::new(reply::fields(all)),
             (None, Some((_, fields))) => Arc::clone(fields),
             (None, None) => Arc::default(),
         };
-        let idle_ms = answer
-            .get(3)
-            .and_then(reply::int)
+        let idle_ms = loaded
+            .idle_ms
             .unwrap_or(Engine::millis(e.config.idle) as i64);
-        let absolute = int(4);
         if let Some(ticket) = &ticket {
             let entry = cache::Entry {
-                la: int(2),
+                la: loaded.last_access_ms,
                 idle_ms,
-                absolute_ms: absolute,
+                absolute_ms: loaded.absolute_ms,
                 bound,
-                rev,
+                rev: loaded.rev.clone(),
                 fields: Arc::clone(&fields),
-                offset_ms: int(8).saturating_sub(sent_ms),
+                offset_ms: loaded.now_ms.saturating_sub(sent_ms),
             };
             e.cache.fill(id, ticket, entry);
         }
         let idle = std::time::Duration::from_millis(idle_ms.max(0) as u64);
-        Ok(self.handle(*id, bound, (int(2), idle, absolute), fields))
+        let times = (loaded.last_access_ms, idle, loaded.absolute_ms);
+        Ok(self.handle(*id, bound, times, fields))
     }
 
     /// Ends session `id` (reason [`Deleted`](EndReason::Deleted)) in every

@@ -92,3 +92,35 @@ pub(crate) fn renewed_to(tomb: &str) -> Option<crate::id::SessionId> {
 pub(crate) fn gone_to(answer: &[Value]) -> Option<crate::id::SessionId> {
     answer.get(1).and_then(text).and_then(renewed_to)
 }
+
+/// A LOAD script's `ok` answer, read once: `{'ok', created, last access,
+/// idle ms, absolute deadline, bound address, revision, previous id, now,
+/// [fields]}` (the fields only when the revision changed).
+pub(crate) struct Loaded<'a> {
+    pub(crate) last_access_ms: i64,
+    /// `None` when the answer has none (the store's own then applies).
+    pub(crate) idle_ms: Option<i64>,
+    pub(crate) absolute_ms: i64,
+    pub(crate) bound: Option<std::net::IpAddr>,
+    pub(crate) rev: String,
+    /// Redis' clock when it answered, ms.
+    pub(crate) now_ms: i64,
+    /// The hash's fields, when the revision differs from the one asked with.
+    pub(crate) all: Option<&'a Value>,
+}
+
+impl<'a> Loaded<'a> {
+    /// Reads an `ok` answer of the LOAD script.
+    pub(crate) fn read(answer: &'a [Value]) -> Loaded<'a> {
+        let int = |i: usize| answer.get(i).and_then(int).unwrap_or(0);
+        Loaded {
+            last_access_ms: int(2),
+            idle_ms: answer.get(3).and_then(self::int),
+            absolute_ms: int(4),
+            bound: answer.get(5).and_then(text).and_then(|t| t.parse().ok()),
+            rev: answer.get(6).and_then(text).unwrap_or("").to_owned(),
+            now_ms: int(8),
+            all: answer.get(9),
+        }
+    }
+}
