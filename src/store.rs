@@ -2,6 +2,7 @@
 //! with every public method in a few lines, and its iterator.
 
 mod base;
+mod build;
 mod capacity;
 mod config;
 mod ending;
@@ -18,11 +19,7 @@ mod threads;
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
-
-use parking_lot::{Mutex, ReentrantMutex, RwLock};
 
 pub use crate::outcome::{CreateError, Refused, SessionEnded, WhenFull};
 pub use config::{SessionsBuilder, Sweeper};
@@ -30,18 +27,13 @@ pub use guard::{ClientGuard, Ended};
 pub use session::Session;
 pub use stats::Stats;
 
-use crate::clock::{Clock, Epoch, SystemClock, Ticker};
 use crate::events::{Broadcaster, Subscription};
 use crate::id::SessionId;
 use crate::net::IpBinding;
 use crate::reason::EndReason;
-use base::{SHARDS, StoreInner};
-use capacity::Capacity;
-use ending::Ending;
+use base::StoreInner;
 use record::Record;
-use shard::Shard;
-use stats::{Counters, bump};
-use threads::spawn_periodic;
+use stats::bump;
 
 /// A store of sessions. Cheap to clone (an `Arc`): clones are the same store.
 ///
@@ -86,74 +78,6 @@ impl Sessions {
     /// background sweeper every 30 seconds.
     pub fn builder() -> SessionsBuilder {
         SessionsBuilder::default()
-    }
-
-    fn from_builder(b: SessionsBuilder) -> Self {
-        let mut config = b.config;
-        let shards = (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect();
-        let background = match config.sweeper {
-            Sweeper::Background(every) => Some(every.max(Duration::from_millis(10))),
-            _ => None,
-        };
-        let snapshot_every = config
-            .snapshot_to
-            .as_ref()
-            .and(config.snapshot_every)
-            .map(|every| every.max(Duration::from_millis(10)));
-        let context = config.thread_context.clone();
-        let (clock, ticker): (Arc<dyn Clock>, _) = match b.clock {
-            Some(clock) => (clock, None),
-            None => match Ticker::shared() {
-                Some(ticker) => (Arc::new(ticker.clock()), Some(ticker)),
-                None => (Arc::new(SystemClock::new()), None),
-            },
-        };
-        let epoch = Epoch::starting(clock.now());
-        let counters = Arc::new(Counters::default());
-        let ending = Ending::new(
-            Arc::new(Broadcaster::new(b.event_capacity)),
-            Arc::clone(&counters),
-        );
-        let inner = Arc::new_cyclic(|weak: &Weak<StoreInner>| {
-            // Both background threads stop when this sender is dropped.
-            let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
-            let mut spawned = false;
-            if let Some(every) = background {
-                let sweep: fn(&StoreInner) = |s| {
-                    s.sweep_all();
-                };
-                let name = "keyed-session-sweeper";
-                let started = spawn_periodic(name, weak, &stop_rx, every, context.clone(), sweep);
-                spawned |= started;
-                if !started {
-                    // No thread to be had: sweep passively instead.
-                    config.sweeper = Sweeper::Passive(16);
-                }
-            }
-            if let Some(every) = snapshot_every {
-                let save: fn(&StoreInner) = |s| s.save_configured_snapshot(false);
-                let name = "keyed-session-snapshot";
-                spawned |= spawn_periodic(name, weak, &stop_rx, every, context, save);
-            }
-            let stop = spawned.then_some(stop_tx);
-            StoreInner {
-                shards,
-                capacity: Capacity::new(config.max_sessions, config.max_per_ip),
-                config,
-                clock,
-                ticker,
-                ids: b.ids,
-                ending,
-                counters,
-                shut: AtomicBool::new(false),
-                key_names: Default::default(),
-                cursor: AtomicUsize::new(0),
-                sweeper_stop: Mutex::new(stop),
-                epoch,
-                snapshot_lock: ReentrantMutex::new(()),
-            }
-        });
-        Sessions { inner }
     }
 
     /// Creates a session for the client at `peer` (pass `None` when there is no
@@ -389,13 +313,5 @@ impl IntoIterator for &Sessions {
 
     fn into_iter(self) -> Iter {
         self.iter()
-    }
-}
-
-impl SessionsBuilder {
-    /// Builds the store (and starts the sweeper thread, if chosen; should the
-    /// system refuse a thread, the store falls back to passive sweeping).
-    pub fn build(self) -> Sessions {
-        Sessions::from_builder(self)
     }
 }
