@@ -62,6 +62,7 @@
 //! waits for open streams, so call `shutdown()` inside the shutdown signal,
 //! before serve returns (the `counter` example does).
 
+mod body;
 mod extract;
 mod responses;
 mod state;
@@ -76,7 +77,7 @@ use std::task::{Context, Poll};
 use axum::extract::ConnectInfo;
 use http::header::RETRY_AFTER;
 use http::{Request, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -135,13 +136,12 @@ impl SessionLayer {
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    /// use keyed_session::http::CookiePolicy;
-    /// use keyed_session::integrations::axum::SessionLayer;
+    /// # use keyed_session::{http::CookiePolicy, integrations::axum::SessionLayer};
     /// use keyed_session::redis::{RedisManager, RedisSessions};
     /// let sessions = RedisSessions::builder("redis://127.0.0.1:6379").build().await?;
     /// let layer = SessionLayer::redis(RedisManager::new(sessions, CookiePolicy::new())?);
-    /// let app: axum::Router = axum::Router::new().layer(layer);
-    /// # drop(app); Ok(()) }
+    /// let _app: axum::Router = axum::Router::new().layer(layer);
+    /// # Ok(()) }
     /// ```
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -162,15 +162,12 @@ impl SessionLayer {
     /// direct peer is one of `proxies`.
     ///
     /// ```
-    /// use std::net::Ipv4Addr;
-    /// use keyed_session::Sessions;
     /// use keyed_session::http::{CookiePolicy, SessionManager, TrustedProxies};
-    /// use keyed_session::integrations::axum::SessionLayer;
+    /// # use keyed_session::{Sessions, integrations::axum::SessionLayer};
     /// let manager = SessionManager::new(Sessions::default(), CookiePolicy::new()).unwrap();
-    /// // The load balancer's network writes X-Forwarded-For.
-    /// let proxies = TrustedProxies::new().trust(Ipv4Addr::new(10, 0, 0, 0).into(), 8);
-    /// let layer = SessionLayer::new(manager).trusted_proxies(proxies);
-    /// # drop(layer);
+    /// // The load balancer's network (10.0.0.0/8) writes X-Forwarded-For.
+    /// let proxies = TrustedProxies::new().trust([10, 0, 0, 0].into(), 8);
+    /// let _layer = SessionLayer::new(manager).trusted_proxies(proxies);
     /// ```
     pub fn trusted_proxies(self, proxies: TrustedProxies) -> Self {
         SessionLayer {
@@ -424,81 +421,6 @@ fn is_event_stream(headers: &http::HeaderMap) -> bool {
     })
 }
 
-/// A response body that may hold a client attached to the session while it is
-/// being sent (server-sent events); otherwise just the inner body, or the
-/// layer's own error message.
-///
-/// ```
-/// # use std::net::SocketAddr;
-/// # use axum::{Router, body::Body, extract::ConnectInfo, routing::get};
-/// # use keyed_session::http::{CookiePolicy, CreateMode, SessionManager};
-/// # use keyed_session::integrations::axum::*;
-/// # use keyed_session::Sessions;
-/// # use tower::ServiceExt;
-/// # fn request(path: &str, cookie: Option<&str>) -> http::Request<Body> {
-/// #     let mut b = http::Request::get(path);
-/// #     if let Some(c) = cookie { b = b.header("cookie", c); }
-/// #     let mut req = b.body(Body::empty()).unwrap();
-/// #     req.extensions_mut().insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 1], 4000))));
-/// #     req
-/// # }
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let manager = SessionManager::with_mode(Sessions::default(), CookiePolicy::new(), CreateMode::Eager).unwrap();
-/// let app = Router::new()
-///     .route("/", get(|| async { "body" }))
-///     .layer(SessionLayer::new(manager));
-/// let response = app.oneshot(request("/", None)).await.unwrap();
-/// let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), 64).await.unwrap();
-/// assert_eq!(&body[..], b"body");
-/// # });
-/// ```
-pub struct SessionBody<B> {
-    inner: Option<B>,
-    message: Option<&'static str>,
-    _client: Option<Attached>,
-}
-
-impl<B> fmt::Debug for SessionBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionBody")
-            .field("attached", &self._client.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<B> Body for SessionBody<B>
-where
-    B: Body + Unpin,
-    B::Data: From<&'static str>,
-{
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        if let Some(message) = self.message.take() {
-            return Poll::Ready(Some(Ok(Frame::data(message.into()))));
-        }
-        match &mut self.inner {
-            Some(inner) => Pin::new(inner).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.message.is_none() && self.inner.as_ref().is_none_or(B::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match (self.message, &self.inner) {
-            (Some(message), _) => SizeHint::with_exact(message.len() as u64),
-            (None, Some(inner)) => inner.size_hint(),
-            (None, None) => SizeHint::with_exact(0),
-        }
-    }
-}
-
+pub use body::SessionBody;
 pub use extract::RequestSession;
 pub use state::Attached;
