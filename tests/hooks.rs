@@ -417,3 +417,48 @@ fn hooks_on_the_sweeper_thread_can_spawn_tokio_tasks() {
     assert_eq!(sessions.stats().hook_panics, 0);
     assert_eq!(s.end_reason(), Some(EndReason::IdleExpired));
 }
+
+/// Shutdown waits for a sweep already under way on the background thread:
+/// when it returns, every hook of the sessions that sweep ended has run (and
+/// none is counted any more). Before, it returned while the sweeper was still
+/// running them, so a caller saw values neither deleted nor handed back.
+#[test]
+fn shutdown_waits_for_a_sweep_under_way() {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+    let (started, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (s2, d2) = (Arc::clone(&started), Arc::clone(&done));
+    let slow: Key<u8> = Key::builder("slow")
+        .on_delete(move |_, _| {
+            s2.store(true, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            d2.store(true, Ordering::SeqCst);
+        })
+        .build();
+    let clock = keyed_session::ManualClock::new();
+    let sessions = keyed_session::Sessions::builder()
+        .clock(clock.clone())
+        .idle_timeout(secs(60))
+        .sweeper(keyed_session::Sweeper::Background(Duration::from_millis(1)))
+        .build();
+    let s = sessions.create(None).unwrap();
+    s.set(&slow, 1).unwrap();
+    clock.advance(secs(61)); // due: the background sweeper ends it
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !started.load(Ordering::SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweeper never ran"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sessions.shutdown();
+    assert!(
+        done.load(Ordering::SeqCst),
+        "shutdown returned before the hook ran"
+    );
+    assert_eq!(sessions.len(), 0);
+}

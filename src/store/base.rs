@@ -53,6 +53,8 @@ pub(crate) struct StoreInner {
     /// and the final one at shutdown never interleave. Reentrant: a `save` hook
     /// that shuts the store down from the snapshot thread must not wait for itself.
     pub(crate) snapshot_lock: ReentrantMutex<()>,
+    /// The background jobs under way; shutdown waits for them.
+    pub(crate) jobs: crate::store::threads::Jobs,
     /// One key per name (see `key::names`).
     pub(crate) key_names: crate::key::names::KeyNames,
 }
@@ -464,6 +466,7 @@ impl StoreInner {
         // Stop the background threads before the final snapshot: the snapshot
         // thread sees the stop (or the shut flag) and saves no more.
         self.sweeper_stop.lock().take();
+        self.jobs.wait_idle();
         if first {
             self.save_configured_snapshot(true);
         }
@@ -489,12 +492,5 @@ impl StoreInner {
     /// Runs after the last client of a session left (see `Ending`).
     pub(crate) fn last_client_left(&self, rec: &Arc<Record>) {
         self.ending.last_client_left(rec, self.now());
-    }
-}
-
-impl Drop for StoreInner {
-    fn drop(&mut self) {
-        // Nothing lost: the values of sessions still held get their on_delete.
-        self.shutdown();
     }
 }

@@ -1,7 +1,7 @@
 //! Building a store: its shards, clock, counters and background threads,
 //! from a [`SessionsBuilder`].
 
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -50,7 +50,11 @@ impl Sessions {
             let mut spawned = false;
             if let Some(every) = background {
                 let sweep: fn(&StoreInner) = |s| {
-                    s.sweep_all();
+                    if !s.shut.load(Ordering::Acquire) {
+                        s.jobs.run(|| {
+                            s.sweep_all();
+                        });
+                    }
                 };
                 let name = "keyed-session-sweeper";
                 let started = spawn_periodic(name, weak, &stop_rx, every, context.clone(), sweep);
@@ -61,7 +65,7 @@ impl Sessions {
                 }
             }
             if let Some(every) = snapshot_every {
-                let save: fn(&StoreInner) = |s| s.save_configured_snapshot(false);
+                let save: fn(&StoreInner) = |s| s.jobs.run(|| s.save_configured_snapshot(false));
                 let name = "keyed-session-snapshot";
                 spawned |= spawn_periodic(name, weak, &stop_rx, every, context, save);
             }
@@ -81,6 +85,7 @@ impl Sessions {
                 sweeper_stop: Mutex::new(stop),
                 epoch,
                 snapshot_lock: ReentrantMutex::new(()),
+                jobs: Default::default(),
             }
         });
         Sessions { inner }
@@ -92,5 +97,12 @@ impl SessionsBuilder {
     /// system refuse a thread, the store falls back to passive sweeping).
     pub fn build(self) -> Sessions {
         Sessions::from_builder(self)
+    }
+}
+
+impl Drop for StoreInner {
+    fn drop(&mut self) {
+        // Nothing lost: the values of sessions still held get their on_delete.
+        self.shutdown();
     }
 }

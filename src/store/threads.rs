@@ -39,3 +39,40 @@ pub(crate) fn spawn_periodic<T: Send + Sync + 'static>(
         })
         .is_ok()
 }
+
+thread_local! {
+    /// Whether this thread is running one of a store's background jobs.
+    static IN_JOB: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The background jobs under way (a sweep, a periodic snapshot): shutdown
+/// waits for them, so that it returns only once every session ended and
+/// every hook of a sweep it overlapped has run.
+#[derive(Default)]
+pub(crate) struct Jobs(parking_lot::RwLock<()>);
+
+impl Jobs {
+    /// Runs `job` as a background job.
+    pub(crate) fn run(&self, job: impl FnOnce()) {
+        let _running = self.0.read();
+        IN_JOB.with(|j| j.set(true));
+        // Reset even if `job` unwinds.
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                IN_JOB.with(|j| j.set(false));
+            }
+        }
+        let _reset = Reset;
+        job();
+    }
+
+    /// Waits until no background job runs, unless this thread runs one (a
+    /// hook on the sweeper thread shutting the store down, or the store
+    /// dropped there): it cannot wait for itself.
+    pub(crate) fn wait_idle(&self) {
+        if !IN_JOB.with(|j| j.get()) {
+            drop(self.0.write());
+        }
+    }
+}
