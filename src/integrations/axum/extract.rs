@@ -176,23 +176,15 @@ impl RequestSession {
         key: &Key<T>,
         value: T,
     ) -> Result<Option<T>, Error> {
-        let mut value = Some(value);
-        let first = self.first_value(key, || value.take().expect("taken once"))?;
-        let (current, value) = match (first, value) {
-            (None, Some(value)) => (self.open_current().await?, value),
-            (Some(bytes), _) => {
-                let (current, written) = self.open_with(Some((key.name(), bytes.clone()))).await?;
-                if written {
-                    // A new session: nothing was there before.
-                    return Ok(None);
-                }
+        let current = if self.creates_holding(key)? {
+            match self.open_holding(key, &value).await? {
+                // A new session: nothing was there before.
+                (_, true) => return Ok(None),
                 // Another create of this request won: the value goes there.
-                (
-                    current,
-                    key.load_value(&mut &bytes[..]).map_err(store_error)?,
-                )
+                (current, false) => current,
             }
-            (None, None) => unreachable!("the value is taken only with its bytes"),
+        } else {
+            self.open_current().await?
         };
         match current {
             Current::Memory(s) => s.set(key, value).map_err(Error::from),
@@ -234,25 +226,18 @@ impl RequestSession {
         mut init: impl FnMut() -> T,
         mut f: impl FnMut(&mut T) -> R,
     ) -> Result<R, Error> {
-        let mut result = None;
-        let first = self.first_value(key, || {
+        let current = if self.creates_holding(key)? {
             let mut value = init();
-            result = Some(f(&mut value));
-            value
-        })?;
-        if let Some(bytes) = first {
-            let (current, written) = self.open_with(Some((key.name(), bytes))).await?;
-            if written && let Some(result) = result {
-                return Ok(result);
+            let result = f(&mut value);
+            match self.open_holding(key, &value).await? {
+                (_, true) => return Ok(result),
+                // Another create of this request won: the update runs on it.
+                (current, false) => current,
             }
-            // Another create of this request won: the update runs on it.
-            return match current {
-                Current::Memory(s) => Ok(s.update(key, init, f)?),
-                #[cfg(feature = "redis")]
-                Current::Redis(s) => Ok(s.update(key, init, f).await?),
-            };
-        }
-        match self.open_current().await? {
+        } else {
+            self.open_current().await?
+        };
+        match current {
             Current::Memory(s) => Ok(s.update(key, init, f)?),
             #[cfg(feature = "redis")]
             Current::Redis(s) => Ok(s.update(key, init, f).await?),
@@ -344,27 +329,31 @@ impl RequestSession {
         }
     }
 
-    /// `value`'s bytes when the request has no session yet and `key` is
-    /// shared over Redis: the session is then created holding them.
-    fn first_value<T: Send + Sync + 'static>(
-        &self,
-        key: &Key<T>,
-        value: impl FnOnce() -> T,
-    ) -> Result<Option<Vec<u8>>, Error> {
-        let holds = match self.0.lock().current_or_creator()? {
+    /// Whether the session this request would create now can hold `key`'s
+    /// first value from the start: no session yet, and `key` shared over
+    /// Redis.
+    fn creates_holding<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Result<bool, Error> {
+        Ok(match self.0.lock().current_or_creator()? {
             Ok(_) => false,
             Err(creator) => creator.holds_first(key),
-        };
-        if !holds {
-            return Ok(None);
-        }
+        })
+    }
+
+    /// The request's session, created holding `value` under `key` (one
+    /// script over Redis): `true` when it does; `false` with the session
+    /// another create of this request made first.
+    async fn open_holding<T: Send + Sync + 'static>(
+        &self,
+        key: &Key<T>,
+        value: &T,
+    ) -> Result<(Current, bool), Error> {
         let mut bytes = Vec::new();
-        key.save_value(&value(), &mut bytes).map_err(store_error)?;
-        Ok(Some(bytes))
+        key.save_value(value, &mut bytes).map_err(store_error)?;
+        self.open_with(Some((key.name(), bytes))).await
     }
 }
 
-/// A value's `save` or `load` failing for a shared store.
+/// A value's `save` failing for a shared store.
 fn store_error(_: std::io::Error) -> Error {
     Error::Store
 }
