@@ -323,8 +323,9 @@ impl Cache {
         }
     }
 
-    /// The link, made when first needed (tracking on before any read).
-    async fn link(&self) -> Result<(u64, MultiplexedConnection), SharedError> {
+    /// The link and its epoch, made when first needed (tracking on before
+    /// any read).
+    pub(crate) async fn link(&self) -> Result<(u64, MultiplexedConnection), SharedError> {
         if let Some(link) = self.inner.link.lock().clone() {
             return Ok(link);
         }
@@ -373,20 +374,9 @@ impl Cache {
         Ok((epoch, conn))
     }
 
-    /// Runs `call` over the link; any failure drops the link and every copy.
-    pub(crate) async fn run(
-        &self,
-        call: &redis::ScriptInvocation<'_>,
-    ) -> Result<Value, SharedError> {
-        let (epoch, mut conn) = self.link().await?;
-        let answer = tokio::time::timeout(self.timeout, call.invoke_async::<Value>(&mut conn))
-            .await
-            .map_err(|_| SharedError::timed_out())
-            .and_then(|r| r.map_err(SharedError::from));
-        if answer.is_err() {
-            self.inner.reset(epoch);
-        }
-        answer
+    /// Drops the link of `epoch` and every copy (a call over it failed).
+    pub(crate) fn lost(&self, epoch: u64) {
+        self.inner.reset(epoch);
     }
 
     /// Lookups answered from the copy, lookups that went to Redis, the

@@ -140,9 +140,18 @@ impl Engine {
         if !self.cache.enabled() {
             return self.run(call).await;
         }
-        let answer = self.cache.run(call).await;
+        let (epoch, mut conn) = match self.cache.link().await {
+            Ok(link) => link,
+            Err(e) => {
+                self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        // Any failure drops the link and every copy: none is trusted on its
+        // own.
+        let answer = self.within(call.invoke_async(&mut conn)).await;
         if answer.is_err() {
-            self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+            self.cache.lost(epoch);
         }
         reply::array(answer?)
     }
