@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use crate::borrow;
 use crate::reason::{DeleteCause, DeleteContext};
-use crate::redis::engine::Hook;
 use crate::redis::error::SharedError;
 use crate::redis::reply::{self, Field};
 use crate::redis::scripts;
@@ -71,16 +70,8 @@ impl RedisSession {
             peer: self.peer,
             cause: DeleteCause::Cleared,
         };
-        let mut hooks: Vec<Hook> = Vec::new();
-        for (name, bytes) in &old {
-            if let Some(hook) = self.engine.config.shared.get(name) {
-                let (hook, bytes, name) = (Arc::clone(hook), bytes.clone(), name.clone());
-                hooks.push(Box::new(move || {
-                    crate::hooks::run(&name, "on_delete", || hook(&bytes, &ctx)).is_some()
-                }));
-            }
-        }
         let mut cleared = old.len();
+        let mut hooks = self.engine.shared_hooks(old, ctx);
         if let Some(part) = self.engine.locals.lock().get(&self.id()).cloned() {
             let taken = {
                 let mut values = borrow::write(&part.values, "clear the session");

@@ -303,26 +303,33 @@ impl Engine {
         peer: Option<IpAddr>,
         last: Vec<(String, Vec<u8>)>,
     ) {
-        let jobs: Vec<(String, crate::redis::config::SharedHook, Vec<u8>)> = last
-            .into_iter()
-            .filter_map(|(name, bytes)| {
-                let hook = Arc::clone(self.config.shared.get(&name)?);
-                Some((name, hook, bytes))
-            })
-            .collect();
-        if jobs.is_empty() {
-            return;
-        }
         let ctx = DeleteContext {
             id,
             peer,
             cause: DeleteCause::SessionEnded(reason),
         };
-        self.run_hooks(jobs.into_iter().map(|(name, hook, bytes)| {
-            Box::new(move || crate::hooks::run(&name, "on_delete", || hook(&bytes, &ctx)).is_some())
-                as Hook
-        }))
-        .await;
+        let hooks = self.shared_hooks(last, ctx);
+        if !hooks.is_empty() {
+            self.run_hooks(hooks.into_iter()).await;
+        }
+    }
+
+    /// The `on_delete` of each registered shared key among `values` (names
+    /// and last bytes), ready to run with `ctx`; unregistered keys have none.
+    pub(crate) fn shared_hooks(
+        &self,
+        values: Vec<(String, Vec<u8>)>,
+        ctx: DeleteContext,
+    ) -> Vec<Hook> {
+        values
+            .into_iter()
+            .filter_map(|(name, bytes)| {
+                let hook = Arc::clone(self.config.shared.get(&name)?);
+                Some(Box::new(move || {
+                    crate::hooks::run(&name, "on_delete", || hook(&bytes, &ctx)).is_some()
+                }) as Hook)
+            })
+            .collect()
     }
 
     /// Claims this process's local part of `id` (once) and runs its values'
