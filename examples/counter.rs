@@ -30,7 +30,7 @@ use axum::routing::{get, post};
 use futures_util::stream::{self, Stream, StreamExt};
 use keyed_session::http::{CookiePolicy, SessionManager};
 use keyed_session::integrations::axum::{RequestSession, SessionLayer};
-use keyed_session::{Error, Event, IpBinding, Key, RecvError, SessionId, Sessions, Subscription};
+use keyed_session::{Event, IpBinding, Key, RecvError, SessionId, Sessions, Subscription};
 
 /// The count: `save`/`load` (here by serde) make it survive a restart, and
 /// make it *shared* over a store of many processes (`redis_counter`).
@@ -93,8 +93,9 @@ pub fn routes(layer: SessionLayer, subscribe: Subscribe) -> Router {
         .route("/events", get(events))
         .with_state(AppState { subscribe, recent })
         .layer(layer)
-        // The session layer's own answers (503 when Redis is away, 500 for
-        // a set-up mistake) are plain text: pages here, with a way back.
+        // Errors are plain text, the handlers' and the session layer's own
+        // (503 when Redis is away, 500 for a set-up mistake): pages here,
+        // with a way back.
         .layer(axum::middleware::map_response(html_errors))
 }
 
@@ -198,7 +199,8 @@ async fn index(State(state): State<AppState>, session: RequestSession) -> Respon
         .await;
     let n = match counted {
         Ok(n) => n,
-        Err(e) => return error_page(e),
+        // A plain-text error: `html_errors` makes it a page.
+        Err(e) => return e.into_response(),
     };
     let id = session.id().map(|id| short(&id)).unwrap_or_default();
     if n == 1 {
@@ -259,24 +261,6 @@ async fn index(State(state): State<AppState>, session: RequestSession) -> Respon
     .into_response()
 }
 
-/// An error as a page with a way back (the status and headers stay the
-/// error's: `Retry-After` on a 503).
-fn error_page(e: Error) -> Response {
-    let message = e.to_string();
-    let mut response = e.into_response();
-    let page = page_for(response.status(), &message);
-    response
-        .headers_mut()
-        .remove(axum::http::header::CONTENT_TYPE);
-    response
-        .headers_mut()
-        .remove(axum::http::header::CONTENT_LENGTH);
-    let mut html = Html(page).into_response();
-    *html.status_mut() = response.status();
-    html.headers_mut().extend(response.headers().clone());
-    html
-}
-
 /// `text` safe inside HTML.
 fn html_escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -289,13 +273,13 @@ async fn renew(session: RequestSession) -> Response {
     match session.renew().await {
         // Post/redirect/get: the page shows the new id.
         Ok(_) => Redirect::to("/").into_response(),
-        Err(e) => error_page(e),
+        Err(e) => e.into_response(),
     }
 }
 
 async fn logout(session: RequestSession) -> Response {
     if let Err(e) = session.end().await {
-        return error_page(e);
+        return e.into_response();
     }
     Html(
         "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\"><title>Logged out</title>\
