@@ -35,7 +35,7 @@ impl RedisSession {
     pub async fn clear(&self) -> Result<usize, SharedError> {
         let answer = self
             .run_following(Route::Write, false, |id| {
-                self.on_session(&scripts::CLEAR, id)
+                self.engine.on_session(&scripts::CLEAR, id)
             })
             .await?;
         if reply::tag(&answer) != "ok" {

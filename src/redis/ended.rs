@@ -71,10 +71,10 @@ impl RedisSessions {
         id: &mut SessionId,
     ) -> Result<Option<Option<EndReason>>, SharedError> {
         for _ in 0..16 {
-            let k = self.engine.keys(id);
+            let (hash, tomb) = self.engine.hash_and_tomb(id);
             let mut conn = self.engine.conn.clone();
             let mut check = redis::pipe();
-            check.exists(&k.hash).get(&k.tomb);
+            check.exists(&hash).get(&tomb);
             let (alive, tomb): (bool, Option<String>) =
                 self.engine.within(check.query_async(&mut conn)).await?;
             if alive {

@@ -369,11 +369,8 @@ async fn send(
     batch: &Batch,
     token: &[u8; 8],
 ) -> (Outcome, Option<Field>) {
-    let keys = engine.keys(id);
-    let mut call = scripts::CAS.prepare_invoke();
-    call.key(&keys.hash)
-        .key(&keys.tomb)
-        .arg(name)
+    let mut call = engine.on_session(&scripts::CAS, id);
+    call.arg(name)
         .arg(batch.expected)
         .arg(&batch.bytes)
         .arg(&token[..])

@@ -67,14 +67,35 @@ impl Engine {
 
     pub(crate) fn keys(&self, id: &SessionId) -> Keys {
         let p = self.prefix(self.shard(id));
+        let (hash, tomb) = self.hash_and_tomb(id);
         Keys {
-            hash: format!("{p}h:{id}"),
+            hash,
             due: format!("{p}due"),
             events: format!("{p}ev"),
-            tomb: format!("{p}t:{id}"),
+            tomb,
             count: format!("{}:n", self.config.namespace),
             per_ip: format!("{}:ipn", self.config.namespace),
         }
+    }
+
+    /// Session `id`'s hash and tombstone: all that a write, a liveness check
+    /// or a look at how it ended needs.
+    pub(crate) fn hash_and_tomb(&self, id: &SessionId) -> (String, String) {
+        let p = self.prefix(self.shard(id));
+        (format!("{p}h:{id}"), format!("{p}t:{id}"))
+    }
+
+    /// An invocation of `script` on session `id`'s hash and tombstone (the
+    /// two keys of every script run on one session's values).
+    pub(crate) fn on_session(
+        &self,
+        script: &'static redis::Script,
+        id: &SessionId,
+    ) -> ScriptInvocation<'static> {
+        let (hash, tomb) = self.hash_and_tomb(id);
+        let mut call = script.prepare_invoke();
+        call.key(hash).key(tomb);
+        call
     }
 
     /// The keys of shard `shard`.

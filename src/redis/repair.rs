@@ -56,8 +56,8 @@ impl Engine {
         for chunk in ids.chunks(256) {
             let mut pipe = redis::pipe();
             for id in chunk {
-                let k = self.keys(id);
-                pipe.exists(&k.hash).get(&k.tomb);
+                let (hash, tomb) = self.hash_and_tomb(id);
+                pipe.exists(&hash).get(&tomb);
             }
             let mut conn = self.conn.clone();
             let found: Vec<Value> = self

@@ -199,25 +199,12 @@ impl RedisSession {
         }
     }
 
-    /// An invocation of `script` on session `id`'s hash and tombstone (the
-    /// two keys of every script a handle runs on one session).
-    pub(crate) fn on_session(
-        &self,
-        script: &'static redis::Script,
-        id: &SessionId,
-    ) -> ScriptInvocation<'static> {
-        let k = self.engine.keys(id);
-        let mut call = script.prepare_invoke();
-        call.key(k.hash).key(k.tomb);
-        call
-    }
-
     /// Checks that the session is alive (following a renew), before a write
     /// of a local value.
     async fn alive(&self) -> Result<(), SharedError> {
         let answer = self
             .run_following(Route::Read, false, |id| {
-                self.on_session(&scripts::ALIVE, id)
+                self.engine.on_session(&scripts::ALIVE, id)
             })
             .await?;
         match reply::tag(&answer) {
@@ -343,7 +330,7 @@ impl RedisSession {
         let pending = Pending::new(self);
         let answer = self
             .run_following(Route::Tracked, true, |id| {
-                let mut call = self.on_session(&scripts::PUT, id);
+                let mut call = self.engine.on_session(&scripts::PUT, id);
                 call.arg(key.name()).arg(&bytes).arg(&token[..]);
                 call
             })
@@ -463,7 +450,7 @@ impl RedisSession {
         let pending = Pending::new(self);
         let answer = self
             .run_following(Route::Tracked, false, |id| {
-                let mut call = self.on_session(&scripts::REMOVE, id);
+                let mut call = self.engine.on_session(&scripts::REMOVE, id);
                 call.arg(key.name());
                 call
             })
