@@ -20,6 +20,7 @@ pub(crate) fn run<R>(key: &str, what: &'static str, hook: impl FnOnce() -> R) ->
 }
 
 /// A panic's message: its `&str` or `String` payload.
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
 pub(crate) fn message(payload: &(dyn Any + Send)) -> &str {
     payload
         .downcast_ref::<&str>()
@@ -39,9 +40,7 @@ fn report(key: &str, what: &'static str, payload: &(dyn Any + Send)) {
 }
 
 #[cfg(not(feature = "tracing"))]
-fn report(_key: &str, _what: &'static str, payload: &(dyn Any + Send)) {
-    let _ = message(payload);
-}
+fn report(_key: &str, _what: &'static str, _payload: &(dyn Any + Send)) {}
 
 #[cfg(test)]
 mod tests {

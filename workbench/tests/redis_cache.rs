@@ -23,11 +23,6 @@ fn builder(server: &RedisServer, ns: &str) -> RedisSessionsBuilder {
         .sweep_every(None)
 }
 
-/// How many scripts Redis ran so far (every lookup and write is one).
-fn scripts_run(server: &RedisServer) -> u64 {
-    server.scripts_run()
-}
-
 #[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_lookup_costs_no_round_trip_and_sees_its_own_writes() {
@@ -41,12 +36,12 @@ async fn a_hot_lookup_costs_no_round_trip_and_sees_its_own_writes() {
     for _ in 0..2 {
         store.get(&id, None).await.unwrap();
     }
-    let before = (scripts_run(&server), store.stats().cache_hits);
+    let before = (server.scripts_run(), store.stats().cache_hits);
     for _ in 0..100 {
         assert!(store.get(&id, None).await.unwrap().get(&COUNTER).is_none());
     }
     assert_eq!(
-        scripts_run(&server),
+        server.scripts_run(),
         before.0,
         "no script ran for a hot lookup"
     );
@@ -165,11 +160,11 @@ async fn a_copy_is_never_served_past_its_deadline_or_a_due_touch() {
         store.get(&id, None).await.unwrap();
     }
     // A touch is due every 10 s (idle/16): the lookup goes to Redis.
-    let before = scripts_run(&server);
+    let before = server.scripts_run();
     clock.advance(Duration::from_secs(11));
     store.get(&id, None).await.unwrap();
     assert_eq!(
-        scripts_run(&server),
+        server.scripts_run(),
         before + 1,
         "a due touch reached Redis"
     );
@@ -199,11 +194,11 @@ async fn on_redis_clock_a_due_touch_reaches_redis() {
     for _ in 0..3 {
         store.get(&id, None).await.unwrap();
     }
-    let before = scripts_run(&server);
+    let before = server.scripts_run();
     tokio::time::sleep(Duration::from_millis(150)).await;
     store.get(&id, None).await.unwrap();
     assert_eq!(
-        scripts_run(&server),
+        server.scripts_run(),
         before + 1,
         "a due touch (every 100 ms) reached Redis"
     );
@@ -280,11 +275,11 @@ async fn without_a_cache_every_lookup_asks_redis() {
     let id = store.create(None).await.unwrap().id();
     // The first run of a script may count twice (loaded, then run).
     store.get(&id, None).await.unwrap();
-    let before = scripts_run(&server);
+    let before = server.scripts_run();
     for _ in 0..10 {
         store.get(&id, None).await.unwrap();
     }
-    assert_eq!(scripts_run(&server), before + 10);
+    assert_eq!(server.scripts_run(), before + 10);
     assert_eq!(store.stats().cache_hits, 0);
     store.shutdown().await;
 }
