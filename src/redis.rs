@@ -60,6 +60,7 @@ mod error;
 mod group;
 mod lane;
 mod layout;
+mod lookup;
 mod reader;
 mod renew;
 mod repair;
@@ -169,6 +170,7 @@ impl RedisSessions {
             cache,
             key_names: Default::default(),
             lanes: Default::default(),
+            flights: Default::default(),
             stop: watch::channel(false).0,
         });
         for (name, id) in &engine.config.shared_ids {
@@ -273,61 +275,14 @@ impl RedisSessions {
             let times = (copy.la, idle, copy.absolute_ms);
             return Ok(self.handle(*id, copy.bound, times, fields));
         }
-        let ticket = e.cache.begin(id);
-        let known = ticket.as_ref().and_then(|t| t.known.as_ref());
-        let k = e.keys(id);
-        let id_text = id.to_string();
-        let mut call = k.invoke(&scripts::LOAD);
-        call.arg(e.now_arg())
-            .arg(Engine::millis(e.config.touch_every()))
-            .arg(known.map_or("-1", |(rev, _)| rev.as_str()))
-            .arg(&id_text)
-            .arg(Engine::millis(e.config.retention));
-        let sent_ms = cache::local_ms();
-        let answer = e.run_tracked(&call).await?;
-        match reply::tag(&answer) {
-            "ok" => {}
-            // Ended by this call: the hooks run from its End event.
-            "expired" => {
-                e.cache.forget(id);
-                return Err(SharedError::Refused(Refused::Expired));
-            }
-            "gone" | "missing" => {
-                e.cache.forget(id);
-                return Err(SharedError::Refused(Refused::NotFound));
-            }
-            other => return Err(SharedError::protocol(format!("load answered {other:?}"))),
-        }
-        let loaded = reply::Loaded::read(&answer);
-        let bound = loaded.bound;
-        if !e.config.binding.allows(bound, peer) {
+        let found = e.lookup(id).await?;
+        if !e.config.binding.allows(found.bound, peer) {
             e.end(id, EndReason::IpMismatch).await?;
             return Err(SharedError::Refused(Refused::IpMismatch));
         }
-        let fields = match (loaded.all, known) {
-            // Changed since this process last looked (or never seen).
-            (Some(all), _) => Arc::new(reply::fields(all)),
-            (None, Some((_, fields))) => Arc::clone(fields),
-            (None, None) => Arc::default(),
-        };
-        let idle_ms = loaded
-            .idle_ms
-            .unwrap_or(Engine::millis(e.config.idle) as i64);
-        if let Some(ticket) = &ticket {
-            let entry = cache::Entry {
-                la: loaded.last_access_ms,
-                idle_ms,
-                absolute_ms: loaded.absolute_ms,
-                bound,
-                rev: loaded.rev.clone(),
-                fields: Arc::clone(&fields),
-                offset_ms: loaded.now_ms.saturating_sub(sent_ms),
-            };
-            e.cache.fill(id, ticket, entry);
-        }
-        let idle = std::time::Duration::from_millis(idle_ms.max(0) as u64);
-        let times = (loaded.last_access_ms, idle, loaded.absolute_ms);
-        Ok(self.handle(*id, bound, times, fields))
+        let idle = std::time::Duration::from_millis(found.idle_ms.max(0) as u64);
+        let times = (found.last_access_ms, idle, found.absolute_ms);
+        Ok(self.handle(*id, found.bound, times, Arc::clone(&found.fields)))
     }
 
     /// Ends session `id` (reason [`Deleted`](EndReason::Deleted)) in every

@@ -105,6 +105,14 @@ pub(crate) struct Ticket {
     pub(crate) known: Option<(String, Arc<HashMap<String, Field>>)>,
 }
 
+impl Ticket {
+    /// What this read must still find to fill: two reads with the same
+    /// generation began with nothing known to have changed between them.
+    pub(crate) fn generation(&self) -> (u64, u64) {
+        (self.stamp, self.epoch)
+    }
+}
+
 /// Counters of the cache, for this process.
 #[derive(Default)]
 struct Counts {

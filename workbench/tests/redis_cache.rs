@@ -283,3 +283,85 @@ async fn without_a_cache_every_lookup_asks_redis() {
     assert_eq!(store.stats().cache_hits, 0);
     store.shutdown().await;
 }
+
+/// Holds every client's commands for `ms` (a real `CLIENT PAUSE`).
+fn pause_clients(server: &RedisServer, ms: u64) {
+    assert_eq!(
+        server.cli(&["CLIENT", "PAUSE", &ms.to_string(), "ALL"]),
+        "OK"
+    );
+}
+
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_lookups_of_one_session_share_one_read() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let a = builder(&server, "flight").build().await.unwrap();
+    let b = builder(&server, "flight").build().await.unwrap();
+    let s = a.create(None).await.unwrap();
+    s.set(&COUNTER, 5).await.unwrap();
+    let id = s.id();
+    // b's connections are up (and its scripts loaded) before the pause.
+    let other = a.create(None).await.unwrap().id();
+    b.get(&other, None).await.unwrap();
+    let before = server.scripts_run();
+
+    // While Redis holds the first lookup's read, seven more of the same
+    // session arrive: they wait for that read instead of sending their own.
+    pause_clients(&server, 150);
+    let lookups: Vec<_> = (0..8)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move { b.get(&id, None).await.map(|s| s.get(&COUNTER)) })
+        })
+        .collect();
+    for lookup in lookups {
+        assert_eq!(lookup.await.unwrap().unwrap(), Some(5));
+    }
+    assert_eq!(
+        server.scripts_run(),
+        before + 1,
+        "one read for eight lookups"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_lookup_leaves_the_lookups_waiting_for_it_to_read_themselves() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = builder(&server, "dropread").build().await.unwrap();
+    let s = store.create(None).await.unwrap();
+    s.set(&COUNTER, 9).await.unwrap();
+    let id = s.id();
+    let other = store.create(None).await.unwrap().id();
+    store.get(&other, None).await.unwrap();
+
+    pause_clients(&server, 150);
+    let first = {
+        let store = store.clone();
+        tokio::spawn(async move { store.get(&id, None).await.map(|_| ()) })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let followers: Vec<_> = (0..3)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.get(&id, None).await.map(|s| s.get(&COUNTER)) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    first.abort();
+    for follower in followers {
+        let answer = tokio::time::timeout(Duration::from_secs(10), follower)
+            .await
+            .expect("a follower of a dropped lookup does not hang")
+            .unwrap();
+        assert_eq!(answer.unwrap(), Some(9));
+    }
+    store.shutdown().await;
+}
