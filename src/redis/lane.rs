@@ -34,7 +34,8 @@ const TURN_MS: u64 = 20;
 
 /// How many `wait` answers (another process's turn) a batch takes before
 /// its members count a lost round: each turn lasts at most `TURN_MS`, and
-/// waits after the first few sleep a millisecond or two.
+/// waits after the first few sleep 0.1-0.4 ms (the turn's holder needs about
+/// one round trip), so the waits outlast a turn.
 const MAX_WAITS: u32 = 256;
 
 /// How long the batch after a lost round waits for the lost round's members
@@ -378,7 +379,7 @@ async fn send(
     let mut waits = 0u32;
     loop {
         if waits > 2 {
-            let wait = 500 + rand::random::<u64>() % 1500;
+            let wait = 100 + rand::random::<u64>() % 300;
             tokio::time::sleep(Duration::from_micros(wait)).await;
         }
         let answer = match engine.run_tracked(&call).await {
