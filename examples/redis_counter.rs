@@ -23,9 +23,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use keyed_session::IpBinding;
-use keyed_session::http::CookiePolicy;
+use keyed_session::http::{CookiePolicy, RedisManager};
 use keyed_session::integrations::axum::SessionLayer;
-use keyed_session::redis::{RedisManager, RedisSessions};
+use keyed_session::redis::RedisSessions;
 
 /// The router over `sessions`, as `counter::app` but shared.
 pub fn app(sessions: &RedisSessions) -> axum::Router {

@@ -30,10 +30,19 @@
 pub(crate) mod cookie;
 pub(crate) mod manager;
 mod proxy;
+#[cfg(all(feature = "redis", feature = "axum"))]
+mod redis_manager;
+pub(crate) mod request;
 pub(crate) mod started;
 
 pub use crate::error::Rejection;
 pub use cookie::{CookiePolicy, KeyTooShort, PolicyError, SameSite, SigningKey};
-pub use manager::{MAX_COOKIE_HEADER, MAX_DUPLICATE_COOKIES, SessionManager};
+pub use manager::SessionManager;
 pub use proxy::{ForwardedHeader, TrustedProxies};
+#[cfg(all(feature = "redis", feature = "axum"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "redis", feature = "axum"))))]
+pub use redis_manager::RedisManager;
+#[cfg(all(feature = "redis", feature = "axum"))]
+pub(crate) use redis_manager::now_unix as redis_now_unix;
+pub use request::{MAX_COOKIE_HEADER, MAX_DUPLICATE_COOKIES};
 pub use started::{CreateMode, Started};

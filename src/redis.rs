@@ -57,6 +57,7 @@ mod create;
 mod ended;
 mod engine;
 mod error;
+mod flight;
 mod group;
 mod lane;
 mod layout;
@@ -69,8 +70,6 @@ mod scripts;
 mod session;
 mod stats;
 mod watched;
-#[cfg(feature = "axum")]
-mod web;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -93,11 +92,6 @@ pub use config::RedisSessionsBuilder;
 pub use error::SharedError;
 pub use session::RedisSession;
 pub use stats::RedisStats;
-#[cfg(feature = "axum")]
-#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-pub use web::RedisManager;
-#[cfg(feature = "axum")]
-pub(crate) use web::RedisStarted;
 
 /// A session store shared by every process that builds one over the same
 /// Redis and namespace. Cheap to clone; see the [module docs](self).
@@ -329,8 +323,23 @@ impl RedisSessions {
     }
 
     /// The store's idle timeout (a session's own may differ).
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn default_idle(&self) -> std::time::Duration {
         self.engine.config.idle
+    }
+
+    /// The store's IP binding policy, as [`Sessions::ip_binding`](crate::Sessions::ip_binding).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), keyed_session::redis::SharedError> {
+    /// use keyed_session::IpBinding;
+    /// use keyed_session::redis::RedisSessions;
+    /// let sessions = RedisSessions::builder("redis://127.0.0.1:6379").build().await?;
+    /// assert_eq!(sessions.ip_binding(), IpBinding::Off);
+    /// # Ok(()) }
+    /// ```
+    pub fn ip_binding(&self) -> crate::net::IpBinding {
+        self.engine.config.binding
     }
 
     /// Every process's begin, renew and end events, each `End` after this

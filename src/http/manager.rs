@@ -8,18 +8,10 @@ use http::header::{COOKIE, HeaderMap, HeaderValue};
 
 use crate::error::Rejection;
 use crate::http::cookie::{CookiePolicy, PolicyError, Presented};
+use crate::http::request::{Pick, Request};
 use crate::http::started::{CreateMode, ManagerInner, Started};
 use crate::net::IpBinding;
 use crate::store::{Session, Sessions};
-
-/// The longest `Cookie` header (all of them together) that is read at all. Longer
-/// ones are refused without parsing: browsers send at most a few KiB.
-pub const MAX_COOKIE_HEADER: usize = 8 * 1024;
-
-/// How many cookies of our name one request may present before the rest are
-/// ignored (duplicates come from other paths or domains, or from an attacker
-/// tossing cookies from a sibling subdomain).
-pub const MAX_DUPLICATE_COOKIES: usize = 8;
 
 /// Turns requests into sessions and says which `Set-Cookie` each response
 /// needs. Cheap to clone.
@@ -125,7 +117,7 @@ impl SessionManager {
     /// on any header bytes: anything unreadable counts as no valid session.
     ///
     /// Every cookie of the session's name is looked at (up to
-    /// [`MAX_DUPLICATE_COOKIES`]), so junk duplicates ahead of the real one do
+    /// [`MAX_DUPLICATE_COOKIES`](crate::http::MAX_DUPLICATE_COOKIES)), so junk duplicates ahead of the real one do
     /// not hide it; when they name *different* live sessions, none is used
     /// ([`Rejection::Ambiguous`]).
     ///
@@ -152,60 +144,21 @@ impl SessionManager {
         peer: Option<IpAddr>,
         path: &str,
     ) -> Started {
+        let (sessions, policy) = (&self.inner.sessions, &self.inner.policy);
+        let binds = sessions.ip_binding() != IpBinding::Off;
+        let mut req = Request::new(policy, path, peer, binds);
+        let mut pick = Pick::new();
+        for raw in req.candidates(policy, headers) {
+            if !pick.offer(self.resolve(raw, peer), Session::same_as) {
+                break;
+            }
+        }
+        req.found(pick, policy, || sessions.now_unix());
         let mut started = Started {
             inner: Arc::clone(&self.inner),
-            peer,
-            in_scope: self.inner.policy.covers(path),
-            session: None,
-            presented: None,
-            rejected: None,
-            issue: false,
-            remembered: false,
-            ended: false,
+            req,
         };
-        if !started.in_scope {
-            return started;
-        }
-        if peer.is_none() && self.inner.sessions.ip_binding() != IpBinding::Off {
-            started.rejected = Some(Rejection::NoClientAddress);
-            return started;
-        }
-        let total: usize = headers().map(<[u8]>::len).sum();
-        if total > MAX_COOKIE_HEADER {
-            started.rejected = Some(Rejection::Malformed);
-        } else {
-            let name = self.inner.policy.cookie_name().as_bytes();
-            let mut pick = Pick::new();
-            let mut offered = 0;
-            'headers: for header in headers() {
-                for raw in cookie_values(header, name) {
-                    if offered == MAX_DUPLICATE_COOKIES
-                        || !pick.offer(self.resolve(raw, peer), Session::same_as)
-                    {
-                        break 'headers;
-                    }
-                    offered += 1;
-                }
-            }
-            match pick.finish() {
-                Err(why) => started.rejected = why,
-                Ok((session, resign, issued)) => {
-                    let now = || self.inner.sessions.now_unix();
-                    started.issue = resign
-                        || self
-                            .inner
-                            .policy
-                            .refresh_due(session.idle_timeout(), issued, now);
-                    started.remembered = issued.is_some();
-                    started.presented = Some(session.id());
-                    started.session = Some(session);
-                }
-            }
-        }
-        if started.session.is_none()
-            && self.inner.mode == CreateMode::Eager
-            && started.rejected != Some(Rejection::Ambiguous)
-        {
+        if self.inner.mode == CreateMode::Eager && started.req.creates_eagerly() {
             // A failed create leaves the request without a session; the handler
             // sees `session()` as `None` and may answer 503.
             let _ = started.get_or_create();
@@ -225,78 +178,5 @@ impl SessionManager {
             .get(&id, peer)
             .map_err(Rejection::Refused)?;
         Ok((session, resign, issued))
-    }
-}
-
-/// The cookies named `name` in one `Cookie` header, in order, with surrounding
-/// double quotes removed. Works on bytes: never fails, never panics.
-pub(crate) fn cookie_values<'a>(
-    header: &'a [u8],
-    name: &'a [u8],
-) -> impl Iterator<Item = &'a [u8]> + 'a {
-    header.split(|&b| b == b';').filter_map(move |pair| {
-        // `name`, optional spaces, `=`: the name is checked first, so the
-        // other cookies' values are never scanned for `=`.
-        let rest = pair.trim_ascii_start().strip_prefix(name)?;
-        let v = rest.trim_ascii_start().strip_prefix(b"=")?.trim_ascii();
-        Some(match v {
-            [b'"', inner @ .., b'"'] => inner,
-            v => v,
-        })
-    })
-}
-
-/// Which of the cookies a request presented it uses: the first that names a
-/// live session (with whether to re-sign it and when it was issued), unless
-/// another names a *different* live session (then none:
-/// [`Rejection::Ambiguous`]); otherwise why the first one was not used. Both
-/// HTTP layers, the in-memory one and the Redis one, pick with it.
-pub(crate) struct Pick<S> {
-    found: Option<(S, bool, Option<u64>)>,
-    rejected: Option<Rejection>,
-}
-
-impl<S> Pick<S> {
-    pub(crate) fn new() -> Self {
-        Pick {
-            found: None,
-            rejected: None,
-        }
-    }
-
-    /// Takes one looked-up candidate; `false` when the rest need not be
-    /// looked at (two different sessions were named).
-    pub(crate) fn offer(
-        &mut self,
-        looked: Result<(S, bool, Option<u64>), Rejection>,
-        same: impl Fn(&S, &S) -> bool,
-    ) -> bool {
-        match looked {
-            Ok(candidate) => match &self.found {
-                Some((first, _, _)) if same(first, &candidate.0) => {}
-                Some(_) => {
-                    self.rejected = Some(Rejection::Ambiguous);
-                    self.found = None;
-                    return false;
-                }
-                None => {
-                    self.found = Some(candidate);
-                    self.rejected = None;
-                }
-            },
-            Err(why) => {
-                // Why the *first* refused candidate was not used: the most
-                // likely to be the client's own cookie.
-                if self.found.is_none() && self.rejected.is_none() {
-                    self.rejected = Some(why);
-                }
-            }
-        }
-        true
-    }
-
-    /// The session picked (with re-sign and issue time), or why none.
-    pub(crate) fn finish(self) -> Result<(S, bool, Option<u64>), Option<Rejection>> {
-        self.found.ok_or(self.rejected)
     }
 }

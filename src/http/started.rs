@@ -2,15 +2,15 @@
 //! not used (`Rejection`), and what a manager and its requests share.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
+use http::header::{HeaderMap, HeaderValue};
 
 use crate::error::{Error, Rejection};
 use crate::http::cookie::CookiePolicy;
+use crate::http::request::{CookieSession, Request};
 use crate::id::SessionId;
-use crate::store::{ClientGuard, CreateError, Session, SessionEnded, Sessions};
+use crate::store::{ClientGuard, Session, SessionEnded, Sessions};
 
 /// Whether a request without a session gets one at once.
 ///
@@ -71,50 +71,48 @@ pub(crate) struct ManagerInner {
 /// ```
 pub struct Started {
     pub(crate) inner: Arc<ManagerInner>,
-    pub(crate) peer: Option<IpAddr>,
-    pub(crate) in_scope: bool,
-    pub(crate) session: Option<Session>,
-    /// The id the client's cookie holds, when it named `session`: if the
-    /// session's id differs at response time (renewed through any API), the
-    /// response carries the new one.
-    pub(crate) presented: Option<SessionId>,
-    pub(crate) rejected: Option<Rejection>,
-    /// The response must carry a fresh cookie for `session` (a key rotation or
-    /// a persistent cookie's refresh).
-    pub(crate) issue: bool,
-    /// This session's cookie is persistent although the policy's is not.
-    pub(crate) remembered: bool,
-    /// The handler ended the session: the response must expire the cookie.
-    pub(crate) ended: bool,
+    pub(crate) req: Request<Session>,
+}
+
+impl CookieSession for Session {
+    fn cookie_id(&self) -> SessionId {
+        self.id()
+    }
+
+    fn cookie_idle(&self) -> std::time::Duration {
+        self.idle_timeout()
+    }
+
+    fn cookie_deadline(&self) -> Option<u64> {
+        self.absolute_deadline_unix()
+    }
+
+    fn seen_ended(&self) -> bool {
+        self.end_reason().is_some()
+    }
 }
 
 impl fmt::Debug for Started {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Started")
-            .field("in_scope", &self.in_scope)
-            .field("session", &self.session)
-            .field("rejected", &self.rejected)
-            .field("issue", &self.issue)
-            .field("ended", &self.ended)
-            .finish_non_exhaustive()
+        f.debug_tuple("Started").field(&self.req).finish()
     }
 }
 
 impl Started {
     /// The request's session, if it has one.
     pub fn session(&self) -> Option<&Session> {
-        self.session.as_ref()
+        self.req.session.as_ref()
     }
 
     /// Why the cookie the request presented was not used, if it presented one
     /// that was refused.
     pub fn rejected(&self) -> Option<Rejection> {
-        self.rejected
+        self.req.rejected
     }
 
     /// Whether the request is inside the cookie's path at all.
     pub fn in_scope(&self) -> bool {
-        self.in_scope
+        self.req.in_scope
     }
 
     /// The session, created now if the request has none (the explicit open of
@@ -123,18 +121,17 @@ impl Started {
     ///
     /// # Errors
     /// [`Error::Create`] when the store refuses a new session
-    /// ([`CreateError::NoClientAddress`] when the store binds sessions to
+    /// ([`CreateError::NoClientAddress`](crate::CreateError::NoClientAddress) when the store binds sessions to
     /// addresses and the request has none), and [`Error::OutOfScope`] when the
     /// request is outside the cookie's path (its session could never be sent
     /// back).
     pub fn get_or_create(&mut self) -> Result<Session, Error> {
-        let (sessions, peer) = match self.session_or_creator()? {
-            Ok(session) => return Ok(session),
-            Err(creator) => creator,
-        };
-        let created = sessions.create(peer)?;
+        if let Some(session) = self.req.current_or_create()? {
+            return Ok(session);
+        }
+        let created = self.inner.sessions.create(self.req.peer)?;
         // With `&mut self` nothing can have set a session meanwhile.
-        Ok(self.adopt(created).unwrap_or_else(|(kept, _)| kept))
+        Ok(self.req.adopt(created).unwrap_or_else(|(kept, _)| kept))
     }
 
     /// Gives the session a new id (keeping its values) and the response a new
@@ -143,67 +140,18 @@ impl Started {
     /// # Errors
     /// [`SessionEnded`] when there is no session or it has ended.
     pub fn renew(&mut self) -> Result<SessionId, SessionEnded> {
-        let session = self.session.as_ref().ok_or(SessionEnded(()))?;
-        let id = self.inner.sessions.renew(session)?;
-        self.issue = true;
-        Ok(id)
+        let session = self.req.session.as_ref().ok_or(SessionEnded(()))?;
+        // The response compares the session's id with the cookie's.
+        self.inner.sessions.renew(session)
     }
 
     /// Ends the session (a logout, reason [`Deleted`](crate::EndReason::Deleted))
     /// and makes the response expire the cookie. `false` when there was none.
     pub fn end(&mut self) -> bool {
-        match self.take_for_end() {
+        match self.req.take_for_end() {
             Some(session) => self.inner.sessions.delete(&session.id()),
             None => false,
         }
-    }
-
-    /// The store.
-    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
-    pub(crate) fn sessions(&self) -> &Sessions {
-        &self.inner.sessions
-    }
-
-    /// The first half of [`end`](Self::end): takes the session out of the
-    /// request and marks the cookie for expiry; the caller deletes it (with no
-    /// lock of its own held, since that runs the session's hooks).
-    pub(crate) fn take_for_end(&mut self) -> Option<Session> {
-        let session = self.session.take()?;
-        self.ended = true;
-        self.issue = false;
-        Some(session)
-    }
-
-    /// The request's session, or what creating one needs (the store and the
-    /// client address), for a caller that creates it with no lock held.
-    ///
-    /// # Errors
-    /// As for [`get_or_create`](Self::get_or_create).
-    pub(crate) fn session_or_creator(
-        &self,
-    ) -> Result<Result<Session, (Sessions, Option<IpAddr>)>, Error> {
-        if let Some(s) = &self.session {
-            return Ok(Ok(s.clone()));
-        }
-        if !self.in_scope {
-            return Err(Error::OutOfScope);
-        }
-        if self.rejected == Some(Rejection::NoClientAddress) {
-            return Err(Error::Create(CreateError::NoClientAddress));
-        }
-        Ok(Err((self.inner.sessions.clone(), self.peer)))
-    }
-
-    /// Makes `created` the request's session, unless one was set meanwhile:
-    /// then that one is kept and `created` handed back (`Err`) to be deleted.
-    pub(crate) fn adopt(&mut self, created: Session) -> Result<Session, (Session, Session)> {
-        if let Some(s) = &self.session {
-            return Err((s.clone(), created));
-        }
-        self.session = Some(created.clone());
-        self.issue = true;
-        self.ended = false;
-        Ok(created)
     }
 
     /// "Remember me": gives this session its own idle timeout and a
@@ -229,10 +177,9 @@ impl Started {
     /// [`SessionEnded`] when there is no session or it has ended or expired
     /// (an expired session is ended now, never revived).
     pub fn remember(&mut self, idle: std::time::Duration) -> Result<(), SessionEnded> {
-        let session = self.session.as_ref().ok_or(SessionEnded(()))?;
+        let session = self.req.session.as_ref().ok_or(SessionEnded(()))?;
         session.set_idle_timeout(idle)?;
-        self.remembered = true;
-        self.issue = true;
+        self.req.remembered(true);
         Ok(())
     }
 
@@ -257,10 +204,9 @@ impl Started {
     /// # Errors
     /// [`SessionEnded`] when there is no session or it has ended or expired.
     pub fn forget(&mut self) -> Result<(), SessionEnded> {
-        let session = self.session.as_ref().ok_or(SessionEnded(()))?;
+        let session = self.req.session.as_ref().ok_or(SessionEnded(()))?;
         session.set_idle_timeout(self.inner.sessions.default_idle())?;
-        self.remembered = false;
-        self.issue = true;
+        self.req.remembered(false);
         Ok(())
     }
 
@@ -268,7 +214,7 @@ impl Started {
     /// keep the guard for as long as the connection lives. `None` when there is
     /// no session, or it has ended or expired.
     pub fn attach(&self) -> Option<ClientGuard> {
-        self.session.as_ref().and_then(|s| s.attach().ok())
+        self.req.session.as_ref().and_then(|s| s.attach().ok())
     }
 
     /// The `Set-Cookie` value the response needs, if any: a new cookie after a
@@ -279,35 +225,15 @@ impl Started {
     /// replaced it; nothing otherwise (and nothing for
     /// [`Rejection::NoClientAddress`], a server mistake the client cannot mend).
     pub fn set_cookie(&self) -> Option<HeaderValue> {
-        if !self.in_scope {
-            return None;
-        }
-        let policy = &self.inner.policy;
-        match &self.session {
-            Some(s) if s.end_reason().is_some() => policy.expire(),
-            Some(s) => {
-                let id = s.id();
-                if !self.issue && self.presented == Some(id) {
-                    return None;
-                }
-                let now = self.inner.sessions.now_unix();
-                let max_age = crate::http::cookie::set_cookie::persistent_max_age(
-                    s.idle_timeout(),
-                    s.absolute_deadline_unix(),
-                    now,
-                );
-                policy.issue(id, max_age, now, self.remembered)
-            }
-            None if self.rejected == Some(Rejection::NoClientAddress) => None,
-            None if self.ended || self.rejected.is_some() => policy.expire(),
-            None => None,
-        }
+        let sessions = &self.inner.sessions;
+        self.req
+            .set_cookie(&self.inner.policy, || sessions.now_unix())
     }
 
     /// Appends the needed `Set-Cookie` (if any) to response headers.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        if let Some(value) = self.set_cookie() {
-            headers.append(SET_COOKIE, value);
-        }
+        let sessions = &self.inner.sessions;
+        self.req
+            .apply(&self.inner.policy, || sessions.now_unix(), headers);
     }
 }

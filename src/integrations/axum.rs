@@ -82,7 +82,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::http::{Rejection, SessionManager, TrustedProxies};
-use crate::integrations::axum::state::{Backend, State};
+use crate::integrations::axum::state::{Backend, Current, State};
 
 /// A tower layer that starts a session for every request (see
 /// [`SessionManager::start`]) and adds the `Set-Cookie` the response needs.
@@ -137,7 +137,8 @@ impl SessionLayer {
     /// ```no_run
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// # use keyed_session::{http::CookiePolicy, integrations::axum::SessionLayer};
-    /// use keyed_session::redis::{RedisManager, RedisSessions};
+    /// use keyed_session::http::RedisManager;
+    /// use keyed_session::redis::RedisSessions;
     /// let sessions = RedisSessions::builder("redis://127.0.0.1:6379").build().await?;
     /// let layer = SessionLayer::redis(RedisManager::new(sessions, CookiePolicy::new())?);
     /// let _app: axum::Router = axum::Router::new().layer(layer);
@@ -145,7 +146,7 @@ impl SessionLayer {
     /// ```
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    pub fn redis(manager: crate::redis::RedisManager) -> Self {
+    pub fn redis(manager: crate::http::RedisManager) -> Self {
         Self::over(Backend::Redis(manager))
     }
 
@@ -255,7 +256,10 @@ where
         let kind = match &self.shared.backend {
             Backend::Memory(manager) => {
                 let started = manager.start_headers(req.headers(), peer, req.uri().path());
-                let handle = RequestSession::new(State::Memory(started));
+                let handle = RequestSession::new(State {
+                    req: started.req.map(Current::Memory),
+                    backend: Backend::Memory(manager.clone()),
+                });
                 match refusal(&handle) {
                     Some(response) => Kind::Ready {
                         response: Some(response),
@@ -276,7 +280,7 @@ where
                     future: Box::pin(async move {
                         let path = req.uri().path().to_owned();
                         let started = match manager.start(req.headers(), peer, &path).await {
-                            Ok(started) => started,
+                            Ok(started) => started.map(Current::Redis),
                             Err(_) => {
                                 return Ok(refuse(
                                     StatusCode::SERVICE_UNAVAILABLE,
@@ -284,7 +288,10 @@ where
                                 ));
                             }
                         };
-                        let handle = RequestSession::new(State::Redis(started));
+                        let handle = RequestSession::new(State {
+                            req: started,
+                            backend: Backend::Redis(manager),
+                        });
                         if let Some(response) = refusal(&handle) {
                             return Ok(response);
                         }

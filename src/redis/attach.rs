@@ -37,6 +37,7 @@ impl RedisSession {
 
     /// The absolute deadline, in Unix seconds (by the store's clock), if the
     /// session has one.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     pub(crate) fn absolute_deadline_unix(&self) -> Option<u64> {
         u64::try_from(self.absolute_ms)
             .ok()

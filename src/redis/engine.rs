@@ -100,8 +100,8 @@ pub(crate) struct Engine {
     pub(crate) key_names: crate::key::names::KeyNames,
     /// This process's queues of updates of one shared key (see `lane.rs`).
     pub(crate) lanes: Mutex<HashMap<(SessionId, String), Lane>>,
-    /// This process's reads of a session under way (see `lookup.rs`).
-    pub(crate) flights: crate::redis::lookup::Flights,
+    /// This process's reads of a session under way (see `flight.rs`).
+    pub(crate) flights: crate::redis::flight::Flights,
     /// Changed (or dropped with the engine) to stop the background tasks.
     pub(crate) stop: watch::Sender<bool>,
 }

@@ -110,8 +110,9 @@ fn serve(variant: &str, port: u16) {
             #[cfg(feature = "redis")]
             "keyed-session-redis" => {
                 use keyed_session::http::CookiePolicy;
+                use keyed_session::http::RedisManager;
                 use keyed_session::integrations::axum::SessionLayer;
-                use keyed_session::redis::{RedisManager, RedisSessions};
+                use keyed_session::redis::RedisSessions;
                 let url = std::env::var("KS_REDIS").unwrap();
                 let sessions = RedisSessions::builder(&url)
                     .namespace("http-bench")

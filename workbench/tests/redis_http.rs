@@ -124,8 +124,8 @@ async fn remembered_login_at(sessions: &RedisSessions) -> (String, String) {
     use axum::Router;
     use axum::routing::post;
     use keyed_session::http::CookiePolicy;
+    use keyed_session::http::RedisManager;
     use keyed_session::integrations::axum::{RequestSession, SessionLayer};
-    use keyed_session::redis::RedisManager;
 
     let manager = RedisManager::new(sessions.clone(), CookiePolicy::new().secure(false)).unwrap();
     let app = Router::new()

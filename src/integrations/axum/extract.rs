@@ -313,17 +313,19 @@ impl RequestSession {
     async fn open_with(&self, first: Option<(&str, Vec<u8>)>) -> Result<(Current, bool), Error> {
         // The create runs with this handle's lock released: an eviction it
         // causes runs hooks, which may use this request's session handle.
-        let creator = match self.0.lock().current_or_creator()? {
-            Ok(current) => return Ok((current, false)),
-            Err(creator) => creator,
+        let (backend, peer) = {
+            let state = self.0.lock();
+            if let Some(current) = state.req.current_or_create()? {
+                return Ok((current, false));
+            }
+            (state.backend.clone(), state.req.peer)
         };
-        let store = self.0.lock().store();
-        let (created, written) = creator.create(first).await?;
-        let adopted = self.0.lock().adopt(created);
+        let (created, written) = backend.create(peer, first).await?;
+        let adopted = self.0.lock().req.adopt(created);
         match adopted {
             Ok(current) => Ok((current, written)),
             Err((kept, extra)) => {
-                store.delete(&extra.id()).await?;
+                backend.delete(&extra.id()).await?;
                 Ok((kept, false))
             }
         }
@@ -333,10 +335,8 @@ impl RequestSession {
     /// first value from the start: no session yet, and `key` shared over
     /// Redis.
     fn creates_holding<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Result<bool, Error> {
-        Ok(match self.0.lock().current_or_creator()? {
-            Ok(_) => false,
-            Err(creator) => creator.holds_first(key),
-        })
+        let state = self.0.lock();
+        Ok(state.req.current_or_create()?.is_none() && state.backend.holds_first(key))
     }
 
     /// The request's session, created holding `value` under `key` (one

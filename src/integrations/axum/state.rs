@@ -1,21 +1,27 @@
 //! What the extractor holds for one request, whichever store is behind the
-//! layer: the in-memory store's `Started` or the Redis store's.
+//! layer: the HTTP layer's one request state ([`Request`]) over a handle of
+//! either store, and the store.
 
 use std::net::IpAddr;
 #[cfg(feature = "redis")]
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderMap;
 
 use crate::error::{Error, Rejection};
-use crate::http::{SessionManager, Started};
+use crate::http::request::{CookieSession, Request};
+use crate::http::{CookiePolicy, SessionManager};
+use crate::id::SessionId;
 use crate::key::Key;
 use crate::store::{ClientGuard, Session};
 
 #[cfg(feature = "redis")]
-use crate::redis::{RedisManager, RedisSession, RedisStarted};
+use crate::http::RedisManager;
+#[cfg(feature = "redis")]
+use crate::redis::RedisSession;
 
-/// The store behind a layer.
+/// The store behind a layer, with its cookie policy.
 #[derive(Clone, Debug)]
 pub(crate) enum Backend {
     Memory(SessionManager),
@@ -23,185 +29,169 @@ pub(crate) enum Backend {
     Redis(RedisManager),
 }
 
-/// One request's session state.
-#[derive(Debug)]
-pub(crate) enum State {
-    Memory(Started),
-    #[cfg(feature = "redis")]
-    Redis(RedisStarted),
-}
-
-/// The request's session as a handle, taken out of the state so that no
-/// lock is held while it is used.
+/// The request's session handle, of either store.
+#[derive(Clone, Debug)]
 pub(crate) enum Current {
     Memory(Session),
     #[cfg(feature = "redis")]
     Redis(Arc<RedisSession>),
 }
 
-/// What creating the request's session needs, taken out under the lock.
-pub(crate) enum Creator {
-    Memory(crate::store::Sessions, Option<IpAddr>),
-    #[cfg(feature = "redis")]
-    Redis(crate::redis::RedisSessions, Option<IpAddr>),
+/// One request's session state.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) req: Request<Current>,
+    pub(crate) backend: Backend,
 }
 
 impl State {
     pub(crate) fn current(&self) -> Option<Current> {
-        match self {
-            State::Memory(s) => s.session().cloned().map(Current::Memory),
-            #[cfg(feature = "redis")]
-            State::Redis(s) => s.session.clone().map(Current::Redis),
-        }
-    }
-
-    /// The session, or what creating one needs.
-    pub(crate) fn current_or_creator(&self) -> Result<Result<Current, Creator>, Error> {
-        match self {
-            State::Memory(s) => Ok(match s.session_or_creator()? {
-                Ok(session) => Ok(Current::Memory(session)),
-                Err((sessions, peer)) => Err(Creator::Memory(sessions, peer)),
-            }),
-            #[cfg(feature = "redis")]
-            State::Redis(s) => Ok(match s.creator()? {
-                Some(session) => Ok(Current::Redis(session)),
-                None => Err(Creator::Redis(s.sessions().clone(), s.peer())),
-            }),
-        }
-    }
-
-    /// Makes `created` the request's session unless one was set meanwhile:
-    /// then that one, and `created` to delete.
-    pub(crate) fn adopt(&mut self, created: Current) -> Result<Current, (Current, Current)> {
-        match (self, created) {
-            (State::Memory(s), Current::Memory(c)) => s
-                .adopt(c)
-                .map(Current::Memory)
-                .map_err(|(kept, extra)| (Current::Memory(kept), Current::Memory(extra))),
-            #[cfg(feature = "redis")]
-            (State::Redis(s), Current::Redis(c)) => s
-                .adopt(c)
-                .map(Current::Redis)
-                .map_err(|(kept, extra)| (Current::Redis(kept), Current::Redis(extra))),
-            #[cfg(feature = "redis")]
-            (_, created) => Ok(created),
-        }
-    }
-
-    /// Takes the session out for an end (the response expires the cookie).
-    pub(crate) fn take_for_end(&mut self) -> Option<Current> {
-        match self {
-            State::Memory(s) => s.take_for_end().map(Current::Memory),
-            #[cfg(feature = "redis")]
-            State::Redis(s) => s.take_for_end().map(Current::Redis),
-        }
+        self.req.session.clone()
     }
 
     pub(crate) fn attach(&self) -> Option<Attached> {
-        match self {
-            State::Memory(s) => s.attach().map(|g| Attached(Guard::Memory(g))),
+        match self.req.session.as_ref()? {
+            Current::Memory(s) => s.attach().ok().map(|g| Attached(Guard::Memory(g))),
             #[cfg(feature = "redis")]
-            State::Redis(s) => s
-                .session
-                .as_ref()
-                .map(|s| Attached(Guard::Redis(s.attach()))),
+            Current::Redis(s) => Some(Attached(Guard::Redis(s.attach()))),
         }
     }
 
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
-        match self {
-            State::Memory(s) => s.apply(headers),
-            #[cfg(feature = "redis")]
-            State::Redis(s) => s.apply(headers),
-        }
+        let backend = &self.backend;
+        self.req
+            .apply(backend.policy(), || backend.now_unix(), headers);
     }
 
     pub(crate) fn rejected(&self) -> Option<Rejection> {
-        match self {
-            State::Memory(s) => s.rejected(),
-            #[cfg(feature = "redis")]
-            State::Redis(s) => s.rejected,
-        }
+        self.req.rejected
     }
 }
 
-impl Creator {
-    /// Creates the session, with no lock held.
-    /// Over Redis, `first` (a shared key's name and bytes) is written with
-    /// the session, in the create's one script: `true` when it was.
+impl Backend {
+    fn policy(&self) -> &CookiePolicy {
+        match self {
+            Backend::Memory(m) => m.policy(),
+            #[cfg(feature = "redis")]
+            Backend::Redis(m) => m.policy(),
+        }
+    }
+
+    /// Now, Unix seconds, by the store's clock.
+    fn now_unix(&self) -> u64 {
+        match self {
+            Backend::Memory(m) => m.sessions().now_unix(),
+            #[cfg(feature = "redis")]
+            Backend::Redis(_) => crate::http::redis_now_unix(),
+        }
+    }
+
+    /// The store's idle timeout (a session's own one is undone to it).
+    pub(crate) fn default_idle(&self) -> Duration {
+        match self {
+            Backend::Memory(m) => m.sessions().default_idle(),
+            #[cfg(feature = "redis")]
+            Backend::Redis(m) => m.sessions().default_idle(),
+        }
+    }
+
+    /// Creates a session for `peer`, with no lock held. Over Redis, `first`
+    /// (a shared key's name and bytes) is written with the session, in the
+    /// create's one script: `true` when it was.
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     pub(crate) async fn create(
-        self,
+        &self,
+        peer: Option<IpAddr>,
         first: Option<(&str, Vec<u8>)>,
     ) -> Result<(Current, bool), Error> {
         match self {
-            Creator::Memory(sessions, peer) => Ok((Current::Memory(sessions.create(peer)?), false)),
+            Backend::Memory(m) => Ok((Current::Memory(m.sessions().create(peer)?), false)),
             #[cfg(feature = "redis")]
-            Creator::Redis(sessions, peer) => {
+            Backend::Redis(m) => {
                 let written = first.is_some();
-                let created = sessions.create_first(peer, first).await?;
+                let created = m.sessions().create_first(peer, first).await?;
                 Ok((Current::Redis(Arc::new(created)), written))
             }
         }
     }
 
-    /// Whether `key`'s first value can be written with the session (a
+    /// Whether `key`'s first value can be written with a new session (a
     /// shared key over Redis).
     #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     pub(crate) fn holds_first<T: Send + Sync + 'static>(&self, key: &Key<T>) -> bool {
         match self {
-            Creator::Memory(..) => false,
+            Backend::Memory(_) => false,
             #[cfg(feature = "redis")]
-            Creator::Redis(sessions, _) => sessions.is_shared(key),
+            Backend::Redis(m) => m.sessions().is_shared(key),
         }
     }
-}
 
-impl Current {
-    pub(crate) fn id(&self) -> crate::id::SessionId {
-        match self {
-            Current::Memory(s) => s.id(),
-            #[cfg(feature = "redis")]
-            Current::Redis(s) => s.id(),
-        }
-    }
-}
-
-/// The store of a request's state, for the operations that need it.
-pub(crate) enum Store {
-    Memory(crate::store::Sessions),
-    #[cfg(feature = "redis")]
-    Redis(crate::redis::RedisSessions),
-}
-
-impl State {
-    pub(crate) fn store(&self) -> Store {
-        match self {
-            State::Memory(s) => Store::Memory(s.sessions().clone()),
-            #[cfg(feature = "redis")]
-            State::Redis(s) => Store::Redis(s.sessions().clone()),
-        }
-    }
-}
-
-impl Store {
     /// Renews `session` (new id, same values).
-    pub(crate) async fn renew(&self, session: &Current) -> Result<crate::id::SessionId, Error> {
+    pub(crate) async fn renew(&self, session: &Current) -> Result<SessionId, Error> {
         match (self, session) {
-            (Store::Memory(store), Current::Memory(s)) => Ok(store.renew(s)?),
+            (Backend::Memory(m), Current::Memory(s)) => Ok(m.sessions().renew(s)?),
             #[cfg(feature = "redis")]
-            (Store::Redis(store), Current::Redis(s)) => Ok(store.renew(s).await?),
+            (Backend::Redis(m), Current::Redis(s)) => Ok(m.sessions().renew(s).await?),
             #[cfg(feature = "redis")]
             _ => Err(Error::Ended),
         }
     }
 
     /// Ends session `id` (reason `Deleted`); `true` when this call ended it.
-    pub(crate) async fn delete(&self, id: &crate::id::SessionId) -> Result<bool, Error> {
+    pub(crate) async fn delete(&self, id: &SessionId) -> Result<bool, Error> {
         match self {
-            Store::Memory(store) => Ok(store.delete(id)),
+            Backend::Memory(m) => Ok(m.sessions().delete(id)),
             #[cfg(feature = "redis")]
-            Store::Redis(store) => Ok(store.delete(id).await?),
+            Backend::Redis(m) => Ok(m.sessions().delete(id).await?),
+        }
+    }
+}
+
+impl Current {
+    pub(crate) fn id(&self) -> SessionId {
+        match self {
+            Current::Memory(s) => s.id(),
+            #[cfg(feature = "redis")]
+            Current::Redis(s) => s.id(),
+        }
+    }
+
+    /// Gives the session its own idle timeout (or the store's back).
+    pub(crate) async fn set_idle_timeout(&self, idle: Duration) -> Result<(), Error> {
+        match self {
+            Current::Memory(s) => Ok(s.set_idle_timeout(idle)?),
+            #[cfg(feature = "redis")]
+            Current::Redis(s) => Ok(s.set_idle_timeout(idle).await?),
+        }
+    }
+}
+
+impl CookieSession for Current {
+    fn cookie_id(&self) -> SessionId {
+        self.id()
+    }
+
+    fn cookie_idle(&self) -> Duration {
+        match self {
+            Current::Memory(s) => s.cookie_idle(),
+            #[cfg(feature = "redis")]
+            Current::Redis(s) => s.cookie_idle(),
+        }
+    }
+
+    fn cookie_deadline(&self) -> Option<u64> {
+        match self {
+            Current::Memory(s) => s.cookie_deadline(),
+            #[cfg(feature = "redis")]
+            Current::Redis(s) => s.cookie_deadline(),
+        }
+    }
+
+    fn seen_ended(&self) -> bool {
+        match self {
+            Current::Memory(s) => s.seen_ended(),
+            #[cfg(feature = "redis")]
+            Current::Redis(s) => s.seen_ended(),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::id::SessionId;
 use crate::integrations::axum::RequestSession;
-use crate::integrations::axum::state::{Attached, Current, State};
+use crate::integrations::axum::state::{Attached, Current};
 use crate::reason::EndReason;
 
 impl RequestSession {
@@ -49,14 +49,14 @@ impl RequestSession {
     pub async fn renew(&self) -> Result<Option<SessionId>, Error> {
         // No lock held while the store works (a renew of an expired session
         // ends it, running hooks); the response compares the ids anyway.
-        let (current, store) = {
+        let (current, backend) = {
             let state = self.0.lock();
             let Some(current) = state.current() else {
                 return Ok(None);
             };
-            (current, state.store())
+            (current, state.backend.clone())
         };
-        store.renew(&current).await.map(Some)
+        backend.renew(&current).await.map(Some)
     }
 
     /// "Remember me": this session's own idle timeout and a persistent cookie
@@ -66,24 +66,21 @@ impl RequestSession {
     /// [`Error::Ended`] when there is no live session;
     /// [`Error::Unavailable`] when a shared store does not answer.
     pub async fn remember(&self, idle: Duration) -> Result<(), Error> {
-        #[cfg(not(feature = "redis"))]
-        {
-            let State::Memory(s) = &mut *self.0.lock();
-            Ok(s.remember(idle)?)
-        }
-        #[cfg(feature = "redis")]
-        {
-            let shared = match &mut *self.0.lock() {
-                State::Memory(s) => return Ok(s.remember(idle)?),
-                State::Redis(s) => s.session.clone().ok_or(Error::Ended)?,
-            };
-            // No lock held across the round trip.
-            shared.set_idle_timeout(idle).await?;
-            if let State::Redis(s) = &mut *self.0.lock() {
-                s.mark_remembered();
-            }
-            Ok(())
-        }
+        self.set_kind(Some(idle)).await
+    }
+
+    /// Gives the session its own idle timeout and a persistent cookie
+    /// (`Some`), or the store's and the policy's cookie back (`None`). No
+    /// lock is held across the store's work.
+    async fn set_kind(&self, own: Option<Duration>) -> Result<(), Error> {
+        let (current, idle) = {
+            let state = self.0.lock();
+            let current = state.current().ok_or(Error::Ended)?;
+            (current, own.unwrap_or_else(|| state.backend.default_idle()))
+        };
+        current.set_idle_timeout(idle).await?;
+        self.0.lock().req.remembered(own.is_some());
+        Ok(())
     }
 
     /// Empties the session and keeps it (same id, same cookie); each value
@@ -113,27 +110,7 @@ impl RequestSession {
     /// [`Error::Ended`] when there is no live session;
     /// [`Error::Unavailable`] when a shared store does not answer.
     pub async fn forget(&self) -> Result<(), Error> {
-        #[cfg(not(feature = "redis"))]
-        {
-            let State::Memory(s) = &mut *self.0.lock();
-            Ok(s.forget()?)
-        }
-        #[cfg(feature = "redis")]
-        {
-            let (shared, idle) = match &mut *self.0.lock() {
-                State::Memory(s) => return Ok(s.forget()?),
-                State::Redis(s) => (
-                    s.session.clone().ok_or(Error::Ended)?,
-                    s.sessions().default_idle(),
-                ),
-            };
-            // No lock held across the round trip.
-            shared.set_idle_timeout(idle).await?;
-            if let State::Redis(s) = &mut *self.0.lock() {
-                s.mark_forgotten();
-            }
-            Ok(())
-        }
+        self.set_kind(None).await
     }
 
     /// Ends the session (reason [`Deleted`](crate::EndReason::Deleted)) and
@@ -144,12 +121,12 @@ impl RequestSession {
     /// [`Error::Unavailable`] when a shared store does not answer (the
     /// cookie is expired anyway).
     pub async fn end(&self) -> Result<bool, Error> {
-        let (current, store) = {
+        let (current, backend) = {
             let mut state = self.0.lock();
-            (state.take_for_end(), state.store())
+            (state.req.take_for_end(), state.backend.clone())
         };
         match current {
-            Some(current) => store.delete(&current.id()).await,
+            Some(current) => backend.delete(&current.id()).await,
             None => Ok(false),
         }
     }
