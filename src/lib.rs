@@ -162,6 +162,7 @@ mod reason;
 pub mod redis;
 mod slots;
 mod store;
+mod values;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Rejection};
@@ -178,6 +179,7 @@ pub use store::{
     ClientGuard, CreateError, Ended, Iter, Refused, Session, SessionEnded, Sessions,
     SessionsBuilder, Stats, Sweeper, WeakSessions, WhenFull,
 };
+pub use values::Values;
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]

@@ -54,6 +54,7 @@ mod cache;
 mod clear;
 mod config;
 mod create;
+mod edit;
 mod ended;
 mod engine;
 mod error;

@@ -567,3 +567,38 @@ async fn clear_empties_the_session_and_keeps_it() {
         ]
     );
 }
+
+/// `edit` reads and changes several keys in one step, creating the session
+/// on a request that has none (the response sets its cookie).
+#[tokio::test]
+async fn edit_changes_several_keys_in_one_step() {
+    static USER: Key<String> = Key::new("edit-user");
+    static CART: Key<Vec<String>> = Key::new("edit-cart");
+    let sessions = store();
+    let manager = SessionManager::new(sessions.clone(), CookiePolicy::new()).unwrap();
+    let app = Router::new()
+        .route(
+            "/",
+            get(|r: RequestSession| async move {
+                let items = r
+                    .edit(|v| {
+                        let user = v.get_or_insert_with(&USER, || "ada".into()).clone();
+                        let cart = v.get_or_insert_with(&CART, Vec::new);
+                        cart.push(format!("{user}'s book"));
+                        cart.len()
+                    })
+                    .await?;
+                Ok::<_, keyed_session::Error>(format!("{items}"))
+            }),
+        )
+        .layer(SessionLayer::new(manager));
+    let resp = app
+        .oneshot(request("/", v4(127, 0, 0, 1), None))
+        .await
+        .unwrap();
+    assert!(resp.headers().contains_key(header::SET_COOKIE));
+    let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    assert_eq!(&body[..], b"1");
+    let s = sessions.iter().next().expect("the edit created a session");
+    assert_eq!(s.get(&CART).unwrap(), ["ada's book"]);
+}

@@ -181,3 +181,33 @@ fn replace_runs_the_old_values_hook() {
         "3 went to on_delete when the session ended"
     );
 }
+
+#[test]
+fn edits_from_many_threads_see_and_keep_several_keys_as_one_state() {
+    let from: Key<u64> = Key::new("edit-from");
+    let to: Key<u64> = Key::new("edit-to");
+    let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+    let s = sessions.create(None).unwrap();
+    s.set(&from, 4_000).unwrap();
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..1_000 {
+                    s.edit(|v| {
+                        let (f, t) = (v.get(&from).unwrap(), v.get(&to).unwrap_or(0));
+                        assert_eq!(f + t, 4_000, "an edit sees both keys as one state");
+                        v.set(&from, f - 1);
+                        v.set(&to, t + 1);
+                    })
+                    .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!((s.get(&from), s.get(&to)), (Some(0), Some(4_000)));
+    // An edit hands back what it replaced or removed, and runs no hook.
+    let (old, removed) = s.edit(|v| (v.set(&to, 1), v.remove(&from))).unwrap();
+    assert_eq!((old, removed), (Some(4_000), Some(0)));
+    sessions.delete(&s.id());
+    assert!(s.edit(|_| ()).is_err(), "an ended session refuses an edit");
+}

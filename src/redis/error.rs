@@ -40,6 +40,14 @@ pub enum SharedError {
     /// data under the namespace is not what the store wrote, a command is
     /// not permitted, or the URL is not a Redis URL. Retrying will not help.
     Rejected(redis::RedisError),
+    /// An `edit` closure used a key that is not shared (it has no `save`
+    /// and `load` hooks, so its value lives in one process and cannot be
+    /// part of a compare-and-set in Redis): a mistake in the program. Nothing
+    /// was written.
+    NotShared {
+        /// The key's name.
+        key: String,
+    },
     /// Redis answered something the scripts never send (a different
     /// version of this crate's scripts, or data written by something else
     /// under the namespace).
@@ -76,6 +84,10 @@ impl fmt::Display for SharedError {
             SharedError::Value(e) => write!(f, "a shared key's save or load hook failed: {e}"),
             SharedError::Rejected(e) => write!(f, "Redis refused the request: {e}"),
             SharedError::Protocol(what) => write!(f, "unexpected answer from Redis: {what}"),
+            SharedError::NotShared { key } => write!(
+                f,
+                "key `{key}` is local to this process (no save and load hooks): an edit over Redis takes shared keys only"
+            ),
         }
     }
 }
@@ -135,9 +147,10 @@ impl From<SharedError> for Error {
             SharedError::Create(c) => Error::Create(c),
             SharedError::Ended => Error::Ended,
             SharedError::Contended { .. } => Error::Contended,
-            SharedError::Value(_) | SharedError::Rejected(_) | SharedError::Protocol(_) => {
-                Error::Store
-            }
+            SharedError::Value(_)
+            | SharedError::Rejected(_)
+            | SharedError::Protocol(_)
+            | SharedError::NotShared { .. } => Error::Store,
         }
     }
 }

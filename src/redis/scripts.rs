@@ -107,7 +107,7 @@ local function end_session(h, due, ev, tomb, n, ipn, id, reason, retention)
 end
 "#;
 
-fn script(body: &str) -> Script {
+pub(crate) fn script(body: &str) -> Script {
     Script::new(&format!("{PRELUDE}\n{body}"))
 }
 

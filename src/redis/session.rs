@@ -100,6 +100,21 @@ impl<'a> Pending<'a> {
     }
 }
 
+impl Pending<'_> {
+    /// As [`wrote`](Self::wrote), for several keys written together.
+    pub(crate) fn wrote_all(mut self, fields: impl IntoIterator<Item = (String, Field)>) {
+        self.done = true;
+        let s = self.session;
+        let id = s.id();
+        let mut shared = s.shared.lock();
+        let map = Arc::make_mut(&mut shared);
+        for (name, field) in fields {
+            s.engine.cache.wrote(&id, &name, &field);
+            map.insert(name, field);
+        }
+    }
+}
+
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if !self.done {

@@ -14,6 +14,7 @@ use crate::outcome::SessionEnded;
 use crate::reason::{DeleteCause, DeleteContext, EndReason};
 use crate::store::base::StoreInner;
 use crate::store::record::Record;
+use crate::values::Values;
 
 /// A handle to one live session. Cheap to clone (two `Arc`s); every clone sees the
 /// same values, and follows the session through [`Sessions::renew`](crate::Sessions::renew).
@@ -178,6 +179,36 @@ impl Session {
         }
         slots.push(key.slot(init()));
         slots.value_mut::<T>(id).map(f).ok_or(SessionEnded(()))
+    }
+
+    /// Reads and changes several keys in one step, under the session's value
+    /// lock: no other change of this session comes between the closure's
+    /// reads and its writes (see [`Values`] for an example). Returns what `f`
+    /// returns. Values `f` replaces or removes are handed back by
+    /// [`Values::set`] and [`Values::remove`], with no hook run.
+    ///
+    /// ```
+    /// # use keyed_session::{Key, Sessions, Sweeper};
+    /// let sessions = Sessions::builder().sweeper(Sweeper::Manual).build();
+    /// let (from, to): (Key<u32>, Key<u32>) = (Key::new("from"), Key::new("to"));
+    /// let s = sessions.create(None).unwrap();
+    /// s.set(&from, 5).unwrap();
+    /// s.edit(|v| {
+    ///     let moved = v.remove(&from).unwrap_or(0);
+    ///     *v.get_or_insert_with(&to, || 0) += moved;
+    /// })
+    /// .unwrap();
+    /// assert_eq!((s.get(&from), s.get(&to)), (None, Some(5)));
+    /// ```
+    ///
+    /// # Errors
+    /// [`SessionEnded`] when the session has ended (`f` did not run).
+    pub fn edit<R>(&self, f: impl FnOnce(&mut Values<'_>) -> R) -> Result<R, SessionEnded> {
+        let mut slots = borrow::write(&self.rec.slots, "edit values (edit)");
+        if self.rec.ended().is_some() {
+            return Err(SessionEnded(()));
+        }
+        Ok(f(&mut Values::local(&mut slots, &self.store.key_names)))
     }
 
     /// Empties the session and keeps it (same id, same cookie): every value

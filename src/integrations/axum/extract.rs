@@ -13,6 +13,7 @@ use crate::id::SessionId;
 use crate::integrations::axum::state::{Current, State};
 use crate::key::Key;
 use crate::store::Session;
+use crate::values::Values;
 
 /// The request's session, as the one extractor a handler needs: read values
 /// (no session: `None`), write them (the first write creates the session and
@@ -259,6 +260,43 @@ impl RequestSession {
             Some(Current::Memory(s)) => Ok(s.with_mut(key, f)),
             #[cfg(feature = "redis")]
             Some(Current::Redis(s)) => Ok(s.with_mut(key, f).await?),
+        }
+    }
+
+    /// Reads and changes several keys of the session in one step, creating
+    /// the session if need be: no other change of the session comes between
+    /// `f`'s reads and its writes. See [`Session::edit`](crate::Session::edit)
+    /// and, over Redis, [`RedisSession::edit`](crate::redis::RedisSession::edit)
+    /// (one compare-and-set over the keys `f` read or wrote; `f` runs again
+    /// when another writer came first, and takes shared keys only).
+    ///
+    /// ```
+    /// use keyed_session::Key;
+    /// use keyed_session::integrations::axum::RequestSession;
+    /// static USER: Key<String> = Key::new("user").serde();
+    /// static CART: Key<Vec<String>> = Key::new("cart").serde();
+    ///
+    /// async fn add_book(session: RequestSession) -> Result<String, keyed_session::Error> {
+    ///     let items = session
+    ///         .edit(|v| {
+    ///             let user = v.get(&USER).unwrap_or_default();
+    ///             let cart = v.get_or_insert_with(&CART, Vec::new);
+    ///             cart.push(format!("{user}'s book"));
+    ///             cart.len()
+    ///         })
+    ///         .await?;
+    ///     Ok(format!("{items} in the cart"))
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`update`](Self::update); over Redis, [`Error::Store`] when
+    /// `f` used a key that is not shared.
+    pub async fn edit<R>(&self, f: impl FnMut(&mut Values<'_>) -> R) -> Result<R, Error> {
+        match self.open_current().await? {
+            Current::Memory(s) => Ok(s.edit(f)?),
+            #[cfg(feature = "redis")]
+            Current::Redis(s) => Ok(s.edit(f).await?),
         }
     }
 

@@ -1,0 +1,230 @@
+//! `RedisSession::edit`: several shared keys of one session in one step, as
+//! one compare-and-set over every key the closure read or wrote.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::{Script, Value};
+
+use crate::key::names::KeyNames;
+use crate::redis::engine::Engine;
+use crate::redis::error::SharedError;
+use crate::redis::reply::{self, Field};
+use crate::redis::scripts::script;
+use crate::redis::session::{Pending, RedisSession, Route};
+use crate::values::{Base, EditError, Shared, Values};
+
+/// KEYS: h tomb. ARGV: token, n, then n pairs (name, expected revision) of
+/// the keys read or written, then m, then m triples (name, '1' and bytes
+/// for a value written, '0' and '' for a value removed).
+/// Reply: `{'ok', name, r, ...}` with each written key's new revision;
+/// `{'conflict', name, r, bytes or false, ...}` with each checked key as it
+/// is; `{'gone', tombstone}`.
+///
+/// A resend after a lost reply finds its token among the first written
+/// key's last writes and answers `ok` with the revisions as they are.
+static EDIT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local rev = redis.call('HGET', KEYS[1], 'rev')
+if not rev then return {'gone', redis.call('GET', KEYS[2])} end
+local token = ARGV[1]
+local n = tonumber(ARGV[2])
+local checked = {}
+local fresh = true
+for c = 0, n - 1 do
+  local name = ARGV[3 + 2 * c]
+  local r = tonumber(redis.call('HGET', KEYS[1], 'r:' .. name) or '0')
+  checked[c + 1] = {name, r}
+  if r ~= tonumber(ARGV[4 + 2 * c]) then fresh = false end
+end
+local w = 3 + 2 * n
+local m = tonumber(ARGV[w])
+if m > 0 and seen_token(redis.call('HGET', KEYS[1], 'k:' .. ARGV[w + 1]), token) then
+  local out = {'ok'}
+  for c = 0, m - 1 do
+    local name = ARGV[w + 1 + 3 * c]
+    table.insert(out, name)
+    table.insert(out, tonumber(redis.call('HGET', KEYS[1], 'r:' .. name) or '0'))
+  end
+  return out
+end
+if not fresh then
+  local out = {'conflict'}
+  for _, nr in ipairs(checked) do
+    table.insert(out, nr[1])
+    table.insert(out, nr[2])
+    table.insert(out, redis.call('HGET', KEYS[1], 'v:' .. nr[1]))
+  end
+  return out
+end
+local out = {'ok'}
+for c = 0, m - 1 do
+  local name = ARGV[w + 1 + 3 * c]
+  local r = tonumber(redis.call('HGET', KEYS[1], 'r:' .. name) or '0') + 1
+  local seen = remember(redis.call('HGET', KEYS[1], 'k:' .. name), token)
+  if ARGV[w + 2 + 3 * c] == '1' then
+    redis.call('HSET', KEYS[1], 'v:' .. name, ARGV[w + 3 + 3 * c], 'r:' .. name, r, 'k:' .. name, seen)
+  else
+    redis.call('HDEL', KEYS[1], 'v:' .. name)
+    redis.call('HSET', KEYS[1], 'r:' .. name, r, 'k:' .. name, seen)
+  end
+  table.insert(out, name)
+  table.insert(out, r)
+end
+redis.call('HSET', KEYS[1], 'rev', tonumber(rev) + 1)
+retrack(KEYS[1])
+return out
+"#,
+    )
+});
+
+/// The handle's shared values as an edit reads them.
+struct Read {
+    fields: Arc<HashMap<String, Field>>,
+    engine: Arc<Engine>,
+}
+
+impl Base for Read {
+    fn bytes(&self, name: &str) -> Option<&[u8]> {
+        self.fields.get(name)?.bytes.as_deref()
+    }
+
+    fn names(&self) -> &KeyNames {
+        &self.engine.key_names
+    }
+}
+
+impl RedisSession {
+    /// Reads and changes several shared keys of the session in one step:
+    /// `f` runs on the values as this handle last read them (see
+    /// [`Values`]), and every key it changed is written in one
+    /// compare-and-set that checks every key it read or wrote. When another
+    /// writer changed one of them first, `f` runs again on the values as
+    /// they are now (so `f` is `FnMut`, and should do nothing but compute),
+    /// up to the store's `update_attempts`. A closure that changes nothing
+    /// costs no round trip. Returns what the last run of `f` returned.
+    ///
+    /// Only shared keys (with `save` and `load`) take part: a local key's
+    /// value lives in one process and cannot be checked in Redis.
+    ///
+    /// ```no_run
+    /// # async fn run(session: keyed_session::redis::RedisSession) -> Result<(), keyed_session::redis::SharedError> {
+    /// use keyed_session::Key;
+    /// static USER: Key<String> = Key::new("user").serde();
+    /// static CART: Key<Vec<String>> = Key::new("cart").serde();
+    /// // The cart is filled from the user: if either changes meanwhile
+    /// // anywhere, the closure runs again on the new values.
+    /// let items = session
+    ///     .edit(|v| {
+    ///         let user = v.get(&USER).unwrap_or_default();
+    ///         let cart = v.get_or_insert_with(&CART, Vec::new);
+    ///         cart.push(format!("{user}'s book"));
+    ///         cart.len()
+    ///     })
+    ///     .await?;
+    /// # let _ = items; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`SharedError::NotShared`] when `f` used a local key (nothing is
+    /// written); [`SharedError::Value`] when a value's `load` or `save`
+    /// failed; [`SharedError::Contended`] after `update_attempts` lost
+    /// rounds; [`SharedError::Ended`]; [`SharedError::Unavailable`].
+    pub async fn edit<R>(&self, mut f: impl FnMut(&mut Values<'_>) -> R) -> Result<R, SharedError> {
+        let attempts = self.engine.config.update_attempts;
+        let token = rand::random::<[u8; 8]>();
+        let mut lost = 0u32;
+        loop {
+            let fields = Arc::clone(&self.shared.lock());
+            let (result, changes) = {
+                let mut shared = Shared::new(Box::new(Read {
+                    fields: Arc::clone(&fields),
+                    engine: Arc::clone(&self.engine),
+                }));
+                let result = f(&mut Values::shared(&mut shared));
+                (result, shared.finish())
+            };
+            let changes = changes.map_err(|e| match e {
+                EditError::NotShared(key) => SharedError::NotShared { key },
+                EditError::Value(e) => SharedError::Value(e),
+            })?;
+            if changes.written.is_empty() {
+                return Ok(result);
+            }
+            let expected = |name: &str| fields.get(name).map_or(0, |f| f.rev);
+            let pending = Pending::new(self);
+            let answer = self
+                .run_following(Route::Tracked, true, |id| {
+                    let mut call = self.engine.on_session(&EDIT, id);
+                    call.arg(&token[..]).arg(changes.read.len());
+                    for name in &changes.read {
+                        call.arg(name).arg(expected(name));
+                    }
+                    call.arg(changes.written.len());
+                    for (name, bytes) in &changes.written {
+                        match bytes {
+                            Some(bytes) => call.arg(name).arg("1").arg(bytes),
+                            None => call.arg(name).arg("0").arg(""),
+                        };
+                    }
+                    call
+                })
+                .await?;
+            match reply::tag(&answer) {
+                "ok" => {
+                    let revs = revisions(&answer[1..]);
+                    let wrote = changes.written.into_iter().map(|(name, bytes)| {
+                        let rev = revs.get(&name).copied().unwrap_or(0);
+                        (name, Field { rev, bytes })
+                    });
+                    pending.wrote_all(wrote);
+                    return Ok(result);
+                }
+                "conflict" => {
+                    drop(pending);
+                    // The handle takes the values as they are, and `f` runs
+                    // again on them.
+                    let mut shared = self.shared.lock();
+                    let map = Arc::make_mut(&mut shared);
+                    for chunk in answer[1..].chunks(3) {
+                        if let [name, rev, bytes] = chunk
+                            && let Some(name) = reply::text(name)
+                        {
+                            let field = Field {
+                                rev: reply::int(rev).unwrap_or(0) as u64,
+                                bytes: reply::bytes(bytes).map(<[u8]>::to_vec),
+                            };
+                            map.insert(name.to_owned(), field);
+                        }
+                    }
+                }
+                other => return Err(SharedError::protocol(format!("edit answered {other:?}"))),
+            }
+            lost += 1;
+            if lost >= attempts {
+                return Err(SharedError::Contended { attempts });
+            }
+            self.engine
+                .counters
+                .cas_retries
+                .fetch_add(1, Ordering::Relaxed);
+            if lost > 2 {
+                let wait = rand::random::<u64>() % (1000 << lost.min(6));
+                tokio::time::sleep(Duration::from_micros(wait)).await;
+            }
+        }
+    }
+}
+
+/// The `name, revision` pairs of an `ok` answer.
+fn revisions(flat: &[Value]) -> HashMap<String, u64> {
+    flat.chunks(2)
+        .filter_map(|pair| match pair {
+            [name, rev] => Some((reply::text(name)?.to_owned(), reply::int(rev)? as u64)),
+            _ => None,
+        })
+        .collect()
+}
