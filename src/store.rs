@@ -2,7 +2,6 @@
 //! with every public method in a few lines, and its iterator.
 
 mod base;
-mod build;
 mod capacity;
 mod config;
 mod ending;
@@ -99,7 +98,7 @@ impl Sessions {
     pub fn create(&self, peer: impl Into<Option<IpAddr>>) -> Result<Session, CreateError> {
         let result = self.inner.create(peer.into().map(|p| p.to_canonical()));
         if result.is_err() {
-            bump(&self.inner.counters.create_refused);
+            bump(&self.inner.counters().create_refused);
         }
         result.map(|rec| self.session(rec))
     }
@@ -120,7 +119,7 @@ impl Sessions {
                 Refused::Expired => 1,
                 Refused::IpMismatch => 2,
             };
-            bump(&self.inner.counters.refused[i]);
+            bump(&self.inner.counters().refused[i]);
         }
         result.map(|rec| self.session(rec))
     }
@@ -158,13 +157,13 @@ impl Sessions {
 
     /// The store's IP binding policy.
     pub fn ip_binding(&self) -> IpBinding {
-        self.inner.config.ip_binding
+        self.inner.config().ip_binding
     }
 
     /// How many sessions the store holds (expired ones not yet reclaimed
     /// included).
     pub fn len(&self) -> usize {
-        self.inner.capacity.len()
+        self.inner.capacity().len()
     }
 
     /// Whether the store holds no session.
@@ -213,29 +212,29 @@ impl Sessions {
     /// (`recv` fails, a `for` loop stops) once the store is gone: every `Sessions`
     /// *and* `Session` handle dropped.
     pub fn subscribe(&self) -> Subscription {
-        Broadcaster::subscribe(&self.inner.ending.events)
+        Broadcaster::subscribe(&self.inner.ending().events)
     }
 
     /// The store's counters.
     pub fn stats(&self) -> Stats {
-        let events = &self.inner.ending.events;
-        let heaps = self.inner.shards.iter().map(|s| s.read().heap.len()).sum();
+        let events = &self.inner.ending().events;
+        let heaps = self.inner.heap_entries();
         self.inner
-            .counters
+            .counters()
             .stats(self.len(), (events.dropped(), events.subscribers()), heaps)
     }
 
     /// The store's idle timeout (a session's own may differ).
     #[cfg(feature = "http")]
     pub(crate) fn default_idle(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(u64::from(self.inner.config.idle))
+        std::time::Duration::from_secs(u64::from(self.inner.config().idle))
     }
 
     /// The store's clock in Unix seconds, for the HTTP layer (the ticker's
     /// second on the default clock, as for lookups).
     #[cfg(feature = "http")]
     pub(crate) fn now_unix(&self) -> u64 {
-        crate::clock::unix_now(self.inner.ticker.as_ref(), &*self.inner.clock)
+        self.inner.now_unix()
     }
 
     fn session(&self, rec: Arc<Record>) -> Session {

@@ -20,43 +20,45 @@ use crate::store::ending::Ending;
 use crate::store::error::InsertError;
 use crate::store::record::Record;
 use crate::store::shard::Shard;
-use crate::store::snapshot;
 use crate::store::stats::{Counters, bump};
+
+mod build;
+mod lifecycle;
 
 /// How many shards a store has (a power of two).
 pub(crate) const SHARDS: usize = 16;
 /// How many times `create` and `renew` draw a new id when the drawn one is taken.
-const ID_ATTEMPTS: usize = 8;
+pub(crate) const ID_ATTEMPTS: usize = 8;
 /// How many due entries a sweep pops from one shard per lock hold.
 const SWEEP_BATCH: usize = 256;
 
 /// The shared state behind every `Sessions` and `Session` handle.
 pub(crate) struct StoreInner {
-    pub(crate) shards: Box<[RwLock<Shard>]>,
-    pub(crate) config: Config,
-    pub(crate) clock: Arc<dyn Clock>,
+    shards: Box<[RwLock<Shard>]>,
+    config: Config,
+    clock: Arc<dyn Clock>,
     /// The default clock's ticked seconds (`None` for a configured clock).
-    pub(crate) ticker: Option<TickerHold>,
-    pub(crate) ids: Box<dyn IdGenerator>,
-    pub(crate) capacity: Capacity,
+    ticker: Option<TickerHold>,
+    ids: Box<dyn IdGenerator>,
+    capacity: Capacity,
     /// Ending values: hooks, events, waiters.
-    pub(crate) ending: Arc<Ending>,
-    pub(crate) counters: Arc<Counters>,
-    pub(crate) shut: AtomicBool,
+    ending: Arc<Ending>,
+    counters: Arc<Counters>,
+    shut: AtomicBool,
     /// Which shard passive sweeping visits next.
-    pub(crate) cursor: AtomicUsize,
+    cursor: AtomicUsize,
     /// Dropping this stops the background threads (sweeper, snapshots).
-    pub(crate) sweeper_stop: Mutex<Option<Sender<()>>>,
+    sweeper_stop: Mutex<Option<Sender<()>>>,
     /// Stamps count seconds from here.
-    pub(crate) epoch: Epoch,
+    epoch: Epoch,
     /// Held while the configured snapshot is written, so that the periodic save
     /// and the final one at shutdown never interleave. Reentrant: a `save` hook
     /// that shuts the store down from the snapshot thread must not wait for itself.
-    pub(crate) snapshot_lock: ReentrantMutex<()>,
+    snapshot_lock: ReentrantMutex<()>,
     /// The background jobs under way; shutdown waits for them.
-    pub(crate) jobs: crate::store::threads::Jobs,
+    jobs: crate::store::threads::Jobs,
     /// One key per name (see `key::names`).
-    pub(crate) key_names: crate::key::names::KeyNames,
+    key_names: crate::key::names::KeyNames,
 }
 
 impl StoreInner {
@@ -388,109 +390,43 @@ impl StoreInner {
         }
     }
 
-    pub(crate) fn renew(&self, rec: &Arc<Record>) -> Option<SessionId> {
-        if self.shut.load(Ordering::Acquire) || rec.ended().is_some() {
-            return None;
-        }
-        // Read before any lock: the clock is user code.
-        let now = self.now();
-        if let Some(reason) = rec.expired(now) {
-            self.end(rec, reason);
-            return None;
-        }
-        for _ in 0..ID_ATTEMPTS * 4 {
-            let old = rec.id();
-            // User code, outside every lock.
-            let new = self.ids.generate();
-            let (a, b) = (self.shard_index(&old), self.shard_index(&new));
-            // Both write locks, in index order (one when they are the same shard),
-            // so the session is never absent from the table midway.
-            let (mut first, mut second) = if a == b {
-                (self.shards[a].write(), None)
-            } else {
-                let (lo, hi) = (a.min(b), a.max(b));
-                let l = self.shards[lo].write();
-                let h = self.shards[hi].write();
-                (l, Some(h))
-            };
-            // Checked again under the locks, as `create` does: a shutdown that
-            // began meanwhile may have drained the new shard already, and the
-            // session must not land there. If it has not begun, it will drain
-            // both shards after these locks are released.
-            if self.shut.load(Ordering::Acquire) {
-                return None;
-            }
-            let (old_shard, new_shard) = match second.as_mut() {
-                None => (None, &mut *first),
-                Some(h) if a < b => (Some(&mut *first), &mut **h),
-                Some(h) => (Some(&mut **h), &mut *first),
-            };
-            if rec.id() != old {
-                continue; // renewed by another thread meanwhile: start again
-            }
-            if new_shard.contains_id(&new) {
-                continue;
-            }
-            let removed = match old_shard {
-                Some(s) => s.remove(rec),
-                None => new_shard.remove(rec),
-            };
-            if !removed {
-                return None; // ended meanwhile
-            }
-            rec.set_id(new);
-            new_shard.insert(Arc::clone(rec), rec.recheck_at(now));
-            self.ending.events.send(Event::Renewed { old, new });
-            return Some(new);
-        }
-        None
+    /// The store's settings.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
     }
 
-    /// Writes the snapshot configured with `snapshot_to`, counting the outcome.
-    /// A periodic save (`last == false`) does nothing once shutdown began, so it
-    /// can never overwrite the final snapshot.
-    pub(crate) fn save_configured_snapshot(&self, last: bool) {
-        let Some(path) = &self.config.snapshot_to else {
-            return;
-        };
-        let _serial = self.snapshot_lock.lock();
-        if !last && self.shut.load(Ordering::Acquire) {
-            return;
-        }
-        let (records, now) = (self.all_records(), self.now());
-        snapshot::write_counted(records, self.epoch, now, path, &self.ending, &self.counters);
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
     }
 
-    pub(crate) fn shutdown(&self) -> usize {
-        let first = !self.shut.swap(true, Ordering::AcqRel);
-        // Stop the background threads before the final snapshot: the snapshot
-        // thread sees the stop (or the shut flag) and saves no more.
-        self.sweeper_stop.lock().take();
-        self.jobs.wait_idle();
-        if first {
-            self.save_configured_snapshot(true);
-        }
-        let mut ended = 0;
-        for shard in self.shards.iter() {
-            let recs = {
-                let mut shard = shard.write();
-                let recs = shard.drain();
-                for rec in &recs {
-                    rec.mark_ended(EndReason::Shutdown);
-                }
-                self.capacity.release(recs.len());
-                recs
-            };
-            ended += recs.len();
-            for rec in recs {
-                self.finish_end(&rec, EndReason::Shutdown);
-            }
-        }
-        ended
+    pub(crate) fn capacity(&self) -> &Capacity {
+        &self.capacity
     }
 
-    /// Runs after the last client of a session left (see `Ending`).
-    pub(crate) fn last_client_left(&self, rec: &Arc<Record>) {
-        self.ending.last_client_left(rec, self.now());
+    /// Ending values: hooks, events, waiters.
+    pub(crate) fn ending(&self) -> &Arc<Ending> {
+        &self.ending
+    }
+
+    /// Where the store's second stamps count from.
+    pub(crate) fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// One key per name (see `key::names`).
+    pub(crate) fn key_names(&self) -> &crate::key::names::KeyNames {
+        &self.key_names
+    }
+
+    /// The store's clock in Unix seconds (the ticker's second on the
+    /// default clock, as for lookups).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn now_unix(&self) -> u64 {
+        crate::clock::unix_now(self.ticker.as_ref(), &*self.clock)
+    }
+
+    /// How many entries the shards' deadline heaps hold (stale ones too).
+    pub(crate) fn heap_entries(&self) -> usize {
+        self.shards.iter().map(|s| s.read().heap.len()).sum()
     }
 }

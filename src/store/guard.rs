@@ -135,7 +135,7 @@ impl Future for Ended {
         let token =
             this.session
                 .store
-                .ending
+                .ending()
                 .waiters
                 .register(&this.session.rec, this.token, cx.waker());
         this.token = Some(token);
@@ -152,7 +152,7 @@ impl Drop for Ended {
         if let Some(token) = self.token {
             self.session
                 .store
-                .ending
+                .ending()
                 .waiters
                 .unregister(&self.session.rec, token);
         }

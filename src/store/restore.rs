@@ -32,10 +32,10 @@ impl Sessions {
         let inner = &self.inner;
         snapshot::write(
             inner.all_records(),
-            inner.epoch,
+            inner.epoch(),
             inner.now(),
             path.as_ref(),
-            &inner.ending,
+            inner.ending(),
         )
     }
 
@@ -92,9 +92,14 @@ impl Sessions {
         report: &mut RestoreReport,
     ) {
         let inner = &self.inner;
-        let Some(rec) =
-            snapshot::record_from(image, keys, inner.epoch, inner.now(), report, &inner.ending)
-        else {
+        let Some(rec) = snapshot::record_from(
+            image,
+            keys,
+            inner.epoch(),
+            inner.now(),
+            report,
+            inner.ending(),
+        ) else {
             return;
         };
         let refused = match inner.insert_restored(Arc::clone(&rec)) {
@@ -106,6 +111,6 @@ impl Sessions {
             Err(InsertError::Refused) => &mut report.refused,
         };
         *refused += 1;
-        snapshot::not_restored(&rec, &inner.ending);
+        snapshot::not_restored(&rec, inner.ending());
     }
 }

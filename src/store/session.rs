@@ -73,7 +73,7 @@ impl Session {
         key: &Key<T>,
         f: impl FnOnce(&T) -> R,
     ) -> Option<R> {
-        let id = key.id_in(&self.store.key_names);
+        let id = key.id_in(self.store.key_names());
         borrow::read(&self.rec.slots, "read a value")
             .value::<T>(id)
             .map(f)
@@ -86,7 +86,7 @@ impl Session {
         key: &Key<T>,
         f: impl FnOnce(&mut T) -> R,
     ) -> Option<R> {
-        let id = key.id_in(&self.store.key_names);
+        let id = key.id_in(self.store.key_names());
         borrow::write(&self.rec.slots, "change a value (with_mut)")
             .value_mut::<T>(id)
             .map(f)
@@ -111,7 +111,7 @@ impl Session {
                 peer: self.rec.peer(),
                 cause: DeleteCause::Replaced,
             };
-            self.store.ending.delete(old, &ctx);
+            self.store.ending().delete(old, &ctx);
         }
         Ok(())
     }
@@ -136,7 +136,7 @@ impl Session {
         value: T,
         what: &str,
     ) -> Result<Option<Box<dyn ErasedSlot>>, SessionEnded<T>> {
-        key.id_in(&self.store.key_names);
+        key.id_in(self.store.key_names());
         let mut slots = borrow::write(&self.rec.slots, what);
         if self.rec.ended().is_some() {
             return Err(SessionEnded(value));
@@ -169,7 +169,7 @@ impl Session {
         init: impl FnOnce() -> T,
         f: impl FnOnce(&mut T) -> R,
     ) -> Result<R, SessionEnded> {
-        let id = key.id_in(&self.store.key_names);
+        let id = key.id_in(self.store.key_names());
         let mut slots = borrow::write(&self.rec.slots, "update a value");
         if self.rec.ended().is_some() {
             return Err(SessionEnded(()));
@@ -208,7 +208,7 @@ impl Session {
         if self.rec.ended().is_some() {
             return Err(SessionEnded(()));
         }
-        Ok(f(&mut Values::local(&mut slots, &self.store.key_names)))
+        Ok(f(&mut Values::local(&mut slots, self.store.key_names())))
     }
 
     /// Empties the session and keeps it (same id, same cookie): every value
@@ -244,7 +244,7 @@ impl Session {
             cause: DeleteCause::Cleared,
         };
         for slot in taken {
-            self.store.ending.delete(slot, &ctx);
+            self.store.ending().delete(slot, &ctx);
         }
         Ok(cleared)
     }
@@ -252,7 +252,7 @@ impl Session {
     /// Takes the value under `key` out of the session and hands it to you (no hook
     /// runs for it).
     pub fn remove<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
-        let id = key.id_in(&self.store.key_names);
+        let id = key.id_in(self.store.key_names());
         let slot = borrow::write(&self.rec.slots, "remove a value").remove(id)?;
         take_value(slot)
     }
@@ -262,7 +262,7 @@ impl Session {
     where
         T: Send + Sync + 'static,
     {
-        let id = key.id_in(&self.store.key_names);
+        let id = key.id_in(self.store.key_names());
         borrow::read(&self.rec.slots, "read it (contains)")
             .position(id)
             .is_some()
@@ -326,12 +326,12 @@ impl Session {
 
     /// When the session was created (to the second).
     pub fn created(&self) -> SystemTime {
-        self.store.epoch.time(self.rec.created())
+        self.store.epoch().time(self.rec.created())
     }
 
     /// When the session was last used (to the second).
     pub fn last_access(&self) -> SystemTime {
-        self.store.epoch.time(self.rec.last_access())
+        self.store.epoch().time(self.rec.last_access())
     }
 
     /// When the session will expire if nothing touches it, or `None` while a
@@ -339,7 +339,7 @@ impl Session {
     pub fn expires_at(&self) -> Option<SystemTime> {
         match self.rec.due().0 {
             NEVER => None,
-            due => Some(self.store.epoch.time(due)),
+            due => Some(self.store.epoch().time(due)),
         }
     }
 
@@ -348,7 +348,7 @@ impl Session {
     pub(crate) fn absolute_deadline_unix(&self) -> Option<u64> {
         match self.rec.absolute() {
             NEVER => None,
-            at => Some(crate::clock::unix_secs(self.store.epoch.time(at))),
+            at => Some(crate::clock::unix_secs(self.store.epoch().time(at))),
         }
     }
 
