@@ -23,7 +23,7 @@ impl RedisSession {
             let answer = self.engine.touch(&id).await?;
             match (reply::tag(&answer), reply::gone_to(&answer)) {
                 ("ok", _) => {
-                    if let Some(now) = answer.get(1).and_then(reply::int) {
+                    if let Some(now) = reply::number(&answer) {
                         *self.last_access_ms.lock() = now;
                     }
                     return Ok(());
@@ -102,7 +102,7 @@ impl RedisSession {
         match reply::tag(&answer) {
             "ok" => {
                 *self.idle.lock() = idle;
-                if let Some(now) = answer.get(1).and_then(reply::int) {
+                if let Some(now) = reply::number(&answer) {
                     *self.last_access_ms.lock() = now;
                 }
                 Ok(())
@@ -149,9 +149,7 @@ impl RedisSession {
                         None => {
                             // Ended (its event says how) or lost by Redis
                             // (no tombstone): reconciliation tells.
-                            if crate::redis::reply::tag(&answer) == "gone"
-                                && answer.get(1).and_then(crate::redis::reply::text).is_none()
-                            {
+                            if crate::redis::reply::vanished(&answer) {
                                 let _ = engine.ended_unseen(id, crate::reason::EndReason::Vanished);
                             }
                             return;

@@ -44,18 +44,7 @@ impl RedisSession {
                 reply::tag(&answer)
             )));
         }
-        let old: Vec<(String, Vec<u8>)> = match answer.get(1) {
-            Some(redis::Value::Array(flat)) => flat
-                .chunks_exact(2)
-                .filter_map(|pair| {
-                    Some((
-                        reply::text(&pair[0])?.to_owned(),
-                        reply::bytes(&pair[1])?.to_vec(),
-                    ))
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let old = reply::named_values(&answer);
         // This handle's copy: every key cleared, one revision on.
         {
             let mut shared = self.shared.lock();

@@ -134,11 +134,11 @@ impl RedisSessions {
                 }
                 answer => answer?,
             };
-            let limit = || answer.get(1).and_then(reply::int).unwrap_or(0) as usize;
+            let limit = || reply::number(&answer).unwrap_or(0) as usize;
             match reply::tag(&answer) {
                 // An evicted session's hooks run from its End event.
                 "ok" => {
-                    let now = answer.get(1).and_then(reply::int).unwrap_or(0);
+                    let now = reply::number(&answer).unwrap_or(0);
                     let absolute = e
                         .config
                         .absolute

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::{Script, Value};
+use redis::Script;
 
 use crate::key::names::KeyNames;
 use crate::redis::engine::Engine;
@@ -175,7 +175,7 @@ impl RedisSession {
                 .await?;
             match reply::tag(&answer) {
                 "ok" => {
-                    let revs = revisions(&answer[1..]);
+                    let revs = reply::revisions(&answer);
                     let wrote = changes.written.into_iter().map(|(name, bytes)| {
                         let rev = revs.get(&name).copied().unwrap_or(0);
                         (name, Field { rev, bytes })
@@ -189,17 +189,7 @@ impl RedisSession {
                     // again on them.
                     let mut shared = self.shared.lock();
                     let map = Arc::make_mut(&mut shared);
-                    for chunk in answer[1..].chunks(3) {
-                        if let [name, rev, bytes] = chunk
-                            && let Some(name) = reply::text(name)
-                        {
-                            let field = Field {
-                                rev: reply::int(rev).unwrap_or(0) as u64,
-                                bytes: reply::bytes(bytes).map(<[u8]>::to_vec),
-                            };
-                            map.insert(name.to_owned(), field);
-                        }
-                    }
+                    map.extend(reply::checked(&answer));
                 }
                 other => return Err(SharedError::protocol(format!("edit answered {other:?}"))),
             }
@@ -217,14 +207,4 @@ impl RedisSession {
             }
         }
     }
-}
-
-/// The `name, revision` pairs of an `ok` answer.
-fn revisions(flat: &[Value]) -> HashMap<String, u64> {
-    flat.chunks(2)
-        .filter_map(|pair| match pair {
-            [name, rev] => Some((reply::text(name)?.to_owned(), reply::int(rev)? as u64)),
-            _ => None,
-        })
-        .collect()
 }

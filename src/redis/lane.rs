@@ -391,8 +391,11 @@ async fn send(
             Err(e) => return (Outcome::Failed(e), None),
         };
         let current = || {
-            let bytes = answer.get(2).and_then(reply::bytes).map(<[u8]>::to_vec);
-            reply::written(&answer, bytes)
+            let now = reply::Wrote::read(&answer);
+            Field {
+                rev: now.rev,
+                bytes: now.value.map(<[u8]>::to_vec),
+            }
         };
         match reply::tag(&answer) {
             "ok" => {

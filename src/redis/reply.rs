@@ -51,13 +51,79 @@ pub(crate) struct Field {
     pub(crate) bytes: Option<Vec<u8>>,
 }
 
-/// A key as a write's answer leaves it: the revision the answer names (its
-/// second item) with `bytes`.
+/// A key as a write's answer leaves it: the revision the answer names with
+/// `bytes`.
 pub(crate) fn written(answer: &[Value], bytes: Option<Vec<u8>>) -> Field {
     Field {
-        rev: answer.get(1).and_then(int).unwrap_or(0) as u64,
+        rev: Wrote::read(answer).rev,
         bytes,
     }
+}
+
+/// The answer of a write of one key (PUT, REMOVE, CAS): `{tag, r [, bytes]}`,
+/// the key's revision and, after a PUT or REMOVE, the value it replaced, or
+/// after a lost compare-and-set, the value as it is.
+pub(crate) struct Wrote<'a> {
+    pub(crate) rev: u64,
+    pub(crate) value: Option<&'a [u8]>,
+}
+
+impl<'a> Wrote<'a> {
+    pub(crate) fn read(answer: &'a [Value]) -> Self {
+        Wrote {
+            rev: answer.get(1).and_then(int).unwrap_or(0) as u64,
+            value: answer.get(2).and_then(bytes),
+        }
+    }
+}
+
+/// The number an answer carries after its tag: the time (Redis ms) of an
+/// `ok` create, touch or idle-timeout change; the limit of a refused create.
+pub(crate) fn number(answer: &[Value]) -> Option<i64> {
+    answer.get(1).and_then(int)
+}
+
+/// Whether a `gone` answer found no tombstone: the session hash vanished
+/// (Redis restarted empty, or evicted it) rather than ended by a script.
+pub(crate) fn vanished(answer: &[Value]) -> bool {
+    tag(answer) == "gone" && answer.get(1).and_then(text).is_none()
+}
+
+/// The `name, bytes` pairs of the array after an answer's tag (CLEAR's
+/// values taken out).
+pub(crate) fn named_values(answer: &[Value]) -> Vec<(String, Vec<u8>)> {
+    let Some(Value::Array(flat)) = answer.get(1) else {
+        return Vec::new();
+    };
+    flat.chunks_exact(2)
+        .filter_map(|pair| Some((text(&pair[0])?.to_owned(), bytes(&pair[1])?.to_vec())))
+        .collect()
+}
+
+/// The `name, revision` pairs after an `ok` EDIT answer's tag.
+pub(crate) fn revisions(answer: &[Value]) -> HashMap<String, u64> {
+    answer[1..]
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [name, rev] => Some((text(name)?.to_owned(), int(rev)? as u64)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `name, revision, bytes` triples after a `conflict` EDIT answer's
+/// tag: each checked key as it is.
+pub(crate) fn checked(answer: &[Value]) -> impl Iterator<Item = (String, Field)> + '_ {
+    answer[1..].chunks(3).filter_map(|triple| match triple {
+        [name, rev, value] => Some((
+            text(name)?.to_owned(),
+            Field {
+                rev: int(rev).unwrap_or(0) as u64,
+                bytes: bytes(value).map(<[u8]>::to_vec),
+            },
+        )),
+        _ => None,
+    })
 }
 
 /// The shared keys' fields of a flat `HGETALL` reply (`v:<name>` and

@@ -353,9 +353,8 @@ impl RedisSession {
         match reply::tag(&answer) {
             "ok" => {
                 pending.wrote(key.name(), reply::written(&answer, Some(bytes)));
-                Ok(answer
-                    .get(2)
-                    .and_then(reply::bytes)
+                Ok(reply::Wrote::read(&answer)
+                    .value
                     .and_then(|old| key.load_value(&mut &old[..]).ok()))
             }
             other => Err(SharedError::protocol(format!("put answered {other:?}"))),
@@ -473,7 +472,7 @@ impl RedisSession {
         match reply::tag(&answer) {
             "ok" => {
                 pending.wrote(key.name(), reply::written(&answer, None));
-                match answer.get(2).and_then(reply::bytes) {
+                match reply::Wrote::read(&answer).value {
                     Some(old) => key
                         .load_value(&mut &old[..])
                         .map(Some)
