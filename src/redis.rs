@@ -13,6 +13,8 @@
 //! | --- | --- |
 //! | a local key's `on_delete` | once in each process that holds a value of it, when the session ends anywhere |
 //! | a shared key's `on_delete` (registered with [`RedisSessionsBuilder::shared`]) | once in the whole cluster, in one process that registered the key (a consumer group hands each end to one; if it dies mid-way another takes over after `claim_after`) |
+//! | a local key's `on_no_client` | in the process holding the value, when the last client attached through that process leaves ([`RedisSession::attach`]) |
+//! | a shared key's `on_no_client` | never over Redis |
 //!
 //! Every change is one atomic Lua script that first checks the session is
 //! alive, so no write, touch or renew recreates a session another process
@@ -52,6 +54,8 @@ mod attach;
 mod batch;
 mod cache;
 mod clear;
+mod client_count;
+mod clients;
 mod config;
 mod create;
 mod edit;
@@ -162,6 +166,7 @@ impl RedisSessions {
             next_waiter: std::sync::atomic::AtomicU64::new(0),
             reconciled: Mutex::new(Default::default()),
             watched: Default::default(),
+            clients: Default::default(),
             cache,
             key_names: Default::default(),
             lanes: Default::default(),

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::redis::clients::ClientHold;
 use crate::redis::engine::Engine;
 use crate::redis::error::SharedError;
 use crate::redis::session::{RedisSession, Route};
@@ -118,7 +119,11 @@ impl RedisSession {
     /// Keeps the session in use while the returned guard lives (a websocket,
     /// an event stream): a task touches it every `touch_every`, following a
     /// renew, until the guard drops or the session ends. If this process
-    /// dies, the touching stops and the session idles out normally.
+    /// dies, the touching stops and the session idles out normally. When the
+    /// last guard of the session in this process drops, its local values'
+    /// `on_no_client` hooks run (on the blocking pool, under the values'
+    /// lock as in memory), and the values they drop go to `on_delete` with
+    /// [`DeleteCause::NoClient`](crate::DeleteCause::NoClient).
     ///
     /// # Panics
     /// Outside a tokio runtime.
@@ -133,18 +138,25 @@ impl RedisSession {
         // Watched while attached: should Redis lose the session, the next
         // reconciliation ends it here (`Vanished`).
         let mut watch = Watch::new(&engine, id);
+        // Counted among this process's clients of the session: the last one
+        // to leave runs the local values' `on_no_client`.
+        let hold = ClientHold::new(&engine, id);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = &mut stopped => return,
+                    _ = &mut stopped => {
+                        drop(hold);
+                        return;
+                    }
                     () = tokio::time::sleep(every) => {}
                 }
                 match engine.touch(&id).await {
                     Ok(answer) if crate::redis::reply::tag(&answer) == "ok" => {}
                     Ok(answer) => match crate::redis::reply::gone_to(&answer) {
                         Some(new) => {
-                            id = new;
+                            let old = std::mem::replace(&mut id, new);
                             watch.move_to(id);
+                            engine.clients.lock().rekey(&old, id);
                         }
                         None => {
                             // Ended (its event says how) or lost by Redis

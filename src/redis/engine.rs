@@ -96,6 +96,9 @@ pub(crate) struct Engine {
     pub(crate) reconciled: Mutex<HashSet<SessionId>>,
     /// Sessions watched here without a local value (see `watched.rs`).
     pub(crate) watched: Mutex<HashMap<SessionId, usize>>,
+    /// How many clients are attached through this process, per session
+    /// (see `clients.rs`).
+    pub(crate) clients: Mutex<crate::redis::client_count::Clients>,
     /// One key per name (see `key::names`).
     pub(crate) key_names: crate::key::names::KeyNames,
     /// This process's queues of updates of one shared key (see `lane.rs`).

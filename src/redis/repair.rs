@@ -109,6 +109,7 @@ impl Engine {
     /// Idempotent; a part already under `new` (made by a handle that followed
     /// the renew first) is kept, and the old part's values join it.
     pub(crate) fn rekey(&self, old: &SessionId, new: SessionId) {
+        self.clients.lock().rekey(old, new);
         let mut locals = self.locals.lock();
         let merge = match locals.remove(old) {
             Some(part) => match locals.get(&new) {
