@@ -29,6 +29,11 @@ mod lifecycle;
 pub(crate) const SHARDS: usize = 16;
 /// How many times `create` and `renew` draw a new id when the drawn one is taken.
 pub(crate) const ID_ATTEMPTS: usize = 8;
+
+/// How many victims a full store's create ends before it gives up: each
+/// round frees a place that a concurrent create may take first, so under
+/// many concurrent creates a few rounds are not enough.
+const EVICT_ATTEMPTS: usize = 64;
 /// How many due entries a sweep pops from one shard per lock hold.
 const SWEEP_BATCH: usize = 256;
 
@@ -182,7 +187,7 @@ impl StoreInner {
     /// Counts the new session against the total limit, evicting to make room
     /// when the policy says so.
     fn reserve_total(&self) -> Result<(), CreateError> {
-        for _ in 0..4 {
+        for _ in 0..EVICT_ATTEMPTS {
             if self.capacity.try_reserve() {
                 return Ok(());
             }
@@ -211,7 +216,7 @@ impl StoreInner {
     /// the session was counted (there is a per-address limit and an address).
     fn reserve_per_ip(&self, rec: &Arc<Record>, now: u32) -> Result<bool, CreateError> {
         let evict = self.config.when_full == WhenFull::EvictLeastRecentlyUsed;
-        for _ in 0..4 {
+        for _ in 0..EVICT_ATTEMPTS {
             match self.capacity.reserve_ip(rec, now, evict) {
                 PerIp::Counted => return Ok(true),
                 PerIp::NotCounted => return Ok(false),
