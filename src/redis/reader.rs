@@ -20,6 +20,14 @@ use crate::redis::reply;
 /// waits for the reader at most.
 pub(crate) const BLOCK_MS: u64 = 500;
 
+/// How long the reader lets events gather after a read that brought some,
+/// before it reads again. Each read costs Redis about as much as a few
+/// events do: under a stream of creates and ends, re-arming at once after
+/// every event would cost Redis more than the events themselves. The first
+/// event after a quiet spell is read at once; the ones right behind it wait
+/// at most this long.
+const GATHER: Duration = Duration::from_millis(1);
+
 /// Reads every shard's event stream from `start` (a stream id) on, resuming
 /// where it left off after a reconnect, until the store stops or is dropped.
 pub(crate) async fn read_events(
@@ -93,6 +101,7 @@ pub(crate) async fn read_events(
                 }
             });
         }
+        let mut brought = false;
         for (stream, entries) in stream_entries(batches) {
             let Some(at) = streams.iter().position(|s| *s == stream) else {
                 continue;
@@ -100,7 +109,12 @@ pub(crate) async fn read_events(
             for (entry_id, fields) in entries {
                 handle(&engine, &fields);
                 last[at] = entry_id;
+                brought = true;
             }
+        }
+        drop(engine);
+        if brought && pause(&mut stop, GATHER).await {
+            return;
         }
     }
 }
