@@ -2,7 +2,6 @@
 //! one compare-and-set over every key the closure read or wrote.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -134,7 +133,6 @@ impl RedisSession {
     /// failed; [`SharedError::Contended`] after `update_attempts` lost
     /// rounds; [`SharedError::Ended`]; [`SharedError::Unavailable`].
     pub async fn edit<R>(&self, mut f: impl FnMut(&mut Values<'_>) -> R) -> Result<R, SharedError> {
-        let attempts = self.engine.config.update_attempts;
         let token = rand::random::<[u8; 8]>();
         let mut lost = 0u32;
         loop {
@@ -193,14 +191,7 @@ impl RedisSession {
                 }
                 other => return Err(SharedError::protocol(format!("edit answered {other:?}"))),
             }
-            lost += 1;
-            if lost >= attempts {
-                return Err(SharedError::Contended { attempts });
-            }
-            self.engine
-                .counters
-                .cas_retries
-                .fetch_add(1, Ordering::Relaxed);
+            self.engine.lost_round(&mut lost)?;
             if lost > 2 {
                 let wait = rand::random::<u64>() % (1000 << lost.min(6));
                 tokio::time::sleep(Duration::from_micros(wait)).await;

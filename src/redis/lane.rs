@@ -43,6 +43,19 @@ const MAX_WAITS: u32 = 256;
 const REJOIN_WAIT: Duration = Duration::from_millis(2);
 
 impl Engine {
+    /// Counts a lost compare-and-set round of one write: another is due
+    /// (counted in the stats), or [`SharedError::Contended`] after the
+    /// store's `update_attempts`.
+    pub(crate) fn lost_round(&self, lost: &mut u32) -> Result<(), SharedError> {
+        *lost += 1;
+        let attempts = self.config.update_attempts;
+        if *lost >= attempts {
+            return Err(SharedError::Contended { attempts });
+        }
+        self.counters.cas_retries.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// The lane of key `name` of session `id`, made when first needed.
     fn lane(&self, id: SessionId, name: &str) -> Lane {
         Arc::clone(self.lanes.lock().entry((id, name.to_owned())).or_default())
@@ -87,7 +100,6 @@ impl RedisSession {
         mut init: Option<impl FnMut() -> T>,
         mut f: impl FnMut(&mut T) -> R,
     ) -> Result<Option<R>, SharedError> {
-        let attempts = self.engine.config.update_attempts;
         let (mut lost, mut hops) = (0u32, 0u32);
         let mut again = false;
         loop {
@@ -200,16 +212,7 @@ impl RedisSession {
                     Arc::make_mut(&mut self.shared.lock()).insert(key.name().to_owned(), field);
                     return Ok(Some(result));
                 }
-                Ok(Outcome::Conflict) => {
-                    lost += 1;
-                    if lost >= attempts {
-                        return Err(SharedError::Contended { attempts });
-                    }
-                    self.engine
-                        .counters
-                        .cas_retries
-                        .fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(Outcome::Conflict) => self.engine.lost_round(&mut lost)?,
                 Ok(Outcome::Retry) => {}
                 Ok(Outcome::Gone(Some(new))) if hops < 8 => {
                     hops += 1;

@@ -11,17 +11,11 @@ mod redis_server;
 
 use std::time::Duration;
 
-use keyed_session::redis::{RedisSessions, RedisSessionsBuilder, SharedError};
+use keyed_session::redis::{RedisSessions, SharedError};
 use keyed_session::{Key, ManualClock, Refused};
 use redis_server::{RedisServer, seen_by};
 
 static COUNTER: Key<u64> = Key::new("counter").serde();
-
-fn builder(server: &RedisServer, ns: &str) -> RedisSessionsBuilder {
-    RedisSessions::builder(&server.url())
-        .namespace(ns)
-        .sweep_every(None)
-}
 
 #[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,7 +23,7 @@ async fn a_hot_lookup_costs_no_round_trip_and_sees_its_own_writes() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let store = builder(&server, "hot").build().await.unwrap();
+    let store = server.builder("hot").build().await.unwrap();
     let id = store.create(None).await.unwrap().id();
     // The first lookup reads over the tracked connection (whose first read
     // may go unkept while it connects); from then on the copy answers.
@@ -66,8 +60,8 @@ async fn another_stores_write_renew_and_end_reach_the_copy() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let a = builder(&server, "spread").build().await.unwrap();
-    let b = builder(&server, "spread").build().await.unwrap();
+    let a = server.builder("spread").build().await.unwrap();
+    let b = server.builder("spread").build().await.unwrap();
     let id = a.create(None).await.unwrap().id();
     for _ in 0..3 {
         a.get(&id, None).await.unwrap();
@@ -121,7 +115,7 @@ async fn this_stores_own_delete_and_renew_show_at_once() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let store = builder(&server, "own").build().await.unwrap();
+    let store = server.builder("own").build().await.unwrap();
     for _ in 0..20 {
         let id = store.create(None).await.unwrap().id();
         let s = store.get(&id, None).await.unwrap();
@@ -149,7 +143,8 @@ async fn a_copy_is_never_served_past_its_deadline_or_a_due_touch() {
         return;
     };
     let clock = ManualClock::new();
-    let store = builder(&server, "due")
+    let store = server
+        .builder("due")
         .clock(clock.clone())
         .idle_timeout(Duration::from_secs(160))
         .build()
@@ -185,7 +180,8 @@ async fn on_redis_clock_a_due_touch_reaches_redis() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let store = builder(&server, "realclock")
+    let store = server
+        .builder("realclock")
         .idle_timeout(Duration::from_millis(1600))
         .build()
         .await
@@ -211,8 +207,8 @@ async fn a_lost_tracking_connection_or_a_flush_drops_every_copy() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let a = builder(&server, "lost").build().await.unwrap();
-    let b = builder(&server, "lost").build().await.unwrap();
+    let a = server.builder("lost").build().await.unwrap();
+    let b = server.builder("lost").build().await.unwrap();
     let id = a.create(None).await.unwrap().id();
     for _ in 0..3 {
         a.get(&id, None).await.unwrap();
@@ -267,7 +263,8 @@ async fn without_a_cache_every_lookup_asks_redis() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let store = builder(&server, "nocache")
+    let store = server
+        .builder("nocache")
         .local_cache(0)
         .build()
         .await
@@ -284,22 +281,14 @@ async fn without_a_cache_every_lookup_asks_redis() {
     store.shutdown().await;
 }
 
-/// Holds every client's commands for `ms` (a real `CLIENT PAUSE`).
-fn pause_clients(server: &RedisServer, ms: u64) {
-    assert_eq!(
-        server.cli(&["CLIENT", "PAUSE", &ms.to_string(), "ALL"]),
-        "OK"
-    );
-}
-
 #[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_lookups_of_one_session_share_one_read() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let a = builder(&server, "flight").build().await.unwrap();
-    let b = builder(&server, "flight").build().await.unwrap();
+    let a = server.builder("flight").build().await.unwrap();
+    let b = server.builder("flight").build().await.unwrap();
     let s = a.create(None).await.unwrap();
     s.set(&COUNTER, 5).await.unwrap();
     let id = s.id();
@@ -310,7 +299,7 @@ async fn overlapping_lookups_of_one_session_share_one_read() {
 
     // While Redis holds the first lookup's read, seven more of the same
     // session arrive: they wait for that read instead of sending their own.
-    pause_clients(&server, 150);
+    server.pause_clients(150);
     let lookups: Vec<_> = (0..8)
         .map(|_| {
             let b = b.clone();
@@ -335,14 +324,14 @@ async fn a_dropped_lookup_leaves_the_lookups_waiting_for_it_to_read_themselves()
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let store = builder(&server, "dropread").build().await.unwrap();
+    let store = server.builder("dropread").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     s.set(&COUNTER, 9).await.unwrap();
     let id = s.id();
     let other = store.create(None).await.unwrap().id();
     store.get(&other, None).await.unwrap();
 
-    pause_clients(&server, 150);
+    server.pause_clients(150);
     let first = {
         let store = store.clone();
         tokio::spawn(async move { store.get(&id, None).await.map(|_| ()) })

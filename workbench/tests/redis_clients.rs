@@ -11,16 +11,9 @@ mod redis_server;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyed_session::redis::{RedisSessions, RedisSessionsBuilder};
 use keyed_session::{DeleteCause, Key};
 use parking_lot::Mutex;
 use redis_server::RedisServer;
-
-fn builder(server: &RedisServer, ns: &str) -> RedisSessionsBuilder {
-    RedisSessions::builder(&server.url())
-        .namespace(ns)
-        .sweep_every(None)
-}
 
 type Log = Arc<Mutex<Vec<(String, DeleteCause)>>>;
 
@@ -52,7 +45,7 @@ async fn the_last_client_leaving_runs_on_no_client_for_local_values() {
     };
     let log: Log = Arc::default();
     let (socket, cache) = (local("socket", false, &log), local("cache", true, &log));
-    let store = builder(&server, "noclient").build().await.unwrap();
+    let store = server.builder("noclient").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     s.set(&socket, 1).await.unwrap();
     s.set(&cache, 2).await.unwrap();
@@ -83,7 +76,7 @@ async fn clients_follow_a_renew_and_the_hook_runs_on_the_new_id() {
     };
     let log: Log = Arc::default();
     let socket = local("socket", false, &log);
-    let store = builder(&server, "noclientrenew").build().await.unwrap();
+    let store = server.builder("noclientrenew").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     s.set(&socket, 1).await.unwrap();
     let guard = s.attach();

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use keyed_session::redis::{RedisSessions, RedisSessionsBuilder, SharedError};
+use keyed_session::redis::SharedError;
 use keyed_session::{
     CreateError, DeleteCause, EndReason, Event, Key, ManualClock, Refused, SessionId, Subscription,
     WhenFull,
@@ -23,14 +23,6 @@ use parking_lot::Mutex;
 use redis_server::RedisServer;
 
 static COUNTER: Key<u64> = Key::new("counter").serde();
-
-/// A builder over `server` in a namespace of its own, with manual sweeping
-/// and the default response timeout (250 ms).
-fn builder(server: &RedisServer, ns: &str) -> RedisSessionsBuilder {
-    RedisSessions::builder(&server.url())
-        .namespace(ns)
-        .sweep_every(None)
-}
 
 fn ip(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(192, 0, 2, last))
@@ -71,41 +63,14 @@ async fn end_of(events: &mut Subscription, id: SessionId) -> EndReason {
     .await
 }
 
-/// Pauses every client of `server` for `ms` (their commands wait, then run):
-/// how a reply is lost to the response timeout while Redis still applies the
-/// command.
-/// Stalls the whole server for `secs` (`DEBUG SLEEP`, from a thread of its
-/// own), once it has begun: commands sent meanwhile run when it wakes.
-fn sleep_server(server: &RedisServer, secs: f64) -> std::thread::JoinHandle<()> {
-    let port = server.port.to_string();
-    let secs = secs.to_string();
-    let sleeper = std::thread::spawn(move || {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &port, "DEBUG", "SLEEP", &secs])
-            .output()
-            .expect("redis-cli runs");
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
-    });
-    // Time for it to begin (a few milliseconds; were it later, the create
-    // would simply succeed and the test would not see the stall).
-    std::thread::sleep(Duration::from_millis(100));
-    sleeper
-}
-
-fn pause_clients(server: &RedisServer, ms: u64) {
-    assert_eq!(
-        server.cli(&["CLIENT", "PAUSE", &ms.to_string(), "ALL"]),
-        "OK"
-    );
-}
-
 #[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_the_address_limit_refuses_evicts_nobody() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let store = builder(&server, "ipfirst")
+    let store = server
+        .builder("ipfirst")
         .max_sessions(2)
         .when_full(WhenFull::EvictLeastRecentlyUsed)
         .max_sessions_per_ip(1)
@@ -133,7 +98,7 @@ async fn concurrent_first_updates_of_a_local_key_both_count() {
         return;
     };
     let (hits, log) = common::tracked("hits");
-    let store = builder(&server, "firsts").build().await.unwrap();
+    let store = server.builder("firsts").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     let other = store.get(&s.id(), None).await.unwrap();
     // Both see no value, both wait for Redis, then both apply.
@@ -156,13 +121,13 @@ async fn a_renew_whose_reply_is_lost_keeps_the_session() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let store = builder(&server, "lostrenew").build().await.unwrap();
+    let store = server.builder("lostrenew").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     s.set(&COUNTER, 7).await.unwrap();
     let old = s.id();
     // Redis applies the renew after 600 ms; the first answers miss the
     // 250 ms response timeout.
-    pause_clients(&server, 600);
+    server.pause_clients(600);
     let new = bounded("renew", store.renew(&s))
         .await
         .expect("a resent renew learns the new id");
@@ -184,7 +149,8 @@ async fn a_create_whose_reply_is_lost_leaves_no_count_behind() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let store = builder(&server, "lostcreate")
+    let store = server
+        .builder("lostcreate")
         .max_sessions_per_ip(1)
         .build()
         .await
@@ -193,7 +159,7 @@ async fn a_create_whose_reply_is_lost_leaves_no_count_behind() {
     store.create(ip(2)).await.unwrap();
     // The server stalls longer than every resend waits: the create fails,
     // and Redis applies it when it wakes.
-    let sleeper = sleep_server(&server, 1.5);
+    let sleeper = server.sleep(1.5);
     assert!(matches!(
         store.create(ip(1)).await,
         Err(SharedError::Unavailable(_))
@@ -226,8 +192,8 @@ async fn a_handle_follows_a_renew_made_in_another_store() {
         return;
     };
     let (seat, log) = common::tracked("seat");
-    let a = builder(&server, "follow").build().await.unwrap();
-    let b = builder(&server, "follow").build().await.unwrap();
+    let a = server.builder("follow").build().await.unwrap();
+    let b = server.builder("follow").build().await.unwrap();
     let s = a.create(None).await.unwrap();
     s.set(&COUNTER, 1).await.unwrap();
     let taken_before = b.get(&s.id(), None).await.unwrap();
@@ -271,7 +237,7 @@ async fn of_two_deletes_in_one_store_the_winner_returns_after_the_hooks() {
             counted.fetch_add(1, Ordering::SeqCst);
         })
         .build();
-    let store = builder(&server, "twodeletes").build().await.unwrap();
+    let store = server.builder("twodeletes").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     s.set(&slow, 1).await.unwrap();
     let id = s.id();
@@ -304,7 +270,8 @@ async fn a_busy_consumer_keeps_its_shared_hooks() {
         })
         .build();
     let make = || {
-        builder(&server, "busy")
+        server
+            .builder("busy")
             .shared(&cart)
             .claim_after(Duration::from_millis(600))
             .build()
@@ -342,7 +309,8 @@ async fn ends_right_after_a_flush_reach_the_shared_hooks() {
         .serde()
         .on_delete(move |v, _| sink.lock().push(v))
         .build();
-    let store = builder(&server, "flushed")
+    let store = server
+        .builder("flushed")
         .shared(&cart)
         .build()
         .await
@@ -363,7 +331,7 @@ async fn writes_after_shutdown_fail_and_delete_does_not_wait() {
         return;
     };
     let (seat, log) = common::tracked("seat");
-    let store = builder(&server, "shut").build().await.unwrap();
+    let store = server.builder("shut").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     s.set(&seat, 1).await.unwrap();
     assert_eq!(store.shutdown().await, 1);
@@ -394,7 +362,8 @@ async fn a_session_past_its_deadline_keeps_counts_and_events_right() {
     };
     let clock = ManualClock::new();
     let make = || {
-        builder(&server, "late")
+        server
+            .builder("late")
             .clock(clock.clone())
             .idle_timeout(Duration::from_secs(60))
             .max_sessions_per_ip(1)
@@ -428,7 +397,8 @@ async fn consumers_leave_the_group_and_dead_ones_are_removed() {
     };
     let cart: Key<u64> = Key::builder("cart").serde().on_delete(|_, _| {}).build();
     let make = || {
-        builder(&server, "members")
+        server
+            .builder("members")
             .shards(2)
             .shared(&cart)
             .claim_after(Duration::from_millis(500))
@@ -498,7 +468,7 @@ async fn a_slow_hook_stalls_no_other_delete() {
         })
         .build();
     let (seat, log) = common::tracked("seat");
-    let store = builder(&server, "slowhook").build().await.unwrap();
+    let store = server.builder("slowhook").build().await.unwrap();
     let s1 = store.create(None).await.unwrap();
     s1.set(&held, 1).await.unwrap();
     let s2 = store.create(None).await.unwrap();
@@ -539,7 +509,7 @@ async fn a_hook_that_deletes_another_session_does_not_stall() {
         return;
     };
     let (seat, log) = common::tracked("seat");
-    let store = builder(&server, "chain").build().await.unwrap();
+    let store = server.builder("chain").build().await.unwrap();
     let other = store.create(None).await.unwrap();
     other.set(&seat, 2).await.unwrap();
     let other_id = other.id();
@@ -564,8 +534,9 @@ async fn ended_resolves_when_its_end_was_dropped_for_lag() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let a = builder(&server, "lag").build().await.unwrap();
-    let b = builder(&server, "lag")
+    let a = server.builder("lag").build().await.unwrap();
+    let b = server
+        .builder("lag")
         .event_capacity(2)
         .build()
         .await
@@ -604,9 +575,7 @@ fn ending_a_session_from_inside_its_own_local_value_closure() {
         .build()
         .unwrap();
     let (seat, log) = common::tracked("seat");
-    let store = runtime
-        .block_on(builder(&server, "reentry").build())
-        .unwrap();
+    let store = runtime.block_on(server.builder("reentry").build()).unwrap();
     // A delete from inside `with` on the session's own local value.
     let s = runtime.block_on(store.create(None)).unwrap();
     runtime.block_on(s.set(&seat, 1)).unwrap();
@@ -651,7 +620,7 @@ async fn huge_durations_are_clamped_and_script_errors_are_not_outages() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let store = builder(&server, "huge").build().await.unwrap();
+    let store = server.builder("huge").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     s.set(&COUNTER, 3).await.unwrap();
     s.set_idle_timeout(Duration::MAX)
@@ -684,7 +653,7 @@ async fn two_keys_of_one_name_are_refused_as_in_memory() {
     };
     let user: Key<String> = Key::new("user").serde();
     let impostor: Key<u64> = Key::new("user").serde();
-    let store = builder(&server, "names").build().await.unwrap();
+    let store = server.builder("names").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     s.set(&user, "ada".into()).await.unwrap();
     let s = Arc::new(s);
@@ -721,14 +690,14 @@ async fn an_update_whose_reply_is_lost_counts_once() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let store = builder(&server, "lostcas").build().await.unwrap();
+    let store = server.builder("lostcas").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
     let mut counted = 1;
     // A few rounds: whether the first send or only the resend runs depends
     // on timing; in each, the count must go up by exactly what returned Ok.
     for _ in 0..3 {
-        let sleeper = sleep_server(&server, 0.4);
+        let sleeper = server.sleep(0.4);
         let updated = tokio::time::timeout(HANG, s.update(&COUNTER, || 0, |n| *n += 1))
             .await
             .expect("no hang");

@@ -11,18 +11,12 @@ mod redis_server;
 use std::time::Duration;
 
 use keyed_session::Key;
-use keyed_session::redis::{RedisSessions, RedisSessionsBuilder, SharedError};
+use keyed_session::redis::SharedError;
 use redis_server::RedisServer;
 
 static FROM: Key<u64> = Key::new("from").serde();
 static TO: Key<u64> = Key::new("to").serde();
 static LOCAL: Key<u64> = Key::new("local-only");
-
-fn builder(server: &RedisServer, ns: &str) -> RedisSessionsBuilder {
-    RedisSessions::builder(&server.url())
-        .namespace(ns)
-        .sweep_every(None)
-}
 
 #[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,8 +24,8 @@ async fn edits_from_two_stores_move_values_without_losing_any() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let a = builder(&server, "move").build().await.unwrap();
-    let b = builder(&server, "move").build().await.unwrap();
+    let a = server.builder("move").build().await.unwrap();
+    let b = server.builder("move").build().await.unwrap();
     let s = a.create(None).await.unwrap();
     let total = 2 * 4 * 50u64;
     s.set(&FROM, total).await.unwrap();
@@ -73,8 +67,8 @@ async fn an_edit_and_updates_of_one_key_lose_nothing() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let a = builder(&server, "mixed").build().await.unwrap();
-    let b = builder(&server, "mixed").build().await.unwrap();
+    let a = server.builder("mixed").build().await.unwrap();
+    let b = server.builder("mixed").build().await.unwrap();
     let id = a.create(None).await.unwrap().id();
     // Group-committed updates in one store, edits of the same key in the
     // other: every increment counts once.
@@ -105,7 +99,7 @@ async fn an_edit_of_a_local_key_writes_nothing_and_a_read_costs_nothing() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let store = builder(&server, "local").build().await.unwrap();
+    let store = server.builder("local").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     s.set(&FROM, 1).await.unwrap();
     let refused = s
@@ -140,22 +134,14 @@ async fn an_edit_whose_reply_is_lost_counts_once() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let store = builder(&server, "lostedit").build().await.unwrap();
+    let store = server.builder("lostedit").build().await.unwrap();
     let s = store.create(None).await.unwrap();
     s.set(&FROM, 0).await.unwrap();
     let mut counted = 0;
     // Whether the first send or only the resend runs depends on timing; in
     // each round the count goes up by exactly what returned Ok.
     for _ in 0..3 {
-        let port = server.port.to_string();
-        let sleeper = std::thread::spawn(move || {
-            let out = std::process::Command::new("redis-cli")
-                .args(["-p", &port, "DEBUG", "SLEEP", "0.4"])
-                .output()
-                .expect("redis-cli runs");
-            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
-        });
-        std::thread::sleep(Duration::from_millis(100));
+        let sleeper = server.sleep(0.4);
         let edited = tokio::time::timeout(
             Duration::from_secs(20),
             s.edit(|v| {

@@ -96,6 +96,38 @@ impl RedisServer {
             .sum()
     }
 
+    /// Holds every client's commands for `ms` (a real `CLIENT PAUSE`).
+    pub fn pause_clients(&self, ms: u64) {
+        assert_eq!(self.cli(&["CLIENT", "PAUSE", &ms.to_string(), "ALL"]), "OK");
+    }
+
+    /// Stalls the server for `secs` with a real `DEBUG SLEEP`, from a thread
+    /// of its own; returns once the stall has begun (a few milliseconds: were
+    /// it later, the operation under test would simply succeed and the test
+    /// would not see the stall).
+    pub fn sleep(&self, secs: f64) -> std::thread::JoinHandle<()> {
+        let port = self.port.to_string();
+        let secs = secs.to_string();
+        let sleeper = std::thread::spawn(move || {
+            let out = Command::new("redis-cli")
+                .args(["-p", &port, "DEBUG", "SLEEP", &secs])
+                .output()
+                .expect("redis-cli runs");
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        sleeper
+    }
+
+    /// A store over this server in namespace `ns`, at default settings but
+    /// for no background sweep (the tests end sessions themselves).
+    #[cfg(feature = "redis")]
+    pub fn builder(&self, ns: &str) -> keyed_session::redis::RedisSessionsBuilder {
+        keyed_session::redis::RedisSessions::builder(&self.url())
+            .namespace(ns)
+            .sweep_every(None)
+    }
+
     /// Runs one command through `redis-cli` (for checks on the raw layout).
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
