@@ -49,12 +49,17 @@ impl Sessions {
             let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
             let mut spawned = false;
             if let Some(every) = background {
+                // The shut flag is read inside the job: a shutdown sets it
+                // before it waits for the jobs, so a sweep either runs
+                // before that wait ends (and the shutdown waits for it) or
+                // sees the flag. Read outside, a sweep could begin after the
+                // wait and run its hooks after the shutdown returned.
                 let sweep: fn(&StoreInner) = |s| {
-                    if !s.shut.load(Ordering::Acquire) {
-                        s.jobs.run(|| {
+                    s.jobs.run(|| {
+                        if !s.shut.load(Ordering::Acquire) {
                             s.sweep_all();
-                        });
-                    }
+                        }
+                    });
                 };
                 let name = "keyed-session-sweeper";
                 let started = spawn_periodic(name, weak, &stop_rx, every, context.clone(), sweep);
