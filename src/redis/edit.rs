@@ -23,7 +23,8 @@ use crate::values::{Base, EditError, Shared, Values};
 /// is; `{'gone', tombstone}`.
 ///
 /// A resend after a lost reply finds its token among the first written
-/// key's last writes and answers `ok` with the revisions as they are.
+/// key's last writes and answers `{'seen', name, r, bytes or false, ...}`:
+/// each written key as it is now (a write may have come between the sends).
 static EDIT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -42,11 +43,12 @@ end
 local w = 3 + 2 * n
 local m = tonumber(ARGV[w])
 if m > 0 and seen_token(redis.call('HGET', KEYS[1], 'k:' .. ARGV[w + 1]), token) then
-  local out = {'ok'}
+  local out = {'seen'}
   for c = 0, m - 1 do
     local name = ARGV[w + 1 + 3 * c]
     table.insert(out, name)
     table.insert(out, tonumber(redis.call('HGET', KEYS[1], 'r:' .. name) or '0'))
+    table.insert(out, redis.call('HGET', KEYS[1], 'v:' .. name))
   end
   return out
 end
@@ -179,6 +181,10 @@ impl RedisSession {
                         (name, Field { rev, bytes })
                     });
                     pending.wrote_all(wrote);
+                    return Ok(result);
+                }
+                "seen" => {
+                    pending.wrote_all(reply::checked(&answer));
                     return Ok(result);
                 }
                 "conflict" => {

@@ -335,7 +335,8 @@ async fn settle(
 
 /// A member sending its own batch (the lane was idle): dropped half-way, it
 /// hands the lane to a task, which forgets the value that may or may not
-/// have landed and sends what gathered behind it.
+/// have landed (and the token it was sent with) and sends what gathered
+/// behind it.
 struct Sending {
     engine: Arc<Engine>,
     id: SessionId,
@@ -356,6 +357,10 @@ impl Drop for Sending {
                 let mut data = lane.lock().await;
                 data.flight = None;
                 data.known = None;
+                // Whether that batch landed is unknown: the next batch is a
+                // different write and must not be taken for it (a resend is
+                // recognised by its token).
+                data.token = None;
             }
             engine.cache.invalidate(&id);
             commit(engine, id, name, lane).await;
@@ -405,6 +410,9 @@ async fn send(
                 let field = reply::written(&answer, Some(batch.bytes.clone()));
                 return (Outcome::Committed(field), None);
             }
+            // Landed by an earlier send whose reply was lost: the key as it
+            // is now (a write may have come between), not this batch's bytes.
+            "seen" => return (Outcome::Committed(current()), None),
             // Another process lost the last round and has the turn: not a
             // lost round of this batch's (its value was right).
             "wait" if waits < MAX_WAITS => waits += 1,

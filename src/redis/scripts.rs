@@ -233,15 +233,17 @@ return head
 });
 
 /// KEYS: h tomb. ARGV: name bytes token.
-/// Reply: `{'ok', r [, old bytes]}` (no old bytes for a resent write it had
-/// applied), `{'gone', tombstone}`.
+/// Reply: `{'ok', r [, old bytes]}`, `{'gone', tombstone}`; `{'seen', r
+/// [, bytes]}` for a resent write it had applied: the key as it is now
+/// (another write may have come between the two sends, so the sender must
+/// not take its own bytes for the key's revision `r`).
 pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local name = ARGV[1]
 local got = redis.call('HMGET', KEYS[1], 'rev', 'r:' .. name, 'k:' .. name, 'v:' .. name)
 if not got[1] then return {'gone', redis.call('GET', KEYS[2])} end
-if seen_token(got[3], ARGV[3]) then return {'ok', tonumber(got[2] or '0')} end
+if seen_token(got[3], ARGV[3]) then return {'seen', tonumber(got[2] or '0'), got[4]} end
 local r = tonumber(got[2] or '0') + 1
 redis.call('HSET', KEYS[1], 'v:' .. name, ARGV[2], 'k:' .. name, remember(got[3], ARGV[3]),
   'r:' .. name, r, 'rev', tonumber(got[1]) + 1)
@@ -253,7 +255,8 @@ return {'ok', r, got[4]}
 
 /// KEYS: h tomb. ARGV: name expected_r bytes token turn_ms.
 /// Reply: `{'ok', r}`, `{'conflict', r [, bytes]}`, `{'wait', r [, bytes]}`,
-/// `{'gone', tombstone}`.
+/// `{'gone', tombstone}`; `{'seen', r [, bytes]}` for a resent write it had
+/// applied, with the key as it is now (as PUT's).
 ///
 /// Fair between processes: a writer that lost (`conflict`) takes the key's
 /// next turn (field `q:<name>`, its token and a deadline `turn_ms` away)
@@ -268,7 +271,7 @@ local got = redis.call('HMGET', KEYS[1], 'rev', 'r:' .. name, 'k:' .. name, 'q:'
 if not got[1] then return {'gone', redis.call('GET', KEYS[2])} end
 local r = tonumber(got[2] or '0')
 local seen = got[3]
-if seen_token(seen, ARGV[4]) then return {'ok', r} end
+if seen_token(seen, ARGV[4]) then return {'seen', r, redis.call('HGET', KEYS[1], 'v:' .. name)} end
 local q = got[4]
 local holder = nil
 local now = 0

@@ -357,6 +357,17 @@ impl RedisSession {
                     .value
                     .and_then(|old| key.load_value(&mut &old[..]).ok()))
             }
+            // Landed by the first send, whose reply (and the old value) was
+            // lost: the key as it is now.
+            "seen" => {
+                let now = reply::Wrote::read(&answer);
+                let field = Field {
+                    rev: now.rev,
+                    bytes: now.value.map(<[u8]>::to_vec),
+                };
+                pending.wrote(key.name(), field);
+                Ok(None)
+            }
             other => Err(SharedError::protocol(format!("put answered {other:?}"))),
         }
     }
