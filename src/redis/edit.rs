@@ -10,6 +10,7 @@ use redis::Script;
 use crate::key::names::KeyNames;
 use crate::redis::engine::Engine;
 use crate::redis::error::SharedError;
+use crate::redis::lane::MAX_WAITS;
 use crate::redis::reply::{self, Field};
 use crate::redis::scripts::script;
 use crate::redis::session::{Pending, RedisSession, Route};
@@ -20,7 +21,9 @@ use crate::values::{Base, EditError, Shared, Values};
 /// for a value written, '0' and '' for a value removed).
 /// Reply: `{'ok', name, r, ...}` with each written key's new revision;
 /// `{'conflict', name, r, bytes or false, ...}` with each checked key as it
-/// is; `{'gone', tombstone}`.
+/// is; `{'wait'}` while another writer holds the turn of a key it would
+/// write (see `scripts::CAS`: a writer that lost a round goes next);
+/// `{'gone', tombstone}`.
 ///
 /// A resend after a lost reply finds its token among the first written
 /// key's last writes and answers `{'seen', name, r, bytes or false, ...}`:
@@ -51,6 +54,18 @@ if m > 0 and seen_token(redis.call('HGET', KEYS[1], 'k:' .. ARGV[w + 1]), token)
     table.insert(out, redis.call('HGET', KEYS[1], 'v:' .. name))
   end
   return out
+end
+-- A key whose turn another writer holds (it lost a round of its
+-- compare-and-set, see CAS) is left to it: this edit waits.
+local now = 0
+for c = 0, m - 1 do
+  local q = redis.call('HGET', KEYS[1], 'q:' .. ARGV[w + 1 + 3 * c])
+  if q then
+    if now == 0 then now = now_ms(0) end
+    if tonumber(string.sub(q, 9)) > now and string.sub(q, 1, 8) ~= token then
+      return {'wait'}
+    end
+  end
 end
 if not fresh then
   local out = {'conflict'}
@@ -156,23 +171,35 @@ impl RedisSession {
             }
             let expected = |name: &str| fields.get(name).map_or(0, |f| f.rev);
             let pending = Pending::new(self);
-            let answer = self
-                .run_following(Route::Tracked, true, |id| {
-                    let mut call = self.engine.on_session(&EDIT, id);
-                    call.arg(&token[..]).arg(changes.read.len());
-                    for name in &changes.read {
-                        call.arg(name).arg(expected(name));
-                    }
-                    call.arg(changes.written.len());
-                    for (name, bytes) in &changes.written {
-                        match bytes {
-                            Some(bytes) => call.arg(name).arg("1").arg(bytes),
-                            None => call.arg(name).arg("0").arg(""),
-                        };
-                    }
-                    call
-                })
-                .await?;
+            let mut waits = 0u32;
+            let answer = loop {
+                let answer = self
+                    .run_following(Route::Tracked, true, |id| {
+                        let mut call = self.engine.on_session(&EDIT, id);
+                        call.arg(&token[..]).arg(changes.read.len());
+                        for name in &changes.read {
+                            call.arg(name).arg(expected(name));
+                        }
+                        call.arg(changes.written.len());
+                        for (name, bytes) in &changes.written {
+                            match bytes {
+                                Some(bytes) => call.arg(name).arg("1").arg(bytes),
+                                None => call.arg(name).arg("0").arg(""),
+                            };
+                        }
+                        call
+                    })
+                    .await?;
+                // Another process's turn lasts one round trip or two (at
+                // most `TURN_MS`): ask again shortly, as CAS's senders do.
+                if reply::tag(&answer) == "wait" && waits < MAX_WAITS {
+                    waits += 1;
+                    let wait = 100 + rand::random::<u64>() % 300;
+                    tokio::time::sleep(Duration::from_micros(wait)).await;
+                    continue;
+                }
+                break answer;
+            };
             match reply::tag(&answer) {
                 "ok" => {
                     let revs = reply::revisions(&answer);
@@ -187,7 +214,8 @@ impl RedisSession {
                     pending.wrote_all(reply::checked(&answer));
                     return Ok(result);
                 }
-                "conflict" => {
+                // Waited out a turn that did not end: a lost round.
+                "wait" | "conflict" => {
                     drop(pending);
                     // The handle takes the values as they are, and `f` runs
                     // again on them.

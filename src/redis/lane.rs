@@ -36,7 +36,7 @@ const TURN_MS: u64 = 20;
 /// its members count a lost round: each turn lasts at most `TURN_MS`, and
 /// waits after the first few sleep 0.1-0.4 ms (the turn's holder needs about
 /// one round trip), so the waits outlast a turn.
-const MAX_WAITS: u32 = 256;
+pub(crate) const MAX_WAITS: u32 = 256;
 
 /// How long the batch after a lost round waits for the lost round's members
 /// to apply their closures again (one whose update was dropped never does).
