@@ -147,6 +147,33 @@ impl Slots {
         }
     }
 
+    /// Asks each value whose key has an `on_no_client` hook whether it stays
+    /// now that the session's last client left (each hook caught and reported
+    /// by [`hooks::run`](crate::hooks::run); one that panics keeps its value:
+    /// nothing is lost by a bug). The keys of the values to drop, and how many
+    /// hooks panicked.
+    pub(crate) fn unwanted_without_client(&self) -> (Vec<u64>, u64) {
+        let mut dropped = Vec::new();
+        let mut panics = 0;
+        for slot in self.iter().filter(|s| s.has_no_client_hook()) {
+            match crate::hooks::run(slot.key_name(), "on_no_client", || {
+                slot.keep_without_client()
+            }) {
+                Some(true) => {}
+                Some(false) => dropped.push(slot.key_id()),
+                None => panics += 1,
+            }
+        }
+        (dropped, panics)
+    }
+
+    /// Takes out the values under `keys` (those still there).
+    pub(crate) fn take_keys(&mut self, keys: Vec<u64>) -> Vec<Box<dyn ErasedSlot>> {
+        keys.into_iter()
+            .filter_map(|k| self.position(k).and_then(|i| self.swap_remove(i)))
+            .collect()
+    }
+
     /// Takes out the value at `i` (as given by [`position`](Self::position)).
     /// Allocates nothing: a container left with one value gives way to it.
     pub(crate) fn swap_remove(&mut self, i: usize) -> Option<Box<dyn ErasedSlot>> {

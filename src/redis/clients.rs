@@ -75,17 +75,7 @@ impl Engine {
         if part.is_closed() || self.clients.lock().attached(&id) {
             return;
         }
-        let mut dropped_keys = Vec::new();
-        let mut panics = 0;
-        for slot in values.iter().filter(|s| s.has_no_client_hook()) {
-            match crate::hooks::run(slot.key_name(), "on_no_client", || {
-                slot.keep_without_client()
-            }) {
-                Some(true) => {}
-                Some(false) => dropped_keys.push(slot.key_id()),
-                None => panics += 1,
-            }
-        }
+        let (dropped_keys, panics) = values.unwanted_without_client();
         self.counters
             .hook_panics
             .fetch_add(panics, std::sync::atomic::Ordering::Relaxed);
@@ -93,10 +83,7 @@ impl Engine {
             return;
         }
         let mut values = values.upgrade();
-        let dropped: Vec<_> = dropped_keys
-            .into_iter()
-            .filter_map(|k| values.position(k).and_then(|i| values.swap_remove(i)))
-            .collect();
+        let dropped = values.take_keys(dropped_keys);
         drop(values);
         let ctx = DeleteContext {
             id,

@@ -126,16 +126,10 @@ impl Ending {
         if rec.ended().is_some() || rec.clients() > 0 {
             return;
         }
-        let mut dropped_keys = Vec::new();
-        for slot in slots.iter().filter(|s| s.has_no_client_hook()) {
-            // A hook that panics keeps its value: nothing is lost by a bug.
-            let keep = self.run_hook(slot.key_name(), "on_no_client", || {
-                slot.keep_without_client()
-            });
-            if !keep.unwrap_or(true) {
-                dropped_keys.push(slot.key_id());
-            }
-        }
+        let (dropped_keys, panics) = slots.unwanted_without_client();
+        self.counters
+            .hook_panics
+            .fetch_add(panics, std::sync::atomic::Ordering::Relaxed);
         if dropped_keys.is_empty() {
             return;
         }
@@ -144,10 +138,7 @@ impl Ending {
         // leave now and reach `on_delete` as `NoClient`, as documented; the
         // end takes the rest, and its `End` waits for these calls.
         let mut slots = slots.upgrade();
-        let dropped: Vec<_> = dropped_keys
-            .into_iter()
-            .filter_map(|k| slots.position(k).and_then(|i| slots.swap_remove(i)))
-            .collect();
+        let dropped = slots.take_keys(dropped_keys);
         self.in_flight.start(rec);
         drop(slots);
         let ctx = DeleteContext {
