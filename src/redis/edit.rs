@@ -3,14 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
 
 use redis::Script;
 
 use crate::key::names::KeyNames;
 use crate::redis::engine::Engine;
 use crate::redis::error::SharedError;
-use crate::redis::lane::MAX_WAITS;
+use crate::redis::lane::{MAX_WAITS, backoff, turn_pause};
 use crate::redis::reply::{self, Field};
 use crate::redis::scripts::script;
 use crate::redis::session::{Pending, RedisSession, Route};
@@ -194,8 +193,7 @@ impl RedisSession {
                 // most `TURN_MS`): ask again shortly, as CAS's senders do.
                 if reply::tag(&answer) == "wait" && waits < MAX_WAITS {
                     waits += 1;
-                    let wait = 100 + rand::random::<u64>() % 300;
-                    tokio::time::sleep(Duration::from_micros(wait)).await;
+                    turn_pause().await;
                     continue;
                 }
                 break answer;
@@ -226,10 +224,7 @@ impl RedisSession {
                 other => return Err(SharedError::protocol(format!("edit answered {other:?}"))),
             }
             self.engine.lost_round(&mut lost)?;
-            if lost > 2 {
-                let wait = rand::random::<u64>() % (1000 << lost.min(6));
-                tokio::time::sleep(Duration::from_micros(wait)).await;
-            }
+            backoff(lost).await;
         }
     }
 }

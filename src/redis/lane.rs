@@ -270,8 +270,15 @@ fn take(data: &mut LaneData) -> Option<(Batch, [u8; 8], u32)> {
     Some((batch, *token, data.streak))
 }
 
+/// A pause before asking again while another process holds a key's turn:
+/// 0.1-0.4 ms, since the holder needs about one round trip.
+pub(crate) async fn turn_pause() {
+    let wait = 100 + rand::random::<u64>() % 300;
+    tokio::time::sleep(Duration::from_micros(wait)).await;
+}
+
 /// After a few lost rounds in a row, a random wait growing with the streak.
-async fn backoff(streak: u32) {
+pub(crate) async fn backoff(streak: u32) {
     if streak > CONFLICTS_BEFORE_BACKOFF {
         let cap = 1u64 << (streak - CONFLICTS_BEFORE_BACKOFF).min(4);
         let wait = rand::random::<u64>() % (cap * 1000);
@@ -387,8 +394,7 @@ async fn send(
     let mut waits = 0u32;
     loop {
         if waits > 2 {
-            let wait = 100 + rand::random::<u64>() % 300;
-            tokio::time::sleep(Duration::from_micros(wait)).await;
+            turn_pause().await;
         }
         let answer = match engine.run_tracked(&call).await {
             Err(SharedError::Unavailable(_)) => engine.run_tracked(&call).await,
