@@ -207,13 +207,18 @@ impl Shared {
         self.failed.borrow_mut().get_or_insert(e);
     }
 
-    /// `key`'s value as last read, decoded, and the read recorded.
-    fn decode<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
-        let name = key.name();
+    /// Records that the closure read key `name` (its revision is checked).
+    fn note_read(&self, name: &str) {
         let mut read = self.read.borrow_mut();
         if !read.iter().any(|n| n == name) {
             read.push(name.to_owned());
         }
+    }
+
+    /// `key`'s value as last read, decoded, and the read recorded.
+    fn decode<T: Send + Sync + 'static>(&self, key: &Key<T>) -> Option<T> {
+        let name = key.name();
+        self.note_read(name);
         let bytes = self.base.bytes(name)?;
         match key.load_value(&mut &bytes[..]) {
             Ok(value) => Some(value),
@@ -241,10 +246,7 @@ impl Shared {
         match self.touched.get(key.name()) {
             Some(t) => t.value.is_some(),
             None => {
-                let mut read = self.read.borrow_mut();
-                if !read.iter().any(|n| n == key.name()) {
-                    read.push(key.name().to_owned());
-                }
+                self.note_read(key.name());
                 self.base.bytes(key.name()).is_some()
             }
         }
