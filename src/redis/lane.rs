@@ -183,10 +183,7 @@ impl RedisSession {
                     lane: Arc::clone(lane),
                     armed: true,
                 };
-                backoff(streak).await;
-                let (outcome, current) = send(&self.engine, &id, key.name(), &batch, &token).await;
-                sending.armed = false;
-                settle(&self.engine, id, key.name(), lane, batch, outcome, current).await;
+                round(&self.engine, id, key.name(), lane, (batch, token, streak)).await;
                 // What gathered meanwhile (or must go again) goes from a task.
                 let idle = {
                     let mut data = lane.lock().await;
@@ -204,6 +201,11 @@ impl RedisSession {
                         Arc::clone(lane),
                     ));
                 }
+                // Only now is the lane handed on (idle, or to the task): a
+                // drop at any await before, the settle's and the check's
+                // locks included, leaves it to `Sending`, never committing
+                // with nobody sending.
+                sending.armed = false;
             }
             let outcome = rx.await;
             again = matches!(outcome, Ok(Outcome::Conflict | Outcome::Retry));
@@ -248,10 +250,22 @@ async fn commit(engine: Arc<Engine>, id: SessionId, name: String, lane: Lane) {
             engine.release(id, &name, lane);
             return;
         };
-        backoff(streak).await;
-        let (outcome, current) = send(&engine, &id, &name, &batch, &token).await;
-        settle(&engine, id, &name, &lane, batch, outcome, current).await;
+        round(&engine, id, &name, &lane, (batch, token, streak)).await;
     }
+}
+
+/// One batch's round: the backoff its streak calls for, its compare-and-set,
+/// and what the answer leaves (see `settle`).
+async fn round(
+    engine: &Engine,
+    id: SessionId,
+    name: &str,
+    lane: &Lane,
+    (batch, token, streak): (Batch, [u8; 8], u32),
+) {
+    backoff(streak).await;
+    let (outcome, current) = send(engine, &id, name, &batch, &token).await;
+    settle(engine, id, name, lane, batch, outcome, current).await;
 }
 
 /// Takes the next batch to send, with the token to send it with and the
