@@ -57,11 +57,13 @@ mod clear;
 mod client_count;
 mod clients;
 mod config;
+mod conn;
 mod create;
 mod edit;
 mod ended;
 mod engine;
 mod error;
+mod fanout;
 mod flight;
 mod group;
 mod lane;
@@ -82,7 +84,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 
 use crate::events::{Broadcaster, Subscription};
@@ -142,23 +143,63 @@ impl RedisSessions {
     /// # Ok(()) }
     /// ```
     pub fn builder(url: &str) -> RedisSessionsBuilder {
-        RedisSessionsBuilder::new(url)
+        RedisSessionsBuilder::new(vec![url.to_owned()], false)
+    }
+
+    /// Starts a builder for a store over a Redis Cluster, reached through
+    /// `nodes` (seed node URLs: one is enough, more help while one is down).
+    /// The store finds every master by itself, follows `MOVED` and `ASK`,
+    /// and retries through a failover within the response timeout.
+    ///
+    /// Every script touches one slot: a session's keys share a hash tag (its
+    /// shard), and so do a shard's deadline index, event stream and
+    /// counts. What changes from one server:
+    /// - the store-wide [`max_sessions`](RedisSessionsBuilder::max_sessions)
+    ///   is kept per shard (each shard holds at most its share, rounded up),
+    ///   so a create may be refused, or evict, while other shards still have
+    ///   room; with 64 shards and 6,400 sessions, a shard fills at about 100;
+    /// - the per-address limit stays exact: all the sessions of one address
+    ///   live in one shard;
+    /// - eviction picks the nearest deadline in the creating shard;
+    /// - there is no local copy ([`local_cache`](RedisSessionsBuilder::local_cache)
+    ///   is off): every lookup is one round trip.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), keyed_session::redis::SharedError> {
+    /// use keyed_session::redis::RedisSessions;
+    /// let sessions = RedisSessions::cluster_builder([
+    ///     "redis://10.0.0.1:7000",
+    ///     "redis://10.0.0.2:7000",
+    /// ])
+    /// .namespace("shop")
+    /// .build()
+    /// .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn cluster_builder<I, S>(nodes: I) -> RedisSessionsBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nodes = nodes.into_iter().map(|n| n.as_ref().to_owned()).collect();
+        RedisSessionsBuilder::new(nodes, true)
     }
 
     async fn start(config: Config) -> Result<RedisSessions, SharedError> {
-        let client = redis::Client::open(config.url.as_str())?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.response_timeout))
-            .set_connection_timeout(Some(config.response_timeout))
-            .set_number_of_retries(2);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
-        let cache = cache::Cache::new(&client, config.local_cache, config.response_timeout)?;
+        let target = conn::Target::new(&config.nodes, config.cluster)?;
+        let conn = target.connect(config.response_timeout)?;
+        let cache = cache::Cache::new(
+            target.single(),
+            config.local_cache,
+            config.response_timeout,
+        )?;
         let event_capacity = config.event_capacity;
         let sweep_every = config.sweep_every;
         let reconcile_every = config.reconcile_every;
         let engine = Arc::new(Engine {
             config,
             conn,
+            target: target.clone(),
             locals: Mutex::new(HashMap::new()),
             events: Arc::new(Broadcaster::new(event_capacity)),
             counters: Arc::new(Counters::default()),
@@ -184,7 +225,7 @@ impl RedisSessions {
             .saturating_sub(1000);
         tokio::spawn(reader::read_events(
             Arc::downgrade(&engine),
-            client.clone(),
+            target.clone(),
             format!("{start_ms}-0"),
             engine.stop.subscribe(),
         ));
@@ -193,12 +234,12 @@ impl RedisSessions {
             // so no end after it is missed; the task makes sure again.
             let _ = tokio::time::timeout(
                 engine.config.response_timeout * 4,
-                group::create_groups(&engine, &client),
+                group::create_groups(&engine),
             )
             .await;
             tokio::spawn(group::shared_hooks(
                 Arc::downgrade(&engine),
-                client,
+                target,
                 engine.config.claim_after,
                 engine.stop.subscribe(),
             ));

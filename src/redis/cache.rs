@@ -186,23 +186,25 @@ pub(crate) struct Cache {
 
 impl Cache {
     /// A cache of at most `capacity` sessions over the Redis `client` talks
-    /// to (0: no cache; every lookup goes to Redis).
+    /// to (0, or no `client` as over a Cluster: no cache; every lookup goes
+    /// to Redis).
     pub(crate) fn new(
-        client: &redis::Client,
+        client: Option<&redis::Client>,
         capacity: usize,
         timeout: Duration,
     ) -> Result<Cache, SharedError> {
-        let client = if capacity == 0 {
-            None
-        } else {
-            let info = client.get_connection_info().clone().set_redis_settings(
-                client
-                    .get_connection_info()
-                    .redis_settings()
-                    .clone()
-                    .set_protocol(ProtocolVersion::RESP3),
-            );
-            Some(redis::Client::open(info)?)
+        let client = match client.filter(|_| capacity > 0) {
+            None => None,
+            Some(client) => {
+                let info = client.get_connection_info().clone().set_redis_settings(
+                    client
+                        .get_connection_info()
+                        .redis_settings()
+                        .clone()
+                        .set_protocol(ProtocolVersion::RESP3),
+                );
+                Some(redis::Client::open(info)?)
+            }
         };
         Ok(Cache {
             inner: Arc::new(Inner {

@@ -28,7 +28,9 @@ pub(crate) type SharedHook = Arc<dyn Fn(&[u8], &DeleteContext) + Send + Sync>;
 
 /// The settings every part of the store reads.
 pub(crate) struct Config {
-    pub(crate) url: String,
+    /// One URL (a standalone server), or a Cluster's seed nodes.
+    pub(crate) nodes: Vec<String>,
+    pub(crate) cluster: bool,
     pub(crate) namespace: String,
     pub(crate) shards: u64,
     pub(crate) idle: Duration,
@@ -90,12 +92,15 @@ impl fmt::Debug for RedisSessionsBuilder {
 }
 
 impl RedisSessionsBuilder {
-    pub(crate) fn new(url: &str) -> Self {
+    pub(crate) fn new(nodes: Vec<String>, cluster: bool) -> Self {
         RedisSessionsBuilder {
             config: Config {
-                url: url.to_owned(),
+                nodes,
+                cluster,
                 namespace: "ks".to_owned(),
-                shards: 16,
+                // Over a Cluster, enough shards that they spread evenly over
+                // its masters (see `shards`).
+                shards: if cluster { 64 } else { 16 },
                 idle: Duration::from_secs(30 * 60),
                 absolute: None,
                 touch_every: None,
@@ -125,8 +130,13 @@ impl RedisSessionsBuilder {
         self
     }
 
-    /// How many shards (default 16): each has its deadline index and event
-    /// stream, and every script touches one shard (one Cluster slot).
+    /// How many shards (default 16; 64 over a Cluster): each has its
+    /// deadline index and event stream, and every script touches one shard
+    /// (one Cluster slot). Over a Cluster the shards are what spreads the
+    /// sessions over the masters: with 64, three masters each hold within
+    /// 5% of a third of them.
+    ///
+    /// Every process of one store must use the same number.
     pub fn shards(mut self, shards: u16) -> Self {
         self.config.shards = u64::from(shards.max(1));
         self

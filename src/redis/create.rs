@@ -91,8 +91,17 @@ impl RedisSessions {
         if e.stopped() {
             return Err(SharedError::Create(CreateError::ShutDown));
         }
+        // Every session of one address in one shard, so that its count there
+        // is the address' count (exact over a Cluster too).
+        let shard = (!ip_key.is_empty()).then(|| e.shard_of_address(&ip_key));
         for _ in 0..8 {
-            let id = SessionId::random();
+            let id = shard.map_or_else(SessionId::random, |s| e.random_in(s));
+            // Over a Cluster, eviction looks at the creating shard only.
+            let (evict_from, evict_shards) = if e.config.cluster {
+                (e.shard(&id), 1)
+            } else {
+                (0, e.config.shards)
+            };
             let k = e.keys(&id);
             let id_text = id.to_string();
             let call = |resent: bool| {
@@ -102,18 +111,19 @@ impl RedisSessions {
                     .arg(e.config.absolute.map_or(0, Engine::millis))
                     .arg(&ip)
                     .arg(&ip_key)
-                    .arg(e.config.max_sessions)
+                    .arg(e.count_limit())
                     .arg(e.config.max_per_ip)
                     .arg(&id_text)
                     .arg(Engine::millis(e.config.retention))
                     .arg(if resent { "1" } else { "0" })
                     .arg(if e.config.evict { "1" } else { "0" })
                     .arg(&e.config.namespace)
-                    .arg(e.config.shards);
+                    .arg(evict_shards);
                 match &first {
                     Some((name, bytes)) => call.arg(*name).arg(bytes).arg(&token[..]),
                     None => call.arg("").arg("").arg(""),
                 };
+                call.arg(evict_from);
                 call
             };
             // A reply lost to a timeout: the same create again (the script

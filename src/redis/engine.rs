@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
-use redis::aio::ConnectionManager;
 use redis::{ScriptInvocation, Value};
 use tokio::sync::{oneshot, watch};
 
@@ -79,7 +78,10 @@ impl Counters {
 
 pub(crate) struct Engine {
     pub(crate) config: Config,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: crate::redis::conn::Conn,
+    /// Where Redis is: for the stream readers, which need a connection
+    /// of their own to each node.
+    pub(crate) target: crate::redis::conn::Target,
     pub(crate) locals: Mutex<HashMap<SessionId, Arc<LocalPart>>>,
     pub(crate) events: Arc<Broadcaster>,
     pub(crate) counters: Arc<Counters>,

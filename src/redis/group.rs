@@ -3,7 +3,7 @@
 //! process's, leaving the group and removing dead members.
 
 use std::sync::LazyLock;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::Script;
@@ -13,8 +13,10 @@ use tokio::sync::watch;
 
 use crate::id::SessionId;
 use crate::reason::EndReason;
+use crate::redis::conn::Target;
 use crate::redis::engine::Engine;
-use crate::redis::reader::{BLOCK_MS, Entry, blocking_connection, pause, stream_entries};
+use crate::redis::fanout;
+use crate::redis::reader::{BLOCK_MS, Entry, blocking_connection, stream_entries};
 
 /// The consumer group that runs the shared keys' `on_delete` hooks: each
 /// `End` goes to one process of the group, which runs the hooks on the
@@ -34,37 +36,59 @@ use crate::redis::reader::{BLOCK_MS, Entry, blocking_connection, pause, stream_e
 /// [`dead_after`] that hold nothing (processes that died).
 pub(crate) async fn shared_hooks(
     engine: Weak<Engine>,
-    client: redis::Client,
+    target: Target,
     claim_after: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let Some(streams) = engine.upgrade().map(|e| e.streams()) else {
+    let Some((streams, timeout)) = engine
+        .upgrade()
+        .map(|e| (Arc::new(e.streams()), e.config.response_timeout))
+    else {
         return;
     };
-    let me = format!("{:016x}", rand::random::<u64>());
-    let mut conn: Option<MultiplexedConnection> = None;
-    // Where a group made by this task starts: the store's build made it at
-    // `$` (only what comes after); any later one replaces a lost group.
-    let mut start = "$";
+    let me = Arc::new(format!("{:016x}", rand::random::<u64>()));
+    let read = |client: redis::Client, keys: Vec<usize>, after_failure: bool| {
+        let names: Vec<String> = keys.iter().map(|&k| streams[k].clone()).collect();
+        // Where a group made by this task starts: the store's build made it
+        // at `$` (only what comes after); any later one replaces a lost
+        // group, from `0`.
+        let start = if after_failure { "0" } else { "$" };
+        let (engine, me, stop) = (engine.clone(), Arc::clone(&me), stop.clone());
+        async move {
+            match serve(engine, client, &names, &me, start, claim_after, stop).await {
+                Served::Stopped => None,
+                Served::Failed => Some(keys),
+            }
+        }
+    };
+    fanout::per_node(target, Arc::clone(&streams), timeout, stop.clone(), read).await;
+}
+
+/// How a member's reads of one node ended.
+enum Served {
+    Stopped,
+    Failed,
+}
+
+/// This process's member of the group on `streams` (all served by the node
+/// `client` talks to), until the store stops or a read fails.
+async fn serve(
+    engine: Weak<Engine>,
+    client: redis::Client,
+    streams: &[String],
+    me: &str,
+    start: &str,
+    claim_after: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Served {
+    let Ok(mut conn) = blocking_connection(&client).await else {
+        return Served::Failed;
+    };
+    let c = &mut conn;
+    create_groups_on(c, streams, start).await;
     let mut last_claim = tokio::time::Instant::now();
     let mut last_tidy = tokio::time::Instant::now();
     loop {
-        let Some(c) = conn.as_mut() else {
-            match blocking_connection(&client).await {
-                Ok(mut c) => {
-                    create_groups_on(&mut c, &streams, start).await;
-                    start = "0";
-                    conn = Some(c);
-                }
-                Err(_) => {
-                    start = "0";
-                    if pause(&mut stop, Duration::from_millis(100)).await {
-                        return;
-                    }
-                }
-            }
-            continue;
-        };
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP").arg(GROUP).arg(&me);
         cmd.arg("COUNT")
@@ -72,40 +96,33 @@ pub(crate) async fn shared_hooks(
             .arg("BLOCK")
             .arg(BLOCK_MS)
             .arg("STREAMS");
-        cmd.arg(&streams);
-        for _ in &streams {
+        cmd.arg(streams);
+        for _ in streams {
             cmd.arg(">");
         }
         let read: Result<Value, _> = tokio::select! {
             r = cmd.query_async(c) => r,
             _ = stop.changed() => {
-                leave(c, &streams, &me).await;
-                return;
+                leave(c, streams, me).await;
+                return Served::Stopped;
             }
         };
-        let mut batches = match read {
-            Ok(v) => stream_entries(v),
-            Err(_) => {
-                conn = None;
-                start = "0";
-                if pause(&mut stop, Duration::from_millis(100)).await {
-                    return;
-                }
-                continue;
-            }
+        let Ok(read) = read else {
+            return Served::Failed;
         };
+        let mut batches = stream_entries(read);
         if last_claim.elapsed() >= claim_after / 2 {
             last_claim = tokio::time::Instant::now();
-            for stream in &streams {
-                batches.extend(autoclaim(c, stream, &me, claim_after).await);
+            for stream in streams {
+                batches.extend(autoclaim(c, stream, me, claim_after).await);
             }
         }
         if last_tidy.elapsed() >= dead_after(claim_after) {
             last_tidy = tokio::time::Instant::now();
-            tidy(c, &streams, &me, dead_after(claim_after)).await;
+            tidy(c, streams, me, dead_after(claim_after)).await;
         }
         let Some(engine) = engine.upgrade() else {
-            return;
+            return Served::Stopped;
         };
         // Every entry of the batch is held from now on: all of them are
         // claimed again every third of `claim_after` until acknowledged.
@@ -129,7 +146,7 @@ pub(crate) async fn shared_hooks(
                         () = &mut work => break,
                         () = tokio::time::sleep_until(refreshed + claim_after / 3) => {
                             for (stream, ids) in &held {
-                                refresh(&mut keep, stream, &me, ids).await;
+                                refresh(&mut keep, stream, me, ids).await;
                             }
                             refreshed = tokio::time::Instant::now();
                         }
@@ -248,11 +265,19 @@ async fn create_groups_on(conn: &mut MultiplexedConnection, streams: &[String], 
     }
 }
 
-/// [`create_groups_on`] at `$`, with a connection of its own.
-pub(crate) async fn create_groups(engine: &Engine, client: &redis::Client) {
+/// [`create_groups_on`] at `$`, with a connection of its own to each node.
+pub(crate) async fn create_groups(engine: &Engine) {
     let streams = engine.streams();
-    if let Ok(mut c) = blocking_connection(client).await {
-        create_groups_on(&mut c, &streams, "$").await;
+    let all: Vec<usize> = (0..streams.len()).collect();
+    let timeout = engine.config.response_timeout;
+    let Ok(groups) = engine.target.by_node(&streams, &all, timeout).await else {
+        return;
+    };
+    for (client, keys) in groups {
+        if let Ok(mut c) = blocking_connection(&client).await {
+            let names: Vec<String> = keys.iter().map(|&k| streams[k].clone()).collect();
+            create_groups_on(&mut c, &names, "$").await;
+        }
     }
 }
 

@@ -5,8 +5,11 @@
 //! Namespace `P`, shard `s` (a hash tag, so every script touches one slot):
 //! `P:{s}:h:<id>` the session hash, `P:{s}:t:<id>` its tombstone,
 //! `P:{s}:f:<id>` an ended session's shared values for the shared hooks,
-//! `P:{s}:due` the shard's deadlines, `P:{s}:ev` its event stream; `P:n` and
-//! `P:ipn` count sessions for the limits.
+//! `P:{s}:due` the shard's deadlines, `P:{s}:ev` its event stream,
+//! `P:{s}:ipn` its sessions per address (for the per-address limit, which
+//! puts every session of one address in one shard); `P:n` counts sessions
+//! for the store-wide limit on one server, `P:{s}:n` each shard's over a
+//! Cluster (a script touches one slot).
 
 use redis::ScriptInvocation;
 
@@ -60,6 +63,17 @@ impl Engine {
         id.mix() % self.config.shards
     }
 
+    /// A fresh random id in `shard`: a few draws (as many as there are
+    /// shards, on average); the id keeps all but a few of its random bits.
+    pub(crate) fn random_in(&self, shard: u64) -> SessionId {
+        loop {
+            let id = SessionId::random();
+            if self.shard(&id) == shard {
+                break id;
+            }
+        }
+    }
+
     /// `P:{s}:` — the prefix of every key of shard `s`.
     pub(crate) fn prefix(&self, shard: u64) -> String {
         format!("{}:{{{shard}}}:", self.config.namespace)
@@ -73,8 +87,8 @@ impl Engine {
             due: format!("{p}due"),
             events: format!("{p}ev"),
             tomb,
-            count: format!("{}:n", self.config.namespace),
-            per_ip: format!("{}:ipn", self.config.namespace),
+            count: self.count_key(&p),
+            per_ip: format!("{p}ipn"),
         }
     }
 
@@ -104,10 +118,41 @@ impl Engine {
         ShardKeys {
             due: format!("{p}due"),
             events: format!("{p}ev"),
-            count: format!("{}:n", self.config.namespace),
-            per_ip: format!("{}:ipn", self.config.namespace),
+            count: self.count_key(&p),
+            per_ip: format!("{p}ipn"),
             prefix: p,
         }
+    }
+
+    /// The session count for the store-wide limit: one for the store on one
+    /// server, one per shard (prefix `p`) over a Cluster.
+    fn count_key(&self, p: &str) -> String {
+        if self.config.cluster {
+            format!("{p}n")
+        } else {
+            format!("{}:n", self.config.namespace)
+        }
+    }
+
+    /// The store-wide limit as one count checks it: the whole limit on one
+    /// server, a shard's share (rounded up) over a Cluster.
+    pub(crate) fn count_limit(&self) -> u64 {
+        let max = self.config.max_sessions;
+        if self.config.cluster && max > 0 {
+            max.div_ceil(self.config.shards)
+        } else {
+            max
+        }
+    }
+
+    /// The shard of every session of the address key `ip_key` (the
+    /// per-address limit counts them in one place).
+    pub(crate) fn shard_of_address(&self, ip_key: &str) -> u64 {
+        // FNV-1a: stable across processes and versions.
+        let hash = ip_key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        hash % self.config.shards
     }
 
     /// Where an ended session's shared values wait for the shared hooks.

@@ -1,19 +1,22 @@
 //! This process's background tasks: the event reader (every process's
 //! begin/renew/end, local hooks on an end, events to subscribers), the
-//! sweeper (expired sessions, one shard per tick, with jitter) and
+//! sweeper (expired sessions, a sixteenth of the shards per tick, with jitter) and
 //! reconciliation. The shared hooks' consumer group is in `group.rs`.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::Value;
+use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
 use crate::events::Event;
 use crate::id::SessionId;
 use crate::reason::EndReason;
+use crate::redis::conn::Target;
 use crate::redis::engine::Engine;
+use crate::redis::fanout;
 use crate::redis::reply;
 
 /// How long one `XREAD` blocks: also how long a stop or a dropped store
@@ -29,45 +32,72 @@ pub(crate) const BLOCK_MS: u64 = 500;
 const GATHER: Duration = Duration::from_millis(1);
 
 /// Reads every shard's event stream from `start` (a stream id) on, resuming
-/// where it left off after a reconnect, until the store stops or is dropped.
+/// where it left off after a reconnect, until the store stops or is dropped:
+/// one read per node that serves streams (see `fanout.rs`).
 pub(crate) async fn read_events(
     engine: Weak<Engine>,
-    client: redis::Client,
+    target: Target,
     start: String,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let Some(streams) = engine.upgrade().map(|e| e.streams()) else {
+    let Some((streams, timeout)) = engine
+        .upgrade()
+        .map(|e| (Arc::new(e.streams()), e.config.response_timeout))
+    else {
         return;
     };
-    let mut last: Vec<String> = vec![start; streams.len()];
-    let mut conn: Option<MultiplexedConnection> = None;
-    // Set when a read failed: once reads work again, this process checks
-    // what it holds and watches against Redis at once (Redis may have come
-    // back empty), instead of at the next `reconcile_every`.
-    let mut cut_off = false;
+    let last = Arc::new(Mutex::new(vec![start; streams.len()]));
+    let read = |client: redis::Client, keys: Vec<usize>, after_failure: bool| {
+        read_node(
+            engine.clone(),
+            client,
+            Arc::clone(&streams),
+            keys,
+            Arc::clone(&last),
+            after_failure,
+            stop.clone(),
+        )
+    };
+    fanout::per_node(target, Arc::clone(&streams), timeout, stop.clone(), read).await;
+}
+
+/// Reads the streams `keys` of `streams` from the node `client` talks to,
+/// each from where `last` says, until the store stops (`None`) or a read
+/// fails (`Some(keys)`, to be looked up and read again). After a failure
+/// (`cut_off`) the first read that works has this process check what it
+/// holds and watches against Redis at once (Redis may have come back empty,
+/// or a replica that missed the last writes took over), instead of at the
+/// next `reconcile_every`.
+async fn read_node(
+    engine: Weak<Engine>,
+    client: redis::Client,
+    streams: Arc<Vec<String>>,
+    keys: Vec<usize>,
+    last: Arc<Mutex<Vec<String>>>,
+    mut cut_off: bool,
+    mut stop: watch::Receiver<bool>,
+) -> Option<Vec<usize>> {
+    let Ok(mut c) = blocking_connection(&client).await else {
+        return Some(keys);
+    };
+    let names: Vec<&String> = keys.iter().map(|&k| &streams[k]).collect();
     loop {
-        if conn.is_none() {
-            match blocking_connection(&client).await {
-                Ok(c) => conn = Some(c),
-                Err(_) => {
-                    if pause(&mut stop, Duration::from_millis(100)).await {
-                        return;
-                    }
-                    continue;
-                }
-            }
-        }
-        let Some(c) = conn.as_mut() else { continue };
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
             .arg(256)
             .arg("BLOCK")
             .arg(BLOCK_MS)
             .arg("STREAMS");
-        cmd.arg(&streams).arg(&last);
+        cmd.arg(&names);
+        {
+            let last = last.lock();
+            for &k in &keys {
+                cmd.arg(&last[k]);
+            }
+        }
         let read: Result<Value, _> = tokio::select! {
-            r = cmd.query_async(c) => r,
-            _ = stop.changed() => return,
+            r = cmd.query_async(&mut c) => r,
+            _ = stop.changed() => return None,
         };
         let batches = match read {
             Ok(v) => v,
@@ -76,17 +106,10 @@ pub(crate) async fn read_events(
                 if !cut_off {
                     tracing::warn!(error = %_e, "Redis unreachable: requests answer 503 until it is back");
                 }
-                cut_off = true;
-                conn = None;
-                if pause(&mut stop, Duration::from_millis(100)).await {
-                    return;
-                }
-                continue;
+                return Some(keys);
             }
         };
-        let Some(engine) = engine.upgrade() else {
-            return;
-        };
+        let engine = engine.upgrade()?;
         if std::mem::take(&mut cut_off) {
             #[cfg(feature = "tracing")]
             tracing::info!("Redis reachable again; checking this process's sessions against it");
@@ -108,13 +131,13 @@ pub(crate) async fn read_events(
             };
             for (entry_id, fields) in entries {
                 handle(&engine, &fields);
-                last[at] = entry_id;
+                last.lock()[at] = entry_id;
                 brought = true;
             }
         }
         drop(engine);
         if brought && pause(&mut stop, GATHER).await {
-            return;
+            return None;
         }
     }
 }
@@ -261,7 +284,7 @@ pub(crate) async fn reconcile(
     }
 }
 
-/// Sweeps one shard per tick, in turn, each tick `every` ± a quarter of it at
+/// Sweeps a sixteenth of the shards per tick (at least one), in turn, each tick `every` ± a quarter of it at
 /// random (so processes do not sweep in step), until the store stops.
 pub(crate) async fn sweep(engine: Weak<Engine>, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut shard = 0;
@@ -271,7 +294,10 @@ pub(crate) async fn sweep(engine: Weak<Engine>, every: Duration, mut stop: watch
             return;
         }
         let Some(e) = engine.upgrade() else { return };
-        let _ = e.sweep_shard(shard).await;
-        shard = (shard + 1) % e.config.shards;
+        // Each shard every 16 ticks or sooner, however many shards.
+        for _ in 0..e.config.shards.div_ceil(16) {
+            let _ = e.sweep_shard(shard).await;
+            shard = (shard + 1) % e.config.shards;
+        }
     }
 }

@@ -34,14 +34,9 @@ impl RedisSessions {
             // the same shard (one script, one slot): a few draws, 124 random
             // bits left.
             let pending = session.pending_renew.lock().take();
-            let new = pending.filter(|n| e.shard(n) == shard).unwrap_or_else(|| {
-                loop {
-                    let id = SessionId::random();
-                    if e.shard(&id) == shard {
-                        break id;
-                    }
-                }
-            });
+            let new = pending
+                .filter(|n| e.shard(n) == shard)
+                .unwrap_or_else(|| e.random_in(shard));
             let (ko, kn) = (e.keys(&old), e.keys(&new));
             let mut call = scripts::RENEW.prepare_invoke();
             call.key(&ko.hash)

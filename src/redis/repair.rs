@@ -52,8 +52,14 @@ impl Engine {
                 .collect()
         };
         ids.extend(watched);
+        // One pipeline per shard and chunk: over a Cluster a pipeline goes to
+        // one slot.
+        ids.sort_by_key(|id| self.shard(id));
         let mut ended = 0;
-        for chunk in ids.chunks(256) {
+        let chunks = ids
+            .chunk_by(|a, b| self.shard(a) == self.shard(b))
+            .flat_map(|same| same.chunks(256));
+        for chunk in chunks {
             let mut pipe = redis::pipe();
             for id in chunk {
                 let (hash, tomb) = self.hash_and_tomb(id);

@@ -112,9 +112,10 @@ pub(crate) fn script(body: &str) -> Script {
 }
 
 /// KEYS: h due ev tomb n ipn. ARGV: now idle_ms absolute_ms ip ip_key
-/// max_sessions max_per_ip id retention_ms resent evict namespace shards
-/// first_name first_bytes first_token (a shared key's first value, written
-/// with the session; `first_name` empty for none).
+/// max_sessions max_per_ip id retention_ms resent evict namespace
+/// evict_shards first_name first_bytes first_token (a shared key's first
+/// value, written with the session; `first_name` empty for none)
+/// evict_from.
 /// Reply: `{'ok', now [, evicted id, its fields]}`, `{'taken'}`,
 /// `{'full', limit}`, `{'ipfull', limit}`.
 ///
@@ -123,9 +124,9 @@ pub(crate) fn script(body: &str) -> Script {
 /// (`resent` = 1, the same id) finds its own session and answers `ok`.
 ///
 /// With `evict` = 1 a full store ends the session whose deadline is nearest
-/// in any shard (reason `evicted`) to make room: that reads every shard's
-/// deadline index, which a standalone Redis (or Sentinel) allows and a
-/// Cluster would not.
+/// in shards `evict_from` .. `evict_from + evict_shards` (reason `evicted`)
+/// to make room: every shard on one server, the creating shard over a
+/// Cluster (a script touches one slot there).
 pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -148,7 +149,7 @@ local evicted = nil
 if max > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= max then
   if ARGV[11] ~= '1' then return {'full', max} end
   local best, best_score, best_prefix = nil, nil, nil
-  for s = 0, tonumber(ARGV[13]) - 1 do
+  for s = tonumber(ARGV[17]), tonumber(ARGV[17]) + tonumber(ARGV[13]) - 1 do
     local prefix = ARGV[12] .. ':{' .. s .. '}:'
     local first = redis.call('ZRANGE', prefix .. 'due', 0, 0, 'WITHSCORES')
     if first[1] and (not best_score or tonumber(first[2]) < best_score) then
