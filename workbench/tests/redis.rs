@@ -25,7 +25,7 @@ static CHANNEL: Key<mpsc::Sender<u8>> = Key::new("channel");
 
 /// A builder over `server` in a namespace of its own, with manual sweeping.
 fn builder(server: &RedisServer, ns: &str) -> RedisSessionsBuilder {
-    RedisSessions::builder(&server.url())
+    redis_server::builder_for(&server.url())
         .namespace(ns)
         .sweep_every(None)
         .response_timeout(Duration::from_secs(2))
@@ -296,7 +296,7 @@ async fn concurrent_updates_from_two_stores_lose_nothing() {
         return;
     };
     let make = || {
-        RedisSessions::builder(&server.url())
+        redis_server::builder_for(&server.url())
             .namespace("cas")
             .build()
     };
@@ -360,7 +360,7 @@ async fn writes_after_another_stores_delete_fail_cleanly() {
     ));
     // Nothing was recreated: no session hash is left under the namespace.
     assert_eq!(server.cli(&["--scan", "--pattern", "gone:*h:*"]), "");
-    assert_eq!(server.cli(&["GET", "gone:n"]), "0");
+    assert_eq!(server.session_count("gone"), 0);
 }
 
 /// A local key's `on_delete` runs once in each store holding a value; a
@@ -808,14 +808,7 @@ async fn lookups_touch_at_most_every_touch_every() {
         .await
         .unwrap();
     let s = store.create(None).await.unwrap();
-    let zadds = || {
-        let stats = server.cli(&["INFO", "commandstats"]);
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix("cmdstat_zadd:calls="))
-            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let zadds = || server.calls(&["zadd"]);
     let before = zadds();
     for _ in 0..20 {
         clock.advance(Duration::from_millis(400));

@@ -88,7 +88,7 @@ async fn a_create_the_address_limit_refuses_evicts_nobody() {
         .get(&bystander.id(), None)
         .await
         .expect("the refused create evicted nobody");
-    assert_eq!(server.cli(&["GET", "ipfirst:n"]), "2");
+    assert_eq!(server.session_count("ipfirst"), 2);
 }
 
 #[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
@@ -178,8 +178,8 @@ async fn a_create_whose_reply_is_lost_leaves_no_count_behind() {
     };
     store.get(&s.id(), None).await.unwrap();
     assert_eq!(
-        server.cli(&["GET", "lostcreate:n"]),
-        "2",
+        server.session_count("lostcreate"),
+        2,
         "no session counted for nobody"
     );
     sleeper.join().unwrap();

@@ -28,7 +28,7 @@ async fn two_servers_over_one_redis_share_count_renew_and_logout() {
         return;
     };
     let store = || {
-        RedisSessions::builder(&server.url())
+        redis_server::builder_for(&server.url())
             .namespace("http")
             .ip_binding(IpBinding::Exact)
             .sweep_every(None)
@@ -163,7 +163,7 @@ async fn forget_me_over_redis_gives_a_session_cookie_again() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let sessions = RedisSessions::builder(&server.url())
+    let sessions = redis_server::builder_for(&server.url())
         .namespace("forget")
         .sweep_every(None)
         .build()
@@ -209,7 +209,7 @@ async fn remember_me_over_redis_gives_a_persistent_cookie() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let sessions = RedisSessions::builder(&server.url())
+    let sessions = redis_server::builder_for(&server.url())
         .namespace("remember")
         .sweep_every(None)
         .build()
@@ -219,7 +219,7 @@ async fn remember_me_over_redis_gives_a_persistent_cookie() {
     assert!(cookie.contains("Max-Age=2592000"), "{cookie}");
     let value = cookie.split(';').next().unwrap().split_once('=').unwrap().1;
     let id: keyed_session::SessionId = value.split('.').next().unwrap().parse().unwrap();
-    let other = RedisSessions::builder(&server.url())
+    let other = redis_server::builder_for(&server.url())
         .namespace("remember")
         .sweep_every(None)
         .build()
@@ -237,7 +237,7 @@ async fn a_persistent_cookie_never_outlives_the_absolute_timeout() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let sessions = RedisSessions::builder(&server.url())
+    let sessions = redis_server::builder_for(&server.url())
         .namespace("capped")
         .sweep_every(None)
         .absolute_timeout(Duration::from_secs(12 * 3600))

@@ -262,7 +262,7 @@ fn two_stores_agree_with_one_model() {
                     .build()
             });
             let build = || {
-                RedisSessions::builder(&server.url())
+                redis_server::builder_for(&server.url())
                     .namespace(ns.clone())
                     .clock(clock.clone())
                     .idle_timeout(Duration::from_secs(IDLE))

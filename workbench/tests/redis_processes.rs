@@ -50,7 +50,7 @@ static CART: Key<u64> = Key::new("cart").serde().on_delete(say_shared_end);
 /// of a killed process, long for the others (an update does not count as
 /// use; a lookup does).
 fn builder(url: &str, idle: Duration) -> RedisSessionsBuilder {
-    RedisSessions::builder(url)
+    redis_server::builder_for(url)
         .namespace("procs")
         .idle_timeout(idle)
         .touch_every(Duration::from_millis(100))
@@ -275,7 +275,7 @@ async fn a_shared_hook_cut_short_by_a_crash_runs_elsewhere() {
     let long = Duration::from_secs(600);
     // This store registers no shared key: the worker is the group's only
     // consumer, so the End goes to it.
-    let plain = RedisSessions::builder(&server.url())
+    let plain = redis_server::builder_for(&server.url())
         .namespace("procs")
         .idle_timeout(long)
         .sweep_every(None)

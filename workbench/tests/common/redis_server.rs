@@ -10,95 +10,291 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
+    /// The (first master's) port.
     pub port: u16,
-    child: Option<Child>,
+    /// A Cluster's nodes (masters first), with their bus ports; empty for a
+    /// standalone server.
+    nodes: Vec<(u16, u16)>,
+    masters: usize,
+    replicas: usize,
+    dir: Option<std::path::PathBuf>,
+    children: Vec<Child>,
+}
+
+/// Whether the Redis tests run against a Cluster (`KS_REDIS_CLUSTER` set)
+/// instead of one server.
+pub fn cluster_mode() -> bool {
+    std::env::var_os("KS_REDIS_CLUSTER").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A builder over `url`: one URL is a server, comma-separated URLs a
+/// Cluster's nodes (as the `redis_counter` example reads `REDIS_URL`).
+#[cfg(feature = "redis")]
+pub fn builder_for(url: &str) -> keyed_session::redis::RedisSessionsBuilder {
+    if url.contains(',') {
+        keyed_session::redis::RedisSessions::cluster_builder(url.split(','))
+    } else {
+        keyed_session::redis::RedisSessions::builder(url)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn have_redis() -> bool {
+    if Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but redis-server is not installed (apt-get install redis-server)"
+        );
+        eprintln!("skipped: no redis-server on the PATH");
+        return false;
+    }
+    true
 }
 
 impl RedisServer {
-    /// Starts a server, or `None` (test skipped) when there is none to start
-    /// outside CI.
+    /// Starts a server (a Cluster of three masters under
+    /// `KS_REDIS_CLUSTER`), or `None` (test skipped) when there is none to
+    /// start outside CI.
     pub fn start() -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_err()
-        {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but redis-server is not installed (apt-get install redis-server)"
-            );
-            eprintln!("skipped: no redis-server on the PATH");
+        if cluster_mode() {
+            return Self::start_cluster(3, 0);
+        }
+        if !have_redis() {
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer {
+            port: free_port(),
+            nodes: Vec::new(),
+            masters: 1,
+            replicas: 0,
+            dir: None,
+            children: Vec::new(),
+        };
         server.spawn();
         Some(server)
     }
 
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+    /// Starts a Cluster of `masters` masters with `replicas` replicas each
+    /// (node timeout 2 s), or `None` as [`start`](Self::start).
+    pub fn start_cluster(masters: usize, replicas: usize) -> Option<RedisServer> {
+        if !have_redis() {
+            return None;
+        }
+        let n = masters * (1 + replicas);
+        let nodes: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let dir = std::env::temp_dir().join(format!(
+            "ks-cluster-{}-{}",
+            std::process::id(),
+            nodes[0].0
+        ));
+        let mut server = RedisServer {
+            port: nodes[0].0,
+            nodes,
+            masters,
+            replicas,
+            dir: Some(dir),
+            children: Vec::new(),
+        };
+        server.spawn();
+        Some(server)
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+    pub fn is_cluster(&self) -> bool {
+        !self.nodes.is_empty()
+    }
+
+    /// The masters' ports (the server's alone when standalone).
+    pub fn master_ports(&self) -> Vec<u16> {
+        if self.is_cluster() {
+            self.nodes[..self.masters].iter().map(|n| n.0).collect()
+        } else {
+            vec![self.port]
+        }
+    }
+
+    /// The URL of the server, or a Cluster's masters, comma-separated (see
+    /// [`builder_for`]).
+    pub fn url(&self) -> String {
+        self.master_ports()
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn_node(&mut self, port: u16, bus: Option<u16>) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             // `DEBUG SLEEP`, for tests that stall the server for real.
-            .args(["--enable-debug-command", "local"])
+            .args(["--enable-debug-command", "local"]);
+        if let (Some(bus), Some(dir)) = (bus, &self.dir) {
+            let conf = dir.join(format!("nodes-{port}.conf"));
+            let _ = std::fs::remove_file(&conf);
+            cmd.args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
+                .args(["--cluster-config-file", conf.to_str().unwrap()])
+                .args(["--cluster-node-timeout", "2000"])
+                .args(["--dir", dir.to_str().unwrap()]);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
-        self.child = Some(child);
+        self.children.push(child);
         // Up when it accepts a connection; a bound against a hang.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not come up");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
-    /// Kills the server (its data is gone: no persistence).
+    fn spawn(&mut self) {
+        if !self.is_cluster() {
+            self.spawn_node(self.port, None);
+            return;
+        }
+        std::fs::create_dir_all(self.dir.as_ref().unwrap()).unwrap();
+        for (port, bus) in self.nodes.clone() {
+            self.spawn_node(port, Some(bus));
+        }
+        let addrs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", &self.replicas.to_string(), "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Ready when every node sees every slot served and every node known.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (port, _) in self.nodes.clone() {
+            loop {
+                let info = self.cli_on(port, &["CLUSTER", "INFO"]);
+                let known = self.cli_on(port, &["CLUSTER", "NODES"]).lines().count();
+                if info.contains("cluster_state:ok") && known == self.nodes.len() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster did not come up: {info}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Kills the server, or every node (their data is gone: no persistence).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for mut child in self.children.drain(..) {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Stops the server and starts an empty one on the same port.
+    /// Stops the server and starts an empty one on the same port (a Cluster:
+    /// every node, and the cluster made again on the same ports).
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
     }
 
+    /// Kills one node with `SIGKILL` (`kill -9`), by its port.
+    pub fn kill_node(&mut self, port: u16) {
+        let at = self
+            .nodes
+            .iter()
+            .position(|n| n.0 == port)
+            .expect("a node of this cluster");
+        let child = &mut self.children[at];
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// The port of the master serving `key` now.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let slot: u16 = self.cli_on(self.port, &["CLUSTER", "KEYSLOT", key]).parse().unwrap();
+        for port in self.master_ports() {
+            let nodes = self.cli_on(port, &["CLUSTER", "NODES"]);
+            for line in nodes.lines() {
+                let f: Vec<&str> = line.split(' ').collect();
+                if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                    continue;
+                }
+                let port: u16 = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+                for range in &f[8..] {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>())
+                        && a <= slot
+                        && slot <= b
+                    {
+                        return port;
+                    }
+                }
+            }
+        }
+        panic!("no master serves slot {slot}")
+    }
+
     /// How many scripts the server ran so far (`INFO commandstats`).
     #[allow(dead_code)]
     pub fn scripts_run(&self) -> u64 {
-        let stats = self.cli(&["INFO", "commandstats"]);
-        ["cmdstat_evalsha:", "cmdstat_eval:"]
-            .iter()
-            .filter_map(|name| {
-                let line = stats.lines().find(|l| l.starts_with(name))?;
-                line.split("calls=")
-                    .nth(1)?
-                    .split(',')
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
+        self.calls(&["evalsha", "eval"])
+    }
+
+    /// How many times the server (every master) ran `commands` so far
+    /// (`INFO commandstats`).
+    pub fn calls(&self, commands: &[&str]) -> u64 {
+        let mut total = 0;
+        for port in self.master_ports() {
+            let stats = self.cli_on(port, &["INFO", "commandstats"]);
+            for name in commands {
+                let name = format!("cmdstat_{name}:calls=");
+                total += stats
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name.as_str()))
+                    .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        total
+    }
+
+    /// The store's session count in namespace `ns` (summed over the shards
+    /// on a Cluster).
+    pub fn session_count(&self, ns: &str) -> u64 {
+        if !self.is_cluster() {
+            return self.cli(&["GET", &format!("{ns}:n")]).parse().unwrap_or(0);
+        }
+        self.cli(&["--scan", "--pattern", &format!("{ns}:{{*}}:n")])
+            .lines()
+            .map(|key| self.cli(&["GET", key]).parse::<u64>().unwrap_or(0))
             .sum()
     }
 
     /// Holds every client's commands for `ms` (a real `CLIENT PAUSE`).
     pub fn pause_clients(&self, ms: u64) {
-        assert_eq!(self.cli(&["CLIENT", "PAUSE", &ms.to_string(), "ALL"]), "OK");
+        for port in self.master_ports() {
+            assert_eq!(self.cli_on(port, &["CLIENT", "PAUSE", &ms.to_string(), "ALL"]), "OK");
+        }
     }
 
     /// Stalls the server for `secs` with a real `DEBUG SLEEP`, from a thread
@@ -106,14 +302,25 @@ impl RedisServer {
     /// it later, the operation under test would simply succeed and the test
     /// would not see the stall).
     pub fn sleep(&self, secs: f64) -> std::thread::JoinHandle<()> {
-        let port = self.port.to_string();
+        let ports = self.master_ports();
         let secs = secs.to_string();
         let sleeper = std::thread::spawn(move || {
-            let out = Command::new("redis-cli")
-                .args(["-p", &port, "DEBUG", "SLEEP", &secs])
-                .output()
-                .expect("redis-cli runs");
-            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+            let each: Vec<_> = ports
+                .into_iter()
+                .map(|port| {
+                    let secs = secs.clone();
+                    std::thread::spawn(move || {
+                        Command::new("redis-cli")
+                            .args(["-p", &port.to_string(), "DEBUG", "SLEEP", &secs])
+                            .output()
+                            .expect("redis-cli runs")
+                    })
+                })
+                .collect();
+            for out in each {
+                let out = out.join().unwrap();
+                assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+            }
         });
         std::thread::sleep(Duration::from_millis(100));
         sleeper
@@ -123,15 +330,45 @@ impl RedisServer {
     /// for no background sweep (the tests end sessions themselves).
     #[cfg(feature = "redis")]
     pub fn builder(&self, ns: &str) -> keyed_session::redis::RedisSessionsBuilder {
-        keyed_session::redis::RedisSessions::builder(&self.url())
+        builder_for(&self.url())
             .namespace(ns)
             .sweep_every(None)
     }
 
-    /// Runs one command through `redis-cli` (for checks on the raw layout).
+    /// Runs one command through `redis-cli` (for checks on the raw layout
+    /// and faults). On a Cluster a command about the server (`FLUSHALL`,
+    /// `CLIENT`, `INFO`, `--scan`, ...) runs on every master (the answers
+    /// joined by lines, or one when they agree); one about a key goes to the
+    /// master serving it.
     pub fn cli(&self, args: &[&str]) -> String {
+        if !self.is_cluster() {
+            return self.cli_on(self.port, args);
+        }
+        let node_wide = ["FLUSHALL", "FLUSHDB", "CLIENT", "INFO", "--scan", "DBSIZE", "CONFIG", "DEBUG", "SCRIPT"];
+        if node_wide.iter().any(|c| args[0].eq_ignore_ascii_case(c)) {
+            let answers: Vec<String> = self
+                .master_ports()
+                .into_iter()
+                .map(|port| self.cli_on(port, args))
+                .collect();
+            if answers.iter().all(|a| *a == answers[0]) {
+                return answers[0].clone();
+            }
+            return answers
+                .into_iter()
+                .filter(|a| !a.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        let mut full = vec!["-c"];
+        full.extend_from_slice(args);
+        self.cli_on(self.port, &full)
+    }
+
+    /// Runs one command through `redis-cli` on the node at `port`.
+    pub fn cli_on(&self, port: u16, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+            .args(["-p", &port.to_string()])
             .args(args)
             .output()
             .expect("redis-cli runs");
@@ -142,6 +379,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
