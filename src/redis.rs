@@ -187,6 +187,7 @@ impl RedisSessions {
 
     async fn start(config: Config) -> Result<RedisSessions, SharedError> {
         let target = conn::Target::new(&config.nodes, config.cluster)?;
+        let tags = layout::shard_tags(config.shards, config.cluster);
         let conn = target.connect(config.response_timeout)?;
         let cache = cache::Cache::new(
             target.single(),
@@ -200,6 +201,7 @@ impl RedisSessions {
             config,
             conn,
             target: target.clone(),
+            tags,
             locals: Mutex::new(HashMap::new()),
             events: Arc::new(Broadcaster::new(event_capacity)),
             counters: Arc::new(Counters::default()),

@@ -100,7 +100,7 @@ impl RedisSessionsBuilder {
                 namespace: "ks".to_owned(),
                 // Over a Cluster, enough shards that they spread evenly over
                 // its masters (see `shards`).
-                shards: if cluster { 64 } else { 16 },
+                shards: if cluster { 48 } else { 16 },
                 idle: Duration::from_secs(30 * 60),
                 absolute: None,
                 touch_every: None,
@@ -130,11 +130,15 @@ impl RedisSessionsBuilder {
         self
     }
 
-    /// How many shards (default 16; 64 over a Cluster): each has its
+    /// How many shards (default 16; 48 over a Cluster): each has its
     /// deadline index and event stream, and every script touches one shard
     /// (one Cluster slot). Over a Cluster the shards are what spreads the
-    /// sessions over the masters: with 64, three masters each hold within
-    /// 5% of a third of them.
+    /// sessions over the masters: their hash tags are spread evenly over the
+    /// slots, so a master serving a share of the slots in one range serves
+    /// that share of the shards, to within one (48 shards: exactly a third
+    /// each over three masters, within 5% of even over five). Each process
+    /// reads each shard's event stream over a connection of its own there
+    /// (two with shared hooks), since a blocking read cannot span slots.
     ///
     /// Every process of one store must use the same number.
     pub fn shards(mut self, shards: u16) -> Self {

@@ -122,9 +122,10 @@ impl Target {
         }
     }
 
-    /// `keys` (indices into `names`) grouped by the node that serves them
-    /// now: one client per node, for reads that block and so need their
-    /// own connection. A standalone server serves them all.
+    /// `keys` (indices into `names`) grouped for reads that block (and so
+    /// need a connection of their own), each group with a client of the node
+    /// that serves it now: one group on a standalone server; one per key on
+    /// a Cluster, where a command's keys must share a slot.
     pub(crate) async fn by_node(
         &self,
         names: &[String],
@@ -136,7 +137,7 @@ impl Target {
             Target::Cluster(seeds) => seeds,
         };
         let ranges = slot_ranges(seeds, timeout).await?;
-        let mut groups: BTreeMap<(String, u16), Vec<usize>> = BTreeMap::new();
+        let mut groups: BTreeMap<((String, u16), usize), Vec<usize>> = BTreeMap::new();
         for &k in keys {
             let slot = slot(&names[k]);
             let Some((_, _, node)) = ranges.iter().find(|(a, b, _)| *a <= slot && slot <= *b)
@@ -145,11 +146,13 @@ impl Target {
                     "no Cluster node serves slot {slot}"
                 )));
             };
-            groups.entry(node.clone()).or_default().push(k);
+            // One read per stream: a read over several keys must stay in
+            // one slot on a Cluster, and every shard has a slot of its own.
+            groups.entry((node.clone(), k)).or_default().push(k);
         }
         groups
             .into_iter()
-            .map(|((host, port), keys)| {
+            .map(|(((host, port), _), keys)| {
                 let info = seeds[0]
                     .clone()
                     .set_addr(ConnectionAddr::Tcp(host, port));

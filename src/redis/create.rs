@@ -96,12 +96,6 @@ impl RedisSessions {
         let shard = (!ip_key.is_empty()).then(|| e.shard_of_address(&ip_key));
         for _ in 0..8 {
             let id = shard.map_or_else(SessionId::random, |s| e.random_in(s));
-            // Over a Cluster, eviction looks at the creating shard only.
-            let (evict_from, evict_shards) = if e.config.cluster {
-                (e.shard(&id), 1)
-            } else {
-                (0, e.config.shards)
-            };
             let k = e.keys(&id);
             let id_text = id.to_string();
             let call = |resent: bool| {
@@ -118,12 +112,13 @@ impl RedisSessions {
                     .arg(if resent { "1" } else { "0" })
                     .arg(if e.config.evict { "1" } else { "0" })
                     .arg(&e.config.namespace)
-                    .arg(evict_shards);
+                    // Over a Cluster, eviction looks at the creating shard
+                    // only (0).
+                    .arg(if e.config.cluster { 0 } else { e.config.shards });
                 match &first {
                     Some((name, bytes)) => call.arg(*name).arg(bytes).arg(&token[..]),
                     None => call.arg("").arg("").arg(""),
                 };
-                call.arg(evict_from);
                 call
             };
             // A reply lost to a timeout: the same create again (the script

@@ -82,6 +82,8 @@ pub(crate) struct Engine {
     /// Where Redis is: for the stream readers, which need a connection
     /// of their own to each node.
     pub(crate) target: crate::redis::conn::Target,
+    /// Each shard's hash tag (see `layout::shard_tags`).
+    pub(crate) tags: Vec<String>,
     pub(crate) locals: Mutex<HashMap<SessionId, Arc<LocalPart>>>,
     pub(crate) events: Arc<Broadcaster>,
     pub(crate) counters: Arc<Counters>,

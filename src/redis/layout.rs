@@ -41,6 +41,27 @@ impl Keys {
     }
 }
 
+/// The hash tag of each of `shards` shards: the shard's number on one
+/// server; over a Cluster, `<shard>.<k>` with the first `k` that puts shard
+/// `s` in the `s`-th of `shards` equal parts of the slots, so that a master
+/// serving a share of the slots in one piece serves that share of the
+/// shards, to within one.
+pub(crate) fn shard_tags(shards: u64, cluster: bool) -> Vec<String> {
+    (0..shards)
+        .map(|s| {
+            if !cluster {
+                return s.to_string();
+            }
+            let lo = s * 16384 / shards;
+            let hi = ((s + 1) * 16384 / shards).max(lo + 1);
+            (0..1_000_000_u32)
+                .map(|k| format!("{s}.{k}"))
+                .find(|tag| (lo..hi).contains(&u64::from(crate::redis::conn::slot(tag))))
+                .unwrap_or_else(|| s.to_string())
+        })
+        .collect()
+}
+
 /// The keys of one shard, for the sweep.
 pub(crate) struct ShardKeys {
     /// `P:{s}:`, from which the scripts build a session's keys.
@@ -76,7 +97,7 @@ impl Engine {
 
     /// `P:{s}:` — the prefix of every key of shard `s`.
     pub(crate) fn prefix(&self, shard: u64) -> String {
-        format!("{}:{{{shard}}}:", self.config.namespace)
+        format!("{}:{{{}}}:", self.config.namespace, self.tags[shard as usize])
     }
 
     pub(crate) fn keys(&self, id: &SessionId) -> Keys {

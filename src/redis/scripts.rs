@@ -112,10 +112,9 @@ pub(crate) fn script(body: &str) -> Script {
 }
 
 /// KEYS: h due ev tomb n ipn. ARGV: now idle_ms absolute_ms ip ip_key
-/// max_sessions max_per_ip id retention_ms resent evict namespace
-/// evict_shards first_name first_bytes first_token (a shared key's first
-/// value, written with the session; `first_name` empty for none)
-/// evict_from.
+/// max_sessions max_per_ip id retention_ms resent evict namespace shards
+/// first_name first_bytes first_token (a shared key's first value, written
+/// with the session; `first_name` empty for none).
 /// Reply: `{'ok', now [, evicted id, its fields]}`, `{'taken'}`,
 /// `{'full', limit}`, `{'ipfull', limit}`.
 ///
@@ -124,9 +123,9 @@ pub(crate) fn script(body: &str) -> Script {
 /// (`resent` = 1, the same id) finds its own session and answers `ok`.
 ///
 /// With `evict` = 1 a full store ends the session whose deadline is nearest
-/// in shards `evict_from` .. `evict_from + evict_shards` (reason `evicted`)
-/// to make room: every shard on one server, the creating shard over a
-/// Cluster (a script touches one slot there).
+/// in any of the `shards` shards `{0}` .. (reason `evicted`) to make room;
+/// with `shards` = 0, in the creating shard only (over a Cluster, where a
+/// script touches one slot).
 pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -149,8 +148,10 @@ local evicted = nil
 if max > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= max then
   if ARGV[11] ~= '1' then return {'full', max} end
   local best, best_score, best_prefix = nil, nil, nil
-  for s = tonumber(ARGV[17]), tonumber(ARGV[17]) + tonumber(ARGV[13]) - 1 do
-    local prefix = ARGV[12] .. ':{' .. s .. '}:'
+  local prefixes = {}
+  for s = 0, tonumber(ARGV[13]) - 1 do prefixes[s + 1] = ARGV[12] .. ':{' .. s .. '}:' end
+  if #prefixes == 0 then prefixes[1] = string.sub(KEYS[2], 1, -4) end
+  for _, prefix in ipairs(prefixes) do
     local first = redis.call('ZRANGE', prefix .. 'due', 0, 0, 'WITHSCORES')
     if first[1] and (not best_score or tonumber(first[2]) < best_score) then
       best, best_score, best_prefix = first[1], tonumber(first[2]), prefix
@@ -158,7 +159,7 @@ if max > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= max then
   end
   if not best then return {'full', max} end
   local all = end_session(best_prefix .. 'h:' .. best, best_prefix .. 'due', best_prefix .. 'ev',
-    best_prefix .. 't:' .. best, KEYS[5], KEYS[6], best, 'evicted', tonumber(ARGV[9]))
+    best_prefix .. 't:' .. best, KEYS[5], best_prefix .. 'ipn', best, 'evicted', tonumber(ARGV[9]))
   if not all then
     redis.call('ZREM', best_prefix .. 'due', best)
     return {'full', max}
