@@ -199,7 +199,8 @@ impl RedisSessions {
         let reconcile_every = config.reconcile_every;
         let engine = Arc::new(Engine {
             config,
-            conn,
+            conn: parking_lot::RwLock::new(conn),
+            failing_since: Mutex::new(None),
             target: target.clone(),
             tags,
             locals: Mutex::new(HashMap::new()),
@@ -365,7 +366,7 @@ impl RedisSessions {
     /// # Errors
     /// [`SharedError::Unavailable`] when Redis does not answer.
     pub async fn ping(&self) -> Result<(), SharedError> {
-        let mut conn = self.engine.conn.clone();
+        let mut conn = self.engine.conn();
         self.engine
             .within(redis::cmd("PING").query_async::<()>(&mut conn))
             .await

@@ -78,7 +78,10 @@ impl Counters {
 
 pub(crate) struct Engine {
     pub(crate) config: Config,
-    pub(crate) conn: crate::redis::conn::Conn,
+    /// The connection for scripts and commands (see `conn()`).
+    pub(crate) conn: RwLock<crate::redis::conn::Conn>,
+    /// Since when every call failed, if the last one did.
+    pub(crate) failing_since: Mutex<Option<std::time::Instant>>,
     /// Where Redis is: for the stream readers, which need a connection
     /// of their own to each node.
     pub(crate) target: crate::redis::conn::Target,
@@ -176,7 +179,7 @@ impl Engine {
 
     /// Runs a script, failing with `Unavailable` after the response timeout.
     pub(crate) async fn run(&self, call: &ScriptInvocation<'_>) -> Result<Vec<Value>, SharedError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         reply::array(self.within(call.invoke_async(&mut conn)).await?)
     }
 
@@ -199,10 +202,49 @@ impl Engine {
             .await
             .map_err(|_| SharedError::timed_out())
             .and_then(|r| r.map_err(SharedError::from));
-        if answer.is_err() {
-            self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+        match &answer {
+            Err(SharedError::Unavailable(_)) => {
+                self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+                self.failing();
+            }
+            Err(_) => {
+                self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => *self.failing_since.lock() = None,
         }
         answer
+    }
+
+    /// The connection for scripts and commands.
+    pub(crate) fn conn(&self) -> crate::redis::conn::Conn {
+        self.conn.read().clone()
+    }
+
+    /// Notes a call that found Redis unavailable. Over a Cluster, when every
+    /// call failed for a while (four response timeouts, at least 2 s), the
+    /// connection is made anew from the seed nodes: after the whole Cluster
+    /// was replaced (restarted empty, every node a new identity) the old
+    /// connection's view of it may never recover. A standalone server's
+    /// connection manager reconnects by itself.
+    fn failing(&self) {
+        if !self.config.cluster {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut since = self.failing_since.lock();
+        let Some(start) = *since else {
+            *since = Some(now);
+            return;
+        };
+        let patience = (self.config.response_timeout * 4).max(std::time::Duration::from_secs(2));
+        if now.duration_since(start) < patience {
+            return;
+        }
+        *since = Some(now);
+        drop(since);
+        if let Ok(fresh) = self.target.connect(self.config.response_timeout) {
+            *self.conn.write() = fresh;
+        }
     }
 
     /// Marks session `id` used now (ending it if it is past its deadline):

@@ -31,6 +31,14 @@ fn builder(server: &RedisServer, ns: &str) -> RedisSessionsBuilder {
         .response_timeout(Duration::from_secs(2))
 }
 
+/// [`builder`] with the store-wide limit exact on a Cluster too: one shard
+/// (over a Cluster each shard holds its share of the limit; that is tested
+/// in `redis_cluster.rs`).
+fn exact_limits(server: &RedisServer, ns: &str) -> RedisSessionsBuilder {
+    let b = builder(server, ns);
+    if server.is_cluster() { b.shards(1) } else { b }
+}
+
 /// Two stores over one server: two processes as far as the store can tell.
 async fn pair(server: &RedisServer, ns: &str) -> (RedisSessions, RedisSessions) {
     (
@@ -553,7 +561,7 @@ async fn limits_hold_across_stores() {
         return;
     };
     let make = || {
-        builder(&server, "limits")
+        exact_limits(&server, "limits")
             .max_sessions(3)
             .max_sessions_per_ip(2)
             .build()
@@ -1007,7 +1015,7 @@ async fn a_full_store_evicts_the_least_recently_used_across_stores() {
         .on_delete(move |_, ctx| seen.lock().push((ctx.id, ctx.end_reason())))
         .build();
     let make = || {
-        builder(&server, "evict")
+        exact_limits(&server, "evict")
             .clock(clock.clone())
             .touch_every(Duration::ZERO)
             .max_sessions(3)

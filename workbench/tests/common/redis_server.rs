@@ -38,12 +38,20 @@ pub fn builder_for(url: &str) -> keyed_session::redis::RedisSessionsBuilder {
     }
 }
 
+/// A free port below the ephemeral range (where outgoing connections take
+/// their local ports, so one could take a port picked there before the
+/// server binds it).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = 10_000 + (random % 20_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn have_redis() -> bool {
@@ -188,15 +196,18 @@ impl RedisServer {
             String::from_utf8_lossy(&out.stdout)
         );
         // Ready when every node sees every slot served and every node known.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         for (port, _) in self.nodes.clone() {
             loop {
                 let info = self.cli_on(port, &["CLUSTER", "INFO"]);
-                let known = self.cli_on(port, &["CLUSTER", "NODES"]).lines().count();
-                if info.contains("cluster_state:ok") && known == self.nodes.len() {
+                let nodes = self.cli_on(port, &["CLUSTER", "NODES"]);
+                if info.contains("cluster_state:ok") && nodes.lines().count() == self.nodes.len() {
                     break;
                 }
-                assert!(Instant::now() < deadline, "the cluster did not come up: {info}");
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not come up on {port}: {info}\n{nodes}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
