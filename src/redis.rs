@@ -56,6 +56,7 @@ mod cache;
 mod clear;
 mod client_count;
 mod clients;
+mod cluster;
 mod config;
 mod conn;
 mod create;

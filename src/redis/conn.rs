@@ -1,30 +1,33 @@
 //! Where Redis is: one server, or a Cluster. [`Conn`] is the store's
-//! connection for scripts and commands on one slot (redis-rs routes a
-//! Cluster's calls by their first key and follows `MOVED`/`ASK`); [`Target`]
-//! tells the blocking stream readers which node serves which shard's stream.
+//! connection for scripts and commands on one slot (over a Cluster, routed
+//! by `cluster.rs`); [`Target`] tells the blocking stream readers which node
+//! serves which shard's stream.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+
+use crate::redis::cluster::Router;
 
 use crate::redis::error::SharedError;
 
 /// The store's connection: a standalone server's connection manager (it
-/// reconnects by itself), or a Cluster connection.
+/// reconnects by itself), or the store's router over a Cluster's masters.
 #[derive(Clone)]
 pub(crate) enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Arc<Router>),
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Cluster(router) => Box::pin(router.send(cmd)),
         }
     }
 
@@ -36,14 +39,14 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(router) => Box::pin(router.send_pipeline(cmd, offset, count)),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(_) => 0,
         }
     }
 }
@@ -91,25 +94,7 @@ impl Target {
                     config,
                 )?))
             }
-            Target::Cluster(seeds) => {
-                // Redirects and a failover are retried inside the store's
-                // response timeout (the caller's deadline); no overall limit
-                // of its own here.
-                let client = redis::cluster::ClusterClientBuilder::new(seeds.clone())
-                    .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .overall_response_timeout(None)
-                    .retries(16)
-                    .min_retry_wait(2)
-                    .max_retry_wait(50)
-                    .build()?;
-                let config = redis::cluster::ClusterConfig::new()
-                    .set_connection_timeout(timeout)
-                    .set_response_timeout(timeout);
-                Ok(Conn::Cluster(
-                    client.get_pending_async_connection_with_config(config),
-                ))
-            }
+            Target::Cluster(seeds) => Ok(Conn::Cluster(Router::new(seeds.clone(), timeout))),
         }
     }
 
@@ -200,7 +185,7 @@ async fn slot_ranges(
 
 /// `CLUSTER SLOTS`' ranges: `[start, end, [host, port, ...], replicas...]`.
 /// An empty host is the node that answered.
-fn parse_slots(reply: &Value, asked: &ConnectionInfo) -> Vec<(u16, u16, (String, u16))> {
+pub(crate) fn parse_slots(reply: &Value, asked: &ConnectionInfo) -> Vec<(u16, u16, (String, u16))> {
     let Value::Array(ranges) = reply else {
         return Vec::new();
     };

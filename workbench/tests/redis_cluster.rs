@@ -1,0 +1,294 @@
+//! The Redis store over a real local Redis Cluster: how the sessions spread
+//! over the masters, the limits per shard, and a master killed with
+//! `kill -9` while two stores serve requests. (Every other Redis test runs
+//! over a Cluster too with `KS_REDIS_CLUSTER=1`.)
+#![cfg(feature = "redis")]
+
+#[path = "common/redis_server.rs"]
+mod redis_server;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use keyed_session::redis::{RedisSessions, SharedError};
+use keyed_session::{CreateError, DeleteContext, EndReason, Key, Refused, SessionId};
+use parking_lot::Mutex;
+use redis_server::RedisServer;
+
+static COUNTER: Key<u64> = Key::new("counter").serde();
+
+/// Local ends seen, per store tag and session: (tag, id) -> reasons.
+static ENDS: std::sync::LazyLock<Mutex<HashMap<(u8, SessionId), Vec<EndReason>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn note_end(tag: u8, ctx: &DeleteContext) {
+    if let Some(reason) = ctx.end_reason() {
+        ENDS.lock().entry((tag, ctx.id)).or_default().push(reason);
+    }
+}
+
+static SOCKET: Key<u8> = Key::new("socket").on_delete(note_end);
+
+/// The master each session's hash is on, from the nodes themselves.
+fn session_hashes(server: &RedisServer, ns: &str) -> HashMap<u16, usize> {
+    server
+        .master_ports()
+        .into_iter()
+        .map(|port| {
+            let keys = server.cli_on(port, &["--scan", "--pattern", &format!("{ns}:*:h:*")]);
+            (port, keys.lines().filter(|l| !l.is_empty()).count())
+        })
+        .collect()
+}
+
+/// 100,000 sessions (`KS_SPREAD_SESSIONS` to change it) over three
+/// masters, at the default shard count: each master holds within 10% of a
+/// third.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_spread_evenly_over_three_masters() {
+    let Some(server) = RedisServer::start_cluster(3, 0) else {
+        return;
+    };
+    let n: usize = std::env::var("KS_SPREAD_SESSIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let store = server
+        .builder("spread")
+        .response_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for _ in (t..n).step_by(32) {
+                    store.create(None).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let per_master = session_hashes(&server, "spread");
+    assert_eq!(per_master.values().sum::<usize>(), n, "{per_master:?}");
+    let even = n as f64 / 3.0;
+    let worst = per_master
+        .values()
+        .map(|&c| (c as f64 - even).abs() / even)
+        .fold(0.0, f64::max);
+    println!(
+        "spread: {n} sessions over 3 masters: {:?}, worst {:.2}% from even",
+        per_master.values().collect::<Vec<_>>(),
+        worst * 100.0
+    );
+    assert!(worst < 0.10, "{per_master:?}: {:.1}% from even", worst * 100.0);
+}
+
+/// Over a Cluster the store-wide limit holds per shard (each shard its
+/// share, rounded up); the per-address limit stays exact.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_per_shard_and_per_address_exactly() {
+    let Some(server) = RedisServer::start_cluster(3, 0) else {
+        return;
+    };
+    let store = server
+        .builder("climits")
+        .shards(4)
+        .max_sessions(8)
+        .build()
+        .await
+        .unwrap();
+    let (mut made, mut full) = (0, 0);
+    for _ in 0..60 {
+        match store.create(None).await {
+            Ok(_) => made += 1,
+            Err(SharedError::Create(CreateError::Full { .. })) => full += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(made <= 8 && made >= 4, "{made} made");
+    assert_eq!(made + full, 60);
+    assert_eq!(server.session_count("climits"), made as u64);
+    for key in server
+        .cli(&["--scan", "--pattern", "climits:{*}:n"])
+        .lines()
+    {
+        let count: u64 = server.cli(&["GET", key]).parse().unwrap();
+        assert!(count <= 2, "{key} holds {count}, over its share of 2");
+    }
+
+    let per_ip = server
+        .builder("cperip")
+        .max_sessions_per_ip(3)
+        .build()
+        .await
+        .unwrap();
+    let ip = |last: u8| Some(std::net::IpAddr::from([192, 0, 2, last]));
+    for _ in 0..3 {
+        per_ip.create(ip(1)).await.unwrap();
+    }
+    assert!(matches!(
+        per_ip.create(ip(1)).await,
+        Err(SharedError::Create(CreateError::PerIpFull { limit: 3 }))
+    ));
+    per_ip.create(ip(2)).await.unwrap();
+}
+
+/// Requests while a master is killed: what the loops saw.
+#[derive(Default)]
+struct Seen {
+    ok: AtomicU64,
+    failed: Mutex<Vec<String>>,
+}
+
+/// A master killed with `kill -9` while two stores serve requests: its
+/// replica takes over; requests for sessions on the other masters never
+/// fail; the sessions of the killed master continue (their last writes may
+/// be lost: replication is asynchronous), or end as `Vanished` with their
+/// hooks in both stores; nothing hangs.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_fails_over_and_the_others_never_fail() {
+    let Some(mut server) = RedisServer::start_cluster(3, 1) else {
+        return;
+    };
+    let make = || server.builder("failover").build();
+    let (a, b) = (make().await.unwrap(), make().await.unwrap());
+    let mut sessions = Vec::new();
+    for _ in 0..48 {
+        let s = a.create(None).await.unwrap();
+        s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
+        s.set(&SOCKET, 0).await.unwrap();
+        b.get(&s.id(), None).await.unwrap().set(&SOCKET, 1).await.unwrap();
+        sessions.push(s.id());
+    }
+    // The master of each session, by its hash key's slot.
+    let hash_of = |id: &SessionId| {
+        server
+            .cli(&["--scan", "--pattern", &format!("failover:*:h:{id}")])
+            .lines()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let hashes: Vec<String> = sessions.iter().map(hash_of).collect();
+    let masters: Vec<u16> = hashes.iter().map(|h| server.master_of(h)).collect();
+    let victim = masters[0];
+    let (doomed, safe): (Vec<_>, Vec<_>) = sessions
+        .iter()
+        .zip(&masters)
+        .partition(|(_, m)| **m == victim);
+    let doomed: Vec<SessionId> = doomed.into_iter().map(|(id, _)| *id).collect();
+    let safe: Vec<SessionId> = safe.into_iter().map(|(id, _)| *id).collect();
+    assert!(!doomed.is_empty() && !safe.is_empty());
+
+    // Requests on the other masters' sessions, from both stores, all along.
+    let seen = Arc::new(Seen::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .flat_map(|store| {
+            let ids = safe.clone();
+            (0..2).map(move |k| (store.clone(), ids.clone(), k))
+        })
+        .map(|(store, ids, k)| {
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut i = k;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = ids[i % ids.len()];
+                    i += 1;
+                    let started = Instant::now();
+                    let done = async {
+                        let s = store.get(&id, None).await?;
+                        s.update(&COUNTER, || 0, |n| *n += 1).await
+                    }
+                    .await;
+                    match done {
+                        Ok(_) => seen.ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            seen.failed
+                                .lock()
+                                .push(format!("{e} after {:?}", started.elapsed()));
+                            0
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = seen.ok.load(Ordering::Relaxed);
+    server.kill_node(victim);
+    let killed = Instant::now();
+    // The replica takes over: some node reports the cluster whole again
+    // with a new master for the victim's slots.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let hash = &hashes[masters.iter().position(|m| *m == victim).unwrap()];
+    loop {
+        if server.try_master_of(hash).is_some_and(|m| m != victim) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no replica took over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed_over = killed.elapsed();
+    // Requests go on a while after the failover, then stop.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in loops {
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("a request loop hung")
+            .unwrap();
+    }
+    let ok = seen.ok.load(Ordering::Relaxed);
+    println!(
+        "failover after {failed_over:?}; {} requests on the other masters during it, {} failed",
+        ok - before,
+        seen.failed.lock().len()
+    );
+    assert!(ok > before, "requests went on");
+    assert!(
+        seen.failed.lock().is_empty(),
+        "requests on the other masters failed: {:?}",
+        seen.failed.lock()
+    );
+
+    // The killed master's sessions: each continues, or ended as Vanished
+    // with its local hooks in both stores; none hangs.
+    for id in &doomed {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = tokio::time::timeout(Duration::from_secs(10), a.get(id, None))
+                .await
+                .expect("a lookup hung");
+            match answer {
+                Ok(s) => {
+                    assert!(s.get(&COUNTER).is_some_and(|n| n <= 1));
+                    break;
+                }
+                Err(SharedError::Refused(Refused::NotFound)) => {
+                    for store in [&a, &b] {
+                        store.reconcile().await.unwrap();
+                    }
+                    let ends = |tag| ENDS.lock().get(&(tag, *id)).cloned();
+                    assert_eq!(ends(0), Some(vec![EndReason::Vanished]), "in a");
+                    assert_eq!(ends(1), Some(vec![EndReason::Vanished]), "in b");
+                    break;
+                }
+                Err(SharedError::Unavailable(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+}
