@@ -190,11 +190,8 @@ impl RedisSessions {
         let target = conn::Target::new(&config.nodes, config.cluster)?;
         let tags = layout::shard_tags(config.shards, config.cluster);
         let conn = target.connect(config.response_timeout)?;
-        let cache = cache::Cache::new(
-            target.single(),
-            config.local_cache,
-            config.response_timeout,
-        )?;
+        let cache =
+            cache::Cache::new(target.single(), config.local_cache, config.response_timeout)?;
         let event_capacity = config.event_capacity;
         let sweep_every = config.sweep_every;
         let reconcile_every = config.reconcile_every;

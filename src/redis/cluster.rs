@@ -103,7 +103,11 @@ impl Router {
             }
             self.refresh().await?;
         }
-        Err((ServerErrorKind::ClusterDown.into(), "no master serves the slot").into())
+        Err((
+            ServerErrorKind::ClusterDown.into(),
+            "no master serves the slot",
+        )
+            .into())
     }
 
     /// Every master, after a refresh when none is known.
@@ -111,13 +115,7 @@ impl Router {
         if self.map.read().ranges.is_empty() {
             self.refresh().await?;
         }
-        let mut all: Vec<Addr> = self
-            .map
-            .read()
-            .ranges
-            .iter()
-            .map(|r| r.2.clone())
-            .collect();
+        let mut all: Vec<Addr> = self.map.read().ranges.iter().map(|r| r.2.clone()).collect();
         all.sort();
         all.dedup();
         Ok(all)
@@ -161,7 +159,11 @@ impl Router {
             }
         }
         Err(last.unwrap_or_else(|| {
-            (ServerErrorKind::ClusterDown.into(), "no node knows the slots").into()
+            (
+                ServerErrorKind::ClusterDown.into(),
+                "no node knows the slots",
+            )
+                .into()
         }))
     }
 
@@ -244,10 +246,12 @@ impl Router {
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
-        let key = pipeline.cmd_iter().find_map(|cmd| match routing_key(args(cmd)) {
-            Route::Key(key) => Some(key),
-            _ => None,
-        });
+        let key = pipeline
+            .cmd_iter()
+            .find_map(|cmd| match routing_key(args(cmd)) {
+                Route::Key(key) => Some(key),
+                _ => None,
+            });
         let slot = key.map_or(0, |k| slot(&String::from_utf8_lossy(&k)));
         let mut answer = Err((ErrorKind::Client, "not sent").into());
         for _ in 0..ATTEMPTS {
@@ -296,7 +300,9 @@ impl Router {
                 Some(None)
             }
             ErrorKind::Server(
-                ServerErrorKind::TryAgain | ServerErrorKind::ClusterDown | ServerErrorKind::MasterDown,
+                ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown,
             ) => {
                 tokio::time::sleep(BACKOFF).await;
                 self.refresh_soon();
@@ -348,7 +354,9 @@ fn routing_key<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Route {
     match upper.as_slice() {
         b"EVALSHA" | b"EVAL" | b"EVALSHA_RO" | b"EVAL_RO" | b"FCALL" => {
             let _body = args.next();
-            let keys = args.next().and_then(|n| std::str::from_utf8(n).ok()?.parse::<u32>().ok());
+            let keys = args
+                .next()
+                .and_then(|n| std::str::from_utf8(n).ok()?.parse::<u32>().ok());
             match (keys, args.next()) {
                 (Some(n), Some(key)) if n > 0 => Route::Key(key.to_vec()),
                 _ => Route::Any,
@@ -356,7 +364,9 @@ fn routing_key<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Route {
         }
         b"SCRIPT" => Route::Every,
         b"PING" => Route::Any,
-        _ => args.next().map_or(Route::Any, |key| Route::Key(key.to_vec())),
+        _ => args
+            .next()
+            .map_or(Route::Any, |key| Route::Key(key.to_vec())),
     }
 }
 
@@ -400,12 +410,24 @@ mod tests {
 
     #[test]
     fn calls_route_by_their_first_key() {
-        assert_eq!(route(&["EVALSHA", "abc", "2", "k1", "k2", "a"]).as_deref(), Some("k1"));
+        assert_eq!(
+            route(&["EVALSHA", "abc", "2", "k1", "k2", "a"]).as_deref(),
+            Some("k1")
+        );
         assert_eq!(route(&["evalsha", "abc", "0", "a"]), None);
-        assert_eq!(route(&["HGETALL", "ks:{1}:h:x"]).as_deref(), Some("ks:{1}:h:x"));
-        assert_eq!(route(&["SCRIPT", "LOAD", "return 1"]).as_deref(), Some("*every*"));
+        assert_eq!(
+            route(&["HGETALL", "ks:{1}:h:x"]).as_deref(),
+            Some("ks:{1}:h:x")
+        );
+        assert_eq!(
+            route(&["SCRIPT", "LOAD", "return 1"]).as_deref(),
+            Some("*every*")
+        );
         assert_eq!(route(&["PING"]), None);
-        assert_eq!(parse_addr("127.0.0.1:7000"), Some(("127.0.0.1".into(), 7000)));
+        assert_eq!(
+            parse_addr("127.0.0.1:7000"),
+            Some(("127.0.0.1".into(), 7000))
+        );
         assert_eq!(parse_addr("nonsense"), None);
     }
 }

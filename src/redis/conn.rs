@@ -9,7 +9,9 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use redis::{
+    Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value,
+};
 
 use crate::redis::cluster::Router;
 
@@ -138,9 +140,7 @@ impl Target {
         groups
             .into_iter()
             .map(|(((host, port), _), keys)| {
-                let info = seeds[0]
-                    .clone()
-                    .set_addr(ConnectionAddr::Tcp(host, port));
+                let info = seeds[0].clone().set_addr(ConnectionAddr::Tcp(host, port));
                 Ok((redis::Client::open(info)?, keys))
             })
             .collect()

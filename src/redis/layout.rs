@@ -97,7 +97,10 @@ impl Engine {
 
     /// `P:{s}:` — the prefix of every key of shard `s`.
     pub(crate) fn prefix(&self, shard: u64) -> String {
-        format!("{}:{{{}}}:", self.config.namespace, self.tags[shard as usize])
+        format!(
+            "{}:{{{}}}:",
+            self.config.namespace, self.tags[shard as usize]
+        )
     }
 
     pub(crate) fn keys(&self, id: &SessionId) -> Keys {

@@ -6,8 +6,8 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::Value;
 use parking_lot::Mutex;
+use redis::Value;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 

@@ -87,7 +87,11 @@ async fn sessions_spread_evenly_over_three_masters() {
         per_master.values().collect::<Vec<_>>(),
         worst * 100.0
     );
-    assert!(worst < 0.10, "{per_master:?}: {:.1}% from even", worst * 100.0);
+    assert!(
+        worst < 0.10,
+        "{per_master:?}: {:.1}% from even",
+        worst * 100.0
+    );
 }
 
 /// Over a Cluster the store-wide limit holds per shard (each shard its
@@ -166,7 +170,12 @@ async fn a_killed_master_fails_over_and_the_others_never_fail() {
         let s = a.create(None).await.unwrap();
         s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
         s.set(&SOCKET, 0).await.unwrap();
-        b.get(&s.id(), None).await.unwrap().set(&SOCKET, 1).await.unwrap();
+        b.get(&s.id(), None)
+            .await
+            .unwrap()
+            .set(&SOCKET, 1)
+            .await
+            .unwrap();
         sessions.push(s.id());
     }
     // The master of each session, by its hash key's slot.
@@ -226,8 +235,39 @@ async fn a_killed_master_fails_over_and_the_others_never_fail() {
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = seen.ok.load(Ordering::Relaxed);
+    // Writes the replica never gets: the replica is stalled (a real `DEBUG
+    // SLEEP`), and the master drops its link to it, so that nothing more
+    // reaches it; sessions are made meanwhile, some on the victim; then the
+    // master dies.
+    let replica = server.replica_of(victim);
+    let stalled = std::thread::spawn(move || {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &replica.to_string(), "DEBUG", "SLEEP", "1.5"])
+            .output()
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        server.cli_on(victim, &["CLIENT", "KILL", "TYPE", "replica"]),
+        "1"
+    );
+    let mut late = Vec::new();
+    for _ in 0..24 {
+        let s = a.create(None).await.unwrap();
+        s.set(&SOCKET, 0).await.unwrap();
+        b.get(&s.id(), None)
+            .await
+            .unwrap()
+            .set(&SOCKET, 1)
+            .await
+            .unwrap();
+        late.push(s.id());
+    }
+    let on_victim = server.cli_on(victim, &["--scan", "--pattern", "failover:*:h:*"]);
+    late.retain(|id| on_victim.contains(&id.to_string()));
     server.kill_node(victim);
     let killed = Instant::now();
+    stalled.join().unwrap();
     // The replica takes over: some node reports the cluster whole again
     // with a new master for the victim's slots.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -264,7 +304,8 @@ async fn a_killed_master_fails_over_and_the_others_never_fail() {
 
     // The killed master's sessions: each continues, or ended as Vanished
     // with its local hooks in both stores; none hangs.
-    for id in &doomed {
+    let mut vanished = 0;
+    for id in doomed.iter().chain(&late) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let answer = tokio::time::timeout(Duration::from_secs(10), a.get(id, None))
@@ -272,7 +313,7 @@ async fn a_killed_master_fails_over_and_the_others_never_fail() {
                 .expect("a lookup hung");
             match answer {
                 Ok(s) => {
-                    assert!(s.get(&COUNTER).is_some_and(|n| n <= 1));
+                    assert!(s.get(&COUNTER).unwrap_or(0) <= 1);
                     break;
                 }
                 Err(SharedError::Refused(Refused::NotFound)) => {
@@ -282,6 +323,7 @@ async fn a_killed_master_fails_over_and_the_others_never_fail() {
                     let ends = |tag| ENDS.lock().get(&(tag, *id)).cloned();
                     assert_eq!(ends(0), Some(vec![EndReason::Vanished]), "in a");
                     assert_eq!(ends(1), Some(vec![EndReason::Vanished]), "in b");
+                    vanished += 1;
                     break;
                 }
                 Err(SharedError::Unavailable(_)) if Instant::now() < deadline => {
@@ -291,4 +333,12 @@ async fn a_killed_master_fails_over_and_the_others_never_fail() {
             }
         }
     }
+    // What was made after the link was cut is lost with the master: all of
+    // it ended as Vanished, with its hooks.
+    assert_eq!(vanished, late.len());
+    println!(
+        "the killed master's sessions: {} continued, {vanished} vanished ({} made while its replica's link was cut)",
+        doomed.len() + late.len() - vanished,
+        late.len()
+    );
 }

@@ -102,11 +102,8 @@ impl RedisServer {
         }
         let n = masters * (1 + replicas);
         let nodes: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let dir = std::env::temp_dir().join(format!(
-            "ks-cluster-{}-{}",
-            std::process::id(),
-            nodes[0].0
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("ks-cluster-{}-{}", std::process::id(), nodes[0].0));
         let mut server = RedisServer {
             port: nodes[0].0,
             nodes,
@@ -151,13 +148,18 @@ impl RedisServer {
         if let (Some(bus), Some(dir)) = (bus, &self.dir) {
             let conf = dir.join(format!("nodes-{port}.conf"));
             let _ = std::fs::remove_file(&conf);
-            cmd.args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
-                .args(["--cluster-config-file", conf.to_str().unwrap()])
-                .args(["--cluster-node-timeout", "2000"])
-                // The other masters serve their slots while one is down (the
-                // store's docs ask for this setting).
-                .args(["--cluster-require-full-coverage", "no"])
-                .args(["--dir", dir.to_str().unwrap()]);
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus.to_string(),
+            ])
+            .args(["--cluster-config-file", conf.to_str().unwrap()])
+            .args(["--cluster-node-timeout", "2000"])
+            // The other masters serve their slots while one is down (the
+            // store's docs ask for this setting).
+            .args(["--cluster-require-full-coverage", "no"])
+            .args(["--dir", dir.to_str().unwrap()]);
         }
         let child = cmd
             .stdout(Stdio::null())
@@ -190,7 +192,11 @@ impl RedisServer {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", &self.replicas.to_string(), "--cluster-yes"])
+            .args([
+                "--cluster-replicas",
+                &self.replicas.to_string(),
+                "--cluster-yes",
+            ])
             .output()
             .expect("redis-cli runs");
         assert!(
@@ -252,6 +258,28 @@ impl RedisServer {
         let _ = child.wait();
     }
 
+    /// The port of the replica of the master at `port`.
+    pub fn replica_of(&self, port: u16) -> u16 {
+        let nodes = self.cli_on(port, &["CLUSTER", "NODES"]);
+        let id = nodes
+            .lines()
+            .find(|l| l.contains("myself"))
+            .and_then(|l| l.split(' ').next())
+            .expect("the node's own line");
+        let line = nodes
+            .lines()
+            .find(|l| l.contains("slave") && l.split(' ').nth(3) == Some(id))
+            .expect("a replica");
+        line.split(' ')
+            .nth(1)
+            .unwrap()
+            .split([':', '@'])
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     /// The port of the master serving `key` now.
     pub fn master_of(&self, key: &str) -> u16 {
         self.try_master_of(key).expect("a master serves the key")
@@ -271,8 +299,7 @@ impl RedisServer {
                 if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
                     continue;
                 }
-                let Some(port) = f[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok())
-                else {
+                let Some(port) = f[1].split(['@', ':']).nth(1).and_then(|p| p.parse().ok()) else {
                     continue;
                 };
                 for range in &f[8..] {
@@ -328,7 +355,10 @@ impl RedisServer {
     /// Holds every client's commands for `ms` (a real `CLIENT PAUSE`).
     pub fn pause_clients(&self, ms: u64) {
         for port in self.master_ports() {
-            assert_eq!(self.cli_on(port, &["CLIENT", "PAUSE", &ms.to_string(), "ALL"]), "OK");
+            assert_eq!(
+                self.cli_on(port, &["CLIENT", "PAUSE", &ms.to_string(), "ALL"]),
+                "OK"
+            );
         }
     }
 
@@ -365,9 +395,7 @@ impl RedisServer {
     /// for no background sweep (the tests end sessions themselves).
     #[cfg(feature = "redis")]
     pub fn builder(&self, ns: &str) -> keyed_session::redis::RedisSessionsBuilder {
-        builder_for(&self.url())
-            .namespace(ns)
-            .sweep_every(None)
+        builder_for(&self.url()).namespace(ns).sweep_every(None)
     }
 
     /// Runs one command through `redis-cli` (for checks on the raw layout
@@ -379,7 +407,10 @@ impl RedisServer {
         if !self.is_cluster() {
             return self.cli_on(self.port, args);
         }
-        let node_wide = ["FLUSHALL", "FLUSHDB", "CLIENT", "INFO", "--scan", "DBSIZE", "CONFIG", "DEBUG", "SCRIPT"];
+        let node_wide = [
+            "FLUSHALL", "FLUSHDB", "CLIENT", "INFO", "--scan", "DBSIZE", "CONFIG", "DEBUG",
+            "SCRIPT",
+        ];
         if node_wide.iter().any(|c| args[0].eq_ignore_ascii_case(c)) {
             let answers: Vec<String> = self
                 .master_ports()
