@@ -9,6 +9,10 @@
 //! PORT=3001 cargo run --example redis_counter --features axum,redis
 //! ```
 //!
+//! Several comma-separated URLs in `REDIS_URL` are the nodes of a Redis
+//! Cluster (`REDIS_URL=redis://127.0.0.1:7000,redis://127.0.0.1:7001`); one
+//! URL is a standalone server.
+//!
 //! The handlers are the `counter` example's, unchanged: only the layer
 //! differs. The count is a shared key (it has `save`/`load`), so every
 //! process sees it and concurrent increments are never lost. Ctrl-C shuts this
@@ -41,7 +45,12 @@ pub fn app(sessions: &RedisSessions) -> axum::Router {
 #[tokio::main]
 async fn main() {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let sessions = match RedisSessions::builder(&url)
+    let builder = if url.contains(',') {
+        RedisSessions::cluster_builder(url.split(','))
+    } else {
+        RedisSessions::builder(&url)
+    };
+    let sessions = match builder
         .ip_binding(IpBinding::Exact)
         .build()
         .await
