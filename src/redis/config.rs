@@ -277,6 +277,8 @@ impl RedisSessionsBuilder {
     /// shows here once its invalidation arrives (well under a millisecond on
     /// loopback). A lost connection or a flush drops every copy.
     ///
+    /// Over a Redis Cluster there is no copy: every lookup is one round trip.
+    ///
     /// ```
     /// use keyed_session::redis::RedisSessions;
     /// // Every lookup asks Redis (no copy, no tracking connection).
