@@ -8,12 +8,20 @@
 //! `redis <variant> <scenario> <tasks> <ops_per_s> <p50_us> <p99_us> <commands_per_op>`,
 //! then `MEMORY USAGE` per session and the lost updates of 2 stores × 8 tasks
 //! on one counter, then the BENCHMARKS.md tables.
+//!
+//! Then the same scenarios over a local Redis Cluster of three masters
+//! (`NO_CLUSTER=1` to skip them), beside the standalone rows of the same run:
+//! on a 2-core machine three masters share the cores with the client, so the
+//! point is the cost per request of routing over a Cluster, not scaling.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+#[path = "../tests/common/redis_server.rs"]
+mod redis_server;
 
 use keyed_session::Key;
 use keyed_session::redis::RedisSessions;
@@ -556,6 +564,9 @@ async fn main() {
             );
         }
     }
+    if std::env::var_os("NO_CLUSTER").is_none() {
+        cluster_rows(total, &lines, &wanted).await;
+    }
     println!();
     println!("| case | keyed-session bytes | tower-sessions bytes |");
     println!("| --- | ---: | ---: |");
@@ -573,4 +584,92 @@ async fn main() {
     println!(
         "| tower-sessions (load, modify, save) | {tower_kept} of {expected} | 0 | {tower_rps:.0} |"
     );
+}
+
+/// The keyed-session rows over a local Cluster of three masters, beside the
+/// standalone rows of this run.
+async fn cluster_rows(
+    total: usize,
+    standalone: &[(String, String, usize, Run)],
+    wanted: &dyn Fn(&str) -> bool,
+) {
+    let Some(cluster) = redis_server::RedisServer::start_cluster(3, 0) else {
+        println!("cluster rows: no redis-server: skipped");
+        return;
+    };
+    let keyed = redis_server::builder_for(&cluster.url())
+        .namespace("bench")
+        .build()
+        .await
+        .unwrap();
+    // The probe counts one master's commands: only the client's figures and
+    // the times are printed.
+    let probe_client = redis::Client::open(format!("redis://127.0.0.1:{}", cluster.port)).unwrap();
+    let mut probe = probe_client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let slots = 64;
+    let mut ids = Vec::new();
+    for _ in 0..slots {
+        let s = keyed.create(None).await.unwrap();
+        s.set(&COUNTER, 0).await.unwrap();
+        ids.push(s.id());
+    }
+    let ids = Arc::new(ids);
+    let mut rows = Vec::new();
+    for scenario in ["get+read", "get+update", "create+delete"] {
+        if !wanted(scenario) {
+            continue;
+        }
+        for tasks in [1usize, 8, 64] {
+            let per_task = (total / tasks).max(10);
+            let (k, ids) = (keyed.clone(), Arc::clone(&ids));
+            let run = measure(&mut probe, tasks, per_task, move |i| {
+                let (k, id) = (k.clone(), ids[i % slots]);
+                let scenario = scenario.to_owned();
+                async move {
+                    match scenario.as_str() {
+                        "get+read" => {
+                            let s = k.get(&id, None).await.unwrap();
+                            assert!(s.get(&COUNTER).is_some());
+                        }
+                        "get+update" => {
+                            let s = k.get(&id, None).await.unwrap();
+                            s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
+                        }
+                        _ => {
+                            let s = k.create(None).await.unwrap();
+                            k.delete(&s.id()).await.unwrap();
+                        }
+                    }
+                }
+            })
+            .await;
+            println!(
+                "redis keyed-session-cluster {scenario} {tasks} {:.0} {:.0} {:.0}",
+                run.ops_per_s, run.p50_us, run.p99_us
+            );
+            rows.push((scenario, tasks, run));
+        }
+    }
+    println!();
+    println!(
+        "| scenario | tasks | standalone req/s | Cluster of 3 masters req/s (p50 / p99 µs, client µs) | Cluster ÷ standalone |"
+    );
+    println!("| --- | ---: | ---: | --- | ---: |");
+    for (scenario, tasks, run) in rows {
+        let alone = standalone
+            .iter()
+            .find(|(v, s, t, _)| v == "keyed-session" && s == scenario && *t == tasks)
+            .map_or(f64::NAN, |(_, _, _, r)| r.ops_per_s);
+        println!(
+            "| {scenario} | {tasks} | {alone:.0} | {:.0} ({:.0} / {:.0}, {:.1}) | {:.2}× |",
+            run.ops_per_s,
+            run.p50_us,
+            run.p99_us,
+            run.client_us_per_op,
+            run.ops_per_s / alone
+        );
+    }
 }
