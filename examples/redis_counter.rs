@@ -50,11 +50,7 @@ async fn main() {
     } else {
         RedisSessions::builder(&url)
     };
-    let sessions = match builder
-        .ip_binding(IpBinding::Exact)
-        .build()
-        .await
-    {
+    let sessions = match builder.ip_binding(IpBinding::Exact).build().await {
         Ok(sessions) => sessions,
         Err(e) => {
             eprintln!("cannot use the Redis at {url}: {e}");

@@ -77,6 +77,7 @@ mod reply;
 mod scripts;
 mod session;
 mod stats;
+mod topology;
 mod watched;
 
 use std::collections::HashMap;

@@ -22,10 +22,7 @@ use redis::{
     Cmd, ConnectionAddr, ConnectionInfo, ErrorKind, Pipeline, RedisResult, ServerErrorKind, Value,
 };
 
-use crate::redis::conn::{parse_slots, slot};
-
-/// A node's address.
-pub(crate) type Addr = (String, u16);
+use crate::redis::topology::{Addr, slot, slot_ranges};
 
 /// The slot ranges and the masters serving them, as last seen.
 #[derive(Default)]
@@ -143,28 +140,13 @@ impl Router {
                 .collect()
         };
         asked.extend(self.seeds.iter().cloned());
-        let mut last = None;
-        for node in asked {
-            match ask_slots(&node, self.timeout).await {
-                Ok(ranges) if !ranges.is_empty() => {
-                    let mut map = self.map.write();
-                    map.nodes
-                        .retain(|addr, _| ranges.iter().any(|r| r.2 == *addr));
-                    map.ranges = ranges;
-                    map.generation += 1;
-                    return Ok(());
-                }
-                Ok(_) => {}
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            (
-                ServerErrorKind::ClusterDown.into(),
-                "no node knows the slots",
-            )
-                .into()
-        }))
+        let ranges = slot_ranges(&asked, self.timeout).await?;
+        let mut map = self.map.write();
+        map.nodes
+            .retain(|addr, _| ranges.iter().any(|r| r.2 == *addr));
+        map.ranges = ranges;
+        map.generation += 1;
+        Ok(())
     }
 
     /// A refresh in the background, unless one is under way.
@@ -373,27 +355,6 @@ fn routing_key<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Route {
 fn parse_addr(addr: &str) -> Option<Addr> {
     let (host, port) = addr.rsplit_once(':')?;
     Some((host.to_owned(), port.parse().ok()?))
-}
-
-/// `CLUSTER SLOTS` from `node`.
-async fn ask_slots(node: &ConnectionInfo, timeout: Duration) -> RedisResult<Vec<(u16, u16, Addr)>> {
-    let ask = async {
-        let client = redis::Client::open(node.clone())?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let mut c = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async::<Value>(&mut c)
-            .await
-    };
-    let reply = tokio::time::timeout(timeout * 2, ask)
-        .await
-        .map_err(|_| redis::RedisError::from((ErrorKind::Io, "no answer to CLUSTER SLOTS")))??;
-    Ok(parse_slots(&reply, node))
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::redis::conn::Target;
-use crate::redis::reader::pause;
 
 /// How long a failed read or look-up of the nodes waits before the next.
 const RETRY: Duration = Duration::from_millis(100);
@@ -65,5 +64,14 @@ pub(crate) async fn per_node<F, Fut>(
             }
             Some(Ok(None) | Err(_)) => {}
         }
+    }
+}
+
+/// Sleeps `d` unless the store stops or is dropped first (its sender
+/// changes or goes away); `true` when it did.
+pub(crate) async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(d) => false,
+        _ = stop.changed() => true,
     }
 }

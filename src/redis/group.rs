@@ -90,7 +90,7 @@ async fn serve(
     let mut last_tidy = tokio::time::Instant::now();
     loop {
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(GROUP).arg(&me);
+        cmd.arg("GROUP").arg(GROUP).arg(me);
         cmd.arg("COUNT")
             .arg(64)
             .arg("BLOCK")

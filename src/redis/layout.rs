@@ -56,7 +56,7 @@ pub(crate) fn shard_tags(shards: u64, cluster: bool) -> Vec<String> {
             let hi = ((s + 1) * 16384 / shards).max(lo + 1);
             (0..1_000_000_u32)
                 .map(|k| format!("{s}.{k}"))
-                .find(|tag| (lo..hi).contains(&u64::from(crate::redis::conn::slot(tag))))
+                .find(|tag| (lo..hi).contains(&u64::from(crate::redis::topology::slot(tag))))
                 .unwrap_or_else(|| s.to_string())
         })
         .collect()

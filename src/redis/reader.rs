@@ -16,7 +16,7 @@ use crate::id::SessionId;
 use crate::reason::EndReason;
 use crate::redis::conn::Target;
 use crate::redis::engine::Engine;
-use crate::redis::fanout;
+use crate::redis::fanout::{self, pause};
 use crate::redis::reply;
 
 /// How long one `XREAD` blocks: also how long a stop or a dropped store
@@ -155,15 +155,6 @@ pub(crate) async fn blocking_connection(
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-}
-
-/// Sleeps `d` unless the store stops or is dropped first (its sender
-/// changes or goes away); `true` when it did.
-pub(crate) async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(d) => false,
-        _ = stop.changed() => true,
-    }
 }
 
 /// One event of the stream: run what this process owes it, then tell the

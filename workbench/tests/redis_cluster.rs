@@ -12,16 +12,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use keyed_session::redis::{RedisSessions, SharedError};
+use keyed_session::redis::SharedError;
 use keyed_session::{CreateError, DeleteContext, EndReason, Key, Refused, SessionId};
 use parking_lot::Mutex;
 use redis_server::RedisServer;
 
 static COUNTER: Key<u64> = Key::new("counter").serde();
 
-/// Local ends seen, per store tag and session: (tag, id) -> reasons.
-static ENDS: std::sync::LazyLock<Mutex<HashMap<(u8, SessionId), Vec<EndReason>>>> =
-    std::sync::LazyLock::new(Default::default);
+/// Local ends seen: (store tag, session) -> reasons.
+type Ends = HashMap<(u8, SessionId), Vec<EndReason>>;
+
+static ENDS: std::sync::LazyLock<Mutex<Ends>> = std::sync::LazyLock::new(Default::default);
 
 fn note_end(tag: u8, ctx: &DeleteContext) {
     if let Some(reason) = ctx.end_reason() {
@@ -117,7 +118,9 @@ async fn limits_hold_per_shard_and_per_address_exactly() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert!(made <= 8 && made >= 4, "{made} made");
+    // Each of the 4 shards fills to its 2 (60 draws leave one short about
+    // once in 40,000 runs).
+    assert_eq!(made, 8);
     assert_eq!(made + full, 60);
     assert_eq!(server.session_count("climits"), made as u64);
     for key in server

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use keyed_session::redis::{RedisSessions, RedisSessionsBuilder};
+use keyed_session::redis::RedisSessionsBuilder;
 use keyed_session::{DeleteContext, Key, SessionId};
 use redis_server::RedisServer;
 
