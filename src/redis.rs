@@ -163,8 +163,8 @@ impl RedisSessions {
     /// - the per-address limit stays exact: all the sessions of one address
     ///   live in one shard;
     /// - eviction picks the nearest deadline in the creating shard;
-    /// - there is no local copy ([`local_cache`](RedisSessionsBuilder::local_cache)
-    ///   is off): every lookup is one round trip.
+    /// - the [local copy](RedisSessionsBuilder::local_cache) keeps one
+    ///   tracked connection per master, and a failover drops every copy.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), keyed_session::redis::SharedError> {
@@ -190,16 +190,14 @@ impl RedisSessions {
     async fn start(config: Config) -> Result<RedisSessions, SharedError> {
         let target = conn::Target::new(&config.nodes, config.cluster)?;
         let tags = layout::shard_tags(config.shards, config.cluster);
-        let conn = target.connect(config.response_timeout)?;
-        let cache =
-            cache::Cache::new(target.single(), config.local_cache, config.response_timeout)?;
+        let (conn, tracking) = target.connect(config.response_timeout)?;
+        let cache = cache::Cache::new(tracking, config.local_cache, config.response_timeout)?;
         let event_capacity = config.event_capacity;
         let sweep_every = config.sweep_every;
         let reconcile_every = config.reconcile_every;
         let engine = Arc::new(Engine {
             config,
-            conn: parking_lot::RwLock::new(conn),
-            failing_since: Mutex::new(None),
+            conn,
             target: target.clone(),
             tags,
             locals: Mutex::new(HashMap::new()),

@@ -1,9 +1,10 @@
 //! This process's copy of the sessions it served, kept true by Redis.
 //!
-//! Lookups and shared-value writes go over one connection of their own (the
-//! *link*) with RESP3 client tracking on (`CLIENT TRACKING ON NOLOOP`):
-//! Redis remembers the session hashes the link read and pushes an
-//! invalidation on it when any other connection changes one. A lookup of a
+//! Lookups and shared-value writes go over a connection of their own (the
+//! *link*; over a Cluster, one link per master) with RESP3 client tracking on
+//! (`CLIENT TRACKING ON NOLOOP`): Redis remembers the session hashes the
+//! link read and pushes an invalidation on it when any other connection
+//! changes one. A lookup of a
 //! session whose copy is fresh (no invalidation since it was read), whose
 //! deadline has not passed and whose touch is not due is answered from the
 //! copy, with no round trip.
@@ -20,8 +21,9 @@
 //!   over the main connection, which Redis reports to the link like any
 //!   other, and the copy is dropped here at once as well.
 //! - A lost link, a flush (an invalidation of everything) or an error on
-//!   the link drops every copy: the copy is a hint Redis vouches for, never
-//!   trusted on its own.
+//!   a link drops every link and every copy: the copy is a hint Redis
+//!   vouches for, never trusted on its own. Over a Cluster a master that
+//!   fails over takes its link with it, and so every copy.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -34,8 +36,10 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
 
 use crate::id::SessionId;
+use crate::redis::cluster::Router;
 use crate::redis::error::SharedError;
 use crate::redis::reply::{self, Field};
+use crate::redis::topology::Addr;
 
 /// A session's state as a lookup read it.
 #[derive(Clone, Debug)]
@@ -125,23 +129,25 @@ struct Counts {
 struct Inner {
     capacity: usize,
     state: Mutex<State>,
-    /// Bumped whenever the link is lost or made: a fill read over an older
-    /// link is refused.
+    /// Bumped whenever a link is lost (and every link and copy dropped): a
+    /// fill read over an older link is refused.
     epoch: AtomicU64,
-    link: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// The links of this epoch: one (`None`) to a standalone server, one per
+    /// master over a Cluster.
+    links: Mutex<HashMap<Option<Addr>, MultiplexedConnection>>,
     counts: Counts,
 }
 
 impl Inner {
-    /// Drops every copy and the link of `epoch` (if it is still the one).
+    /// Drops every copy and every link of `epoch` (if it is still the one).
     fn reset(&self, epoch: u64) {
-        let mut link = self.link.lock();
+        let mut links = self.links.lock();
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        *link = None;
-        drop(link);
+        links.clear();
+        drop(links);
         self.state.lock().slots.clear();
         self.counts.resets.fetch_add(1, Ordering::Relaxed);
     }
@@ -176,45 +182,39 @@ fn session_of(key: &str) -> Option<SessionId> {
     key.rsplit_once(":h:")?.1.parse().ok()
 }
 
+/// Where the tracked links go.
+pub(crate) enum Source {
+    /// The standalone server this client talks to.
+    Single(redis::Client),
+    /// The master of each session's slot, as this router finds it.
+    Cluster(Arc<Router>),
+}
+
 /// The cache of one store (none when its capacity is 0).
 pub(crate) struct Cache {
     inner: Arc<Inner>,
-    client: Option<redis::Client>,
+    source: Option<Source>,
     connecting: tokio::sync::Mutex<()>,
     timeout: Duration,
 }
 
 impl Cache {
-    /// A cache of at most `capacity` sessions over the Redis `client` talks
-    /// to (0, or no `client` as over a Cluster: no cache; every lookup goes
-    /// to Redis).
+    /// A cache of at most `capacity` sessions over `source` (0: no cache;
+    /// every lookup goes to Redis).
     pub(crate) fn new(
-        client: Option<&redis::Client>,
+        source: Source,
         capacity: usize,
         timeout: Duration,
     ) -> Result<Cache, SharedError> {
-        let client = match client.filter(|_| capacity > 0) {
-            None => None,
-            Some(client) => {
-                let info = client.get_connection_info().clone().set_redis_settings(
-                    client
-                        .get_connection_info()
-                        .redis_settings()
-                        .clone()
-                        .set_protocol(ProtocolVersion::RESP3),
-                );
-                Some(redis::Client::open(info)?)
-            }
-        };
         Ok(Cache {
             inner: Arc::new(Inner {
                 capacity,
                 state: Mutex::new(State::default()),
                 epoch: AtomicU64::new(0),
-                link: Mutex::new(None),
+                links: Mutex::new(HashMap::new()),
                 counts: Counts::default(),
             }),
-            client,
+            source: (capacity > 0).then_some(source),
             connecting: tokio::sync::Mutex::new(()),
             timeout,
         })
@@ -222,7 +222,7 @@ impl Cache {
 
     /// Whether lookups and shared writes go over the tracked link.
     pub(crate) fn enabled(&self) -> bool {
-        self.client.is_some()
+        self.source.is_some()
     }
 
     /// The fresh copy of `id`, if it may answer a lookup at `now` (Redis ms,
@@ -255,7 +255,7 @@ impl Cache {
 
     /// Starts a read of `id` over the link (`None` without a cache).
     pub(crate) fn begin(&self, id: &SessionId) -> Option<Ticket> {
-        self.client.as_ref()?;
+        self.source.as_ref()?;
         let epoch = self.inner.epoch.load(Ordering::Acquire);
         let mut state = self.inner.state.lock();
         if !state.slots.contains_key(id) && state.slots.len() >= self.inner.capacity {
@@ -333,21 +333,45 @@ impl Cache {
         }
     }
 
-    /// The link and its epoch, made when first needed (tracking on before
-    /// any read).
-    pub(crate) async fn link(&self) -> Result<(u64, MultiplexedConnection), SharedError> {
-        if let Some(link) = self.inner.link.lock().clone() {
+    /// The link to the master of `slot` (the server, when standalone) and
+    /// its epoch, made when first needed (tracking on before any read).
+    pub(crate) async fn link(
+        &self,
+        slot: u16,
+    ) -> Result<(u64, MultiplexedConnection), SharedError> {
+        let Some(source) = &self.source else {
+            return Err(SharedError::protocol("no cache link".to_owned()));
+        };
+        let node = match source {
+            Source::Single(_) => None,
+            Source::Cluster(router) => Some(router.master_of(slot).await?),
+        };
+        let current = |links: &HashMap<Option<Addr>, MultiplexedConnection>| {
+            let conn = links.get(&node)?.clone();
+            Some((self.inner.epoch.load(Ordering::Acquire), conn))
+        };
+        if let Some(link) = current(&self.inner.links.lock()) {
             return Ok(link);
         }
         let _one = self.connecting.lock().await;
-        if let Some(link) = self.inner.link.lock().clone() {
+        if let Some(link) = current(&self.inner.links.lock()) {
             return Ok(link);
         }
-        let Some(client) = &self.client else {
-            return Err(SharedError::protocol("no cache link".to_owned()));
+        let client = match (source, &node) {
+            (Source::Cluster(router), Some(addr)) => router.client(addr)?,
+            (Source::Single(client), _) => client.clone(),
+            (Source::Cluster(_), None) => {
+                return Err(SharedError::protocol("no master for the slot".to_owned()));
+            }
         };
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(settings))?;
         // The epoch of this link, set once it is up: its pushes act only
-        // while it is the current one.
+        // while it is current (a reset drops every link of an epoch).
         let mine = Arc::new(AtomicU64::new(u64::MAX));
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let of_link = Arc::clone(&mine);
@@ -375,16 +399,17 @@ impl Cache {
         let conn = tokio::time::timeout(self.timeout * 2, connect)
             .await
             .map_err(|_| SharedError::timed_out())??;
-        // Every fill begun before this link is refused (its epoch is older).
-        let mut link = self.inner.link.lock();
-        let epoch = self.inner.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        // Joins the links of the current epoch: nothing was tracked on this
+        // node in it before (a lost link drops every copy), so no copy needs
+        // to go.
+        let mut links = self.inner.links.lock();
+        let epoch = self.inner.epoch.load(Ordering::Acquire);
         mine.store(epoch, Ordering::Release);
-        self.inner.state.lock().slots.clear();
-        *link = Some((epoch, conn.clone()));
+        links.insert(node, conn.clone());
         Ok((epoch, conn))
     }
 
-    /// Drops the link of `epoch` and every copy (a call over it failed).
+    /// Drops the links of `epoch` and every copy (a call over one failed).
     pub(crate) fn lost(&self, epoch: u64) {
         self.inner.reset(epoch);
     }

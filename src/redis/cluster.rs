@@ -86,7 +86,7 @@ impl Router {
     }
 
     /// The master serving `slot`, after a refresh when none is known.
-    async fn master(&self, slot: u16) -> RedisResult<Addr> {
+    pub(crate) async fn master_of(&self, slot: u16) -> RedisResult<Addr> {
         for _ in 0..2 {
             let found = self
                 .map
@@ -180,7 +180,7 @@ impl Router {
                     let asking = ask.is_some();
                     let addr = match ask.take() {
                         Some(addr) => addr,
-                        None => self.master(slot).await?,
+                        None => self.master_of(slot).await?,
                     };
                     let mut conn = self.node(&addr)?;
                     answer = if asking {
@@ -237,7 +237,7 @@ impl Router {
         let slot = key.map_or(0, |k| slot(&String::from_utf8_lossy(&k)));
         let mut answer = Err((ErrorKind::Client, "not sent").into());
         for _ in 0..ATTEMPTS {
-            let addr = self.master(slot).await?;
+            let addr = self.master_of(slot).await?;
             answer = self
                 .node(&addr)?
                 .req_packed_commands(pipeline, offset, count)

@@ -277,7 +277,8 @@ impl RedisSessionsBuilder {
     /// shows here once its invalidation arrives (well under a millisecond on
     /// loopback). A lost connection or a flush drops every copy.
     ///
-    /// Over a Redis Cluster there is no copy: every lookup is one round trip.
+    /// Over a Redis Cluster there is one tracked connection per master (made
+    /// when first needed); a master lost or failed over drops every copy.
     ///
     /// ```
     /// use keyed_session::redis::RedisSessions;

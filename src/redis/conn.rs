@@ -13,6 +13,7 @@ use redis::{
     Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value,
 };
 
+use crate::redis::cache::Source;
 use crate::redis::cluster::Router;
 use crate::redis::topology::{slot, slot_ranges};
 
@@ -83,30 +84,22 @@ impl Target {
         Ok(Target::Cluster(seeds))
     }
 
-    /// The store's connection; it connects on first use and reconnects by
-    /// itself.
-    pub(crate) fn connect(&self, timeout: Duration) -> Result<Conn, SharedError> {
+    /// The store's connection (it connects on first use and reconnects by
+    /// itself), and where the local copy's tracked links go.
+    pub(crate) fn connect(&self, timeout: Duration) -> Result<(Conn, Source), SharedError> {
         match self {
             Target::Single(client) => {
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(timeout))
                     .set_connection_timeout(Some(timeout))
                     .set_number_of_retries(2);
-                Ok(Conn::Single(ConnectionManager::new_lazy_with_config(
-                    client.clone(),
-                    config,
-                )?))
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+                Ok((Conn::Single(conn), Source::Single(client.clone())))
             }
-            Target::Cluster(seeds) => Ok(Conn::Cluster(Router::new(seeds.clone(), timeout))),
-        }
-    }
-
-    /// A client for the node serving a standalone store (for the tracked
-    /// link of the local copy); `None` over a Cluster.
-    pub(crate) fn single(&self) -> Option<&redis::Client> {
-        match self {
-            Target::Single(client) => Some(client),
-            Target::Cluster(_) => None,
+            Target::Cluster(seeds) => {
+                let router = Router::new(seeds.clone(), timeout);
+                Ok((Conn::Cluster(Arc::clone(&router)), Source::Cluster(router)))
+            }
         }
     }
 

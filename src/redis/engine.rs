@@ -78,10 +78,8 @@ impl Counters {
 
 pub(crate) struct Engine {
     pub(crate) config: Config,
-    /// The connection for scripts and commands (see `conn()`).
-    pub(crate) conn: RwLock<crate::redis::conn::Conn>,
-    /// Since when every call failed, if the last one did.
-    pub(crate) failing_since: Mutex<Option<std::time::Instant>>,
+    /// The connection for scripts and commands.
+    pub(crate) conn: crate::redis::conn::Conn,
     /// Where Redis is: for the stream readers, which need a connection
     /// of their own to each node.
     pub(crate) target: crate::redis::conn::Target,
@@ -143,27 +141,35 @@ impl Engine {
         u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Runs a script that reads or writes values of one session over the
-    /// cache's tracked link (over the main connection without a cache).
+    /// Runs a script that reads or writes values of session `id` over the
+    /// cache's tracked link to its master (over the main connection without
+    /// a cache).
     pub(crate) async fn run_tracked(
         &self,
+        id: &SessionId,
         call: &ScriptInvocation<'_>,
     ) -> Result<Vec<Value>, SharedError> {
         if !self.cache.enabled() {
             return self.run(call).await;
         }
-        let (epoch, mut conn) = match self.cache.link().await {
+        let slot = crate::redis::topology::slot(&self.prefix(self.shard(id)));
+        let (epoch, mut conn) = match self.cache.link(slot).await {
             Ok(link) => link,
             Err(e) => {
                 self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(e);
             }
         };
-        // Any failure drops the link and every copy: none is trusted on its
+        // Any failure drops the links and every copy: none is trusted on its
         // own.
         let answer = self.within(call.invoke_async(&mut conn)).await;
-        if answer.is_err() {
+        if let Err(e) = &answer {
             self.cache.lost(epoch);
+            // Over a Cluster: the slot moved, or its master is down; the
+            // router follows, and sends again what never ran.
+            if self.config.cluster && e.never_ran() {
+                return self.run(call).await;
+            }
         }
         reply::array(answer?)
     }
@@ -202,49 +208,15 @@ impl Engine {
             .await
             .map_err(|_| SharedError::timed_out())
             .and_then(|r| r.map_err(SharedError::from));
-        match &answer {
-            Err(SharedError::Unavailable(_)) => {
-                self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
-                self.failing();
-            }
-            Err(_) => {
-                self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(_) => *self.failing_since.lock() = None,
+        if answer.is_err() {
+            self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
         }
         answer
     }
 
     /// The connection for scripts and commands.
     pub(crate) fn conn(&self) -> crate::redis::conn::Conn {
-        self.conn.read().clone()
-    }
-
-    /// Notes a call that found Redis unavailable. Over a Cluster, when every
-    /// call failed for a while (four response timeouts, at least 2 s), the
-    /// connection is made anew from the seed nodes: after the whole Cluster
-    /// was replaced (restarted empty, every node a new identity) the old
-    /// connection's view of it may never recover. A standalone server's
-    /// connection manager reconnects by itself.
-    fn failing(&self) {
-        if !self.config.cluster {
-            return;
-        }
-        let now = std::time::Instant::now();
-        let mut since = self.failing_since.lock();
-        let Some(start) = *since else {
-            *since = Some(now);
-            return;
-        };
-        let patience = (self.config.response_timeout * 4).max(std::time::Duration::from_secs(2));
-        if now.duration_since(start) < patience {
-            return;
-        }
-        *since = Some(now);
-        drop(since);
-        if let Ok(fresh) = self.target.connect(self.config.response_timeout) {
-            *self.conn.write() = fresh;
-        }
+        self.conn.clone()
     }
 
     /// Marks session `id` used now (ending it if it is past its deadline):

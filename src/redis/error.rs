@@ -66,6 +66,27 @@ impl SharedError {
             "no answer from Redis within the response timeout",
         )))
     }
+
+    /// Whether Redis refused the call without running it: a Cluster's
+    /// redirect, a master down or failing over, a connection refused. Such a
+    /// call may be sent again elsewhere.
+    pub(crate) fn never_ran(&self) -> bool {
+        use redis::{ErrorKind, ServerErrorKind};
+        let SharedError::Unavailable(e) = self else {
+            return false;
+        };
+        e.is_connection_refusal()
+            || matches!(
+                e.kind(),
+                ErrorKind::Server(
+                    ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::MasterDown
+                )
+            )
+    }
 }
 
 impl fmt::Display for SharedError {

@@ -410,8 +410,8 @@ async fn send(
         if waits > 2 {
             turn_pause().await;
         }
-        let answer = match engine.run_tracked(&call).await {
-            Err(SharedError::Unavailable(_)) => engine.run_tracked(&call).await,
+        let answer = match engine.run_tracked(id, &call).await {
+            Err(SharedError::Unavailable(_)) => engine.run_tracked(id, &call).await,
             answer => answer,
         };
         let answer = match answer {

@@ -52,7 +52,7 @@ impl Engine {
             .arg(&id_text)
             .arg(Engine::millis(self.config.retention));
         let sent_ms = cache::local_ms();
-        let answer = self.run_tracked(&call).await?;
+        let answer = self.run_tracked(id, &call).await?;
         match reply::tag(&answer) {
             "ok" => {}
             // Ended by this call: the hooks run from its End event.

@@ -178,7 +178,7 @@ impl RedisSession {
             let call = make(&id);
             let run = || async {
                 let answer = match route {
-                    Route::Tracked => self.engine.run_tracked(&call).await,
+                    Route::Tracked => self.engine.run_tracked(&id, &call).await,
                     Route::Read | Route::Write => self.engine.run(&call).await,
                 };
                 if route == Route::Write {

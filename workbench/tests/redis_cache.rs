@@ -290,11 +290,17 @@ async fn overlapping_lookups_of_one_session_share_one_read() {
     let a = server.builder("flight").build().await.unwrap();
     let b = server.builder("flight").build().await.unwrap();
     let s = a.create(None).await.unwrap();
-    s.set(&COUNTER, 5).await.unwrap();
+    s.set(&COUNTER, 4).await.unwrap();
     let id = s.id();
-    // b's connections are up (and its scripts loaded) before the pause.
-    let other = a.create(None).await.unwrap().id();
-    b.get(&other, None).await.unwrap();
+    // b's link to the session's server is up (and its scripts loaded)
+    // before the pause; then a's write takes b's copy away.
+    b.get(&id, None).await.unwrap();
+    s.set(&COUNTER, 5).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while b.stats().invalidations == 0 {
+        assert!(std::time::Instant::now() < deadline, "no invalidation");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let before = server.scripts_run();
 
     // While Redis holds the first lookup's read, seven more of the same
