@@ -305,8 +305,9 @@ async fn overlapping_lookups_of_one_session_share_one_read() {
 
     // While Redis holds the first lookup's read, seven more of the same
     // session arrive: they wait for that read instead of sending their own.
-    // Long enough for all eight to begin on a busy machine.
-    server.pause_clients(400);
+    // Long enough for all eight to begin on a busy machine, within the
+    // response timeout (250 ms).
+    server.pause_clients(200);
     let lookups: Vec<_> = (0..8)
         .map(|_| {
             let b = b.clone();
@@ -338,8 +339,7 @@ async fn a_dropped_lookup_leaves_the_lookups_waiting_for_it_to_read_themselves()
     let other = store.create(None).await.unwrap().id();
     store.get(&other, None).await.unwrap();
 
-    // Long enough for all eight to begin on a busy machine.
-    server.pause_clients(400);
+    server.pause_clients(150);
     let first = {
         let store = store.clone();
         tokio::spawn(async move { store.get(&id, None).await.map(|_| ()) })
