@@ -305,9 +305,7 @@ async fn overlapping_lookups_of_one_session_share_one_read() {
 
     // While Redis holds the first lookup's read, seven more of the same
     // session arrive: they wait for that read instead of sending their own.
-    // Long enough for all eight to begin on a busy machine, within the
-    // response timeout (250 ms).
-    server.pause_clients(200);
+    server.pause_clients(150);
     let lookups: Vec<_> = (0..8)
         .map(|_| {
             let b = b.clone();
