@@ -345,3 +345,81 @@ async fn a_killed_master_fails_over_and_the_others_never_fail() {
         late.len()
     );
 }
+
+/// A master's slots all moved to another (`redis-cli --cluster reshard`)
+/// while two stores hold sessions there: every call that goes to the old
+/// master is redirected (`MOVED`) and followed, the event streams are read
+/// from their new master, and nothing is reported lost.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_follow_their_slots_to_another_master() {
+    let Some(server) = RedisServer::start_cluster(3, 0) else {
+        return;
+    };
+    let make = || server.builder("moved").build();
+    let (a, b) = (make().await.unwrap(), make().await.unwrap());
+    let mut sessions = Vec::new();
+    for n in 0..30u64 {
+        let s = a.create(None).await.unwrap();
+        s.set(&COUNTER, n).await.unwrap();
+        s.set(&SOCKET, 2).await.unwrap();
+        b.get(&s.id(), None).await.unwrap();
+        sessions.push(s.id());
+    }
+    let ports = server.master_ports();
+    let id_of = |port: u16| server.cli_on(port, &["CLUSTER", "MYID"]);
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "reshard", &format!("127.0.0.1:{}", ports[0])])
+        .args([
+            "--cluster-from",
+            &id_of(ports[0]),
+            "--cluster-to",
+            &id_of(ports[1]),
+        ])
+        .args(["--cluster-slots", "16384", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        session_hashes(&server, "moved").get(&ports[0]),
+        Some(&0),
+        "every session left the first master"
+    );
+    for (n, id) in sessions.iter().enumerate() {
+        for store in [&a, &b] {
+            let s = store.get(id, None).await.unwrap();
+            assert_eq!(s.get(&COUNTER), Some(n as u64));
+        }
+        a.get(id, None)
+            .await
+            .unwrap()
+            .update(&COUNTER, || 0, |c| *c += 100)
+            .await
+            .unwrap();
+        // b sees it once Redis' invalidation of its copy has arrived.
+        redis_server::seen_by(&b, id, "the update", |s| {
+            s.as_ref()
+                .is_ok_and(|s| s.get(&COUNTER) == Some(n as u64 + 100))
+        })
+        .await;
+    }
+    // An end in b reaches a's hooks through the moved streams.
+    for id in &sessions {
+        assert!(b.delete(id).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sessions
+        .iter()
+        .any(|id| ENDS.lock().get(&(2, *id)).is_none())
+    {
+        assert!(Instant::now() < deadline, "a never heard of some ends");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in &sessions {
+        assert_eq!(ENDS.lock()[&(2, *id)], vec![EndReason::Deleted]);
+    }
+}
