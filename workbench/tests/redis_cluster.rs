@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use keyed_session::redis::SharedError;
+use keyed_session::redis::{RedisSessions, SharedError};
 use keyed_session::{CreateError, DeleteContext, EndReason, Key, Refused, SessionId};
 use parking_lot::Mutex;
 use redis_server::RedisServer;
@@ -148,6 +148,16 @@ async fn limits_hold_per_shard_and_per_address_exactly() {
     per_ip.create(ip(2)).await.unwrap();
 }
 
+/// A session made in `a`, with a local value in `a` (tag 0) and in `b`
+/// (tag 1).
+async fn held_by_both(a: &RedisSessions, b: &RedisSessions) -> SessionId {
+    let s = a.create(None).await.unwrap();
+    s.set(&SOCKET, 0).await.unwrap();
+    let there = b.get(&s.id(), None).await.unwrap();
+    there.set(&SOCKET, 1).await.unwrap();
+    s.id()
+}
+
 /// Requests while a master is killed: what the loops saw.
 #[derive(Default)]
 struct Seen {
@@ -170,16 +180,14 @@ async fn a_killed_master_fails_over_and_the_others_never_fail() {
     let (a, b) = (make().await.unwrap(), make().await.unwrap());
     let mut sessions = Vec::new();
     for _ in 0..48 {
-        let s = a.create(None).await.unwrap();
-        s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
-        s.set(&SOCKET, 0).await.unwrap();
-        b.get(&s.id(), None)
+        let id = held_by_both(&a, &b).await;
+        a.get(&id, None)
             .await
             .unwrap()
-            .set(&SOCKET, 1)
+            .update(&COUNTER, || 0, |n| *n += 1)
             .await
             .unwrap();
-        sessions.push(s.id());
+        sessions.push(id);
     }
     // The master of each session, by its hash key's slot.
     let hash_of = |id: &SessionId| {
@@ -256,15 +264,7 @@ async fn a_killed_master_fails_over_and_the_others_never_fail() {
     );
     let mut late = Vec::new();
     for _ in 0..24 {
-        let s = a.create(None).await.unwrap();
-        s.set(&SOCKET, 0).await.unwrap();
-        b.get(&s.id(), None)
-            .await
-            .unwrap()
-            .set(&SOCKET, 1)
-            .await
-            .unwrap();
-        late.push(s.id());
+        late.push(held_by_both(&a, &b).await);
     }
     let on_victim = server.cli_on(victim, &["--scan", "--pattern", "failover:*:h:*"]);
     late.retain(|id| on_victim.contains(&id.to_string()));
