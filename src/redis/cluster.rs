@@ -163,14 +163,25 @@ impl Router {
     /// Sends `cmd` to the master of its slot (`SCRIPT LOAD` to every
     /// master, a call without a key to any).
     pub(crate) async fn send(self: &Arc<Self>, cmd: &Cmd) -> RedisResult<Value> {
-        match routing_key(args(cmd)) {
-            Route::Every => {
-                let mut answer = Err((ErrorKind::Client, "no master").into());
+        let route = routing_key(args(cmd));
+        match route {
+            Route::Every | Route::Any => {
+                // `SCRIPT LOAD` goes to every master (the one that asked for
+                // it among them): one that is down does not stop the others.
+                // A `PING` is answered by the first master that can.
+                let every = matches!(route, Route::Every);
+                let mut answer = Err((ServerErrorKind::ClusterDown.into(), "no master").into());
+                let mut loaded = None;
                 for addr in self.masters().await? {
                     answer = self.node(&addr)?.req_packed_command(cmd).await;
-                    answer.as_ref().map_err(|e| e.clone())?;
+                    if answer.is_ok() {
+                        if !every {
+                            return answer;
+                        }
+                        loaded = Some(answer.clone());
+                    }
                 }
-                answer
+                loaded.unwrap_or(answer)
             }
             Route::Key(key) => {
                 let slot = slot(&String::from_utf8_lossy(&key));
@@ -209,13 +220,6 @@ impl Router {
                     }
                 }
                 answer
-            }
-            Route::Any => {
-                let addr = self.masters().await?.into_iter().next();
-                let addr = addr.ok_or_else(|| {
-                    redis::RedisError::from((ServerErrorKind::ClusterDown.into(), "no master"))
-                })?;
-                self.node(&addr)?.req_packed_command(cmd).await
             }
         }
     }
