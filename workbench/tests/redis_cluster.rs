@@ -423,3 +423,21 @@ async fn sessions_follow_their_slots_to_another_master() {
         assert_eq!(ENDS.lock()[&(2, *id)], vec![EndReason::Deleted]);
     }
 }
+
+/// A Cluster builder without a node, or with a node URL that is not one,
+/// fails to build with an error that says so (no Redis needed).
+#[tokio::test]
+async fn a_cluster_without_a_valid_node_is_refused_at_build() {
+    let none = keyed_session::redis::RedisSessions::cluster_builder(Vec::<&str>::new())
+        .build()
+        .await;
+    let e = none.err().expect("no node: refused");
+    assert!(e.to_string().contains("at least one node"), "{e}");
+    let bad = keyed_session::redis::RedisSessions::cluster_builder([
+        "redis://127.0.0.1:7000",
+        "not a url",
+    ])
+    .build()
+    .await;
+    assert!(bad.is_err(), "an invalid node URL is refused");
+}
