@@ -431,7 +431,7 @@ async fn a_cluster_without_a_valid_node_is_refused_at_build() {
     let none = keyed_session::redis::RedisSessions::cluster_builder(Vec::<&str>::new())
         .build()
         .await;
-    let e = none.err().expect("no node: refused");
+    let e = none.expect_err("no node: refused");
     assert!(e.to_string().contains("at least one node"), "{e}");
     let bad = keyed_session::redis::RedisSessions::cluster_builder([
         "redis://127.0.0.1:7000",
