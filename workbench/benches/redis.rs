@@ -420,6 +420,8 @@ async fn main() {
         default_store().await.unwrap(),
     );
     let id = keyed_one.create(None).await.unwrap().id();
+    // Both connected before the clock starts, as the tower side's pool is.
+    keyed_two.get(&id, None).await.unwrap();
     let mut handles = Vec::new();
     let started = Instant::now();
     for store in [keyed_one.clone(), keyed_two] {
