@@ -45,11 +45,8 @@ pub fn app(sessions: &RedisSessions) -> axum::Router {
 #[tokio::main]
 async fn main() {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let builder = if url.contains(',') {
-        RedisSessions::cluster_builder(url.split(','))
-    } else {
-        RedisSessions::builder(&url)
-    };
+    // Several comma-separated URLs are a Cluster's nodes.
+    let builder = RedisSessions::builder(&url);
     let sessions = match builder.ip_binding(IpBinding::Exact).build().await {
         Ok(sessions) => sessions,
         Err(e) => {

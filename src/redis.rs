@@ -131,7 +131,10 @@ impl fmt::Debug for RedisSessions {
 
 impl RedisSessions {
     /// Starts a builder for a store over the Redis at `url`
-    /// (`redis://host:port/db`).
+    /// (`redis://host:port/db`). Several comma-separated URLs are the seed
+    /// nodes of a Redis Cluster, as with
+    /// [`cluster_builder`](Self::cluster_builder) (which also takes a Cluster
+    /// reached through one node).
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), keyed_session::redis::SharedError> {
@@ -145,6 +148,9 @@ impl RedisSessions {
     /// # Ok(()) }
     /// ```
     pub fn builder(url: &str) -> RedisSessionsBuilder {
+        if url.contains(',') {
+            return Self::cluster_builder(url.split(',').map(str::trim));
+        }
         RedisSessionsBuilder::new(vec![url.to_owned()], false)
     }
 

@@ -440,6 +440,11 @@ async fn a_cluster_without_a_valid_node_is_refused_at_build() {
     .build()
     .await;
     assert!(bad.is_err(), "an invalid node URL is refused");
+    // `builder` reads comma-separated URLs as a Cluster's nodes.
+    let listed = keyed_session::redis::RedisSessions::builder("redis://127.0.0.1:7000,not a url")
+        .build()
+        .await;
+    assert!(listed.is_err(), "an invalid node URL in a list is refused");
 }
 
 /// Slots moved *while* two stores update their sessions (`redis-cli

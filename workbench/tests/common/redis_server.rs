@@ -31,11 +31,7 @@ pub fn cluster_mode() -> bool {
 /// Cluster's nodes (as the `redis_counter` example reads `REDIS_URL`).
 #[cfg(feature = "redis")]
 pub fn builder_for(url: &str) -> keyed_session::redis::RedisSessionsBuilder {
-    if url.contains(',') {
-        keyed_session::redis::RedisSessions::cluster_builder(url.split(','))
-    } else {
-        keyed_session::redis::RedisSessions::builder(url)
-    }
+    keyed_session::redis::RedisSessions::builder(url)
 }
 
 /// A free port below the ephemeral range (where outgoing connections take
