@@ -134,7 +134,8 @@ impl RedisSessions {
     /// (`redis://host:port/db`). Several comma-separated URLs are the seed
     /// nodes of a Redis Cluster, as with
     /// [`cluster_builder`](Self::cluster_builder) (which also takes a Cluster
-    /// reached through one node).
+    /// reached through one node). A comma inside a URL, as in a password,
+    /// is written `%2C`.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), keyed_session::redis::SharedError> {
