@@ -32,6 +32,11 @@ fn note_end(tag: u8, ctx: &DeleteContext) {
 
 static SOCKET: Key<u8> = Key::new("socket").on_delete(note_end);
 
+/// Held by the tests that load the machine (100,000 creates) or time it (a
+/// failover, a reshard under load), so that on two cores one's load does
+/// not show as another's timeouts.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The master each session's hash is on, from the nodes themselves.
 fn session_hashes(server: &RedisServer, ns: &str) -> HashMap<u16, usize> {
     server
@@ -50,6 +55,7 @@ fn session_hashes(server: &RedisServer, ns: &str) -> HashMap<u16, usize> {
 #[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_spread_evenly_over_three_masters() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let Some(server) = RedisServer::start_cluster(3, 0) else {
         return;
     };
@@ -173,6 +179,7 @@ struct Seen {
 #[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_fails_over_and_the_others_never_fail() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let Some(mut server) = RedisServer::start_cluster(3, 1) else {
         return;
     };
@@ -454,6 +461,7 @@ async fn a_cluster_without_a_valid_node_is_refused_at_build() {
 #[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reshard_under_load_loses_and_doubles_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let Some(server) = RedisServer::start_cluster(3, 0) else {
         return;
     };
