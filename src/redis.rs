@@ -195,7 +195,7 @@ impl RedisSessions {
     }
 
     async fn start(config: Config) -> Result<RedisSessions, SharedError> {
-        let target = conn::Target::new(&config.nodes, config.cluster)?;
+        let target = conn::Target::new(&config.nodes, config.cluster, config.response_timeout)?;
         let tags = layout::shard_tags(config.shards, config.cluster);
         let (conn, tracking) = target.connect(config.response_timeout)?;
         let cache = cache::Cache::new(tracking, config.local_cache, config.response_timeout)?;

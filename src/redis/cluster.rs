@@ -107,6 +107,11 @@ impl Router {
             .into())
     }
 
+    /// The slot ranges and their masters, as last read.
+    pub(crate) fn ranges(&self) -> Vec<(u16, u16, Addr)> {
+        self.map.read().ranges.clone()
+    }
+
     /// Every master, after a refresh when none is known.
     async fn masters(&self) -> RedisResult<Vec<Addr>> {
         if self.map.read().ranges.is_empty() {

@@ -4,20 +4,16 @@
 //! serves which shard's stream.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{
-    Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value,
-};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 
 use crate::redis::cache::Source;
 use crate::redis::cluster::Router;
-use crate::redis::topology::{slot, slot_ranges};
-
 use crate::redis::error::SharedError;
+use crate::redis::topology::slot;
 
 /// The store's connection: a standalone server's connection manager (it
 /// reconnects by itself), or the store's router over a Cluster's masters.
@@ -60,14 +56,18 @@ impl ConnectionLike for Conn {
 pub(crate) enum Target {
     /// One server (or a Sentinel-managed primary behind one address).
     Single(redis::Client),
-    /// A Cluster, reached through these seed nodes.
-    Cluster(Vec<ConnectionInfo>),
+    /// A Cluster, through the store's router (which knows the seed nodes).
+    Cluster(Arc<Router>),
 }
 
 impl Target {
     /// The target for `nodes`: one URL is a standalone server, several make
-    /// a Cluster (its seed nodes).
-    pub(crate) fn new(nodes: &[String], cluster: bool) -> Result<Target, SharedError> {
+    /// a Cluster (its seed nodes); `timeout` bounds each call to a node.
+    pub(crate) fn new(
+        nodes: &[String],
+        cluster: bool,
+        timeout: Duration,
+    ) -> Result<Target, SharedError> {
         if !cluster {
             let url = nodes.first().map_or("", String::as_str);
             return Ok(Target::Single(redis::Client::open(url)?));
@@ -81,7 +81,7 @@ impl Target {
                 "a Cluster needs at least one node URL".to_owned(),
             ));
         }
-        Ok(Target::Cluster(seeds))
+        Ok(Target::Cluster(Router::new(seeds, timeout)))
     }
 
     /// The store's connection (it connects on first use and reconnects by
@@ -96,10 +96,10 @@ impl Target {
                 let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
                 Ok((Conn::Single(conn), Source::Single(client.clone())))
             }
-            Target::Cluster(seeds) => {
-                let router = Router::new(seeds.clone(), timeout);
-                Ok((Conn::Cluster(Arc::clone(&router)), Source::Cluster(router)))
-            }
+            Target::Cluster(router) => Ok((
+                Conn::Cluster(Arc::clone(router)),
+                Source::Cluster(Arc::clone(router)),
+            )),
         }
     }
 
@@ -107,17 +107,19 @@ impl Target {
     /// need a connection of their own), each group with a client of the node
     /// that serves it now: one group on a standalone server; one per key on
     /// a Cluster, where a command's keys must share a slot.
+    /// The slot map is read afresh first: this is asked after a read
+    /// failed, as after a failover.
     pub(crate) async fn by_node(
         &self,
         names: &[String],
         keys: &[usize],
-        timeout: Duration,
     ) -> Result<Vec<(redis::Client, Vec<usize>)>, SharedError> {
-        let seeds = match self {
+        let router = match self {
             Target::Single(client) => return Ok(vec![(client.clone(), keys.to_vec())]),
-            Target::Cluster(seeds) => seeds,
+            Target::Cluster(router) => router,
         };
-        let ranges = slot_ranges(seeds, timeout).await?;
+        router.refresh().await?;
+        let ranges = router.ranges();
         let mut groups: BTreeMap<((String, u16), usize), Vec<usize>> = BTreeMap::new();
         for &k in keys {
             let slot = slot(&names[k]);
@@ -133,10 +135,7 @@ impl Target {
         }
         groups
             .into_iter()
-            .map(|(((host, port), _), keys)| {
-                let info = seeds[0].clone().set_addr(ConnectionAddr::Tcp(host, port));
-                Ok((redis::Client::open(info)?, keys))
-            })
+            .map(|((node, _), keys)| Ok((router.client(&node)?, keys)))
             .collect()
     }
 }

@@ -22,7 +22,6 @@ const RETRY: Duration = Duration::from_millis(100);
 pub(crate) async fn per_node<F, Fut>(
     target: Target,
     streams: Arc<Vec<String>>,
-    timeout: Duration,
     mut stop: watch::Receiver<bool>,
     read: F,
 ) where
@@ -37,7 +36,7 @@ pub(crate) async fn per_node<F, Fut>(
             if *stop.borrow() {
                 pending.clear();
             } else {
-                match target.by_node(&streams, &pending, timeout).await {
+                match target.by_node(&streams, &pending).await {
                     Ok(groups) => {
                         for (client, keys) in groups {
                             running.spawn(read(client, keys, after_failure));

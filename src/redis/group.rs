@@ -40,10 +40,7 @@ pub(crate) async fn shared_hooks(
     claim_after: Duration,
     stop: watch::Receiver<bool>,
 ) {
-    let Some((streams, timeout)) = engine
-        .upgrade()
-        .map(|e| (Arc::new(e.streams()), e.config.response_timeout))
-    else {
+    let Some(streams) = engine.upgrade().map(|e| Arc::new(e.streams())) else {
         return;
     };
     let me = Arc::new(format!("{:016x}", rand::random::<u64>()));
@@ -61,7 +58,7 @@ pub(crate) async fn shared_hooks(
             }
         }
     };
-    fanout::per_node(target, Arc::clone(&streams), timeout, stop.clone(), read).await;
+    fanout::per_node(target, Arc::clone(&streams), stop.clone(), read).await;
 }
 
 /// How a member's reads of one node ended.
@@ -269,8 +266,7 @@ async fn create_groups_on(conn: &mut MultiplexedConnection, streams: &[String], 
 pub(crate) async fn create_groups(engine: &Engine) {
     let streams = engine.streams();
     let all: Vec<usize> = (0..streams.len()).collect();
-    let timeout = engine.config.response_timeout;
-    let Ok(groups) = engine.target.by_node(&streams, &all, timeout).await else {
+    let Ok(groups) = engine.target.by_node(&streams, &all).await else {
         return;
     };
     for (client, keys) in groups {

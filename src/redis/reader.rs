@@ -40,10 +40,7 @@ pub(crate) async fn read_events(
     start: String,
     stop: watch::Receiver<bool>,
 ) {
-    let Some((streams, timeout)) = engine
-        .upgrade()
-        .map(|e| (Arc::new(e.streams()), e.config.response_timeout))
-    else {
+    let Some(streams) = engine.upgrade().map(|e| Arc::new(e.streams())) else {
         return;
     };
     let last = Arc::new(Mutex::new(vec![start; streams.len()]));
@@ -58,7 +55,7 @@ pub(crate) async fn read_events(
             stop.clone(),
         )
     };
-    fanout::per_node(target, Arc::clone(&streams), timeout, stop.clone(), read).await;
+    fanout::per_node(target, Arc::clone(&streams), stop.clone(), read).await;
 }
 
 /// Reads the streams `keys` of `streams` from the node `client` talks to,
