@@ -164,6 +164,23 @@ async fn held_by_both(a: &RedisSessions, b: &RedisSessions) -> SessionId {
     s.id()
 }
 
+/// Moves `slots` slots from the master at `from` to the one at `to`, keys
+/// and all, with `redis-cli --cluster reshard`.
+fn reshard(server: &RedisServer, from: u16, to: u16, slots: u32) {
+    let id_of = |port: u16| server.cli_on(port, &["CLUSTER", "MYID"]);
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+        .args(["--cluster-from", &id_of(from), "--cluster-to", &id_of(to)])
+        .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Requests while a master is killed: what the loops saw.
 #[derive(Default)]
 struct Seen {
@@ -374,23 +391,7 @@ async fn sessions_follow_their_slots_to_another_master() {
         sessions.push(s.id());
     }
     let ports = server.master_ports();
-    let id_of = |port: u16| server.cli_on(port, &["CLUSTER", "MYID"]);
-    let out = std::process::Command::new("redis-cli")
-        .args(["--cluster", "reshard", &format!("127.0.0.1:{}", ports[0])])
-        .args([
-            "--cluster-from",
-            &id_of(ports[0]),
-            "--cluster-to",
-            &id_of(ports[1]),
-        ])
-        .args(["--cluster-slots", "16384", "--cluster-yes"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    reshard(&server, ports[0], ports[1], 16384);
     assert_eq!(
         session_hashes(&server, "moved").get(&ports[0]),
         Some(&0),
@@ -503,23 +504,7 @@ async fn a_reshard_under_load_loses_and_doubles_nothing() {
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let ports = server.master_ports();
-    let id_of = |port: u16| server.cli_on(port, &["CLUSTER", "MYID"]);
-    let out = std::process::Command::new("redis-cli")
-        .args(["--cluster", "reshard", &format!("127.0.0.1:{}", ports[0])])
-        .args([
-            "--cluster-from",
-            &id_of(ports[0]),
-            "--cluster-to",
-            &id_of(ports[2]),
-        ])
-        .args(["--cluster-slots", "5461", "--cluster-yes"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    reshard(&server, ports[0], ports[2], 5461);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let mut acked = vec![0u64; ids.len()];
