@@ -333,18 +333,19 @@ impl Cache {
         }
     }
 
-    /// The link to the master of `slot` (the server, when standalone) and
-    /// its epoch, made when first needed (tracking on before any read).
+    /// The link to the master of the slot `slot` gives (the server, when
+    /// standalone: `slot` is only asked over a Cluster) and its epoch, made
+    /// when first needed (tracking on before any read).
     pub(crate) async fn link(
         &self,
-        slot: u16,
+        slot: impl FnOnce() -> u16,
     ) -> Result<(u64, MultiplexedConnection), SharedError> {
         let Some(source) = &self.source else {
             return Err(SharedError::protocol("no cache link".to_owned()));
         };
         let node = match source {
             Source::Single(_) => None,
-            Source::Cluster(router) => Some(router.master_of(slot).await?),
+            Source::Cluster(router) => Some(router.master_of(slot()).await?),
         };
         let current = |links: &HashMap<Option<Addr>, MultiplexedConnection>| {
             let conn = links.get(&node)?.clone();

@@ -188,8 +188,7 @@ impl Router {
                 }
                 loaded.unwrap_or(answer)
             }
-            Route::Key(key) => {
-                let slot = slot(&String::from_utf8_lossy(&key));
+            Route::Slot(slot) => {
                 let mut ask: Option<Addr> = None;
                 let mut answer = Err((ErrorKind::Client, "not sent").into());
                 for _ in 0..ATTEMPTS {
@@ -237,13 +236,13 @@ impl Router {
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
-        let key = pipeline
+        let slot = pipeline
             .cmd_iter()
             .find_map(|cmd| match routing_key(args(cmd)) {
-                Route::Key(key) => Some(key),
+                Route::Slot(slot) => Some(slot),
                 _ => None,
-            });
-        let slot = key.map_or(0, |k| slot(&String::from_utf8_lossy(&k)));
+            })
+            .unwrap_or(0);
         let mut answer = Err((ErrorKind::Client, "not sent").into());
         for _ in 0..ATTEMPTS {
             let addr = self.master_of(slot).await?;
@@ -319,8 +318,8 @@ impl Router {
 
 /// Where a call goes.
 enum Route {
-    /// To the master of this key's slot.
-    Key(Vec<u8>),
+    /// To the master of this slot (its first key's).
+    Slot(u16),
     /// To every master (`SCRIPT LOAD`).
     Every,
     /// To any master (`PING`).
@@ -335,8 +334,8 @@ fn args(cmd: &Cmd) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// The key a call is routed by: a script's first key, else the first
-/// argument after the command's name.
+/// Where a call goes: to the slot of a script's first key, else of the
+/// first argument after the command's name.
 fn routing_key<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Route {
     let Some(name) = args.next() else {
         return Route::Any;
@@ -349,15 +348,13 @@ fn routing_key<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Route {
                 .next()
                 .and_then(|n| std::str::from_utf8(n).ok()?.parse::<u32>().ok());
             match (keys, args.next()) {
-                (Some(n), Some(key)) if n > 0 => Route::Key(key.to_vec()),
+                (Some(n), Some(key)) if n > 0 => Route::Slot(slot(key)),
                 _ => Route::Any,
             }
         }
         b"SCRIPT" => Route::Every,
         b"PING" => Route::Any,
-        _ => args
-            .next()
-            .map_or(Route::Any, |key| Route::Key(key.to_vec())),
+        _ => args.next().map_or(Route::Any, |key| Route::Slot(slot(key))),
     }
 }
 
@@ -372,22 +369,26 @@ mod tests {
 
     fn route(args: &[&str]) -> Option<String> {
         match routing_key(args.iter().map(|a| a.as_bytes())) {
-            Route::Key(k) => Some(String::from_utf8(k).unwrap()),
+            Route::Slot(s) => Some(format!("slot {s}")),
             Route::Every => Some("*every*".into()),
             Route::Any => None,
         }
     }
 
+    fn slot_of(key: &str) -> Option<String> {
+        Some(format!("slot {}", slot(key)))
+    }
+
     #[test]
     fn calls_route_by_their_first_key() {
         assert_eq!(
-            route(&["EVALSHA", "abc", "2", "k1", "k2", "a"]).as_deref(),
-            Some("k1")
+            route(&["EVALSHA", "abc", "2", "k1", "k2", "a"]),
+            slot_of("k1")
         );
         assert_eq!(route(&["evalsha", "abc", "0", "a"]), None);
         assert_eq!(
-            route(&["HGETALL", "ks:{1}:h:x"]).as_deref(),
-            Some("ks:{1}:h:x")
+            route(&["HGETALL", "ks:{1}:h:x"]),
+            slot_of("ks:{1}:h:x")
         );
         assert_eq!(
             route(&["SCRIPT", "LOAD", "return 1"]).as_deref(),

@@ -152,8 +152,7 @@ impl Engine {
         if !self.cache.enabled() {
             return self.run(call).await;
         }
-        let slot = crate::redis::topology::slot(&self.prefix(self.shard(id)));
-        let (epoch, mut conn) = match self.cache.link(slot).await {
+        let (epoch, mut conn) = match self.cache.link(|| self.slot(id)).await {
             Ok(link) => link,
             Err(e) => {
                 self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);

@@ -95,6 +95,12 @@ impl Engine {
         }
     }
 
+    /// The Cluster slot of every key of session `id` (that of its shard's
+    /// hash tag).
+    pub(crate) fn slot(&self, id: &SessionId) -> u16 {
+        crate::redis::topology::slot(&self.tags[self.shard(id) as usize])
+    }
+
     /// `P:{s}:` — the prefix of every key of shard `s`.
     pub(crate) fn prefix(&self, shard: u64) -> String {
         format!(

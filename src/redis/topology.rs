@@ -93,8 +93,8 @@ fn parse_slots(reply: &Value, asked: &ConnectionInfo) -> Vec<(u16, u16, Addr)> {
 
 /// The Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the part
 /// between the first `{` and the next `}`, when not empty), mod 16384.
-pub(crate) fn slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
+pub(crate) fn slot(key: impl AsRef<[u8]>) -> u16 {
+    let bytes = key.as_ref();
     let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
         let rest = &bytes[open + 1..];
         let close = rest.iter().position(|&b| b == b'}')?;
