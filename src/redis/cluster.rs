@@ -58,13 +58,16 @@ impl Router {
         })
     }
 
-    /// A client of the node at `addr`, with the seeds' credentials.
+    /// How to reach the node at `addr`: the seeds' credentials and settings.
+    fn info(&self, (host, port): &Addr) -> ConnectionInfo {
+        self.seeds[0]
+            .clone()
+            .set_addr(ConnectionAddr::Tcp(host.clone(), *port))
+    }
+
+    /// A client of the node at `addr`.
     pub(crate) fn client(&self, addr: &Addr) -> RedisResult<redis::Client> {
-        redis::Client::open(
-            self.seeds[0]
-                .clone()
-                .set_addr(ConnectionAddr::Tcp(addr.0.clone(), addr.1)),
-        )
+        redis::Client::open(self.info(addr))
     }
 
     fn node(&self, addr: &Addr) -> RedisResult<ConnectionManager> {
@@ -107,9 +110,12 @@ impl Router {
             .into())
     }
 
-    /// The slot ranges and their masters, as last read.
-    pub(crate) fn ranges(&self) -> Vec<(u16, u16, Addr)> {
-        self.map.read().ranges.clone()
+    /// The masters of the slot map as last read, each once.
+    fn known_masters(&self) -> Vec<Addr> {
+        let mut all: Vec<Addr> = self.map.read().ranges.iter().map(|r| r.2.clone()).collect();
+        all.sort();
+        all.dedup();
+        all
     }
 
     /// Every master, after a refresh when none is known.
@@ -117,10 +123,7 @@ impl Router {
         if self.map.read().ranges.is_empty() {
             self.refresh().await?;
         }
-        let mut all: Vec<Addr> = self.map.read().ranges.iter().map(|r| r.2.clone()).collect();
-        all.sort();
-        all.dedup();
-        Ok(all)
+        Ok(self.known_masters())
     }
 
     /// Reads the slot map from a node that answers (the known masters
@@ -131,19 +134,11 @@ impl Router {
         if self.map.read().generation != seen {
             return Ok(());
         }
-        let mut asked: Vec<ConnectionInfo> = {
-            let map = self.map.read();
-            let mut known: Vec<Addr> = map.ranges.iter().map(|r| r.2.clone()).collect();
-            known.dedup();
-            known
-                .into_iter()
-                .map(|(host, port)| {
-                    self.seeds[0]
-                        .clone()
-                        .set_addr(ConnectionAddr::Tcp(host, port))
-                })
-                .collect()
-        };
+        let mut asked: Vec<ConnectionInfo> = self
+            .known_masters()
+            .iter()
+            .map(|addr| self.info(addr))
+            .collect();
         asked.extend(self.seeds.iter().cloned());
         let ranges = slot_ranges(&asked, self.timeout).await?;
         let mut map = self.map.write();
@@ -215,8 +210,10 @@ impl Router {
                     // caller's error unless it says to send again.
                     let failed = match &answer {
                         Err(e) => e.clone(),
-                        Ok(Value::ServerError(e)) => e.clone().into(),
-                        Ok(_) => return answer,
+                        Ok(value) => match server_error(value) {
+                            Some(e) => e,
+                            None => return answer,
+                        },
                     };
                     match self.again(&failed).await {
                         Some(next) => ask = next,
@@ -252,10 +249,7 @@ impl Router {
                 .await;
             let failed = match &answer {
                 Err(e) => e.clone(),
-                Ok(values) => match values.iter().find_map(|v| match v {
-                    Value::ServerError(e) => Some(e.clone().into()),
-                    _ => None,
-                }) {
+                Ok(values) => match values.iter().find_map(server_error) {
                     Some(e) => e,
                     None => return answer,
                 },
@@ -358,6 +352,14 @@ fn routing_key<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Route {
     }
 }
 
+/// The error a reply holds, if it is one.
+fn server_error(value: &Value) -> Option<redis::RedisError> {
+    match value {
+        Value::ServerError(e) => Some(e.clone().into()),
+        _ => None,
+    }
+}
+
 fn parse_addr(addr: &str) -> Option<Addr> {
     let (host, port) = addr.rsplit_once(':')?;
     Some((host.to_owned(), port.parse().ok()?))
@@ -386,10 +388,7 @@ mod tests {
             slot_of("k1")
         );
         assert_eq!(route(&["evalsha", "abc", "0", "a"]), None);
-        assert_eq!(
-            route(&["HGETALL", "ks:{1}:h:x"]),
-            slot_of("ks:{1}:h:x")
-        );
+        assert_eq!(route(&["HGETALL", "ks:{1}:h:x"]), slot_of("ks:{1}:h:x"));
         assert_eq!(
             route(&["SCRIPT", "LOAD", "return 1"]).as_deref(),
             Some("*every*")

@@ -3,7 +3,6 @@
 //! by `cluster.rs`); [`Target`] tells the blocking stream readers which node
 //! serves which shard's stream.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,23 +118,13 @@ impl Target {
             Target::Cluster(router) => router,
         };
         router.refresh().await?;
-        let ranges = router.ranges();
-        let mut groups: BTreeMap<((String, u16), usize), Vec<usize>> = BTreeMap::new();
+        // One read per stream: a read over several keys must stay in one
+        // slot on a Cluster, and every shard has a slot of its own.
+        let mut groups = Vec::with_capacity(keys.len());
         for &k in keys {
-            let slot = slot(&names[k]);
-            let Some((_, _, node)) = ranges.iter().find(|(a, b, _)| *a <= slot && slot <= *b)
-            else {
-                return Err(SharedError::protocol(format!(
-                    "no Cluster node serves slot {slot}"
-                )));
-            };
-            // One read per stream: a read over several keys must stay in
-            // one slot on a Cluster, and every shard has a slot of its own.
-            groups.entry((node.clone(), k)).or_default().push(k);
+            let node = router.master_of(slot(&names[k])).await?;
+            groups.push((router.client(&node)?, vec![k]));
         }
-        groups
-            .into_iter()
-            .map(|((node, _), keys)| Ok((router.client(&node)?, keys)))
-            .collect()
+        Ok(groups)
     }
 }
