@@ -370,7 +370,7 @@ impl RedisSessions {
     /// # Errors
     /// [`SharedError::Unavailable`] when Redis does not answer.
     pub async fn ping(&self) -> Result<(), SharedError> {
-        let mut conn = self.engine.conn();
+        let mut conn = self.engine.conn.clone();
         self.engine
             .within(redis::cmd("PING").query_async::<()>(&mut conn))
             .await

@@ -72,7 +72,7 @@ impl RedisSessions {
     ) -> Result<Option<Option<EndReason>>, SharedError> {
         for _ in 0..16 {
             let (hash, tomb) = self.engine.hash_and_tomb(id);
-            let mut conn = self.engine.conn();
+            let mut conn = self.engine.conn.clone();
             let mut check = redis::pipe();
             check.exists(&hash).get(&tomb);
             let (alive, tomb): (bool, Option<String>) =

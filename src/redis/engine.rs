@@ -184,7 +184,7 @@ impl Engine {
 
     /// Runs a script, failing with `Unavailable` after the response timeout.
     pub(crate) async fn run(&self, call: &ScriptInvocation<'_>) -> Result<Vec<Value>, SharedError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn.clone();
         reply::array(self.within(call.invoke_async(&mut conn)).await?)
     }
 
@@ -211,11 +211,6 @@ impl Engine {
             self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
         }
         answer
-    }
-
-    /// The connection for scripts and commands.
-    pub(crate) fn conn(&self) -> crate::redis::conn::Conn {
-        self.conn.clone()
     }
 
     /// Marks session `id` used now (ending it if it is past its deadline):

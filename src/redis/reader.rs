@@ -1,7 +1,7 @@
 //! This process's background tasks: the event reader (every process's
 //! begin/renew/end, local hooks on an end, events to subscribers), the
-//! sweeper (expired sessions, a sixteenth of the shards per tick, with jitter) and
-//! reconciliation. The shared hooks' consumer group is in `group.rs`.
+//! sweeper (expired sessions, a sixteenth of the shards per tick, with
+//! jitter) and reconciliation. The shared hooks' consumer group is in `group.rs`.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -272,8 +272,9 @@ pub(crate) async fn reconcile(
     }
 }
 
-/// Sweeps a sixteenth of the shards per tick (at least one), in turn, each tick `every` ± a quarter of it at
-/// random (so processes do not sweep in step), until the store stops.
+/// Sweeps a sixteenth of the shards per tick (at least one), in turn, each
+/// tick `every` ± a quarter of it at random (so processes do not sweep in
+/// step), until the store stops.
 pub(crate) async fn sweep(engine: Weak<Engine>, every: Duration, mut stop: watch::Receiver<bool>) {
     let mut shard = 0;
     loop {

@@ -65,7 +65,7 @@ impl Engine {
                 let (hash, tomb) = self.hash_and_tomb(id);
                 pipe.exists(&hash).get(&tomb);
             }
-            let mut conn = self.conn();
+            let mut conn = self.conn.clone();
             let found: Vec<Value> = self
                 .within_for(
                     self.config.response_timeout * 4,
