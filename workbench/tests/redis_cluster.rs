@@ -214,15 +214,10 @@ async fn a_killed_master_fails_over_and_the_others_never_fail() {
         sessions.push(id);
     }
     // The master of each session, by its hash key's slot.
-    let hash_of = |id: &SessionId| {
-        server
-            .cli(&["--scan", "--pattern", &format!("failover:*:h:{id}")])
-            .lines()
-            .next()
-            .unwrap()
-            .to_owned()
-    };
-    let hashes: Vec<String> = sessions.iter().map(hash_of).collect();
+    let hashes: Vec<String> = sessions
+        .iter()
+        .map(|id| server.session_hash("failover", id))
+        .collect();
     let masters: Vec<u16> = hashes.iter().map(|h| server.master_of(h)).collect();
     let victim = masters[0];
     let (doomed, safe): (Vec<_>, Vec<_>) = sessions

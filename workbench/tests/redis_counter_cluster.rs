@@ -164,10 +164,7 @@ async fn two_processes_over_a_cluster_count_log_out_and_survive_a_killed_master(
     }
     let keys: Vec<String> = ids
         .iter()
-        .map(|id| {
-            let key = cluster.cli(&["--scan", "--pattern", &format!("ks:*:h:{id}")]);
-            key.lines().next().unwrap().to_owned()
-        })
+        .map(|id| cluster.session_hash("ks", id))
         .collect();
     let masters: Vec<u16> = keys.iter().map(|k| cluster.master_of(k)).collect();
     let victim = masters[0];

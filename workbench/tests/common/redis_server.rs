@@ -336,6 +336,13 @@ impl RedisServer {
         total
     }
 
+    /// The name of session `id`'s hash in namespace `ns` (found on whichever
+    /// master holds it).
+    pub fn session_hash(&self, ns: &str, id: impl std::fmt::Display) -> String {
+        let found = self.cli(&["--scan", "--pattern", &format!("{ns}:*:h:{id}")]);
+        found.lines().next().expect("the session's hash").to_owned()
+    }
+
     /// The store's session count in namespace `ns` (summed over the shards
     /// on a Cluster).
     pub fn session_count(&self, ns: &str) -> u64 {
