@@ -38,19 +38,19 @@ local checked = {}
 local fresh = true
 for c = 0, n - 1 do
   local name = ARGV[3 + 2 * c]
-  local r = tonumber(redis.call('HGET', KEYS[1], 'r:' .. name) or '0')
+  local r = rev_of(redis.call('HGET', KEYS[1], 'k:' .. name))
   checked[c + 1] = {name, r}
   if r ~= tonumber(ARGV[4 + 2 * c]) then fresh = false end
 end
 local w = 3 + 2 * n
 local m = tonumber(ARGV[w])
-if m > 0 and seen_token(redis.call('HGET', KEYS[1], 'k:' .. ARGV[w + 1]), token) then
+if m > 0 and seen_token(tokens_of(redis.call('HGET', KEYS[1], 'k:' .. ARGV[w + 1])), token) then
   local out = {'seen'}
   for c = 0, m - 1 do
     local name = ARGV[w + 1 + 3 * c]
     table.insert(out, name)
-    table.insert(out, tonumber(redis.call('HGET', KEYS[1], 'r:' .. name) or '0'))
-    table.insert(out, redis.call('HGET', KEYS[1], 'v:' .. name))
+    table.insert(out, rev_of(redis.call('HGET', KEYS[1], 'k:' .. name)))
+    table.insert(out, value(KEYS[1], name))
   end
   return out
 end
@@ -71,20 +71,24 @@ if not fresh then
   for _, nr in ipairs(checked) do
     table.insert(out, nr[1])
     table.insert(out, nr[2])
-    table.insert(out, redis.call('HGET', KEYS[1], 'v:' .. nr[1]))
+    table.insert(out, value(KEYS[1], nr[1]))
   end
   return out
 end
 local out = {'ok'}
 for c = 0, m - 1 do
   local name = ARGV[w + 1 + 3 * c]
-  local r = tonumber(redis.call('HGET', KEYS[1], 'r:' .. name) or '0') + 1
-  local seen = remember(redis.call('HGET', KEYS[1], 'k:' .. name), token)
+  local got = redis.call('HMGET', KEYS[1], 'k:' .. name, 'v:' .. name)
+  local r = rev_of(got[1]) + 1
+  local fields = {'k:' .. name, r .. ':' .. remember(tokens_of(got[1]), token)}
   if ARGV[w + 2 + 3 * c] == '1' then
-    redis.call('HSET', KEYS[1], 'v:' .. name, ARGV[w + 3 + 3 * c], 'r:' .. name, r, 'k:' .. name, seen)
+    local n = value_fields(fields, name, ARGV[w + 3 + 3 * c])
+    redis.call('HSET', KEYS[1], unpack(fields))
+    drop_rest(KEYS[1], name, got[2], n)
   else
-    redis.call('HDEL', KEYS[1], 'v:' .. name)
-    redis.call('HSET', KEYS[1], 'r:' .. name, r, 'k:' .. name, seen)
+    if got[2] then redis.call('HDEL', KEYS[1], 'v:' .. name) end
+    drop_rest(KEYS[1], name, got[2], 1)
+    redis.call('HSET', KEYS[1], unpack(fields))
   end
   table.insert(out, name)
   table.insert(out, r)

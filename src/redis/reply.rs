@@ -126,25 +126,57 @@ pub(crate) fn checked(answer: &[Value]) -> impl Iterator<Item = (String, Field)>
     })
 }
 
-/// The shared keys' fields of a flat `HGETALL` reply (`v:<name>` and
-/// `r:<name>`), by key name.
+/// The shared keys' fields of a flat `HGETALL` reply, by key name: each
+/// value from its fields `v:<name>`, `v1:<name>` ... in order (up to the
+/// first missing one), each revision from `k:<name>` (`<revision>:<tokens>`).
 pub(crate) fn fields(all: &Value) -> HashMap<String, Field> {
     let mut out: HashMap<String, Field> = HashMap::new();
     let Value::Array(flat) = all else {
         return out;
     };
+    let mut parts: HashMap<&str, Vec<(u32, &[u8])>> = HashMap::new();
     for pair in flat.chunks_exact(2) {
         let (Some(name), value) = (text(&pair[0]), &pair[1]) else {
             continue;
         };
-        if let Some(key) = name.strip_prefix("v:") {
-            out.entry(key.to_owned()).or_default().bytes = bytes(value).map(<[u8]>::to_vec);
-        } else if let Some(key) = name.strip_prefix("r:") {
-            out.entry(key.to_owned()).or_default().rev =
-                int(value).and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+        if let Some((key, at)) = value_field(name) {
+            if let Some(b) = bytes(value) {
+                parts.entry(key).or_default().push((at, b));
+            }
+        } else if let Some(key) = name.strip_prefix("k:") {
+            let rev = bytes(value)
+                .and_then(|b| b.split(|&c| c == b':').next())
+                .and_then(|digits| std::str::from_utf8(digits).ok()?.parse().ok());
+            out.entry(key.to_owned()).or_default().rev = rev.unwrap_or(0);
         }
     }
+    for (key, mut chunks) in parts {
+        chunks.sort_unstable_by_key(|&(at, _)| at);
+        if chunks[0].0 != 0 {
+            continue;
+        }
+        let mut value = Vec::new();
+        for (expected, (at, chunk)) in chunks.into_iter().enumerate() {
+            if at as usize != expected {
+                break;
+            }
+            value.extend_from_slice(chunk);
+        }
+        out.entry(key.to_owned()).or_default().bytes = Some(value);
+    }
     out
+}
+
+/// The key a value field (`v:<name>`, `v1:<name>` ...) belongs to, and the
+/// field's place in the value (0 for `v:<name>`).
+fn value_field(field: &str) -> Option<(&str, u32)> {
+    let (head, key) = field.strip_prefix('v')?.split_once(':')?;
+    let at = if head.is_empty() {
+        0
+    } else {
+        head.parse().ok()?
+    };
+    Some((key, at))
 }
 
 /// The new id a tombstone names (`renewed:<id>`), when the session was

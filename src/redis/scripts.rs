@@ -12,14 +12,16 @@
 //! the shared hooks follow every end, however late the sweep comes.
 //!
 //! The session hash: `c` created, `la` last access, `it` idle timeout, `ab`
-//! absolute deadline (0: none), `ip` the bound address and `ik` the address's
-//! key for the per-address limit (both only when set), `rev` bumped by every
-//! value write, `prev`
-//! the id before a renew; per shared key `v:<name>` its bytes, `r:<name>` its
-//! revision (it only grows, removals included, so a stale compare-and-set
-//! never succeeds) and `k:<name>` the tokens of its last three writes (so a
-//! write resent after a lost reply is recognised, not applied twice, even when
-//! another write or two came between; 8 random bytes each, 24 bytes in all).
+//! absolute deadline (only when there is one), `ip` the bound address and
+//! `ik` the address's key for the per-address limit (both only when set),
+//! `rev` bumped by every value write, `prev` the id before a renew. Per
+//! shared key: its bytes in fields of at most 64 bytes, `v:<name>` then
+//! `v1:<name>`, `v2:<name>` ... (so the hash keeps Redis' compact encoding,
+//! whose default limit is 64 bytes a field); `k:<name>`, its revision (it
+//! only grows, removals included, so a stale compare-and-set never
+//! succeeds), `:`, then the tokens of its last three writes (so a write
+//! resent after a lost reply is recognised, not applied twice, even when
+//! another write or two came between; 8 random bytes each).
 //! `q:<name>` is a key's turn after a lost round: the holder's token, then
 //! its deadline.
 
@@ -52,6 +54,86 @@ local function deadline(la, it, ab)
   if ab > 0 and ab < d then d = ab end
   return d
 end
+-- A shared key's bytes are kept in fields of at most CHUNK bytes:
+-- `v:<name>`, then `v1:<name>`, `v2:<name>` ...
+local CHUNK = 64
+-- Appends the fields of value `bytes` of key `name` to `fields`; returns
+-- how many there are.
+local function value_fields(fields, name, bytes)
+  table.insert(fields, 'v:' .. name)
+  table.insert(fields, string.sub(bytes, 1, CHUNK))
+  local i = 1
+  while i * CHUNK < #bytes do
+    table.insert(fields, 'v' .. i .. ':' .. name)
+    table.insert(fields, string.sub(bytes, i * CHUNK + 1, (i + 1) * CHUNK))
+    i = i + 1
+  end
+  return i
+end
+-- The whole value of key `name` in hash `h`, whose first field is `first`.
+local function whole(h, name, first)
+  if not first or #first < CHUNK then return first end
+  local parts = {first}
+  local i = 1
+  while true do
+    local c = redis.call('HGET', h, 'v' .. i .. ':' .. name)
+    if not c then break end
+    parts[#parts + 1] = c
+    if #c < CHUNK then break end
+    i = i + 1
+  end
+  return table.concat(parts)
+end
+local function value(h, name)
+  return whole(h, name, redis.call('HGET', h, 'v:' .. name))
+end
+-- Removes the fields of key `name`'s value from the `from`-th on; `first`
+-- its first field before the write (a short one had no others).
+local function drop_rest(h, name, first, from)
+  if not first or #first < CHUNK then return end
+  local i = from
+  while redis.call('HDEL', h, 'v' .. i .. ':' .. name) == 1 do i = i + 1 end
+end
+-- The name of the key a value field belongs to and the field's place
+-- (0 for `v:<name>`), or nil for any other field.
+local function value_field(f)
+  if string.sub(f, 1, 1) ~= 'v' then return nil end
+  local c = string.find(f, ':', 1, true)
+  if not c then return nil end
+  return string.sub(f, c + 1), tonumber(string.sub(f, 2, c - 1)) or 0
+end
+-- The shared values of a flat HGETALL reply: `{name, bytes, ...}`.
+local function values_of(all)
+  local parts = {}
+  local names = {}
+  for i = 1, #all, 2 do
+    local name, at = value_field(all[i])
+    if name then
+      if not parts[name] then
+        parts[name] = {}
+        table.insert(names, name)
+      end
+      parts[name][at + 1] = all[i + 1]
+    end
+  end
+  local out = {}
+  for _, name in ipairs(names) do
+    if parts[name][1] then
+      table.insert(out, name)
+      table.insert(out, table.concat(parts[name]))
+    end
+  end
+  return out
+end
+-- `k:<name>`: the key's revision, `:`, the tokens of its last writes.
+local function rev_of(k)
+  if not k then return 0 end
+  return tonumber(string.sub(k, 1, string.find(k, ':', 1, true) - 1))
+end
+local function tokens_of(k)
+  if not k then return nil end
+  return string.sub(k, string.find(k, ':', 1, true) + 1)
+end
 -- The tokens of the last three writes of a key (8 bytes each, newest
 -- first), with `token` added: how a write resent after a lost reply is
 -- recognised.
@@ -82,13 +164,7 @@ local function end_session(h, due, ev, tomb, n, ipn, id, reason, retention)
   local all = redis.call('HGETALL', h)
   if #all == 0 then return nil end
   redis.call('DEL', h)
-  local last = {}
-  for i = 1, #all, 2 do
-    if string.sub(all[i], 1, 2) == 'v:' then
-      table.insert(last, string.sub(all[i], 3))
-      table.insert(last, all[i + 1])
-    end
-  end
+  local last = values_of(all)
   if #last > 0 then
     local fin = string.sub(tomb, 1, #tomb - #id - 2) .. 'f:' .. id
     redis.call('HSET', fin, unpack(last))
@@ -169,8 +245,13 @@ end
 local it = tonumber(ARGV[2])
 local ab = 0
 if tonumber(ARGV[3]) > 0 then ab = now + tonumber(ARGV[3]) end
-local fields = {'c', now, 'la', now, 'it', it, 'ab', ab, 'rev', 0}
--- The address and its key only when there is one (a field less to keep).
+local fields = {'c', now, 'la', now, 'it', it, 'rev', 0}
+-- The absolute deadline, the address and its key only when there is one (a
+-- field less to keep).
+if ab > 0 then
+  table.insert(fields, 'ab')
+  table.insert(fields, ab)
+end
 if ARGV[4] ~= '' then
   table.insert(fields, 'ip')
   table.insert(fields, ARGV[4])
@@ -181,10 +262,10 @@ if ARGV[5] ~= '' then
 end
 if ARGV[14] ~= '' then
   -- The session's first value, written with it.
-  fields[10] = 1
-  for _, f in ipairs({'v:' .. ARGV[14], ARGV[15], 'r:' .. ARGV[14], 1, 'k:' .. ARGV[14], ARGV[16]}) do
-    table.insert(fields, f)
-  end
+  fields[8] = 1
+  value_fields(fields, ARGV[14], ARGV[15])
+  table.insert(fields, 'k:' .. ARGV[14])
+  table.insert(fields, '1:' .. ARGV[16])
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[2], deadline(now, it, ab), ARGV[8])
@@ -212,7 +293,7 @@ local m = {}
 for i = 1, #all, 2 do m[all[i]] = all[i + 1] end
 local la = tonumber(m['la'])
 local it = tonumber(m['it'])
-local ab = tonumber(m['ab'])
+local ab = tonumber(m['ab'] or '0')
 if now >= deadline(la, it, ab) then
   local reason = expiry_reason(now, ab)
   end_session(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[4], reason, tonumber(ARGV[5]))
@@ -226,7 +307,7 @@ if now - la >= tonumber(ARGV[2]) then
   retrack(KEYS[1])
 end
 local rev = m['rev']
-local head = {'ok', m['c'], string.format('%d', la), m['it'], m['ab'], m['ip'] or '', rev, m['prev'] or '',
+local head = {'ok', m['c'], string.format('%d', la), m['it'], m['ab'] or '0', m['ip'] or '', rev, m['prev'] or '',
   string.format('%d', now)}
 if rev ~= ARGV[3] then table.insert(head, all) end
 return head
@@ -243,14 +324,17 @@ pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local name = ARGV[1]
-local got = redis.call('HMGET', KEYS[1], 'rev', 'r:' .. name, 'k:' .. name, 'v:' .. name)
+local got = redis.call('HMGET', KEYS[1], 'rev', 'k:' .. name, 'v:' .. name)
 if not got[1] then return {'gone', redis.call('GET', KEYS[2])} end
-if seen_token(got[3], ARGV[3]) then return {'seen', tonumber(got[2] or '0'), got[4]} end
-local r = tonumber(got[2] or '0') + 1
-redis.call('HSET', KEYS[1], 'v:' .. name, ARGV[2], 'k:' .. name, remember(got[3], ARGV[3]),
-  'r:' .. name, r, 'rev', tonumber(got[1]) + 1)
+local old = whole(KEYS[1], name, got[3])
+if seen_token(tokens_of(got[2]), ARGV[3]) then return {'seen', rev_of(got[2]), old} end
+local r = rev_of(got[2]) + 1
+local fields = {'k:' .. name, r .. ':' .. remember(tokens_of(got[2]), ARGV[3]), 'rev', tonumber(got[1]) + 1}
+local n = value_fields(fields, name, ARGV[2])
+redis.call('HSET', KEYS[1], unpack(fields))
+drop_rest(KEYS[1], name, got[3], n)
 retrack(KEYS[1])
-return {'ok', r, got[4]}
+return {'ok', r, old}
 "#,
     )
 });
@@ -269,12 +353,12 @@ pub(crate) static CAS: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local name = ARGV[1]
-local got = redis.call('HMGET', KEYS[1], 'rev', 'r:' .. name, 'k:' .. name, 'q:' .. name)
+local got = redis.call('HMGET', KEYS[1], 'rev', 'k:' .. name, 'q:' .. name, 'v:' .. name)
 if not got[1] then return {'gone', redis.call('GET', KEYS[2])} end
-local r = tonumber(got[2] or '0')
-local seen = got[3]
-if seen_token(seen, ARGV[4]) then return {'seen', r, redis.call('HGET', KEYS[1], 'v:' .. name)} end
-local q = got[4]
+local r = rev_of(got[2])
+local seen = tokens_of(got[2])
+if seen_token(seen, ARGV[4]) then return {'seen', r, whole(KEYS[1], name, got[4])} end
+local q = got[3]
 local holder = nil
 local now = 0
 if q then
@@ -288,15 +372,17 @@ if r ~= tonumber(ARGV[2]) then
     redis.call('HSET', KEYS[1], 'q:' .. name, ARGV[4] .. string.format('%d', now + tonumber(ARGV[5])))
     retrack(KEYS[1])
   end
-  return {'conflict', r, redis.call('HGET', KEYS[1], 'v:' .. name)}
+  return {'conflict', r, whole(KEYS[1], name, got[4])}
 end
 if holder and holder ~= ARGV[4] then
-  return {'wait', r, redis.call('HGET', KEYS[1], 'v:' .. name)}
+  return {'wait', r, whole(KEYS[1], name, got[4])}
 end
 if q then redis.call('HDEL', KEYS[1], 'q:' .. name) end
 r = r + 1
-redis.call('HSET', KEYS[1], 'v:' .. name, ARGV[3], 'k:' .. name, remember(seen, ARGV[4]),
-  'r:' .. name, r, 'rev', tonumber(got[1]) + 1)
+local fields = {'k:' .. name, r .. ':' .. remember(seen, ARGV[4]), 'rev', tonumber(got[1]) + 1}
+local n = value_fields(fields, name, ARGV[3])
+redis.call('HSET', KEYS[1], unpack(fields))
+drop_rest(KEYS[1], name, got[4], n)
 retrack(KEYS[1])
 return {'ok', r}
 "#,
@@ -308,14 +394,15 @@ return {'ok', r}
 pub(crate) static REMOVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', redis.call('GET', KEYS[2])} end
-local old = redis.call('HGET', KEYS[1], 'v:' .. ARGV[1])
-if not old then
-  return {'ok', tonumber(redis.call('HGET', KEYS[1], 'r:' .. ARGV[1]) or '0')}
-end
-redis.call('HDEL', KEYS[1], 'v:' .. ARGV[1], 'k:' .. ARGV[1])
-local r = redis.call('HINCRBY', KEYS[1], 'r:' .. ARGV[1], 1)
-redis.call('HINCRBY', KEYS[1], 'rev', 1)
+local name = ARGV[1]
+local got = redis.call('HMGET', KEYS[1], 'rev', 'k:' .. name, 'v:' .. name)
+if not got[1] then return {'gone', redis.call('GET', KEYS[2])} end
+if not got[3] then return {'ok', rev_of(got[2])} end
+local old = whole(KEYS[1], name, got[3])
+redis.call('HDEL', KEYS[1], 'v:' .. name)
+drop_rest(KEYS[1], name, got[3], 1)
+local r = rev_of(got[2]) + 1
+redis.call('HSET', KEYS[1], 'k:' .. name, r .. ':', 'rev', tonumber(got[1]) + 1)
 retrack(KEYS[1])
 return {'ok', r, old}
 "#,
@@ -328,19 +415,22 @@ return {'ok', r, old}
 pub(crate) static CLEAR: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', redis.call('GET', KEYS[2])} end
 local all = redis.call('HGETALL', KEYS[1])
-local old = {}
+if #all == 0 then return {'gone', redis.call('GET', KEYS[2])} end
+local old = values_of(all)
+if #old == 0 then return {'ok', old} end
+local drop = {}
 for i = 1, #all, 2 do
-  if string.sub(all[i], 1, 2) == 'v:' then
-    local name = string.sub(all[i], 3)
-    table.insert(old, name)
-    table.insert(old, all[i + 1])
-    redis.call('HDEL', KEYS[1], all[i], 'k:' .. name, 'q:' .. name)
-    redis.call('HINCRBY', KEYS[1], 'r:' .. name, 1)
-  end
+  if value_field(all[i]) then table.insert(drop, all[i]) end
 end
-if #old > 0 then redis.call('HINCRBY', KEYS[1], 'rev', 1) end
+local revs = {'rev', tonumber(field(all, 'rev')) + 1}
+for i = 1, #old, 2 do
+  table.insert(drop, 'q:' .. old[i])
+  table.insert(revs, 'k:' .. old[i])
+  table.insert(revs, (rev_of(field(all, 'k:' .. old[i])) + 1) .. ':')
+end
+redis.call('HDEL', KEYS[1], unpack(drop))
+redis.call('HSET', KEYS[1], unpack(revs))
 return {'ok', old}
 "#,
     )
@@ -408,7 +498,7 @@ local all = redis.call('HGETALL', KEYS[1])
 if #all == 0 then return {'gone', redis.call('GET', KEYS[4])} end
 local now = now_ms(ARGV[1])
 local it = tonumber(field(all, 'it'))
-local ab = tonumber(field(all, 'ab'))
+local ab = tonumber(field(all, 'ab') or '0')
 if now >= deadline(tonumber(field(all, 'la')), it, ab) then
   local reason = expiry_reason(now, ab)
   end_session(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], reason, tonumber(ARGV[3]))
@@ -437,7 +527,7 @@ for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[1], id)
   else
     local it = tonumber(field(all, 'it'))
-    local ab = tonumber(field(all, 'ab'))
+    local ab = tonumber(field(all, 'ab') or '0')
     local d = deadline(tonumber(field(all, 'la')), it, ab)
     if now >= d then
       local reason = expiry_reason(now, ab)
@@ -464,7 +554,7 @@ local all = redis.call('HGETALL', KEYS[1])
 if #all == 0 then return {'gone', redis.call('GET', KEYS[4])} end
 local now = now_ms(ARGV[1])
 local la = tonumber(field(all, 'la'))
-local ab = tonumber(field(all, 'ab'))
+local ab = tonumber(field(all, 'ab') or '0')
 if now >= deadline(la, tonumber(field(all, 'it')), ab) then
   local reason = expiry_reason(now, ab)
   end_session(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], reason, tonumber(ARGV[4]))

@@ -237,6 +237,106 @@ async fn clear_empties_a_shared_session_and_keeps_it() {
     assert_eq!(causes.lock().len(), 2, "no hook ran twice");
 }
 
+/// Values of any size round-trip between stores, growing and shrinking
+/// across Redis' 64-byte limit for its compact hash encoding without leaving
+/// that encoding (a big value is kept in several fields) or a stale field
+/// behind; removals, edits, clears and ends hand the whole value back.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_any_size_keep_the_compact_encoding() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let ended = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&ended);
+    let blob: Key<String> = Key::builder("blob")
+        .serde()
+        .on_delete(move |v, ctx| seen.lock().push((v, ctx.cause)))
+        .build();
+    let make = || builder(&server, "size").shared(&blob).build();
+    let (a, b) = (make().await.unwrap(), make().await.unwrap());
+    let text =
+        |n: usize, c: u8| -> String { (0..n).map(|i| (c + (i % 23) as u8) as char).collect() };
+    let s = a.create(None).await.unwrap();
+    let small = a.create(None).await.unwrap();
+    small.set(&blob, text(5, b'a')).await.unwrap();
+    let hash = server.session_hash("size", s.id());
+    let fields = |h: &str| server.cli(&["HLEN", h]).parse::<u64>().unwrap();
+    let mut before: Option<String> = None;
+    // 62..66 bytes once quoted straddle one field's limit, 128 and 129 two.
+    for (i, n) in [10, 61, 62, 63, 64, 126, 127, 1000, 3, 300, 0, 200, 5]
+        .into_iter()
+        .enumerate()
+    {
+        let value = text(n, b'a' + (i % 3) as u8);
+        let old = s.set(&blob, value.clone()).await.unwrap();
+        assert_eq!(old, before, "the value {n} replaced");
+        assert_eq!(
+            server.cli(&["OBJECT", "ENCODING", &hash]),
+            "listpack",
+            "at {n}"
+        );
+        seen_by(&b, &s.id(), "the write", |r| {
+            r.as_ref()
+                .is_ok_and(|x| x.get(&blob).as_deref() == Some(value.as_str()))
+        })
+        .await;
+        before = Some(value);
+    }
+    let small_hash = server.session_hash("size", small.id());
+    assert_eq!(
+        fields(&hash),
+        fields(&small_hash),
+        "no field of a longer value is left"
+    );
+
+    // Compare-and-set from both stores, growing the value past several fields.
+    let other = b.get(&s.id(), None).await.unwrap();
+    for _ in 0..40 {
+        s.update(&blob, String::new, |v| v.push_str("0123456789"))
+            .await
+            .unwrap();
+        other
+            .update(&blob, String::new, |v| v.push('x'))
+            .await
+            .unwrap();
+    }
+    let grown = a.get(&s.id(), None).await.unwrap().get(&blob).unwrap();
+    assert_eq!(grown.len(), 5 + 40 * 11);
+    assert_eq!(grown.matches("0123456789").count(), 40);
+    assert_eq!(server.cli(&["OBJECT", "ENCODING", &hash]), "listpack");
+
+    // An edit writes a big value; a removal hands the whole of it back.
+    let big = text(500, b'k');
+    s.edit(|e| {
+        e.set(&blob, big.clone());
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        b.get(&s.id(), None).await.unwrap().get(&blob),
+        Some(big.clone())
+    );
+    assert_eq!(s.remove(&blob).await.unwrap(), Some(big.clone()));
+    assert_eq!(
+        fields(&hash),
+        fields(&small_hash) - 1,
+        "only the key's revision is left"
+    );
+    assert_eq!(b.get(&s.id(), None).await.unwrap().get(&blob), None);
+
+    // A clear and an end hand the whole value to the hook.
+    s.set(&blob, big.clone()).await.unwrap();
+    assert_eq!(s.clear().await.unwrap(), 1);
+    assert_eq!(fields(&hash), fields(&small_hash) - 1);
+    s.set(&blob, big.clone()).await.unwrap();
+    b.delete(&s.id()).await.unwrap();
+    eventually("the hook of the end", || ended.lock().len() >= 2).await;
+    let got = ended.lock().clone();
+    assert_eq!(got[0], (big.clone(), DeleteCause::Cleared));
+    assert_eq!(got[1].0, big);
+}
+
 /// A handle's `ended()` resolves when its session ends in another store,
 /// as `Session::ended` does in memory.
 #[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
