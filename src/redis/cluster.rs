@@ -160,13 +160,13 @@ impl Router {
         });
     }
 
-    /// Sends `cmd` to the master of its slot (`SCRIPT LOAD` to every
-    /// master, a call without a key to any).
+    /// Sends `cmd` to the master of its slot (`FUNCTION LOAD` and `SCRIPT
+    /// LOAD` to every master, a call without a key to any).
     pub(crate) async fn send(self: &Arc<Self>, cmd: &Cmd) -> RedisResult<Value> {
         let route = routing_key(args(cmd));
         match route {
             Route::Every | Route::Any => {
-                // `SCRIPT LOAD` goes to every master (the one that asked for
+                // A library goes to every master (the one that asked for
                 // it among them): one that is down does not stop the others.
                 // A `PING` is answered by the first master that can.
                 let every = matches!(route, Route::Every);
@@ -346,7 +346,7 @@ fn routing_key<'a>(mut args: impl Iterator<Item = &'a [u8]>) -> Route {
                 _ => Route::Any,
             }
         }
-        b"SCRIPT" => Route::Every,
+        b"SCRIPT" | b"FUNCTION" => Route::Every,
         b"PING" => Route::Any,
         _ => args.next().map_or(Route::Any, |key| Route::Slot(slot(key))),
     }
@@ -388,6 +388,11 @@ mod tests {
             slot_of("k1")
         );
         assert_eq!(route(&["evalsha", "abc", "0", "a"]), None);
+        assert_eq!(route(&["FCALL", "f", "1", "k1", "a"]), slot_of("k1"));
+        assert_eq!(
+            route(&["FUNCTION", "LOAD", "#!lua name=x"]).as_deref(),
+            Some("*every*")
+        );
         assert_eq!(route(&["HGETALL", "ks:{1}:h:x"]), slot_of("ks:{1}:h:x"));
         assert_eq!(
             route(&["SCRIPT", "LOAD", "return 1"]).as_deref(),

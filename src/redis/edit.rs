@@ -2,103 +2,16 @@
 //! one compare-and-set over every key the closure read or wrote.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
-
-use redis::Script;
+use std::sync::Arc;
 
 use crate::key::names::KeyNames;
 use crate::redis::engine::Engine;
 use crate::redis::error::SharedError;
 use crate::redis::lane::{MAX_WAITS, backoff, turn_pause};
 use crate::redis::reply::{self, Field};
-use crate::redis::scripts::script;
+use crate::redis::scripts::EDIT;
 use crate::redis::session::{Pending, RedisSession, Route};
 use crate::values::{Base, EditError, Shared, Values};
-
-/// KEYS: h tomb. ARGV: token, n, then n pairs (name, expected revision) of
-/// the keys read or written, then m, then m triples (name, '1' and bytes
-/// for a value written, '0' and '' for a value removed).
-/// Reply: `{'ok', name, r, ...}` with each written key's new revision;
-/// `{'conflict', name, r, bytes or false, ...}` with each checked key as it
-/// is; `{'wait'}` while another writer holds the turn of a key it would
-/// write (see `scripts::CAS`: a writer that lost a round goes next);
-/// `{'gone', tombstone}`.
-///
-/// A resend after a lost reply finds its token among the first written
-/// key's last writes and answers `{'seen', name, r, bytes or false, ...}`:
-/// each written key as it is now (a write may have come between the sends).
-static EDIT: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-local rev = redis.call('HGET', KEYS[1], 'rev')
-if not rev then return {'gone', redis.call('GET', KEYS[2])} end
-local token = ARGV[1]
-local n = tonumber(ARGV[2])
-local checked = {}
-local fresh = true
-for c = 0, n - 1 do
-  local name = ARGV[3 + 2 * c]
-  local r = rev_of(redis.call('HGET', KEYS[1], 'k:' .. name))
-  checked[c + 1] = {name, r}
-  if r ~= tonumber(ARGV[4 + 2 * c]) then fresh = false end
-end
-local w = 3 + 2 * n
-local m = tonumber(ARGV[w])
-if m > 0 and seen_token(tokens_of(redis.call('HGET', KEYS[1], 'k:' .. ARGV[w + 1])), token) then
-  local out = {'seen'}
-  for c = 0, m - 1 do
-    local name = ARGV[w + 1 + 3 * c]
-    table.insert(out, name)
-    table.insert(out, rev_of(redis.call('HGET', KEYS[1], 'k:' .. name)))
-    table.insert(out, value(KEYS[1], name))
-  end
-  return out
-end
--- A key whose turn another writer holds (it lost a round of its
--- compare-and-set, see CAS) is left to it: this edit waits.
-local now = 0
-for c = 0, m - 1 do
-  local q = redis.call('HGET', KEYS[1], 'q:' .. ARGV[w + 1 + 3 * c])
-  if q then
-    if now == 0 then now = now_ms(0) end
-    if tonumber(string.sub(q, 9)) > now and string.sub(q, 1, 8) ~= token then
-      return {'wait'}
-    end
-  end
-end
-if not fresh then
-  local out = {'conflict'}
-  for _, nr in ipairs(checked) do
-    table.insert(out, nr[1])
-    table.insert(out, nr[2])
-    table.insert(out, value(KEYS[1], nr[1]))
-  end
-  return out
-end
-local out = {'ok'}
-for c = 0, m - 1 do
-  local name = ARGV[w + 1 + 3 * c]
-  local got = redis.call('HMGET', KEYS[1], 'k:' .. name, 'v:' .. name)
-  local r = rev_of(got[1]) + 1
-  local fields = {'k:' .. name, r .. ':' .. remember(tokens_of(got[1]), token)}
-  if ARGV[w + 2 + 3 * c] == '1' then
-    local n = value_fields(fields, name, ARGV[w + 3 + 3 * c])
-    redis.call('HSET', KEYS[1], unpack(fields))
-    drop_rest(KEYS[1], name, got[2], n)
-  else
-    if got[2] then redis.call('HDEL', KEYS[1], 'v:' .. name) end
-    drop_rest(KEYS[1], name, got[2], 1)
-    redis.call('HSET', KEYS[1], unpack(fields))
-  end
-  table.insert(out, name)
-  table.insert(out, r)
-end
-redis.call('HSET', KEYS[1], 'rev', tonumber(rev) + 1)
-retrack(KEYS[1])
-return out
-"#,
-    )
-});
 
 /// The handle's shared values as an edit reads them.
 struct Read {

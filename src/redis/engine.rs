@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
-use redis::{ScriptInvocation, Value};
+use redis::Value;
+
+use crate::redis::library::Call;
 use tokio::sync::{oneshot, watch};
 
 use crate::borrow;
@@ -147,7 +149,7 @@ impl Engine {
     pub(crate) async fn run_tracked(
         &self,
         id: &SessionId,
-        call: &ScriptInvocation<'_>,
+        call: &Call,
     ) -> Result<Vec<Value>, SharedError> {
         if !self.cache.enabled() {
             return self.run(call).await;
@@ -183,7 +185,7 @@ impl Engine {
     }
 
     /// Runs a script, failing with `Unavailable` after the response timeout.
-    pub(crate) async fn run(&self, call: &ScriptInvocation<'_>) -> Result<Vec<Value>, SharedError> {
+    pub(crate) async fn run(&self, call: &Call) -> Result<Vec<Value>, SharedError> {
         let mut conn = self.conn.clone();
         reply::array(self.within(call.invoke_async(&mut conn)).await?)
     }
@@ -291,7 +293,7 @@ impl Engine {
     }
 
     /// The END script for session `id` with `reason`.
-    pub(crate) fn end_call(&self, id: &SessionId, reason: EndReason) -> ScriptInvocation<'static> {
+    pub(crate) fn end_call(&self, id: &SessionId, reason: EndReason) -> Call {
         let mut call = self.keys(id).invoke(&scripts::END);
         call.arg(id.to_string())
             .arg(reason.as_str())

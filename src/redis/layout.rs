@@ -11,7 +11,8 @@
 //! for the store-wide limit on one server, `P:{s}:n` each shard's over a
 //! Cluster (a script touches one slot).
 
-use redis::ScriptInvocation;
+use crate::redis::library::Call;
+use crate::redis::lua::Function;
 
 use crate::id::SessionId;
 use crate::redis::engine::Engine;
@@ -29,7 +30,7 @@ pub(crate) struct Keys {
 impl Keys {
     /// An invocation of `script` with this session's six keys (hash, due,
     /// events, tombstone, count, per-address count), in the scripts' order.
-    pub(crate) fn invoke<'a>(&self, script: &'a redis::Script) -> ScriptInvocation<'a> {
+    pub(crate) fn invoke(&self, script: &'static Function) -> Call {
         let mut call = script.prepare_invoke();
         call.key(&self.hash)
             .key(&self.due)
@@ -131,11 +132,7 @@ impl Engine {
 
     /// An invocation of `script` on session `id`'s hash and tombstone (the
     /// two keys of every script run on one session's values).
-    pub(crate) fn on_session(
-        &self,
-        script: &'static redis::Script,
-        id: &SessionId,
-    ) -> ScriptInvocation<'static> {
+    pub(crate) fn on_session(&self, script: &'static Function, id: &SessionId) -> Call {
         let (hash, tomb) = self.hash_and_tomb(id);
         let mut call = script.prepare_invoke();
         call.key(hash).key(tomb);

@@ -1,6 +1,7 @@
-//! The Lua scripts: every change to a session is one of them, atomic, and
-//! each first checks that the session is alive, so no write or touch ever
-//! recreates a deleted session.
+//! The Lua functions of the store's library (see `library`), called
+//! "scripts" throughout: every change to a session is one of them, atomic,
+//! and each first checks that the session is alive, so no write or touch
+//! ever recreates a deleted session. Their shared helpers are in `lua`.
 //!
 //! Keys of one shard share the hash tag `{s}` (`P:{s}:h:<id>` the session
 //! hash, `P:{s}:due` the deadlines, `P:{s}:ev` the event stream,
@@ -25,167 +26,7 @@
 //! `q:<name>` is a key's turn after a lost round: the holder's token, then
 //! its deadline.
 
-use std::sync::LazyLock;
-
-use redis::Script;
-
-/// Helpers every script starts with.
-const PRELUDE: &str = r#"
-local function now_ms(arg)
-  local n = tonumber(arg)
-  if n and n > 0 then return n end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function trim_id(retention)
-  local t = redis.call('TIME')
-  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - retention
-  if ms < 0 then ms = 0 end
-  return string.format('%d-0', ms)
-end
-local function field(all, name)
-  for i = 1, #all, 2 do
-    if all[i] == name then return all[i + 1] end
-  end
-  return nil
-end
-local function deadline(la, it, ab)
-  local d = la + it
-  if ab > 0 and ab < d then d = ab end
-  return d
-end
--- A shared key's bytes are kept in fields of at most CHUNK bytes:
--- `v:<name>`, then `v1:<name>`, `v2:<name>` ...
-local CHUNK = 64
--- Appends the fields of value `bytes` of key `name` to `fields`; returns
--- how many there are.
-local function value_fields(fields, name, bytes)
-  table.insert(fields, 'v:' .. name)
-  table.insert(fields, string.sub(bytes, 1, CHUNK))
-  local i = 1
-  while i * CHUNK < #bytes do
-    table.insert(fields, 'v' .. i .. ':' .. name)
-    table.insert(fields, string.sub(bytes, i * CHUNK + 1, (i + 1) * CHUNK))
-    i = i + 1
-  end
-  return i
-end
--- The whole value of key `name` in hash `h`, whose first field is `first`.
-local function whole(h, name, first)
-  if not first or #first < CHUNK then return first end
-  local parts = {first}
-  local i = 1
-  while true do
-    local c = redis.call('HGET', h, 'v' .. i .. ':' .. name)
-    if not c then break end
-    parts[#parts + 1] = c
-    if #c < CHUNK then break end
-    i = i + 1
-  end
-  return table.concat(parts)
-end
-local function value(h, name)
-  return whole(h, name, redis.call('HGET', h, 'v:' .. name))
-end
--- Removes the fields of key `name`'s value from the `from`-th on; `first`
--- its first field before the write (a short one had no others).
-local function drop_rest(h, name, first, from)
-  if not first or #first < CHUNK then return end
-  local i = from
-  while redis.call('HDEL', h, 'v' .. i .. ':' .. name) == 1 do i = i + 1 end
-end
--- The name of the key a value field belongs to and the field's place
--- (0 for `v:<name>`), or nil for any other field.
-local function value_field(f)
-  if string.sub(f, 1, 1) ~= 'v' then return nil end
-  local c = string.find(f, ':', 1, true)
-  if not c then return nil end
-  return string.sub(f, c + 1), tonumber(string.sub(f, 2, c - 1)) or 0
-end
--- The shared values of a flat HGETALL reply: `{name, bytes, ...}`.
-local function values_of(all)
-  local parts = {}
-  local names = {}
-  for i = 1, #all, 2 do
-    local name, at = value_field(all[i])
-    if name then
-      if not parts[name] then
-        parts[name] = {}
-        table.insert(names, name)
-      end
-      parts[name][at + 1] = all[i + 1]
-    end
-  end
-  local out = {}
-  for _, name in ipairs(names) do
-    if parts[name][1] then
-      table.insert(out, name)
-      table.insert(out, table.concat(parts[name]))
-    end
-  end
-  return out
-end
--- `k:<name>`: the key's revision, `:`, the tokens of its last writes.
-local function rev_of(k)
-  if not k then return 0 end
-  return tonumber(string.sub(k, 1, string.find(k, ':', 1, true) - 1))
-end
-local function tokens_of(k)
-  if not k then return nil end
-  return string.sub(k, string.find(k, ':', 1, true) + 1)
-end
--- The tokens of the last three writes of a key (8 bytes each, newest
--- first), with `token` added: how a write resent after a lost reply is
--- recognised.
-local function remember(seen, token)
-  return token .. string.sub(seen or '', 1, 16)
-end
-local function seen_token(seen, token)
-  if not seen then return false end
-  for i = 1, #seen, 8 do
-    if string.sub(seen, i, i + 7) == token then return true end
-  end
-  return false
-end
--- A write over the tracked link (NOLOOP) stops Redis tracking the hash
--- for it; reading the hash again tracks it again.
-local function retrack(h)
-  redis.call('EXISTS', h)
-end
-local function expiry_reason(now, ab)
-  if ab > 0 and now >= ab then return 'absolute-expired' end
-  return 'idle-expired'
-end
--- Ends a session: the one claim (DEL), its deadline, the counters, a
--- tombstone with the reason, the shared values' last bytes (`f:<id>`, for
--- the shared hooks), the End event. Returns the hash's fields, or nil when it
--- was already gone.
-local function end_session(h, due, ev, tomb, n, ipn, id, reason, retention)
-  local all = redis.call('HGETALL', h)
-  if #all == 0 then return nil end
-  redis.call('DEL', h)
-  local last = values_of(all)
-  if #last > 0 then
-    local fin = string.sub(tomb, 1, #tomb - #id - 2) .. 'f:' .. id
-    redis.call('HSET', fin, unpack(last))
-    redis.call('PEXPIRE', fin, retention)
-  end
-  redis.call('ZREM', due, id)
-  redis.call('DECR', n)
-  local ik = field(all, 'ik')
-  if ik and ik ~= '' then
-    if redis.call('HINCRBY', ipn, ik, -1) <= 0 then redis.call('HDEL', ipn, ik) end
-  end
-  redis.call('SET', tomb, reason, 'PX', retention)
-  redis.call('XADD', ev, 'MINID', '~', trim_id(retention), '*',
-    'e', 'end', 'id', id, 'ip', field(all, 'ip') or '', 'r', reason)
-  return all
-end
-"#;
-
-pub(crate) fn script(body: &str) -> Script {
-    Script::new(&format!("{PRELUDE}\n{body}"))
-}
+use crate::redis::lua::Function;
 
 /// KEYS: h due ev tomb n ipn. ARGV: now idle_ms absolute_ms ip ip_key
 /// max_sessions max_per_ip id retention_ms resent evict namespace shards
@@ -202,11 +43,11 @@ pub(crate) fn script(body: &str) -> Script {
 /// in any of the `shards` shards `{0}` .. (reason `evicted`) to make room;
 /// with `shards` = 0, in the creating shard only (over a Cluster, where a
 /// script touches one slot).
-pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
-local now = now_ms(ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then
+pub(crate) static CREATE: Function = Function::new(
+    "create",
+    r#"
+local now, redis_now = now_ms(ARGV[1])
+if redis.call('EXISTS', KEYS[1], KEYS[4]) > 0 then
   -- A create resent after its reply was lost finds its own session (the id
   -- is 128 random bits this create drew: nobody else's).
   if ARGV[10] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
@@ -271,17 +112,16 @@ redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[2], deadline(now, it, ab), ARGV[8])
 redis.call('INCR', KEYS[5])
 if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[6], ARGV[5], 1) end
-redis.call('XADD', KEYS[3], 'MINID', '~', trim_id(tonumber(ARGV[9])), '*',
+redis.call('XADD', KEYS[3], 'MINID', '~', trim_id(tonumber(ARGV[9]), redis_now), '*',
   'e', 'begin', 'id', ARGV[8], 'ip', ARGV[4])
 if evicted then return {'ok', now, evicted[1], evicted[2]} end
 return {'ok', now}
 "#,
-    )
-});
+);
 
-pub(crate) static LOAD: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
+pub(crate) static LOAD: Function = Function::new(
+    "load",
+    r#"
 local now = now_ms(ARGV[1])
 local all = redis.call('HGETALL', KEYS[1])
 if #all == 0 then
@@ -312,17 +152,16 @@ local head = {'ok', m['c'], string.format('%d', la), m['it'], m['ab'] or '0', m[
 if rev ~= ARGV[3] then table.insert(head, all) end
 return head
 "#,
-    )
-});
+);
 
 /// KEYS: h tomb. ARGV: name bytes token.
 /// Reply: `{'ok', r [, old bytes]}`, `{'gone', tombstone}`; `{'seen', r
 /// [, bytes]}` for a resent write it had applied: the key as it is now
 /// (another write may have come between the two sends, so the sender must
 /// not take its own bytes for the key's revision `r`).
-pub(crate) static PUT: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
+pub(crate) static PUT: Function = Function::new(
+    "put",
+    r#"
 local name = ARGV[1]
 local got = redis.call('HMGET', KEYS[1], 'rev', 'k:' .. name, 'v:' .. name)
 if not got[1] then return {'gone', redis.call('GET', KEYS[2])} end
@@ -336,8 +175,7 @@ drop_rest(KEYS[1], name, got[3], n)
 retrack(KEYS[1])
 return {'ok', r, old}
 "#,
-    )
-});
+);
 
 /// KEYS: h tomb. ARGV: name expected_r bytes token turn_ms.
 /// Reply: `{'ok', r}`, `{'conflict', r [, bytes]}`, `{'wait', r [, bytes]}`,
@@ -349,9 +187,9 @@ return {'ok', r, old}
 /// unless another loser holds it; while a turn is held by someone else, a
 /// write with the right revision answers `wait` without applying, so the
 /// loser's retry lands next. The turn goes with that write (or its deadline).
-pub(crate) static CAS: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
+pub(crate) static CAS: Function = Function::new(
+    "cas",
+    r#"
 local name = ARGV[1]
 local got = redis.call('HMGET', KEYS[1], 'rev', 'k:' .. name, 'q:' .. name, 'v:' .. name)
 if not got[1] then return {'gone', redis.call('GET', KEYS[2])} end
@@ -386,14 +224,13 @@ drop_rest(KEYS[1], name, got[4], n)
 retrack(KEYS[1])
 return {'ok', r}
 "#,
-    )
-});
+);
 
 /// KEYS: h tomb. ARGV: name.
 /// Reply: `{'ok', r [, old bytes]}`, `{'gone', tombstone}`.
-pub(crate) static REMOVE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
+pub(crate) static REMOVE: Function = Function::new(
+    "remove",
+    r#"
 local name = ARGV[1]
 local got = redis.call('HMGET', KEYS[1], 'rev', 'k:' .. name, 'v:' .. name)
 if not got[1] then return {'gone', redis.call('GET', KEYS[2])} end
@@ -406,15 +243,14 @@ redis.call('HSET', KEYS[1], 'k:' .. name, r .. ':', 'rev', tonumber(got[1]) + 1)
 retrack(KEYS[1])
 return {'ok', r, old}
 "#,
-    )
-});
+);
 
 /// KEYS: h tomb. Empties the session of its shared values and keeps it:
 /// each key's revision goes up (a stale compare-and-set never succeeds).
 /// Reply: `{'ok', {name, bytes, ...}}`, `{'gone', tombstone}`.
-pub(crate) static CLEAR: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
+pub(crate) static CLEAR: Function = Function::new(
+    "clear",
+    r#"
 local all = redis.call('HGETALL', KEYS[1])
 if #all == 0 then return {'gone', redis.call('GET', KEYS[2])} end
 local old = values_of(all)
@@ -433,40 +269,37 @@ redis.call('HDEL', KEYS[1], unpack(drop))
 redis.call('HSET', KEYS[1], unpack(revs))
 return {'ok', old}
 "#,
-    )
-});
+);
 
 /// KEYS: h tomb. Whether the session is there (before a local write).
 /// Reply: `{'ok'}`, `{'gone', tombstone}`.
-pub(crate) static ALIVE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
+pub(crate) static ALIVE: Function = Function::new(
+    "alive",
+    r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'gone', redis.call('GET', KEYS[2])} end
 return {'ok'}
 "#,
-    )
-});
+);
 
 /// KEYS: h due ev tomb n ipn. ARGV: id reason retention_ms.
 /// Reply: `{'ok', fields}` (this call ended it), `{'gone'}`.
-pub(crate) static END: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
+pub(crate) static END: Function = Function::new(
+    "end",
+    r#"
 local all = end_session(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[2], tonumber(ARGV[3]))
 if not all then return {'gone'} end
 return {'ok', all}
 "#,
-    )
-});
+);
 
 /// KEYS: h_old h_new due ev tomb_old tomb_new. ARGV: old new retention_ms.
 /// Reply: `{'ok'}`, `{'gone', tombstone}`, `{'taken'}`.
 ///
 /// Safe to resend after a lost reply: the resend finds the old id's
 /// tombstone pointing at the new id it asks for, and answers `ok`.
-pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
+pub(crate) static RENEW: Function = Function::new(
+    "renew",
+    r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local t = redis.call('GET', KEYS[5])
   if t == 'renewed:' .. ARGV[2] then return {'ok'} end
@@ -484,16 +317,15 @@ redis.call('XADD', KEYS[4], 'MINID', '~', trim_id(retention), '*',
   'e', 'renew', 'id', ARGV[2], 'old', ARGV[1])
 return {'ok'}
 "#,
-    )
-});
+);
 
 /// KEYS: h due ev tomb n ipn. ARGV: now id retention_ms. Marks the session
 /// used now (a client is attached); a session past its deadline is ended
 /// (with its counts, tombstone and `End`), never revived.
 /// Reply: `{'ok', now}`, `{'expired', reason}`, `{'gone', tombstone}`.
-pub(crate) static TOUCH: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
+pub(crate) static TOUCH: Function = Function::new(
+    "touch",
+    r#"
 local all = redis.call('HGETALL', KEYS[1])
 if #all == 0 then return {'gone', redis.call('GET', KEYS[4])} end
 local now = now_ms(ARGV[1])
@@ -508,15 +340,14 @@ redis.call('HSET', KEYS[1], 'la', now)
 redis.call('ZADD', KEYS[2], deadline(now, it, ab), ARGV[2])
 return {'ok', now}
 "#,
-    )
-});
+);
 
 /// KEYS: due ev n ipn. ARGV: now limit prefix retention_ms. Ends up to
 /// `limit` sessions whose deadline passed (re-checked on each hash).
 /// Reply: `{{id, reason, fields}, ...}`.
-pub(crate) static SWEEP: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
+pub(crate) static SWEEP: Function = Function::new(
+    "sweep",
+    r#"
 local now = now_ms(ARGV[1])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
@@ -540,16 +371,15 @@ for _, id in ipairs(ids) do
 end
 return out
 "#,
-    )
-});
+);
 
 /// KEYS: h due ev tomb n ipn. ARGV: now id idle_ms retention_ms. Gives the
 /// session its own idle timeout ("remember me"), its deadline moved to
 /// match; a session past its deadline is ended, never revived.
 /// Reply: `{'ok', now}`, `{'expired', reason}`, `{'gone', tombstone}`.
-pub(crate) static SET_IDLE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r#"
+pub(crate) static SET_IDLE: Function = Function::new(
+    "set_idle",
+    r#"
 local all = redis.call('HGETALL', KEYS[1])
 if #all == 0 then return {'gone', redis.call('GET', KEYS[4])} end
 local now = now_ms(ARGV[1])
@@ -565,5 +395,94 @@ redis.call('HSET', KEYS[1], 'it', it, 'la', now)
 redis.call('ZADD', KEYS[2], deadline(now, it, ab), ARGV[2])
 return {'ok', now}
 "#,
-    )
-});
+);
+
+/// KEYS: h tomb. ARGV: token, n, then n pairs (name, expected revision) of
+/// the keys read or written, then m, then m triples (name, '1' and bytes
+/// for a value written, '0' and '' for a value removed).
+/// Reply: `{'ok', name, r, ...}` with each written key's new revision;
+/// `{'conflict', name, r, bytes or false, ...}` with each checked key as it
+/// is; `{'wait'}` while another writer holds the turn of a key it would
+/// write (see [`CAS`]: a writer that lost a round goes next);
+/// `{'gone', tombstone}`.
+///
+/// A resend after a lost reply finds its token among the first written
+/// key's last writes and answers `{'seen', name, r, bytes or false, ...}`:
+/// each written key as it is now (a write may have come between the sends).
+pub(crate) static EDIT: Function = Function::new(
+    "edit",
+    r#"
+local rev = redis.call('HGET', KEYS[1], 'rev')
+if not rev then return {'gone', redis.call('GET', KEYS[2])} end
+local token = ARGV[1]
+local n = tonumber(ARGV[2])
+local checked = {}
+local fresh = true
+for c = 0, n - 1 do
+  local name = ARGV[3 + 2 * c]
+  local r = rev_of(redis.call('HGET', KEYS[1], 'k:' .. name))
+  checked[c + 1] = {name, r}
+  if r ~= tonumber(ARGV[4 + 2 * c]) then fresh = false end
+end
+local w = 3 + 2 * n
+local m = tonumber(ARGV[w])
+if m > 0 and seen_token(tokens_of(redis.call('HGET', KEYS[1], 'k:' .. ARGV[w + 1])), token) then
+  local out = {'seen'}
+  for c = 0, m - 1 do
+    local name = ARGV[w + 1 + 3 * c]
+    table.insert(out, name)
+    table.insert(out, rev_of(redis.call('HGET', KEYS[1], 'k:' .. name)))
+    table.insert(out, value(KEYS[1], name))
+  end
+  return out
+end
+-- A key whose turn another writer holds (it lost a round of its
+-- compare-and-set, see CAS) is left to it: this edit waits.
+local now = 0
+for c = 0, m - 1 do
+  local q = redis.call('HGET', KEYS[1], 'q:' .. ARGV[w + 1 + 3 * c])
+  if q then
+    if now == 0 then now = now_ms(0) end
+    if tonumber(string.sub(q, 9)) > now and string.sub(q, 1, 8) ~= token then
+      return {'wait'}
+    end
+  end
+end
+if not fresh then
+  local out = {'conflict'}
+  for _, nr in ipairs(checked) do
+    table.insert(out, nr[1])
+    table.insert(out, nr[2])
+    table.insert(out, value(KEYS[1], nr[1]))
+  end
+  return out
+end
+local out = {'ok'}
+for c = 0, m - 1 do
+  local name = ARGV[w + 1 + 3 * c]
+  local got = redis.call('HMGET', KEYS[1], 'k:' .. name, 'v:' .. name)
+  local r = rev_of(got[1]) + 1
+  local fields = {'k:' .. name, r .. ':' .. remember(tokens_of(got[1]), token)}
+  if ARGV[w + 2 + 3 * c] == '1' then
+    local n = value_fields(fields, name, ARGV[w + 3 + 3 * c])
+    redis.call('HSET', KEYS[1], unpack(fields))
+    drop_rest(KEYS[1], name, got[2], n)
+  else
+    if got[2] then redis.call('HDEL', KEYS[1], 'v:' .. name) end
+    drop_rest(KEYS[1], name, got[2], 1)
+    redis.call('HSET', KEYS[1], unpack(fields))
+  end
+  table.insert(out, name)
+  table.insert(out, r)
+end
+redis.call('HSET', KEYS[1], 'rev', tonumber(rev) + 1)
+retrack(KEYS[1])
+return out
+"#,
+);
+
+/// Every function of the store's library.
+pub(crate) static ALL: [&Function; 13] = [
+    &CREATE, &LOAD, &PUT, &CAS, &REMOVE, &CLEAR, &ALIVE, &END, &RENEW, &TOUCH, &SWEEP, &SET_IDLE,
+    &EDIT,
+];

@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use redis::{ScriptInvocation, Value};
+use redis::Value;
+
+use crate::redis::library::Call;
 
 use crate::borrow;
 use crate::id::SessionId;
@@ -167,7 +169,7 @@ impl RedisSession {
         &self,
         route: Route,
         resend: bool,
-        make: impl Fn(&SessionId) -> ScriptInvocation<'static>,
+        make: impl Fn(&SessionId) -> Call,
     ) -> Result<Vec<Value>, SharedError> {
         if self.engine.stopped() {
             // As in memory: a store that shut down takes no more writes.

@@ -155,7 +155,7 @@ async fn a_create_whose_reply_is_lost_leaves_no_count_behind() {
         .build()
         .await
         .unwrap();
-    // Redis knows the script (a resend after NOSCRIPT would come too late).
+    // Redis has the library (a resend after loading it would come too late).
     store.create(ip(2)).await.unwrap();
     // The server stalls longer than every resend waits: the create fails,
     // and Redis applies it when it wakes.

@@ -315,7 +315,7 @@ impl RedisServer {
     /// How many scripts the server ran so far (`INFO commandstats`).
     #[allow(dead_code)]
     pub fn scripts_run(&self) -> u64 {
-        self.calls(&["evalsha", "eval"])
+        self.calls(&["evalsha", "eval", "fcall"])
     }
 
     /// How many times the server (every master) ran `commands` so far
