@@ -119,7 +119,13 @@ end
 -- `k:<name>`: the key's revision, `:`, the tokens of its last writes.
 local function rev_of(k)
   if not k then return 0 end
-  return tonumber(string.sub(k, 1, string.find(k, ':', 1, true) - 1))
+  local c = string.find(k, ':', 1, true)
+  local r = c and tonumber(string.sub(k, 1, c - 1))
+  if not r then
+    error({err = 'ERR keyed-session: this session was written in an earlier data layout '
+      .. '(give this version a namespace of its own)'})
+  end
+  return r
 end
 local function tokens_of(k)
   if not k then return nil end

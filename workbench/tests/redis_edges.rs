@@ -642,6 +642,48 @@ async fn huge_durations_are_clamped_and_script_errors_are_not_outages() {
     }
 }
 
+/// The store's Lua lives in Redis as a function library: a server that
+/// lost it (`FUNCTION FLUSH`, a restart without persistence) gets it again
+/// on the next call, which then succeeds. A session written in an earlier
+/// data layout is refused with an error that says so, never misread.
+#[cfg_attr(no_redis_server, ignore = "needs redis-server on the PATH")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_library_is_loaded_again_and_an_old_layout_is_named() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let store = server.builder("library").build().await.unwrap();
+    let s = store.create(None).await.unwrap();
+    s.set(&COUNTER, 1).await.unwrap();
+    let hash = server.session_hash("library", s.id());
+    let port = if server.is_cluster() {
+        server.master_of(&hash)
+    } else {
+        server.master_ports()[0]
+    };
+    let library = || server.cli_on(port, &["FUNCTION", "LIST"]);
+    assert_ne!(library(), "", "the library is loaded");
+    for master in server.master_ports() {
+        server.cli_on(master, &["FUNCTION", "FLUSH"]);
+    }
+    assert_eq!(library(), "");
+    s.update(&COUNTER, || 0, |n| *n += 1).await.unwrap();
+    assert_ne!(library(), "", "loaded again");
+    assert_eq!(
+        store.get(&s.id(), None).await.unwrap().get(&COUNTER),
+        Some(2)
+    );
+
+    // An earlier layout kept a key's write tokens alone under `k:<name>`.
+    server.cli(&["HSET", &hash, "k:counter", "8bytes!!"]);
+    match s.update(&COUNTER, || 0, |n| *n += 1).await {
+        Err(SharedError::Rejected(e)) => {
+            assert!(e.to_string().contains("earlier data layout"), "{e}")
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+}
+
 /// The same rule as in memory: one key per name in a store, refused loudly
 /// at the second key's first use (over Redis a second `user` key would read,
 /// or erase, the first one's value).
