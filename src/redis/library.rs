@@ -75,10 +75,14 @@ impl Call {
         conn: &mut impl redis::aio::ConnectionLike,
     ) -> redis::RedisResult<Value> {
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg(format!("{}_{}", LIBRARY.name, self.function.name))
-            .arg(self.keys.len())
-            .arg(&self.keys)
-            .arg(&self.args);
+        let f = self.function;
+        cmd.arg(
+            f.called
+                .get_or_init(|| format!("{}_{}", LIBRARY.name, f.name)),
+        )
+        .arg(self.keys.len())
+        .arg(&self.keys)
+        .arg(&self.args);
         match cmd.query_async(conn).await {
             Err(e) if e.to_string().contains("Function not found") => {
                 load(conn).await?;

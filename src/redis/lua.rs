@@ -7,11 +7,17 @@
 pub(crate) struct Function {
     pub(crate) name: &'static str,
     pub(crate) body: &'static str,
+    /// Its name in Redis (the library's name, `_`, its own), made once.
+    pub(crate) called: std::sync::OnceLock<String>,
 }
 
 impl Function {
     pub(crate) const fn new(name: &'static str, body: &'static str) -> Function {
-        Function { name, body }
+        Function {
+            name,
+            body,
+            called: std::sync::OnceLock::new(),
+        }
     }
 }
 
