@@ -36,15 +36,20 @@ pub fn builder_for(url: &str) -> keyed_session::redis::RedisSessionsBuilder {
 
 /// A free port below the ephemeral range (where outgoing connections take
 /// their local ports, so one could take a port picked there before the
-/// server binds it).
+/// server binds it), never one this process picked before: the tests of a
+/// file run at once, and a Cluster picks all its ports before its nodes
+/// bind them, so two picks of one free port would leave a node without one.
 fn free_port() -> u16 {
+    static PICKED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         use std::hash::{BuildHasher, Hasher};
         let random = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
         let port = 10_000 + (random % 20_000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut picked = PICKED.lock().unwrap_or_else(|e| e.into_inner());
+        if !picked.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            picked.push(port);
             return port;
         }
     }
