@@ -3,7 +3,8 @@
 //! processes as far as the store can tell), against one small reference
 //! model of the sessions. After every step lookups agree (no ended or expired
 //! session is ever found, from either store), shared counters agree (no lost
-//! or doubled increment), and at the end each store's subscriber saw one
+//! or doubled increment, and a value spanning several fields reads back
+//! whole), and at the end each store's subscriber saw one
 //! `End` for every session that ended, with the model's reason, and local
 //! `on_delete` ran once per store per value.
 
@@ -24,6 +25,14 @@ use redis_server::RedisServer;
 const IDLE: u64 = 60;
 
 static COUNTER: Key<u64> = Key::new("counter").serde();
+/// A shared value that grows by 30 bytes with each increment, so that it
+/// soon spans several of Redis' 64-byte fields.
+static LOG: Key<String> = Key::new("log").serde();
+
+/// What `LOG` holds after `n` increments.
+fn log_of(n: u64) -> String {
+    (1..=n).map(|k| format!("{k:>29},")).collect()
+}
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -109,7 +118,10 @@ impl World {
                 let Some(i) = self.pick(who) else { return };
                 let got = self.stores[store].get(&self.sessions[i].id, None).await;
                 match (self.lookup(i), got) {
-                    (Ok(()), Ok(s)) => assert_eq!(s.get(&COUNTER), self.sessions[i].counter),
+                    (Ok(()), Ok(s)) => {
+                        assert_eq!(s.get(&COUNTER), self.sessions[i].counter);
+                        assert_eq!(s.get(&LOG), self.sessions[i].counter.map(log_of));
+                    }
                     (Err(want), Err(SharedError::Refused(got))) => assert_eq!(want, got),
                     (want, got) => panic!("model {want:?}, store {got:?}"),
                 }
@@ -130,6 +142,10 @@ impl World {
                         },
                     );
                     let n = n.await.unwrap();
+                    let entry = format!("{n:>29},");
+                    s.update(&LOG, String::new, |l| l.push_str(&entry))
+                        .await
+                        .unwrap();
                     let m = &mut self.sessions[i];
                     m.counter = Some(m.counter.unwrap_or(0) + 1);
                     assert_eq!(Some(n), m.counter);
