@@ -36,7 +36,7 @@ end
 -- The oldest stream id to keep: `retention` ms before Redis' clock (`at`
 -- when the caller has read it).
 local function trim_id(retention, at)
-  local ms = (at or select(2, now_ms(0))) - retention
+  local ms = (at or now_ms(0)) - retention
   if ms < 0 then ms = 0 end
   return string.format('%d-0', ms)
 end
@@ -91,6 +91,20 @@ local function drop_rest(h, name, first, from)
   local i = from
   while redis.call('HDEL', h, 'v' .. i .. ':' .. name) == 1 do i = i + 1 end
 end
+-- Writes value `bytes` of key `name`, whose first field was `first`, with
+-- the other fields in `fields`, in one HSET (and drops what is left of a
+-- longer value).
+local function write_value(h, name, bytes, first, fields)
+  local n = value_fields(fields, name, bytes)
+  redis.call('HSET', h, unpack(fields))
+  drop_rest(h, name, first, n)
+end
+-- Removes the value of key `name`, whose first field is `first`.
+local function drop_value(h, name, first)
+  if not first then return end
+  redis.call('HDEL', h, 'v:' .. name)
+  drop_rest(h, name, first, 1)
+end
 -- The name of the key a value field belongs to and the field's place
 -- (0 for `v:<name>`), or nil for any other field.
 local function value_field(f)
@@ -123,19 +137,23 @@ local function values_of(all)
   return out
 end
 -- `k:<name>`: the key's revision, `:`, the tokens of its last writes.
-local function rev_of(k)
-  if not k then return 0 end
+-- Read: the revision (0 for a key never written) and the tokens.
+local function parse_k(k)
+  if not k then return 0, nil end
   local c = string.find(k, ':', 1, true)
   local r = c and tonumber(string.sub(k, 1, c - 1))
   if not r then
     error({err = 'ERR keyed-session: this session was written in an earlier data layout '
       .. '(give this version a namespace of its own)'})
   end
+  return r, string.sub(k, c + 1)
+end
+local function rev_of(k)
+  local r = parse_k(k)
   return r
 end
-local function tokens_of(k)
-  if not k then return nil end
-  return string.sub(k, string.find(k, ':', 1, true) + 1)
+local function make_k(r, tokens)
+  return r .. ':' .. (tokens or '')
 end
 -- The tokens of the last three writes of a key (8 bytes each, newest
 -- first), with `token` added: how a write resent after a lost reply is

@@ -86,7 +86,9 @@ end
 local it = tonumber(ARGV[2])
 local ab = 0
 if tonumber(ARGV[3]) > 0 then ab = now + tonumber(ARGV[3]) end
-local fields = {'c', now, 'la', now, 'it', it, 'rev', 0}
+-- A first value, written with the session, is its first revision.
+local with_value = ARGV[14] ~= ''
+local fields = {'c', now, 'la', now, 'it', it, 'rev', with_value and 1 or 0}
 -- The absolute deadline, the address and its key only when there is one (a
 -- field less to keep).
 if ab > 0 then
@@ -101,12 +103,10 @@ if ARGV[5] ~= '' then
   table.insert(fields, 'ik')
   table.insert(fields, ARGV[5])
 end
-if ARGV[14] ~= '' then
-  -- The session's first value, written with it.
-  fields[8] = 1
+if with_value then
   value_fields(fields, ARGV[14], ARGV[15])
   table.insert(fields, 'k:' .. ARGV[14])
-  table.insert(fields, '1:' .. ARGV[16])
+  table.insert(fields, make_k(1, ARGV[16]))
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[2], deadline(now, it, ab), ARGV[8])
@@ -166,12 +166,11 @@ local name = ARGV[1]
 local got = redis.call('HMGET', KEYS[1], 'rev', 'k:' .. name, 'v:' .. name)
 if not got[1] then return {'gone', redis.call('GET', KEYS[2])} end
 local old = whole(KEYS[1], name, got[3])
-if seen_token(tokens_of(got[2]), ARGV[3]) then return {'seen', rev_of(got[2]), old} end
-local r = rev_of(got[2]) + 1
-local fields = {'k:' .. name, r .. ':' .. remember(tokens_of(got[2]), ARGV[3]), 'rev', tonumber(got[1]) + 1}
-local n = value_fields(fields, name, ARGV[2])
-redis.call('HSET', KEYS[1], unpack(fields))
-drop_rest(KEYS[1], name, got[3], n)
+local r, seen = parse_k(got[2])
+if seen_token(seen, ARGV[3]) then return {'seen', r, old} end
+r = r + 1
+write_value(KEYS[1], name, ARGV[2], got[3],
+  {'k:' .. name, make_k(r, remember(seen, ARGV[3])), 'rev', tonumber(got[1]) + 1})
 retrack(KEYS[1])
 return {'ok', r, old}
 "#,
@@ -193,8 +192,7 @@ pub(crate) static CAS: Function = Function::new(
 local name = ARGV[1]
 local got = redis.call('HMGET', KEYS[1], 'rev', 'k:' .. name, 'q:' .. name, 'v:' .. name)
 if not got[1] then return {'gone', redis.call('GET', KEYS[2])} end
-local r = rev_of(got[2])
-local seen = tokens_of(got[2])
+local r, seen = parse_k(got[2])
 if seen_token(seen, ARGV[4]) then return {'seen', r, whole(KEYS[1], name, got[4])} end
 local q = got[3]
 local holder = nil
@@ -217,10 +215,8 @@ if holder and holder ~= ARGV[4] then
 end
 if q then redis.call('HDEL', KEYS[1], 'q:' .. name) end
 r = r + 1
-local fields = {'k:' .. name, r .. ':' .. remember(seen, ARGV[4]), 'rev', tonumber(got[1]) + 1}
-local n = value_fields(fields, name, ARGV[3])
-redis.call('HSET', KEYS[1], unpack(fields))
-drop_rest(KEYS[1], name, got[4], n)
+write_value(KEYS[1], name, ARGV[3], got[4],
+  {'k:' .. name, make_k(r, remember(seen, ARGV[4])), 'rev', tonumber(got[1]) + 1})
 retrack(KEYS[1])
 return {'ok', r}
 "#,
@@ -236,10 +232,9 @@ local got = redis.call('HMGET', KEYS[1], 'rev', 'k:' .. name, 'v:' .. name)
 if not got[1] then return {'gone', redis.call('GET', KEYS[2])} end
 if not got[3] then return {'ok', rev_of(got[2])} end
 local old = whole(KEYS[1], name, got[3])
-redis.call('HDEL', KEYS[1], 'v:' .. name)
-drop_rest(KEYS[1], name, got[3], 1)
+drop_value(KEYS[1], name, got[3])
 local r = rev_of(got[2]) + 1
-redis.call('HSET', KEYS[1], 'k:' .. name, r .. ':', 'rev', tonumber(got[1]) + 1)
+redis.call('HSET', KEYS[1], 'k:' .. name, make_k(r), 'rev', tonumber(got[1]) + 1)
 retrack(KEYS[1])
 return {'ok', r, old}
 "#,
@@ -263,7 +258,7 @@ local revs = {'rev', tonumber(field(all, 'rev')) + 1}
 for i = 1, #old, 2 do
   table.insert(drop, 'q:' .. old[i])
   table.insert(revs, 'k:' .. old[i])
-  table.insert(revs, (rev_of(field(all, 'k:' .. old[i])) + 1) .. ':')
+  table.insert(revs, make_k(rev_of(field(all, 'k:' .. old[i])) + 1))
 end
 redis.call('HDEL', KEYS[1], unpack(drop))
 redis.call('HSET', KEYS[1], unpack(revs))
@@ -426,7 +421,9 @@ for c = 0, n - 1 do
 end
 local w = 3 + 2 * n
 local m = tonumber(ARGV[w])
-if m > 0 and seen_token(tokens_of(redis.call('HGET', KEYS[1], 'k:' .. ARGV[w + 1])), token) then
+-- The first written key's last writes: a resend finds its token there.
+local _, last = parse_k(m > 0 and redis.call('HGET', KEYS[1], 'k:' .. ARGV[w + 1]) or nil)
+if seen_token(last, token) then
   local out = {'seen'}
   for c = 0, m - 1 do
     local name = ARGV[w + 1 + 3 * c]
@@ -461,15 +458,13 @@ local out = {'ok'}
 for c = 0, m - 1 do
   local name = ARGV[w + 1 + 3 * c]
   local got = redis.call('HMGET', KEYS[1], 'k:' .. name, 'v:' .. name)
-  local r = rev_of(got[1]) + 1
-  local fields = {'k:' .. name, r .. ':' .. remember(tokens_of(got[1]), token)}
+  local r, seen = parse_k(got[1])
+  r = r + 1
+  local fields = {'k:' .. name, make_k(r, remember(seen, token))}
   if ARGV[w + 2 + 3 * c] == '1' then
-    local n = value_fields(fields, name, ARGV[w + 3 + 3 * c])
-    redis.call('HSET', KEYS[1], unpack(fields))
-    drop_rest(KEYS[1], name, got[2], n)
+    write_value(KEYS[1], name, ARGV[w + 3 + 3 * c], got[2], fields)
   else
-    if got[2] then redis.call('HDEL', KEYS[1], 'v:' .. name) end
-    drop_rest(KEYS[1], name, got[2], 1)
+    drop_value(KEYS[1], name, got[2])
     redis.call('HSET', KEYS[1], unpack(fields))
   end
   table.insert(out, name)

@@ -682,6 +682,13 @@ async fn a_lost_library_is_loaded_again_and_an_old_layout_is_named() {
         }
         other => panic!("expected Rejected, got {other:?}"),
     }
+    // A plain `set` reads the field another way: the same error.
+    match s.set(&COUNTER, 5).await {
+        Err(SharedError::Rejected(e)) => {
+            assert!(e.to_string().contains("earlier data layout"), "{e}")
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
 }
 
 /// The same rule as in memory: one key per name in a store, refused loudly
