@@ -11,11 +11,10 @@
 //! for the store-wide limit on one server, `P:{s}:n` each shard's over a
 //! Cluster (a script touches one slot).
 
-use crate::redis::library::Call;
-use crate::redis::lua::Function;
-
 use crate::id::SessionId;
 use crate::redis::engine::Engine;
+use crate::redis::library::Call;
+use crate::redis::lua::Function;
 
 /// The Redis keys of one session.
 pub(crate) struct Keys {
@@ -175,11 +174,7 @@ impl Engine {
     /// The shard of every session of the address key `ip_key` (the
     /// per-address limit counts them in one place).
     pub(crate) fn shard_of_address(&self, ip_key: &str) -> u64 {
-        // FNV-1a: stable across processes and versions.
-        let hash = ip_key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        hash % self.config.shards
+        crate::redis::topology::fnv1a(ip_key.bytes()) % self.config.shards
     }
 
     /// Where an ended session's shared values wait for the shared hooks.

@@ -13,6 +13,7 @@ use redis::{ToRedisArgs, Value};
 
 use crate::redis::lua::{Function, PRELUDE};
 use crate::redis::scripts::ALL;
+use crate::redis::topology::fnv1a;
 
 /// The library: its name and its code.
 struct Library {
@@ -21,13 +22,12 @@ struct Library {
 }
 
 static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    // FNV-1a over the code: a library's name names its code.
-    let hash = std::iter::once(PRELUDE)
-        .chain(ALL.iter().flat_map(|f| [f.name, f.body]))
-        .flat_map(str::bytes)
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    // A library's name names its code.
+    let hash = fnv1a(
+        std::iter::once(PRELUDE)
+            .chain(ALL.iter().flat_map(|f| [f.name, f.body]))
+            .flat_map(str::bytes),
+    );
     let name = format!("keyed_session_{hash:016x}");
     let mut code = format!("#!lua name={name}\n{PRELUDE}");
     for f in ALL {

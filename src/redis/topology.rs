@@ -91,6 +91,15 @@ fn parse_slots(reply: &Value, asked: &ConnectionInfo) -> Vec<(u16, u16, Addr)> {
         .collect()
 }
 
+/// FNV-1a of `bytes`: a hash that is the same in every process and every
+/// version, for what must be placed or named alike everywhere (the shard of
+/// an address, the name of the store's Lua library).
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the part
 /// between the first `{` and the next `}`, when not empty), mod 16384.
 pub(crate) fn slot(key: impl AsRef<[u8]>) -> u16 {
