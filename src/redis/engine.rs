@@ -15,8 +15,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use redis::Value;
-
-use crate::redis::library::Call;
 use tokio::sync::{oneshot, watch};
 
 use crate::borrow;
@@ -27,6 +25,7 @@ use crate::key::ErasedSlot;
 use crate::reason::{DeleteCause, DeleteContext, EndReason};
 use crate::redis::config::Config;
 use crate::redis::error::SharedError;
+use crate::redis::library::Call;
 use crate::redis::reply;
 use crate::redis::scripts;
 use crate::slots::Slots;

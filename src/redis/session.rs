@@ -10,13 +10,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use redis::Value;
 
-use crate::redis::library::Call;
-
 use crate::borrow;
 use crate::id::SessionId;
 use crate::key::{Key, take_value};
 use crate::redis::engine::{Engine, LocalPart};
 use crate::redis::error::SharedError;
+use crate::redis::library::Call;
 use crate::redis::reply::{self, Field};
 use crate::redis::scripts;
 
